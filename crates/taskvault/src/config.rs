@@ -1,0 +1,268 @@
+//! The configuration file (the seed's `.taskvault/config.yaml` schema) and the resolved settings
+//! the engine runs with. Parsing is strict: unknown keys and impossible values are errors.
+//! Every key, with its default, is documented in `docs/config.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Algorithm;
+use crate::error::{Error, Result};
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// The config file as written by users. Field docs give the defaults.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where the vault lives. Relative paths are resolved against the project root (the directory
+    /// holding `.taskvault/`). Default `.taskvault/cache`.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: String,
+    /// Global size cap in GiB (1024^3 bytes) of stored blob bytes; 0 means no cap. Default 10.
+    #[serde(default = "default_max_size_gb")]
+    pub max_size_gb: f64,
+    /// `blake3` (default) or `sha256`.
+    #[serde(default)]
+    pub hash_algorithm: Algorithm,
+    /// `debug`, `info` (default), `warn` or `error`: what the CLI logs to stderr with `-v`.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Port of the HTTP server (`taskvault serve`, a later release). Default 9999.
+    #[serde(default = "default_port")]
+    pub service_port: u16,
+    /// Namespace that prefixes every key, so teams sharing a vault do not collide. Default `default`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// After the cap is exceeded, eviction frees space down to this percentage of the cap.
+    /// Default 80.
+    #[serde(default = "default_low_water")]
+    pub low_water_percent: u8,
+    /// Outputs up to this many bytes are stored inside the metadata database. Default 16384.
+    #[serde(default = "default_inline_max")]
+    pub inline_max_bytes: u64,
+    /// `text` (the seed's line format, default) or `jsonl`.
+    #[serde(default)]
+    pub audit_format: AuditFormat,
+    /// The audit log is rotated when it passes this size. Default 10 MiB. Three old files are kept.
+    #[serde(default = "default_audit_max")]
+    pub audit_max_bytes: u64,
+    /// Per-task policies; `default` applies to tasks without their own entry.
+    #[serde(default = "default_policies")]
+    pub policies: BTreeMap<String, PolicyFile>,
+}
+
+/// One `policies.<task>` block. A field left out falls back to the `default` policy.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Entries expire this many seconds after they are saved; 0 means never.
+    pub ttl_seconds: Option<i64>,
+    /// Largest output (all files together, uncompressed) an entry may hold; 0 means no limit.
+    pub max_size_bytes: Option<i64>,
+    /// Eviction order; only `lru` is supported.
+    pub strategy: Option<String>,
+}
+
+/// Audit trail line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFormat {
+    #[default]
+    Text,
+    Jsonl,
+}
+
+fn default_cache_dir() -> String {
+    ".taskvault/cache".into()
+}
+fn default_max_size_gb() -> f64 {
+    10.0
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_port() -> u16 {
+    9999
+}
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_low_water() -> u8 {
+    80
+}
+fn default_inline_max() -> u64 {
+    16 * 1024
+}
+fn default_audit_max() -> u64 {
+    10 << 20
+}
+fn default_policies() -> BTreeMap<String, PolicyFile> {
+    BTreeMap::from([(
+        "default".to_owned(),
+        PolicyFile {
+            ttl_seconds: Some(604_800),
+            max_size_bytes: Some(104_857_600),
+            strategy: Some("lru".into()),
+        },
+    )])
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        yaml_serde::from_str("{}").expect("the empty config is valid")
+    }
+}
+
+/// The file `taskvault init` writes: the seed's schema, values and comments.
+pub const INIT_TEMPLATE: &str = "\
+# TaskVault configuration. Every key and its default: docs/config.md
+cache_dir: .taskvault/cache
+max_size_gb: 10
+hash_algorithm: blake3
+log_level: info
+policies:
+  default:
+    ttl_seconds: 604800      # 7 days
+    max_size_bytes: 104857600 # 100 MB
+    strategy: lru
+";
+
+impl ConfigFile {
+    /// Parses YAML text; errors carry the line and column.
+    pub fn parse(text: &str, path: &Path) -> Result<ConfigFile> {
+        let cfg: ConfigFile = if text.trim().is_empty() {
+            ConfigFile::default()
+        } else {
+            yaml_serde::from_str(text)
+                .map_err(|e| Error::Config { path: path.to_owned(), message: e.to_string() })?
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<ConfigFile> {
+        let text = fs_err::read_to_string(path)
+            .map_err(|e| Error::Config { path: path.to_owned(), message: e.to_string() })?;
+        ConfigFile::parse(&text, path)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |message: String| Err(Error::Config { path: path.to_owned(), message });
+        if !self.max_size_gb.is_finite() || self.max_size_gb < 0.0 {
+            return bad(format!("max_size_gb must be 0 or more, got {}", self.max_size_gb));
+        }
+        if !(1..=100).contains(&self.low_water_percent) {
+            return bad(format!(
+                "low_water_percent must be between 1 and 100, got {}",
+                self.low_water_percent
+            ));
+        }
+        if !["debug", "info", "warn", "error", "trace"].contains(&self.log_level.as_str()) {
+            return bad(format!(
+                "log_level must be debug, info, warn or error, got {:?}",
+                self.log_level
+            ));
+        }
+        if self.namespace.is_empty() {
+            return bad("namespace must not be empty".into());
+        }
+        for (task, p) in &self.policies {
+            if let Some(t) = p.ttl_seconds.filter(|t| *t < 0) {
+                return bad(format!("policies.{task}.ttl_seconds must be 0 or more, got {t}"));
+            }
+            if let Some(s) = p.max_size_bytes.filter(|s| *s < 0) {
+                return bad(format!("policies.{task}.max_size_bytes must be 0 or more, got {s}"));
+            }
+            if let Some(s) = p.strategy.as_deref().filter(|s| *s != "lru") {
+                return bad(format!(
+                    "policies.{task}.strategy {s:?} is not supported (supported: lru)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves the file into engine settings. `root` is the directory relative `cache_dir`
+    /// values are resolved against.
+    pub fn settings(&self, root: &Path) -> Settings {
+        let default = self.policies.get("default").cloned().unwrap_or_default();
+        let resolve = |p: &PolicyFile| Policy {
+            ttl_seconds: p.ttl_seconds.or(default.ttl_seconds).filter(|t| *t > 0).map(|t| t as u64),
+            max_size_bytes: p
+                .max_size_bytes
+                .or(default.max_size_bytes)
+                .filter(|s| *s > 0)
+                .map(|s| s as u64),
+        };
+        let cache_dir = Path::new(&self.cache_dir);
+        Settings {
+            vault_dir: if cache_dir.is_absolute() {
+                cache_dir.to_owned()
+            } else {
+                root.join(cache_dir)
+            },
+            algorithm: self.hash_algorithm,
+            namespace: self.namespace.clone(),
+            max_size_bytes: (self.max_size_gb > 0.0)
+                .then(|| ((self.max_size_gb * GIB).round() as u64).max(1)),
+            low_water_percent: self.low_water_percent,
+            inline_max_bytes: self.inline_max_bytes,
+            audit_format: self.audit_format,
+            audit_max_bytes: self.audit_max_bytes,
+            default_policy: resolve(&default),
+            policies: self
+                .policies
+                .iter()
+                .filter(|(k, _)| k.as_str() != "default")
+                .map(|(k, v)| (k.clone(), resolve(v)))
+                .collect(),
+            host: String::new(),
+            user: String::new(),
+        }
+    }
+}
+
+/// A task's resolved policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// `None`: entries never expire.
+    pub ttl_seconds: Option<u64>,
+    /// `None`: no per-entry limit.
+    pub max_size_bytes: Option<u64>,
+}
+
+/// Everything the engine needs, resolved by the caller (flags over environment over file over
+/// defaults). The engine never reads the environment or guesses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub vault_dir: PathBuf,
+    pub algorithm: Algorithm,
+    pub namespace: String,
+    /// Global cap on stored bytes; `None` means unbounded.
+    pub max_size_bytes: Option<u64>,
+    pub low_water_percent: u8,
+    pub inline_max_bytes: u64,
+    pub audit_format: AuditFormat,
+    pub audit_max_bytes: u64,
+    pub default_policy: Policy,
+    pub policies: BTreeMap<String, Policy>,
+    /// Recorded in provenance; the caller fills them in.
+    pub host: String,
+    pub user: String,
+}
+
+impl Settings {
+    /// Defaults for a vault at `dir`, as if the config file were empty.
+    pub fn for_dir(dir: impl Into<PathBuf>) -> Settings {
+        let mut s = ConfigFile::default().settings(Path::new("/"));
+        s.vault_dir = dir.into();
+        s
+    }
+
+    pub fn policy(&self, task: &str) -> &Policy {
+        self.policies.get(task).unwrap_or(&self.default_policy)
+    }
+}
+
+#[cfg(test)]
+mod tests;

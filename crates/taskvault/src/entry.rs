@@ -1,0 +1,156 @@
+//! Entries: what a task key maps to (an output manifest plus provenance), and the blobs they use.
+
+use std::collections::BTreeMap;
+
+use crate::digest::Digest;
+use crate::key::InputRecord;
+use crate::tree::NodeKind;
+
+/// The shape of an entry's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// One file; restored to a file path.
+    File,
+    /// A directory tree; restored to a directory path.
+    Dir,
+    /// In-memory bytes (SDK); restorable to a file too.
+    Bytes,
+}
+
+/// One node of an output. For `File` and `Bytes` outputs there is a single node with an empty path.
+pub type OutputNode = crate::tree::Node;
+
+/// Why an entry is no longer the live one for its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Served for its key.
+    Live,
+    /// Replaced by a later save of the same key; kept as history.
+    Superseded,
+    /// One of its blobs failed verification; kept as history, never served.
+    Corrupt,
+}
+
+/// A saved run: a key's output manifest and provenance.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    /// The run id: unique per save.
+    pub id: String,
+    /// The key digest (hex) this run was saved under.
+    pub key: String,
+    pub namespace: String,
+    pub task: String,
+    pub status: Status,
+    pub inputs: Vec<InputRecord>,
+    /// Further key ingredients as (label, value) with values shown as UTF-8 where possible.
+    #[serde(default)]
+    pub extras: Vec<(String, String)>,
+    pub output_kind: OutputKind,
+    pub outputs: Vec<OutputNode>,
+    /// Uncompressed bytes of all output files.
+    pub size: u64,
+    pub created_ms: i64,
+    pub last_access_ms: i64,
+    pub access_count: i64,
+    /// When the entry stops being served; `None` means never.
+    pub expires_ms: Option<i64>,
+    /// The TTL was given for this entry (`--ttl`), so the task policy's TTL does not apply.
+    #[serde(default)]
+    pub ttl_explicit: bool,
+    /// How long the original work took, when the saver said so; counted as time saved per hit.
+    pub duration_ms: Option<i64>,
+    pub host: String,
+    pub user: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// The run this one replaced, for history.
+    pub parent: Option<String>,
+    /// Free-form provenance supplied by front ends (command line, source code, arguments).
+    #[serde(default)]
+    pub details: serde_json::Value,
+}
+
+impl Entry {
+    /// Distinct digests of the blobs this entry needs.
+    pub fn blob_digests(&self) -> Vec<Digest> {
+        let mut v: Vec<Digest> = self
+            .outputs
+            .iter()
+            .filter(|n| n.kind == NodeKind::File)
+            .filter_map(|n| n.digest)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires_ms.is_some_and(|e| now_ms >= e)
+    }
+}
+
+/// How a blob's bytes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    Raw,
+    Zstd,
+}
+
+impl Codec {
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Raw => "raw",
+            Codec::Zstd => "zstd",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Codec> {
+        match s {
+            "raw" => Some(Codec::Raw),
+            "zstd" => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// A blob's metadata row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub digest: Digest,
+    /// Uncompressed size.
+    pub size: u64,
+    /// Bytes as stored (after compression).
+    pub stored_size: u64,
+    pub codec: Codec,
+    /// Stored bytes when the blob lives inside the metadata database.
+    pub inline: Option<Vec<u8>>,
+}
+
+/// Counters kept by the metadata store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub hits: i64,
+    pub misses: i64,
+    pub saves: i64,
+    pub evictions: i64,
+    pub corrupt: i64,
+    pub expired: i64,
+    pub time_saved_ms: i64,
+    /// Stored bytes of all blobs (what the size cap limits).
+    pub stored_bytes: i64,
+}
+
+/// A selection of entries for `log`, `export`, `invalidate`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub task: Option<String>,
+    /// (key, value); a `None` value matches any value of the key.
+    pub tag: Option<(String, Option<String>)>,
+    pub status: Option<Status>,
+    pub since_ms: Option<i64>,
+    /// Include superseded and corrupt runs as well as live entries.
+    pub all: bool,
+    pub limit: Option<usize>,
+}

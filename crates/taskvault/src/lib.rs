@@ -1,0 +1,28 @@
+//! TaskVault's engine: content-addressed caching of task results.
+//!
+//! A [`Vault`] maps a [`TaskKey`] (namespace, task name, input digests and further ingredients,
+//! see `docs/keys.md`) to an [`Entry`]: a manifest of outputs stored as verified,
+//! content-addressed blobs, plus provenance. The engine never reads environment variables or
+//! configuration files on its own; callers resolve [`Settings`] and pass them in.
+
+mod archive;
+pub mod audit;
+mod claim;
+pub mod clock;
+pub mod config;
+pub mod digest;
+pub mod entry;
+pub mod error;
+pub mod key;
+pub mod store;
+pub mod tree;
+mod vault;
+
+pub use archive::{ExportReport, ImportReport};
+pub use config::{ConfigFile, Policy, Settings};
+pub use digest::{Algorithm, Digest};
+pub use entry::{Entry, Filter, OutputKind, Status};
+pub use error::{Error, Result};
+pub use key::{Input, InputKind, InputRecord, TaskKey};
+pub use vault::GcReport;
+pub use vault::{Claim, ClaimGuard, Output, Progress, SaveOptions, Stats, Vault, VerifyReport};

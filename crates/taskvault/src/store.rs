@@ -1,0 +1,119 @@
+//! The two storage traits the vault is built on, so that metadata and blob backends can be
+//! swapped (SQLite and the local disk here; PostgreSQL, Redis and object stores later).
+
+pub mod local;
+pub mod sqlite;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use crate::digest::Digest;
+use crate::entry::{BlobInfo, Counters, Entry, Filter};
+use crate::error::Result;
+
+/// A blob about to be committed: hashed, optionally compressed, waiting in a staging file or in
+/// memory.
+#[derive(Debug)]
+pub struct StagedBlob {
+    pub info: BlobInfo,
+    /// The staging file when the blob is not inline.
+    pub staged: Option<std::path::PathBuf>,
+}
+
+/// What a commit of a save changed.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The live run that was replaced and kept as history.
+    pub superseded: Option<String>,
+}
+
+/// Reading a stored blob: a local file (which allows in-kernel copies) or any stream.
+#[derive(Debug)]
+pub enum BlobReader {
+    File(File),
+    Stream(Box<dyn ReadDebug>),
+}
+
+pub trait ReadDebug: Read + Send + std::fmt::Debug {}
+impl<T: Read + Send + std::fmt::Debug> ReadDebug for T {}
+
+/// Content-addressed storage of blob bytes (as stored: raw or compressed).
+pub trait BlobStore: Send + Sync + std::fmt::Debug {
+    /// Moves a staged file in under `digest`, atomically and durably. Called while the metadata
+    /// store holds its write lock, so it never races with `remove` of the same digest.
+    fn put(&self, digest: &Digest, staged: &Path) -> Result<()>;
+    /// Opens a blob, or `None` if it is missing.
+    fn open(&self, digest: &Digest) -> Result<Option<BlobReader>>;
+    /// Deletes a blob; a missing blob is not an error.
+    fn remove(&self, digest: &Digest) -> Result<()>;
+    /// Moves a blob that failed verification out of the way (kept for inspection where possible).
+    fn quarantine(&self, digest: &Digest) -> Result<()>;
+    /// Every blob present, with when it was written (if the store knows).
+    fn list(&self) -> Result<Vec<(Digest, Option<std::time::SystemTime>)>>;
+}
+
+/// Metadata: entries, blob rows with reference counts, counters and claim failures. Every method
+/// is one transaction. Blob file operations that must not race (placing a new blob, deleting an
+/// unreferenced one) run through the callbacks inside the transaction.
+pub trait MetaStore: Send + Sync + std::fmt::Debug {
+    /// The live entry of a key, if any (expiry is the caller's business).
+    fn lookup(&self, key: &str) -> Result<Option<Entry>>;
+    /// Blob rows for a digest.
+    fn blob(&self, digest: &Digest) -> Result<Option<BlobInfo>>;
+    /// Records a new run as the live entry of its key (the old one becomes its parent), adding
+    /// blob rows for blobs not yet known (calling `place` for each that has a staging file).
+    fn commit_save(
+        &self,
+        entry: &Entry,
+        blobs: &[StagedBlob],
+        place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
+        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+    ) -> Result<Committed>;
+    /// Counts a served hit: access time, access count, hits, time saved.
+    fn record_hit(&self, entry: &Entry, now_ms: i64) -> Result<()>;
+    /// Adds to named counters (`misses`, `corrupt`, `expired`, ...).
+    fn bump(&self, counter: &str, by: i64) -> Result<()>;
+    /// Removes entries (all runs of their keys), dropping blobs nobody references any more.
+    /// Returns the entries removed (live ones only). `count_as` names a counter to bump per entry.
+    fn remove_keys(
+        &self,
+        keys: &[String],
+        count_as: Option<&str>,
+        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+    ) -> Result<Vec<Entry>>;
+    /// Marks every live entry that uses `digest` as corrupt and forgets the blob.
+    fn forget_corrupt_blob(
+        &self,
+        digest: &Digest,
+        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+    ) -> Result<Vec<Entry>>;
+    /// Entries matching a filter, newest first.
+    fn list(&self, filter: &Filter) -> Result<Vec<Entry>>;
+    /// Runs whose id or key starts with `prefix`: (run ids matched, keys matched).
+    fn resolve_prefix(&self, prefix: &str) -> Result<(Vec<String>, Vec<String>)>;
+    /// One run by id, live or not.
+    fn run(&self, id: &str) -> Result<Option<Entry>>;
+    /// All runs of a key, oldest first.
+    fn history(&self, key: &str) -> Result<Vec<Entry>>;
+    /// Evicts live entries (all runs of their keys): with a target, expired entries first and
+    /// then least recently used ones until stored bytes are at most `target_bytes`; without one,
+    /// every expired entry. Returns the live entries removed.
+    fn evict(
+        &self,
+        now_ms: i64,
+        target_bytes: Option<u64>,
+        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+    ) -> Result<Vec<Entry>>;
+    fn counters(&self) -> Result<Counters>;
+    fn live_entries(&self) -> Result<i64>;
+    /// Every blob row (for verification).
+    fn blobs(&self) -> Result<Vec<BlobInfo>>;
+    /// Removes every entry and blob row; returns the digests that had files.
+    fn clear(&self, unlink: &mut dyn FnMut(&Digest) -> Result<()>) -> Result<u64>;
+    /// Records that the computation for `key` failed (for claim waiters).
+    fn record_failure(&self, key: &str, message: &str, at_ms: i64) -> Result<()>;
+    /// The last recorded failure of `key`: (message, at_ms).
+    fn failure(&self, key: &str) -> Result<Option<(String, i64)>>;
+    fn clear_failure(&self, key: &str) -> Result<()>;
+}

@@ -1,0 +1,101 @@
+//! Blobs as files on the local disk: `blobs/<algorithm>/<2 hex>/<64 hex>`, placed by rename from
+//! a staging directory on the same filesystem and made durable with fsyncs.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use crate::digest::{Algorithm, Digest};
+use crate::error::{IoContext, Result};
+use crate::store::{BlobReader, BlobStore};
+
+#[derive(Debug)]
+pub struct LocalBlobs {
+    root: PathBuf,
+    quarantine: PathBuf,
+}
+
+impl LocalBlobs {
+    /// `root` holds the blob tree; `quarantine` receives blobs that failed verification.
+    pub fn new(root: PathBuf, quarantine: PathBuf) -> LocalBlobs {
+        LocalBlobs { root, quarantine }
+    }
+
+    pub fn path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.root.join(d.algorithm().name()).join(&hex[..2]).join(hex)
+    }
+}
+
+/// Makes a directory entry (a rename or create) durable.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).at(dir)
+}
+
+impl BlobStore for LocalBlobs {
+    fn put(&self, digest: &Digest, staged: &Path) -> Result<()> {
+        let dest = self.path(digest);
+        let dir = dest.parent().expect("blob paths have a parent");
+        match std::fs::rename(staged, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound && !dir.exists() => {
+                std::fs::create_dir_all(dir).at(dir)?;
+                fsync_dir(dir.parent().expect("fan-out dirs have a parent"))?;
+                std::fs::rename(staged, &dest).at(&dest)?;
+            }
+            Err(e) => return Err(e).at(&dest),
+        }
+        fsync_dir(dir)
+    }
+
+    fn open(&self, digest: &Digest) -> Result<Option<BlobReader>> {
+        let p = self.path(digest);
+        match std::fs::File::open(&p) {
+            Ok(f) => Ok(Some(BlobReader::File(f))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).at(p),
+        }
+    }
+
+    fn remove(&self, digest: &Digest) -> Result<()> {
+        let p = self.path(digest);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).at(p),
+        }
+    }
+
+    fn quarantine(&self, digest: &Digest) -> Result<()> {
+        let p = self.path(digest);
+        std::fs::create_dir_all(&self.quarantine).at(&self.quarantine)?;
+        let dest = self.quarantine.join(format!("{}-{}", digest.hex(), crate::clock::now_ms()));
+        match std::fs::rename(&p, &dest) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).at(p),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<(Digest, Option<std::time::SystemTime>)>> {
+        let mut out = Vec::new();
+        for alg in [Algorithm::Blake3, Algorithm::Sha256] {
+            let top = self.root.join(alg.name());
+            let fans = match std::fs::read_dir(&top) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).at(top),
+            };
+            for fan in fans {
+                let fan = fan.at(&top)?.path();
+                for f in std::fs::read_dir(&fan).at(&fan)? {
+                    let f = f.at(&fan)?;
+                    let name = f.file_name();
+                    if let Some(d) = name.to_str().and_then(|n| Digest::from_hex(alg, n).ok()) {
+                        out.push((d, f.metadata().and_then(|m| m.modified()).ok()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}

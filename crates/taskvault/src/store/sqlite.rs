@@ -1,0 +1,643 @@
+//! Metadata in SQLite (WAL): entries, blob rows, blob references of live entries, counters and
+//! claim failures. Schema versions live in `PRAGMA user_version`; see `docs/format.md`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::digest::Digest;
+use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
+use crate::error::{Error, Result};
+use crate::store::{Committed, MetaStore, StagedBlob};
+
+/// The schema version this build writes. Older databases are migrated on open.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE entries(
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    live INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    task TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_access_ms INTEGER NOT NULL,
+    access_count INTEGER NOT NULL DEFAULT 0,
+    expires_ms INTEGER,
+    duration_ms INTEGER,
+    size INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE UNIQUE INDEX entries_live_key ON entries(key) WHERE live = 1;
+CREATE INDEX entries_key ON entries(key);
+CREATE INDEX entries_lru ON entries(last_access_ms) WHERE live = 1;
+CREATE INDEX entries_expiry ON entries(expires_ms) WHERE live = 1 AND expires_ms IS NOT NULL;
+CREATE INDEX entries_created ON entries(created_ms);
+CREATE TABLE blobs(
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    stored_size INTEGER NOT NULL,
+    codec TEXT NOT NULL,
+    data BLOB
+);
+CREATE TABLE refs(
+    digest TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY(digest, key)
+) WITHOUT ROWID;
+CREATE INDEX refs_key ON refs(key);
+CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO counters(name, value) VALUES
+    ('hits', 0), ('misses', 0), ('saves', 0), ('evictions', 0), ('corrupt', 0),
+    ('expired', 0), ('time_saved_ms', 0), ('stored_bytes', 0);
+CREATE TABLE failures(key TEXT PRIMARY KEY, message TEXT NOT NULL, at_ms INTEGER NOT NULL);
+";
+
+/// The SQLite metadata store. One connection behind a mutex: SQLite serializes writers anyway,
+/// and the hit path is a single indexed read.
+#[derive(Debug)]
+pub struct SqliteMeta {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteMeta {
+    pub fn open(path: &Path) -> Result<SqliteMeta> {
+        let db = |source| Error::Db { path: path.to_owned(), source };
+        let conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(db)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                path: path.to_owned(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version < SCHEMA_VERSION {
+            // WAL must be chosen outside a transaction; it is persistent, so this runs once.
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+            migrate(&conn).map_err(db)?;
+        }
+        // Commits do not fsync the WAL; saves switch to FULL for their own commit (see save).
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        Ok(SqliteMeta { path: path.to_owned(), conn: Mutex::new(conn) })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> Error {
+        Error::Db { path: self.path.clone(), source }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(|e| self.err(e))
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction. `f` returns our error type so that callbacks (blob
+    /// placement) can fail it; the transaction rolls back on any error.
+    fn write<T>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if durable {
+            conn.pragma_update(None, "synchronous", "FULL").map_err(|e| self.err(e))?;
+        }
+        let result = (|| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| self.err(e))?;
+            let out = f(&tx)?;
+            tx.commit().map_err(|e| self.err(e))?;
+            Ok(out)
+        })()
+        .map_err(|e| match e {
+            // Errors raised with `?` inside the closure do not know the database path yet.
+            Error::Db { source, .. } => self.err(source),
+            other => other,
+        });
+        if durable {
+            conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| self.err(e))?;
+        }
+        result
+    }
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version < 1 {
+            conn.execute_batch(SCHEMA_V1)?;
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+const ENTRY_COLS: &str = "doc, status, last_access_ms, access_count";
+
+fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let doc: String = row.get(0)?;
+    let mut e: Entry = serde_json::from_str(&doc).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(err))
+    })?;
+    let status: String = row.get(1)?;
+    e.status = match status.as_str() {
+        "live" => Status::Live,
+        "superseded" => Status::Superseded,
+        _ => Status::Corrupt,
+    };
+    e.last_access_ms = row.get(2)?;
+    e.access_count = row.get(3)?;
+    Ok(e)
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Live => "live",
+        Status::Superseded => "superseded",
+        Status::Corrupt => "corrupt",
+    }
+}
+
+fn bump(tx: &Connection, name: &str, by: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE counters SET value = value + ?2 WHERE name = ?1")?
+        .execute(params![name, by])?;
+    Ok(())
+}
+
+fn live_entry(tx: &Connection, key: &str) -> rusqlite::Result<Option<Entry>> {
+    tx.prepare_cached(&format!("SELECT {ENTRY_COLS} FROM entries WHERE key = ?1 AND live = 1"))?
+        .query_row([key], entry_from_row)
+        .optional()
+}
+
+/// Drops the references of `key` and every blob left unreferenced; returns bytes freed.
+fn unref_key(
+    tx: &Connection,
+    key: &str,
+    unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+) -> Result<u64> {
+    let digests: Vec<String> = tx
+        .prepare_cached("DELETE FROM refs WHERE key = ?1 RETURNING digest")?
+        .query_map([key], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut freed = 0;
+    for d in digests {
+        freed += drop_if_unreferenced(tx, &d, unlink)?;
+    }
+    Ok(freed)
+}
+
+fn drop_if_unreferenced(
+    tx: &Connection,
+    digest: &str,
+    unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+) -> Result<u64> {
+    let still: bool = tx
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM refs WHERE digest = ?1)")?
+        .query_row([digest], |r| r.get(0))?;
+    if still {
+        return Ok(0);
+    }
+    let row: Option<(i64, bool)> = tx
+        .prepare_cached(
+            "DELETE FROM blobs WHERE digest = ?1 RETURNING stored_size, data IS NOT NULL",
+        )?
+        .query_row([digest], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((stored, inline)) = row else { return Ok(0) };
+    bump(tx, "stored_bytes", -stored)?;
+    if !inline {
+        unlink(&digest.parse()?)?;
+    }
+    Ok(stored as u64)
+}
+
+/// Removes every run of `key`; returns the live entry (if any) and bytes freed.
+fn remove_key(
+    tx: &Connection,
+    key: &str,
+    unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+) -> Result<(Option<Entry>, u64)> {
+    let live = live_entry(tx, key)?;
+    let freed = unref_key(tx, key, unlink)?;
+    tx.prepare_cached("DELETE FROM entries WHERE key = ?1")?.execute([key])?;
+    Ok((live, freed))
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(source: rusqlite::Error) -> Self {
+        Error::Db { path: PathBuf::from("metadata"), source }
+    }
+}
+
+impl MetaStore for SqliteMeta {
+    fn lookup(&self, key: &str) -> Result<Option<Entry>> {
+        self.with(|c| live_entry(c, key))
+    }
+
+    fn blob(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        self.with(|c| {
+            c.prepare_cached("SELECT size, stored_size, codec, data FROM blobs WHERE digest = ?1")?
+                .query_row([digest.to_string()], |r| {
+                    Ok(BlobInfo {
+                        digest: *digest,
+                        size: r.get::<_, i64>(0)? as u64,
+                        stored_size: r.get::<_, i64>(1)? as u64,
+                        codec: Codec::parse(&r.get::<_, String>(2)?).unwrap_or(Codec::Raw),
+                        inline: r.get(3)?,
+                    })
+                })
+                .optional()
+        })
+    }
+
+    fn commit_save(
+        &self,
+        entry: &Entry,
+        blobs: &[StagedBlob],
+        place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
+        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+    ) -> Result<Committed> {
+        self.write(true, |tx| {
+            for b in blobs {
+                let d = b.info.digest.to_string();
+                let known: bool = tx
+                    .prepare_cached("SELECT EXISTS(SELECT 1 FROM blobs WHERE digest = ?1)")?
+                    .query_row([&d], |r| r.get(0))?;
+                if known {
+                    continue;
+                }
+                if b.staged.is_some() {
+                    place(b)?;
+                }
+                tx.prepare_cached(
+                    "INSERT INTO blobs(digest, size, stored_size, codec, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    d,
+                    b.info.size as i64,
+                    b.info.stored_size as i64,
+                    b.info.codec.name(),
+                    b.info.inline
+                ])?;
+                bump(tx, "stored_bytes", b.info.stored_size as i64)?;
+            }
+
+            let old = live_entry(tx, &entry.key)?;
+            // New references first, so blobs shared by the old and new run are never dropped.
+            let old_refs: Vec<String> = tx
+                .prepare_cached("DELETE FROM refs WHERE key = ?1 RETURNING digest")?
+                .query_map([&entry.key], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for d in entry.blob_digests() {
+                tx.prepare_cached("INSERT OR IGNORE INTO refs(digest, key) VALUES (?1, ?2)")?
+                    .execute(params![d.to_string(), entry.key])?;
+            }
+            for d in old_refs {
+                drop_if_unreferenced(tx, &d, unlink)?;
+            }
+            if let Some(old) = &old {
+                tx.prepare_cached(
+                    "UPDATE entries SET live = 0, status = 'superseded' WHERE id = ?1",
+                )?
+                .execute([&old.id])?;
+            }
+            let mut entry = entry.clone();
+            entry.parent = old.as_ref().map(|o| o.id.clone());
+            entry.status = Status::Live;
+            let doc = serde_json::to_string(&entry).expect("entries serialize");
+            tx.prepare_cached(
+                "INSERT INTO entries(id, key, live, status, task, created_ms, last_access_ms,
+                    access_count, expires_ms, duration_ms, size, tags, doc)
+                 VALUES (?1, ?2, 1, 'live', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                entry.id,
+                entry.key,
+                entry.task,
+                entry.created_ms,
+                entry.last_access_ms,
+                entry.access_count,
+                entry.expires_ms,
+                entry.duration_ms,
+                entry.size as i64,
+                serde_json::to_string(&entry.tags).expect("tags serialize"),
+                doc
+            ])?;
+            tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([&entry.key])?;
+            bump(tx, "saves", 1)?;
+            Ok(Committed { superseded: old.map(|o| o.id) })
+        })
+    }
+
+    fn record_hit(&self, entry: &Entry, now_ms: i64) -> Result<()> {
+        self.write(false, |tx| {
+            tx.prepare_cached(
+                "UPDATE entries SET last_access_ms = max(last_access_ms, ?2),
+                    access_count = access_count + 1 WHERE id = ?1",
+            )?
+            .execute(params![entry.id, now_ms])?;
+            bump(tx, "hits", 1)?;
+            if let Some(d) = entry.duration_ms {
+                bump(tx, "time_saved_ms", d)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn bump(&self, counter: &str, by: i64) -> Result<()> {
+        self.write(false, |tx| Ok(bump(tx, counter, by)?))
+    }
+
+    fn remove_keys(
+        &self,
+        keys: &[String],
+        count_as: Option<&str>,
+        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+    ) -> Result<Vec<Entry>> {
+        self.write(false, |tx| {
+            let mut removed = Vec::new();
+            for k in keys {
+                if let (Some(e), _) = remove_key(tx, k, unlink)? {
+                    removed.push(e);
+                }
+            }
+            if let Some(c) = count_as {
+                bump(tx, c, removed.len() as i64)?;
+            }
+            Ok(removed)
+        })
+    }
+
+    fn forget_corrupt_blob(
+        &self,
+        digest: &Digest,
+        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+    ) -> Result<Vec<Entry>> {
+        let d = digest.to_string();
+        self.write(false, |tx| {
+            let keys: Vec<String> = tx
+                .prepare_cached("SELECT key FROM refs WHERE digest = ?1")?
+                .query_map([&d], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut hit = Vec::new();
+            for k in keys {
+                if let Some(e) = live_entry(tx, &k)? {
+                    tx.prepare_cached(
+                        "UPDATE entries SET live = 0, status = 'corrupt' WHERE id = ?1",
+                    )?
+                    .execute([&e.id])?;
+                    hit.push(e);
+                }
+                unref_key(tx, &k, unlink)?;
+            }
+            // The blob row goes even if no entry referenced it any more.
+            if let Some(stored) = tx
+                .prepare_cached("DELETE FROM blobs WHERE digest = ?1 RETURNING stored_size")?
+                .query_row([&d], |r| r.get::<_, i64>(0))
+                .optional()?
+            {
+                bump(tx, "stored_bytes", -stored)?;
+            }
+            bump(tx, "corrupt", 1)?;
+            Ok(hit)
+        })
+    }
+
+    fn list(&self, f: &Filter) -> Result<Vec<Entry>> {
+        let mut sql = format!("SELECT {ENTRY_COLS} FROM entries WHERE 1=1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if !f.all && f.status.is_none() {
+            sql.push_str(" AND live = 1");
+        }
+        if let Some(s) = f.status {
+            args.push(status_name(s).to_owned().into());
+            sql.push_str(&format!(" AND status = ?{}", args.len()));
+        }
+        if let Some(t) = &f.task {
+            args.push(t.clone().into());
+            sql.push_str(&format!(" AND task = ?{}", args.len()));
+        }
+        if let Some(since) = f.since_ms {
+            args.push(since.into());
+            sql.push_str(&format!(" AND created_ms >= ?{}", args.len()));
+        }
+        if let Some((k, v)) = &f.tag {
+            args.push(k.clone().into());
+            let kn = args.len();
+            match v {
+                Some(v) => {
+                    args.push(v.clone().into());
+                    sql.push_str(&format!(
+                        " AND EXISTS(SELECT 1 FROM json_each(entries.tags) WHERE key = ?{kn} AND value = ?{})",
+                        args.len()
+                    ));
+                }
+                None => sql.push_str(&format!(
+                    " AND EXISTS(SELECT 1 FROM json_each(entries.tags) WHERE key = ?{kn})"
+                )),
+            }
+        }
+        sql.push_str(" ORDER BY created_ms DESC, id");
+        if let Some(l) = f.limit {
+            sql.push_str(&format!(" LIMIT {l}"));
+        }
+        self.with(|c| {
+            c.prepare(&sql)?.query_map(rusqlite::params_from_iter(args), entry_from_row)?.collect()
+        })
+    }
+
+    fn resolve_prefix(&self, prefix: &str) -> Result<(Vec<String>, Vec<String>)> {
+        let hi = format!("{prefix}~");
+        self.with(|c| {
+            let ids = c
+                .prepare_cached("SELECT id FROM entries WHERE id >= ?1 AND id < ?2 LIMIT 5")?
+                .query_map([prefix, &hi], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let keys = c
+                .prepare_cached(
+                    "SELECT DISTINCT key FROM entries WHERE key >= ?1 AND key < ?2 LIMIT 5",
+                )?
+                .query_map([prefix, &hi], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((ids, keys))
+        })
+    }
+
+    fn run(&self, id: &str) -> Result<Option<Entry>> {
+        self.with(|c| {
+            c.prepare_cached(&format!("SELECT {ENTRY_COLS} FROM entries WHERE id = ?1"))?
+                .query_row([id], entry_from_row)
+                .optional()
+        })
+    }
+
+    fn history(&self, key: &str) -> Result<Vec<Entry>> {
+        self.with(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLS} FROM entries WHERE key = ?1 ORDER BY created_ms, id"
+            ))?
+            .query_map([key], entry_from_row)?
+            .collect()
+        })
+    }
+
+    fn evict(
+        &self,
+        now_ms: i64,
+        target_bytes: Option<u64>,
+        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+    ) -> Result<Vec<Entry>> {
+        self.write(false, |tx| {
+            let mut stored: i64 = tx
+                .query_row("SELECT value FROM counters WHERE name = 'stored_bytes'", [], |r| r.get(0))?;
+            let over = |stored: i64| target_bytes.is_none_or(|t| stored > t as i64);
+            let mut removed = Vec::new();
+            let mut expired = 0;
+            let mut evicted = 0;
+            let expired_keys: Vec<String> = tx
+                .prepare(
+                    "SELECT key FROM entries WHERE live = 1 AND expires_ms IS NOT NULL
+                     AND expires_ms <= ?1 ORDER BY expires_ms",
+                )?
+                .query_map([now_ms], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for k in expired_keys {
+                if !over(stored) {
+                    break;
+                }
+                let (e, freed) = remove_key(tx, &k, unlink)?;
+                stored -= freed as i64;
+                expired += 1;
+                removed.extend(e);
+            }
+            if target_bytes.is_some() {
+                while over(stored) {
+                    let batch: Vec<String> = tx
+                        .prepare_cached(
+                            "SELECT key FROM entries WHERE live = 1 ORDER BY last_access_ms, created_ms LIMIT 64",
+                        )?
+                        .query_map([], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for k in batch {
+                        if !over(stored) {
+                            break;
+                        }
+                        let (e, freed) = remove_key(tx, &k, unlink)?;
+                        stored -= freed as i64;
+                        evicted += 1;
+                        removed.extend(e);
+                    }
+                }
+            }
+            bump(tx, "expired", expired)?;
+            bump(tx, "evictions", evicted)?;
+            Ok(removed)
+        })
+    }
+
+    fn counters(&self) -> Result<Counters> {
+        self.with(|c| {
+            let mut out = Counters::default();
+            let mut stmt = c.prepare_cached("SELECT name, value FROM counters")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (name, v) = row?;
+                match name.as_str() {
+                    "hits" => out.hits = v,
+                    "misses" => out.misses = v,
+                    "saves" => out.saves = v,
+                    "evictions" => out.evictions = v,
+                    "corrupt" => out.corrupt = v,
+                    "expired" => out.expired = v,
+                    "time_saved_ms" => out.time_saved_ms = v,
+                    "stored_bytes" => out.stored_bytes = v,
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn live_entries(&self) -> Result<i64> {
+        self.with(|c| c.query_row("SELECT count(*) FROM entries WHERE live = 1", [], |r| r.get(0)))
+    }
+
+    fn blobs(&self) -> Result<Vec<BlobInfo>> {
+        let rows: Vec<(String, i64, i64, String, Option<Vec<u8>>)> = self.with(|c| {
+            c.prepare("SELECT digest, size, stored_size, codec, data FROM blobs ORDER BY digest")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                .collect()
+        })?;
+        rows.into_iter()
+            .map(|(d, size, stored, codec, data)| {
+                Ok(BlobInfo {
+                    digest: d.parse()?,
+                    size: size as u64,
+                    stored_size: stored as u64,
+                    codec: Codec::parse(&codec).unwrap_or(Codec::Raw),
+                    inline: data,
+                })
+            })
+            .collect()
+    }
+
+    fn clear(&self, unlink: &mut dyn FnMut(&Digest) -> Result<()>) -> Result<u64> {
+        self.write(false, |tx| {
+            let n: i64 =
+                tx.query_row("SELECT count(*) FROM entries WHERE live = 1", [], |r| r.get(0))?;
+            let files: Vec<String> = tx
+                .prepare("SELECT digest FROM blobs WHERE data IS NULL")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for d in files {
+                unlink(&d.parse()?)?;
+            }
+            tx.execute_batch(
+                "DELETE FROM entries; DELETE FROM refs; DELETE FROM blobs; DELETE FROM failures;
+                 UPDATE counters SET value = 0 WHERE name = 'stored_bytes';",
+            )?;
+            Ok(n as u64)
+        })
+    }
+
+    fn record_failure(&self, key: &str, message: &str, at_ms: i64) -> Result<()> {
+        self.write(false, |tx| {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO failures(key, message, at_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key, message, at_ms])?;
+            Ok(())
+        })
+    }
+
+    fn failure(&self, key: &str) -> Result<Option<(String, i64)>> {
+        self.with(|c| {
+            c.prepare_cached("SELECT message, at_ms FROM failures WHERE key = ?1")?
+                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+    }
+
+    fn clear_failure(&self, key: &str) -> Result<()> {
+        self.write(false, |tx| {
+            tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([key])?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,477 @@
+//! The vault: the engine's public face. Keys in, entries and verified outputs out, with
+//! policies, the audit trail and claims applied in one place.
+
+mod admin;
+mod restore;
+mod stage;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use admin::{GcReport, Stats, VerifyReport};
+pub(crate) use restore::{Sink, validate_tree};
+pub(crate) use stage::Staging as StagingHandle;
+
+use crate::audit::{AuditLog, Event, Record};
+use crate::claim::{Acquired, ClaimLock};
+use crate::clock::now_ms;
+use crate::config::Settings;
+use crate::digest::Digest;
+use crate::entry::{Entry, OutputKind, Status};
+use crate::error::{Error, IoContext, Result};
+use crate::key::{Input, InputRecord, TaskKey};
+use crate::store::local::LocalBlobs;
+use crate::store::sqlite::SqliteMeta;
+use crate::store::{BlobStore, MetaStore};
+use crate::tree::{Node, NodeKind};
+
+/// What to cache: a path (file or directory) or bytes held in memory.
+#[derive(Debug, Clone, Copy)]
+pub enum Output<'a> {
+    Path(&'a Path),
+    Bytes(&'a [u8]),
+}
+
+/// Options of one save. `Default` is a plain save under the task's policy.
+#[derive(Debug, Clone, Default)]
+pub struct SaveOptions {
+    /// Overrides the policy TTL for this entry; `Some(0)` means it never expires.
+    pub ttl_seconds: Option<u64>,
+    /// How long the work took; each later hit adds it to "time saved".
+    pub duration_ms: Option<i64>,
+    pub tags: BTreeMap<String, String>,
+    /// Front-end provenance stored with the run (command line, code, arguments).
+    pub details: serde_json::Value,
+    /// Extra key ingredients shown by `show` (label, printable value).
+    pub extras_display: Vec<(String, String)>,
+}
+
+/// Called with the number of bytes processed so far while large files are hashed or copied.
+pub type Progress = dyn Fn(u64) + Send + Sync;
+
+/// Outcome of [`Vault::claim`].
+#[derive(Debug)]
+pub enum Claim<'v> {
+    /// Nobody has the result: compute it, save it, then drop the guard (or call `fail`).
+    Compute(ClaimGuard<'v>),
+    /// The result is there (possibly just saved by the worker we waited for).
+    Ready(Entry),
+    /// The worker we waited for failed with this message; its failure is the answer.
+    Failed(String),
+}
+
+/// The right to compute a key. Dropping it wakes the next waiter.
+#[derive(Debug)]
+pub struct ClaimGuard<'v> {
+    vault: &'v Vault,
+    key: String,
+    _lock: ClaimLock,
+}
+
+impl ClaimGuard<'_> {
+    /// Records the failure for every waiter, then releases the claim.
+    pub fn fail(self, message: &str) -> Result<()> {
+        self.vault.meta.record_failure(&self.key, message, now_ms())
+    }
+}
+
+/// A local vault: SQLite metadata and blobs on disk, under one directory.
+pub struct Vault {
+    settings: Settings,
+    meta: Box<dyn MetaStore>,
+    blobs: Box<dyn BlobStore>,
+    audit: AuditLog,
+    tmp: PathBuf,
+    locks: PathBuf,
+    progress: Option<Box<Progress>>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("dir", &self.settings.vault_dir).finish_non_exhaustive()
+    }
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A name for a temporary file that no other thread or process will pick.
+pub(crate) fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}{}-{}-{nanos}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Vault {
+    /// Opens (creating if needed) the vault at `settings.vault_dir`.
+    pub fn open(settings: Settings) -> Result<Vault> {
+        let dir = &settings.vault_dir;
+        let tmp = dir.join("tmp");
+        let locks = dir.join("locks");
+        for d in [dir, &tmp, &locks] {
+            std::fs::create_dir_all(d).at(d)?;
+        }
+        let meta = SqliteMeta::open(&dir.join("cache.db"))?;
+        let blobs = LocalBlobs::new(dir.join("blobs"), dir.join("quarantine"));
+        let audit =
+            AuditLog::new(dir.join("audit.log"), settings.audit_format, settings.audit_max_bytes);
+        Ok(Vault {
+            settings,
+            meta: Box::new(meta),
+            blobs: Box::new(blobs),
+            audit,
+            tmp,
+            locks,
+            progress: None,
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn audit_path(&self) -> &Path {
+        self.audit.path()
+    }
+
+    /// Reports bytes processed during long hashing and copying.
+    pub fn set_progress(&mut self, progress: Box<Progress>) {
+        self.progress = Some(progress);
+    }
+
+    /// Hashes the inputs and builds the key of `task` in this vault's namespace.
+    pub fn key(&self, task: &str, inputs: &[Input]) -> Result<TaskKey> {
+        self.key_with(task, inputs, Vec::new())
+    }
+
+    /// Like [`Vault::key`], with further labelled ingredients.
+    pub fn key_with(
+        &self,
+        task: &str,
+        inputs: &[Input],
+        extras: Vec<(String, Vec<u8>)>,
+    ) -> Result<TaskKey> {
+        let alg = self.settings.algorithm;
+        let records =
+            inputs.iter().map(|i| InputRecord::hash(alg, i)).collect::<Result<Vec<_>>>()?;
+        TaskKey::new(alg, &self.settings.namespace, task, records, extras)
+    }
+
+    /// Stores `output` as the result of `key`. The previous entry of the key, if any, becomes
+    /// history. Refused with [`Error::TooLarge`] if over the task's `max_size_bytes`.
+    pub fn save(&self, key: &TaskKey, output: Output<'_>, opts: &SaveOptions) -> Result<Entry> {
+        let policy = self.settings.policy(&key.task);
+        let (kind, walked) = stage::inspect(output)?;
+        let size: u64 = match output {
+            Output::Bytes(b) => b.len() as u64,
+            Output::Path(_) => walked.iter().map(|w| w.size).sum(),
+        };
+        if let Some(limit) = policy.max_size_bytes.filter(|l| size > *l) {
+            return Err(Error::TooLarge { task: key.task.clone(), size, limit });
+        }
+
+        let mut staging = stage::Staging::new(self);
+        let mut outputs = Vec::with_capacity(walked.len().max(1));
+        match output {
+            Output::Bytes(b) => {
+                let blob = staging.bytes(b)?;
+                outputs.push(file_node(String::new(), 0o644, &blob));
+            }
+            Output::Path(_) => {
+                for w in &walked {
+                    outputs.push(match w.kind {
+                        NodeKind::File => {
+                            let blob = staging.file(&w.abs)?;
+                            file_node(w.rel.clone(), w.mode, &blob)
+                        }
+                        _ => Node {
+                            path: w.rel.clone(),
+                            kind: w.kind,
+                            mode: w.mode,
+                            size: 0,
+                            digest: None,
+                            target: w.target.clone(),
+                        },
+                    });
+                }
+            }
+        }
+        // The bytes actually stored can differ from the first look if a file grew meanwhile.
+        let size: u64 = outputs.iter().map(|n| n.size).sum();
+        if let Some(limit) = policy.max_size_bytes.filter(|l| size > *l) {
+            return Err(Error::TooLarge { task: key.task.clone(), size, limit });
+        }
+
+        let now = now_ms();
+        let ttl = opts.ttl_seconds.or(policy.ttl_seconds).filter(|t| *t > 0);
+        let mut entry = Entry {
+            id: self.run_id(key, now),
+            key: key.digest().hex(),
+            namespace: key.namespace.clone(),
+            task: key.task.clone(),
+            status: Status::Live,
+            inputs: key.inputs.clone(),
+            extras: opts.extras_display.clone(),
+            output_kind: kind,
+            outputs,
+            size,
+            created_ms: now,
+            last_access_ms: now,
+            access_count: 0,
+            expires_ms: ttl.map(|t| now.saturating_add((t as i64).saturating_mul(1000))),
+            ttl_explicit: opts.ttl_seconds.is_some(),
+            duration_ms: opts.duration_ms,
+            host: self.settings.host.clone(),
+            user: self.settings.user.clone(),
+            tags: opts.tags.clone(),
+            parent: None,
+            details: opts.details.clone(),
+        };
+        let committed = self.meta.commit_save(
+            &entry,
+            staging.blobs(),
+            &mut |b| {
+                let staged = b.staged.as_deref().expect("only staged blobs are placed");
+                self.blobs.put(&b.info.digest, staged)?;
+                Ok(())
+            },
+            &mut |d| self.blobs.remove(d),
+        )?;
+        drop(staging);
+        entry.parent = committed.superseded;
+        self.audit.record(&Record {
+            event: Event::Save,
+            op: "save",
+            task: &entry.task,
+            hash: &entry.key,
+            size: Some(entry.size),
+            detail: None,
+        });
+        self.enforce_cap()?;
+        Ok(entry)
+    }
+
+    fn run_id(&self, key: &TaskKey, now: i64) -> String {
+        let mut seed = key.digest().as_bytes().to_vec();
+        seed.extend_from_slice(unique_name("").as_bytes());
+        seed.extend_from_slice(&now.to_le_bytes());
+        seed.extend_from_slice(self.settings.host.as_bytes());
+        blake3::hash(&seed).to_hex().to_string()
+    }
+
+    /// Evicts down to the low-water mark when stored bytes exceed the cap.
+    fn enforce_cap(&self) -> Result<()> {
+        let Some(cap) = self.settings.max_size_bytes else { return Ok(()) };
+        if self.meta.counters()?.stored_bytes as u64 <= cap {
+            return Ok(());
+        }
+        let target = cap / 100 * self.settings.low_water_percent as u64
+            + cap % 100 * self.settings.low_water_percent as u64 / 100;
+        let removed = self.meta.evict(now_ms(), Some(target), &mut |d| self.blobs.remove(d))?;
+        for e in &removed {
+            self.audit_entry(Event::Evict, "evict", e);
+        }
+        Ok(())
+    }
+
+    fn audit_entry(&self, event: Event, op: &str, e: &Entry) {
+        self.audit.record(&Record {
+            event,
+            op,
+            task: &e.task,
+            hash: &e.key,
+            size: Some(e.size),
+            detail: None,
+        });
+    }
+
+    /// Whether an entry may no longer be served: its own expiry, or the task's current TTL
+    /// (unless the entry was saved with an explicit TTL).
+    fn expired(&self, e: &Entry, now: i64) -> bool {
+        if e.is_expired(now) {
+            return true;
+        }
+        if e.ttl_explicit {
+            return false;
+        }
+        self.settings
+            .policy(&e.task)
+            .ttl_seconds
+            .is_some_and(|t| now >= e.created_ms.saturating_add((t as i64).saturating_mul(1000)))
+    }
+
+    /// The live, unexpired entry of a key, without counting a hit or a miss.
+    pub fn peek(&self, key: &TaskKey) -> Result<Option<Entry>> {
+        let now = now_ms();
+        Ok(self.meta.lookup(&key.digest().hex())?.filter(|e| !self.expired(e, now)))
+    }
+
+    /// Looks `key` up, handling expiry. Counts a miss if there is nothing to serve.
+    fn lookup_for_get(&self, key: &TaskKey, op: &str) -> Result<Option<Entry>> {
+        let hex = key.digest().hex();
+        let now = now_ms();
+        match self.meta.lookup(&hex)? {
+            Some(e) if self.expired(&e, now) => {
+                self.meta.remove_keys(&[hex], Some("expired"), &mut |d| self.blobs.remove(d))?;
+                self.audit_entry(Event::Expire, op, &e);
+                self.miss(key, op)?;
+                Ok(None)
+            }
+            Some(e) => Ok(Some(e)),
+            None => {
+                self.miss(key, op)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn miss(&self, key: &TaskKey, op: &str) -> Result<()> {
+        self.meta.bump("misses", 1)?;
+        self.audit.record(&Record {
+            event: Event::Miss,
+            op,
+            task: &key.task,
+            hash: &key.digest().hex(),
+            size: None,
+            detail: None,
+        });
+        Ok(())
+    }
+
+    fn hit(&self, e: &Entry, op: &str) -> Result<()> {
+        self.meta.record_hit(e, now_ms())?;
+        self.audit_entry(Event::Hit, op, e);
+        Ok(())
+    }
+
+    /// Restores the result of `key` to `dest` (a file path, or a directory path for directory
+    /// outputs). `None` is a miss: nothing was written at `dest`.
+    pub fn get(&self, key: &TaskKey, dest: &Path) -> Result<Option<Entry>> {
+        let Some(e) = self.lookup_for_get(key, "get")? else { return Ok(None) };
+        if self.restore(&e, dest)?.is_none() {
+            self.miss(key, "get")?;
+            return Ok(None);
+        }
+        self.hit(&e, "get")?;
+        Ok(Some(e))
+    }
+
+    /// The result of `key` as bytes (file and bytes outputs only). `None` is a miss.
+    pub fn get_bytes(&self, key: &TaskKey) -> Result<Option<(Entry, Vec<u8>)>> {
+        let Some(e) = self.lookup_for_get(key, "get")? else { return Ok(None) };
+        let Some(bytes) = self.read_bytes(&e)? else {
+            self.miss(key, "get")?;
+            return Ok(None);
+        };
+        self.hit(&e, "get")?;
+        Ok(Some((e, bytes)))
+    }
+
+    /// The seed SDK's save: `output` is the result of `task` on `input`.
+    pub fn cache_result(&self, task: &str, input: &[u8], output: &[u8]) -> Result<Entry> {
+        let key = self.key(task, &[Input::Bytes(input.to_vec())])?;
+        self.save(&key, Output::Bytes(output), &SaveOptions::default())
+    }
+
+    /// The seed SDK's lookup: `(Some(bytes), true)` on a hit, `(None, false)` on a miss.
+    pub fn get_cached_result(&self, task: &str, input: &[u8]) -> Result<(Option<Vec<u8>>, bool)> {
+        let key = self.key(task, &[Input::Bytes(input.to_vec())])?;
+        Ok(match self.get_bytes(&key)? {
+            Some((_, b)) => (Some(b), true),
+            None => (None, false),
+        })
+    }
+
+    /// Claims `key`: exactly one concurrent claimant gets [`Claim::Compute`]; the others block
+    /// until it saves ([`Claim::Ready`]) or fails ([`Claim::Failed`]). If it dies, the next
+    /// waiter is handed the claim.
+    pub fn claim(&self, key: &TaskKey) -> Result<Claim<'_>> {
+        let hex = key.digest().hex();
+        let started = now_ms();
+        let (lock, waited) = match ClaimLock::acquire(&self.locks.join(&hex))? {
+            Acquired::Immediately(l) => (l, false),
+            Acquired::AfterWaiting(l) => (l, true),
+        };
+        if let Some(e) = self.peek(key)? {
+            return Ok(Claim::Ready(e));
+        }
+        if waited {
+            if let Some((message, at)) = self.meta.failure(&hex)? {
+                if at >= started {
+                    return Ok(Claim::Failed(message));
+                }
+            }
+        }
+        Ok(Claim::Compute(ClaimGuard { vault: self, key: hex, _lock: lock }))
+    }
+
+    /// The output kind of a path about to be saved (for front ends that check early).
+    pub fn output_kind(path: &Path) -> Result<OutputKind> {
+        Ok(stage::inspect(Output::Path(path))?.0)
+    }
+
+    pub(crate) fn blob_store(&self) -> &dyn BlobStore {
+        &*self.blobs
+    }
+
+    pub(crate) fn meta(&self) -> &dyn MetaStore {
+        &*self.meta
+    }
+
+    pub(crate) fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub(crate) fn report_progress(&self, bytes: u64) {
+        if let Some(p) = &self.progress {
+            p(bytes);
+        }
+    }
+
+    /// Quarantines a blob that failed verification and retires every entry using it.
+    pub(crate) fn corrupt(&self, digest: &Digest, message: &str, op: &str) -> Result<()> {
+        tracing::warn!("blob {digest} failed verification ({message}); quarantined, entry dropped");
+        self.blobs.quarantine(digest)?;
+        let retired = self.meta.forget_corrupt_blob(digest, &mut |d| {
+            if d == digest { Ok(()) } else { self.blobs.remove(d) }
+        })?;
+        let hash = digest.hex();
+        if retired.is_empty() {
+            self.audit.record(&Record {
+                event: Event::Corrupt,
+                op,
+                task: "",
+                hash: &hash,
+                size: None,
+                detail: Some(message),
+            });
+        }
+        for e in &retired {
+            self.audit.record(&Record {
+                event: Event::Corrupt,
+                op,
+                task: &e.task,
+                hash: &e.key,
+                size: Some(e.size),
+                detail: Some(&format!("blob {hash}: {message}")),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn file_node(path: String, mode: u32, blob: &crate::store::StagedBlob) -> Node {
+    Node {
+        path,
+        kind: NodeKind::File,
+        mode,
+        size: blob.info.size,
+        digest: Some(blob.info.digest),
+        target: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

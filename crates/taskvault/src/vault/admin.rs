@@ -1,0 +1,251 @@
+//! Looking at and tending a vault: selection, history, removal, garbage collection,
+//! verification and statistics.
+
+use std::time::{Duration, SystemTime};
+
+use super::Vault;
+use super::restore::Sink;
+use crate::audit::Event;
+use crate::clock::now_ms;
+use crate::digest::Digest;
+use crate::entry::{Counters, Entry, Filter};
+use crate::error::{Error, IoContext, Result};
+
+/// Crash leftovers (staging files, orphan blob files) younger than this are left alone by `gc`,
+/// since a save may be about to commit them.
+const LEFTOVER_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// Vault statistics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stats {
+    pub entries: i64,
+    /// Stored bytes (after compression and deduplication).
+    pub total_bytes: i64,
+    /// The size cap, if any.
+    pub limit_bytes: Option<u64>,
+    /// `total_bytes` as a percentage of the cap.
+    pub usage_percent: Option<f64>,
+    /// Hits over lookups, as a percentage.
+    pub hit_rate_percent: Option<f64>,
+    #[serde(flatten)]
+    pub counters: Counters,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub blobs_checked: u64,
+    pub bytes_checked: u64,
+    /// (digest, reason) of every blob that failed and was quarantined.
+    pub corrupt: Vec<(String, String)>,
+    /// Blob files that no entry referenced, removed.
+    pub orphans_removed: u64,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GcReport {
+    pub expired: u64,
+    pub old: u64,
+    pub evicted: u64,
+    pub orphans_removed: u64,
+    pub temp_removed: u64,
+    pub bytes_before: i64,
+    pub bytes_after: i64,
+}
+
+impl Vault {
+    pub fn stats(&self) -> Result<Stats> {
+        let c = self.meta().counters()?;
+        let lookups = c.hits + c.misses;
+        Ok(Stats {
+            entries: self.meta().live_entries()?,
+            total_bytes: c.stored_bytes,
+            limit_bytes: self.settings.max_size_bytes,
+            usage_percent: self
+                .settings
+                .max_size_bytes
+                .map(|l| c.stored_bytes as f64 * 100.0 / l as f64),
+            hit_rate_percent: (lookups > 0).then(|| c.hits as f64 * 100.0 / lookups as f64),
+            counters: c,
+        })
+    }
+
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Entry>> {
+        self.meta().list(filter)
+    }
+
+    /// Resolves a hash argument: a prefix of a run id, or of a key (which means its live run, or
+    /// its latest run if none is live).
+    pub fn resolve(&self, prefix: &str) -> Result<Entry> {
+        let prefix = prefix.trim().to_ascii_lowercase();
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Other(format!("{prefix:?} is not a hash (hex digits expected)")));
+        }
+        let (ids, keys) = self.meta().resolve_prefix(&prefix)?;
+        let count = ids.len() + keys.len();
+        if count > 1 {
+            return Err(Error::Ambiguous { prefix, count });
+        }
+        if let Some(id) = ids.first() {
+            return self.meta().run(id)?.ok_or(Error::NotFound(prefix));
+        }
+        if let Some(k) = keys.first() {
+            if let Some(e) = self.meta().lookup(k)? {
+                return Ok(e);
+            }
+            return self.meta().history(k)?.pop().ok_or(Error::NotFound(prefix));
+        }
+        Err(Error::NotFound(prefix))
+    }
+
+    /// All runs of an entry's key, oldest first.
+    pub fn history(&self, e: &Entry) -> Result<Vec<Entry>> {
+        self.meta().history(&e.key)
+    }
+
+    /// Writes a run's output to `dest`, verified; `false` if it failed verification.
+    pub fn restore_run(&self, e: &Entry, dest: &std::path::Path) -> Result<bool> {
+        Ok(self.restore(e, dest)?.is_some())
+    }
+
+    /// A run's bytes (file and bytes outputs); `None` if they failed verification.
+    pub fn run_bytes(&self, e: &Entry) -> Result<Option<Vec<u8>>> {
+        self.read_bytes(e)
+    }
+
+    /// Removes the keys of the given runs (every run of each key); returns the live entries removed.
+    pub fn remove(&self, runs: &[Entry]) -> Result<Vec<Entry>> {
+        let mut keys: Vec<String> = runs.iter().map(|e| e.key.clone()).collect();
+        keys.dedup();
+        let removed = self.meta().remove_keys(&keys, None, &mut |d| self.blob_store().remove(d))?;
+        for e in &removed {
+            self.audit_entry(Event::Remove, "rm", e);
+        }
+        Ok(removed)
+    }
+
+    /// Removes every live entry carrying tag `key` (with `value`, if given).
+    pub fn invalidate(&self, key: &str, value: Option<&str>) -> Result<Vec<Entry>> {
+        let runs = self.list(&Filter {
+            tag: Some((key.to_owned(), value.map(str::to_owned))),
+            ..Filter::default()
+        })?;
+        self.remove(&runs)
+    }
+
+    /// Removes every entry and blob; returns how many entries there were.
+    pub fn clear(&self) -> Result<u64> {
+        let n = self.meta().clear(&mut |d| self.blob_store().remove(d))?;
+        self.audit.record(&crate::audit::Record {
+            event: Event::Remove,
+            op: "clear",
+            task: "*",
+            hash: "*",
+            size: None,
+            detail: None,
+        });
+        Ok(n)
+    }
+
+    /// Removes expired entries, entries not used for `older_than`, entries beyond `max_size`
+    /// (least recently used first), orphan blob files and stale staging files.
+    pub fn gc(&self, older_than: Option<Duration>, max_size: Option<u64>) -> Result<GcReport> {
+        let mut report =
+            GcReport { bytes_before: self.meta().counters()?.stored_bytes, ..GcReport::default() };
+        let now = now_ms();
+        let unlink = &mut |d: &Digest| self.blob_store().remove(d);
+        for e in self.meta().evict(now, None, unlink)? {
+            self.audit_entry(Event::Expire, "gc", &e);
+            report.expired += 1;
+        }
+        let expired_policy: Vec<Entry> =
+            self.list(&Filter::default())?.into_iter().filter(|e| self.expired(e, now)).collect();
+        for e in self.meta().remove_keys(&keys_of(&expired_policy), Some("expired"), unlink)? {
+            self.audit_entry(Event::Expire, "gc", &e);
+            report.expired += 1;
+        }
+        if let Some(age) = older_than {
+            let cutoff = now - age.as_millis() as i64;
+            let old: Vec<Entry> = self
+                .list(&Filter::default())?
+                .into_iter()
+                .filter(|e| e.last_access_ms < cutoff)
+                .collect();
+            for e in self.meta().remove_keys(&keys_of(&old), Some("evictions"), unlink)? {
+                self.audit_entry(Event::Evict, "gc", &e);
+                report.old += 1;
+            }
+        }
+        if let Some(max) = max_size {
+            for e in self.meta().evict(now, Some(max), unlink)? {
+                self.audit_entry(Event::Evict, "gc", &e);
+                report.evicted += 1;
+            }
+        }
+        report.orphans_removed = self.remove_orphans(LEFTOVER_AGE)?;
+        report.temp_removed = self.remove_stale_temp(LEFTOVER_AGE)?;
+        report.bytes_after = self.meta().counters()?.stored_bytes;
+        Ok(report)
+    }
+
+    /// Blob files without a metadata row (left by a crash between placing and committing).
+    fn remove_orphans(&self, min_age: Duration) -> Result<u64> {
+        let known: std::collections::HashSet<Digest> =
+            self.meta().blobs()?.into_iter().map(|b| b.digest).collect();
+        let mut removed = 0;
+        for (d, written) in self.blob_store().list()? {
+            if known.contains(&d) {
+                continue;
+            }
+            let old_enough = written
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age >= min_age);
+            if old_enough {
+                self.blob_store().remove(&d)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn remove_stale_temp(&self, min_age: Duration) -> Result<u64> {
+        let mut removed = 0;
+        for item in std::fs::read_dir(self.tmp_dir()).at(self.tmp_dir())? {
+            let p = item.at(self.tmp_dir())?.path();
+            let stale = std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age >= min_age);
+            if stale && std::fs::remove_file(&p).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Reads and checks every blob; quarantines the bad ones (their entries become misses) and
+    /// removes orphan files.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        for b in self.meta().blobs()? {
+            let mut sink = Sink::Discard;
+            match self.read_blob(&b.digest, b.size, &mut sink)? {
+                Ok(()) => {}
+                Err(msg) => {
+                    self.corrupt(&b.digest, &msg, "verify")?;
+                    report.corrupt.push((b.digest.to_string(), msg));
+                }
+            }
+            report.blobs_checked += 1;
+            report.bytes_checked += b.size;
+        }
+        report.orphans_removed = self.remove_orphans(LEFTOVER_AGE)?;
+        Ok(report)
+    }
+}
+
+fn keys_of(entries: &[Entry]) -> Vec<String> {
+    entries.iter().map(|e| e.key.clone()).collect()
+}

@@ -1,0 +1,362 @@
+//! Serving outputs: every blob is verified against its digest while it is written to a temporary
+//! file beside the destination, which is renamed into place only when the whole output checked
+//! out. A blob that fails is quarantined and the entry becomes a miss.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::{Vault, unique_name};
+use crate::digest::Digest;
+use crate::entry::{BlobInfo, Codec, Entry, OutputKind};
+use crate::error::{Error, IoContext, Result};
+use crate::store::BlobReader;
+use crate::tree::{NodeKind, is_safe_relative, symlink_stays_inside};
+
+/// Raw file blobs at least this large are copied by the kernel while another thread hashes them.
+const PARALLEL_MIN: u64 = 1 << 20;
+
+/// Where verified bytes go.
+pub(crate) enum Sink<'a> {
+    File(&'a mut File, &'a Path),
+    Buf(&'a mut Vec<u8>),
+    /// Verification only.
+    Discard,
+}
+
+impl Sink<'_> {
+    fn write_all(&mut self, b: &[u8]) -> Result<()> {
+        match self {
+            Sink::File(f, p) => f.write_all(b).at(*p),
+            Sink::Buf(v) => {
+                v.extend_from_slice(b);
+                Ok(())
+            }
+            Sink::Discard => Ok(()),
+        }
+    }
+}
+
+/// A verification failure (the blob is bad), as opposed to an I/O error at the destination.
+pub(crate) type Verified = std::result::Result<(), String>;
+
+impl Vault {
+    /// Writes the verified bytes of blob `digest` (expected `size` bytes) to `sink`.
+    pub(crate) fn read_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        sink: &mut Sink<'_>,
+    ) -> Result<Verified> {
+        let Some(info) = self.meta().blob(digest)? else {
+            return Ok(Err("no metadata row for the blob".into()));
+        };
+        if info.size != size {
+            return Ok(Err(format!("blob is {} bytes, the entry expects {size}", info.size)));
+        }
+        if let Some(data) = &info.inline {
+            let plain = match verify_inline(&info, data) {
+                Ok(p) => p,
+                Err(msg) => return Ok(Err(msg)),
+            };
+            sink.write_all(plain.as_deref().unwrap_or(data))?;
+            return Ok(Ok(()));
+        }
+        let reader = match self.blob_store().open(digest)? {
+            Some(r) => r,
+            None => return Ok(Err("blob file is missing".into())),
+        };
+        match (reader, info.codec) {
+            (BlobReader::File(f), Codec::Raw) => self.read_raw_file(f, &info, sink),
+            (BlobReader::File(f), Codec::Zstd) => self.read_stream(Box::new(f), &info, sink),
+            (BlobReader::Stream(s), _) => self.read_stream(s, &info, sink),
+        }
+    }
+
+    fn read_raw_file(&self, mut f: File, info: &BlobInfo, sink: &mut Sink<'_>) -> Result<Verified> {
+        let len = f.metadata()?.len();
+        if len != info.stored_size {
+            return Ok(Err(format!(
+                "blob file is {len} bytes, expected {} (truncated?)",
+                info.stored_size
+            )));
+        }
+        match sink {
+            Sink::File(out, out_path) if len >= PARALLEL_MIN => {
+                // The kernel copies (copy_file_range) while a second handle is hashed; both read
+                // the same immutable file, and the copy is renamed into place only if it matches.
+                let alg = info.digest.algorithm();
+                let reader = f.try_clone()?;
+                let (hashed, copied) = std::thread::scope(|s| {
+                    // Positional reads: the clone shares the file offset that the copy advances.
+                    let h = s.spawn(move || hash_at(alg, &reader));
+                    let copied = std::io::copy(&mut f, *out).at(*out_path);
+                    (h.join().expect("hash thread does not panic"), copied)
+                });
+                let (digest, n) = hashed?;
+                let copied = copied?;
+                self.report_progress(copied);
+                Ok(check(info, &digest, n).and_then(|()| {
+                    if copied == n { Ok(()) } else { Err("blob changed while being read".into()) }
+                }))
+            }
+            _ => self.read_stream(Box::new(f), info, sink),
+        }
+    }
+
+    fn read_stream(
+        &self,
+        src: Box<dyn Read + Send + '_>,
+        info: &BlobInfo,
+        sink: &mut Sink<'_>,
+    ) -> Result<Verified> {
+        let mut src: Box<dyn Read + Send> = match info.codec {
+            Codec::Raw => src,
+            Codec::Zstd => match zstd::stream::Decoder::new(src) {
+                Ok(d) => Box::new(d),
+                Err(e) => return Ok(Err(format!("zstd: {e}"))),
+            },
+        };
+        let mut hasher = info.digest.algorithm().hasher();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // A decoding error or a short read is the blob's fault, not the caller's.
+                Err(e) => return Ok(Err(format!("reading blob: {e}"))),
+            };
+            total += n as u64;
+            if total > info.size {
+                return Ok(Err(format!("blob holds more than the {} bytes recorded", info.size)));
+            }
+            hasher.update(&buf[..n]);
+            sink.write_all(&buf[..n])?;
+            self.report_progress(total);
+        }
+        Ok(check(info, &hasher.finish(), total))
+    }
+
+    /// Restores an entry's output to `dest`; `None` if a blob failed verification (it has been
+    /// quarantined and the entry retired; nothing is left at `dest`).
+    pub fn restore(&self, e: &Entry, dest: &Path) -> Result<Option<()>> {
+        let parent = match dest.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => return Err(bad_dest(dest, "is not a file path")),
+        };
+        let name = dest
+            .file_name()
+            .ok_or_else(|| bad_dest(dest, "is not a file path"))?
+            .to_string_lossy()
+            .into_owned();
+        match std::fs::metadata(parent) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(bad_dest(parent, "is not a directory")),
+            Err(_) => return Err(bad_dest(parent, "directory does not exist")),
+        }
+        let existing = std::fs::symlink_metadata(dest).ok();
+        let tmp = parent.join(format!(".{name}.{}", unique_name("taskvault-")));
+        match e.output_kind {
+            OutputKind::File | OutputKind::Bytes => {
+                if existing.as_ref().is_some_and(|m| m.is_dir()) {
+                    return Err(bad_dest(dest, "is a directory; the cached output is a file"));
+                }
+                let node =
+                    e.outputs.first().ok_or_else(|| bad_dest(dest, "entry has no output"))?;
+                let digest = node.digest.ok_or_else(|| bad_dest(dest, "entry has no output"))?;
+                let mut f = File::create(&tmp).at(&tmp)?;
+                let guard = Cleanup(Some(tmp.clone()));
+                match self.read_blob(&digest, node.size, &mut Sink::File(&mut f, &tmp))? {
+                    Ok(()) => {}
+                    Err(msg) => {
+                        drop(guard);
+                        self.corrupt(&digest, &msg, "get")?;
+                        return Ok(None);
+                    }
+                }
+                let mode =
+                    if e.output_kind == OutputKind::Bytes { 0o644 } else { node.mode & 0o777 };
+                f.set_permissions(std::fs::Permissions::from_mode(mode)).at(&tmp)?;
+                drop(f);
+                std::fs::rename(&tmp, dest).at(dest)?;
+                std::mem::forget(guard);
+                Ok(Some(()))
+            }
+            OutputKind::Dir => {
+                if existing.as_ref().is_some_and(|m| !m.is_dir()) {
+                    return Err(bad_dest(
+                        dest,
+                        "exists and is not a directory; the cached output is a directory",
+                    ));
+                }
+                let guard = Cleanup(Some(tmp.clone()));
+                std::fs::create_dir(&tmp).at(&tmp)?;
+                if let Err((digest, msg)) = self.build_tree(e, &tmp)? {
+                    drop(guard);
+                    self.corrupt(&digest, &msg, "get")?;
+                    return Ok(None);
+                }
+                if existing.is_some() {
+                    let old = parent.join(format!(".{name}.{}", unique_name("taskvault-old-")));
+                    std::fs::rename(dest, &old).at(dest)?;
+                    std::fs::rename(&tmp, dest).at(dest)?;
+                    std::fs::remove_dir_all(&old).at(&old)?;
+                } else {
+                    std::fs::rename(&tmp, dest).at(dest)?;
+                }
+                std::mem::forget(guard);
+                Ok(Some(()))
+            }
+        }
+    }
+
+    /// Materializes a directory output under `root` (which exists and is empty).
+    fn build_tree(
+        &self,
+        e: &Entry,
+        root: &Path,
+    ) -> Result<std::result::Result<(), (Digest, String)>> {
+        validate_tree(e).map_err(|m| Error::Other(format!("entry {}: {m}", e.id)))?;
+        let mut dirs = Vec::new();
+        for n in &e.outputs {
+            let p = root.join(&n.path);
+            match n.kind {
+                NodeKind::Dir => {
+                    std::fs::create_dir(&p).at(&p)?;
+                    dirs.push((p, n.mode));
+                }
+                NodeKind::Symlink => {
+                    std::os::unix::fs::symlink(n.target.as_deref().unwrap_or_default(), &p)
+                        .at(&p)?
+                }
+                NodeKind::File => {
+                    let digest =
+                        n.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
+                    let mut f = File::create(&p).at(&p)?;
+                    if let Err(msg) =
+                        self.read_blob(&digest, n.size, &mut Sink::File(&mut f, &p))?
+                    {
+                        return Ok(Err((digest, msg)));
+                    }
+                    f.set_permissions(std::fs::Permissions::from_mode(n.mode & 0o7777)).at(&p)?;
+                }
+            }
+        }
+        // Directory modes last, deepest first, so read-only directories could still be filled.
+        for (p, mode) in dirs.into_iter().rev() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o7777)).at(&p)?;
+        }
+        Ok(Ok(()))
+    }
+
+    /// The verified bytes of a file or bytes entry; `None` if its blob failed verification.
+    pub(crate) fn read_bytes(&self, e: &Entry) -> Result<Option<Vec<u8>>> {
+        if e.output_kind == OutputKind::Dir {
+            return Err(Error::Other(format!("entry {} holds a directory, not bytes", e.id)));
+        }
+        let node = e.outputs.first().ok_or_else(|| Error::Other("entry has no output".into()))?;
+        let digest = node.digest.ok_or_else(|| Error::Other("entry has no output".into()))?;
+        let mut buf = Vec::with_capacity(node.size as usize);
+        match self.read_blob(&digest, node.size, &mut Sink::Buf(&mut buf))? {
+            Ok(()) => Ok(Some(buf)),
+            Err(msg) => {
+                self.corrupt(&digest, &msg, "get")?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// A directory manifest must be safe to materialize: relative paths without `..`, every parent
+/// a directory node listed before its children, symlinks that stay inside the tree.
+pub(crate) fn validate_tree(e: &Entry) -> std::result::Result<(), String> {
+    let mut dirs = std::collections::HashSet::new();
+    let mut seen = std::collections::HashSet::new();
+    for n in &e.outputs {
+        if !is_safe_relative(&n.path) {
+            return Err(format!("unsafe path {:?} in manifest", n.path));
+        }
+        if !seen.insert(n.path.as_str()) {
+            return Err(format!("duplicate path {:?} in manifest", n.path));
+        }
+        if let Some((parent, _)) = n.path.rsplit_once('/') {
+            if !dirs.contains(parent) {
+                return Err(format!("{:?} appears before its directory", n.path));
+            }
+        }
+        match n.kind {
+            NodeKind::Dir => {
+                dirs.insert(n.path.as_str());
+            }
+            NodeKind::Symlink => {
+                let t = n.target.as_deref().unwrap_or_default();
+                if !symlink_stays_inside(&n.path, t) {
+                    return Err(format!("symlink {:?} -> {t:?} points outside the output", n.path));
+                }
+            }
+            NodeKind::File => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks an inline blob; returns the decompressed bytes when it was compressed.
+fn verify_inline(info: &BlobInfo, data: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
+    let plain = match info.codec {
+        Codec::Raw => None,
+        Codec::Zstd => Some(
+            zstd::bulk::decompress(data, info.size as usize).map_err(|e| format!("zstd: {e}"))?,
+        ),
+    };
+    let bytes = plain.as_deref().unwrap_or(data);
+    check(info, &info.digest.algorithm().digest(bytes), bytes.len() as u64)?;
+    Ok(plain)
+}
+
+/// Hashes a whole file with positional reads, leaving its offset alone.
+fn hash_at(alg: crate::digest::Algorithm, f: &File) -> Result<(Digest, u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut h = alg.hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = match f.read_at(&mut buf, off) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok((h.finish(), off))
+}
+
+fn check(info: &BlobInfo, digest: &Digest, n: u64) -> Verified {
+    if n != info.size {
+        return Err(format!("blob yields {n} bytes, expected {}", info.size));
+    }
+    if *digest != info.digest {
+        return Err(format!("content hashes to {digest}, expected {}", info.digest));
+    }
+    Ok(())
+}
+
+fn bad_dest(path: &Path, message: &str) -> Error {
+    Error::BadDestination { path: path.to_owned(), message: message.into() }
+}
+
+/// Removes a temporary file or directory unless forgotten.
+struct Cleanup(Option<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Staging outputs for a save: each file is hashed and, when it pays, compressed into a staging
+//! file (or kept in memory when small) before the metadata commit moves it into the blob store.
+
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use super::{Output, Vault, unique_name};
+use crate::digest::{Algorithm, Digest, hash_file};
+use crate::entry::{BlobInfo, Codec, OutputKind};
+use crate::error::{Error, IoContext, Result};
+use crate::store::StagedBlob;
+use crate::tree::{NodeKind, Walked, walk};
+
+/// zstd level: fast to compress (hundreds of MB/s) with most of the gain.
+const ZSTD_LEVEL: i32 = 3;
+/// Bytes sampled to decide whether compressing a large file pays.
+const SAMPLE: usize = 128 * 1024;
+/// Compression is kept only when it saves at least this fraction.
+const MIN_SAVING: f64 = 0.10;
+
+/// Checks what is being saved and lists its files (sorted) without reading them.
+pub(super) fn inspect(output: Output<'_>) -> Result<(OutputKind, Vec<Walked>)> {
+    let path = match output {
+        Output::Bytes(_) => return Ok((OutputKind::Bytes, Vec::new())),
+        Output::Path(p) => p,
+    };
+    let bad = |message: &str| Error::BadInput { path: path.to_owned(), message: message.into() };
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => bad("output does not exist"),
+        _ => Error::IoAt { path: path.to_owned(), source: e },
+    })?;
+    if meta.is_dir() {
+        Ok((OutputKind::Dir, walk(path)?))
+    } else if meta.is_file() {
+        use std::os::unix::fs::PermissionsExt;
+        Ok((
+            OutputKind::File,
+            vec![Walked {
+                rel: String::new(),
+                abs: path.to_owned(),
+                kind: NodeKind::File,
+                mode: meta.permissions().mode() & 0o7777,
+                size: meta.len(),
+                target: None,
+            }],
+        ))
+    } else {
+        Err(bad("output is not a regular file or directory"))
+    }
+}
+
+/// Blobs staged for one save. Staging files still present on drop (blobs that turned out to be
+/// stored already, or a failed save) are deleted.
+pub(crate) struct Staging<'v> {
+    vault: &'v Vault,
+    blobs: Vec<StagedBlob>,
+}
+
+impl<'v> Staging<'v> {
+    pub(crate) fn new(vault: &'v Vault) -> Self {
+        Staging { vault, blobs: Vec::new() }
+    }
+
+    pub(crate) fn blobs(&self) -> &[StagedBlob] {
+        &self.blobs
+    }
+
+    fn alg(&self) -> Algorithm {
+        self.vault.settings.algorithm
+    }
+
+    fn push(&mut self, blob: StagedBlob) -> &StagedBlob {
+        if let Some(i) = self.blobs.iter().position(|b| b.info.digest == blob.info.digest) {
+            if let Some(p) = &blob.staged {
+                let _ = std::fs::remove_file(p);
+            }
+            return &self.blobs[i];
+        }
+        self.blobs.push(blob);
+        self.blobs.last().expect("just pushed")
+    }
+
+    pub(super) fn bytes(&mut self, data: &[u8]) -> Result<&StagedBlob> {
+        let digest = self.alg().digest(data);
+        if data.len() as u64 <= self.vault.settings.inline_max_bytes {
+            let blob = inline_blob(digest, data);
+            return Ok(self.push(blob));
+        }
+        let blob = self.stage_stream(
+            &mut std::io::Cursor::new(data),
+            data.len() as u64,
+            Path::new("<bytes>"),
+        )?;
+        Ok(self.push(blob))
+    }
+
+    pub(super) fn file(&mut self, path: &Path) -> Result<&StagedBlob> {
+        let mut src = std::fs::File::open(path).at(path)?;
+        let len = src.metadata().at(path)?.len();
+        if len <= self.vault.settings.inline_max_bytes {
+            let mut data = Vec::with_capacity(len as usize);
+            src.read_to_end(&mut data).at(path)?;
+            let blob = inline_blob(self.alg().digest(&data), &data);
+            return Ok(self.push(blob));
+        }
+        let blob = self.stage_stream(&mut src, len, path)?;
+        Ok(self.push(blob))
+    }
+
+    /// Stages a file whose digest is already known (an import); fails if it changed meanwhile.
+    pub(crate) fn file_expecting(&mut self, path: &Path, digest: Digest) -> Result<()> {
+        let got = self.file(path)?.info.digest;
+        if got != digest {
+            return Err(Error::Corrupt {
+                digest: digest.to_string(),
+                message: format!("{} changed while being staged", path.display()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stages a large stream: compressed if a sample compresses well, else copied raw (for a
+    /// file, by the kernel) and hashed from the staging file, so the digest always describes
+    /// exactly the bytes stored.
+    fn stage_stream<R: Read + Seek + ?Sized>(
+        &mut self,
+        src: &mut R,
+        len: u64,
+        origin: &Path,
+    ) -> Result<StagedBlob> {
+        let mut sample = vec![0u8; SAMPLE.min(len as usize)];
+        src.read_exact(&mut sample).at(origin)?;
+        src.rewind().at(origin)?;
+        let compressed = zstd::bulk::compress(&sample, ZSTD_LEVEL)
+            .map_err(|e| Error::IoAt { path: origin.to_owned(), source: e })?;
+        let pays = (compressed.len() as f64) < sample.len() as f64 * (1.0 - MIN_SAVING);
+
+        let tmp = self.vault.tmp_dir().join(unique_name("stage-"));
+        let guard = TmpFile(Some(tmp.clone()));
+        let mut out = std::fs::File::create(&tmp).at(&tmp)?;
+        let (digest, size, codec) = if pays {
+            let mut hasher = self.alg().hasher();
+            let mut enc = zstd::stream::Encoder::new(&mut out, ZSTD_LEVEL).at(&tmp)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = match src.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e).at(origin),
+                };
+                hasher.update(&buf[..n]);
+                enc.write_all(&buf[..n]).at(&tmp)?;
+                total += n as u64;
+                self.vault.report_progress(total);
+            }
+            enc.finish().at(&tmp)?;
+            (hasher.finish(), total, Codec::Zstd)
+        } else {
+            let copied = std::io::copy(src, &mut out).at(&tmp)?;
+            self.vault.report_progress(copied);
+            let (digest, hashed) = hash_file(self.alg(), &tmp)?;
+            debug_assert_eq!(copied, hashed);
+            (digest, hashed, Codec::Raw)
+        };
+        out.sync_all().at(&tmp)?;
+        let stored_size = out.metadata().at(&tmp)?.len();
+        Ok(StagedBlob {
+            info: BlobInfo { digest, size, stored_size, codec, inline: None },
+            staged: guard.keep(),
+        })
+    }
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        for b in &self.blobs {
+            if let Some(p) = &b.staged {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// Deletes a temporary file unless kept.
+struct TmpFile(Option<PathBuf>);
+
+impl TmpFile {
+    fn keep(mut self) -> Option<PathBuf> {
+        self.0.take()
+    }
+}
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn inline_blob(digest: Digest, data: &[u8]) -> StagedBlob {
+    let (codec, stored) = match zstd::bulk::compress(data, ZSTD_LEVEL) {
+        Ok(c) if data.len() >= 256 && (c.len() as f64) < data.len() as f64 * (1.0 - MIN_SAVING) => {
+            (Codec::Zstd, c)
+        }
+        _ => (Codec::Raw, data.to_vec()),
+    };
+    StagedBlob {
+        info: BlobInfo {
+            digest,
+            size: data.len() as u64,
+            stored_size: stored.len() as u64,
+            codec,
+            inline: Some(stored),
+        },
+        staged: None,
+    }
+}

@@ -1,0 +1,681 @@
+use super::*;
+use crate::entry::Filter;
+use std::os::unix::fs::PermissionsExt;
+
+struct Fx {
+    dir: tempfile::TempDir,
+    vault: Vault,
+}
+
+fn fx_with(f: impl FnOnce(&mut Settings)) -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::for_dir(dir.path().join("vault"));
+    s.host = "testhost".into();
+    f(&mut s);
+    let vault = Vault::open(s).unwrap();
+    Fx { dir, vault }
+}
+
+fn fx() -> Fx {
+    fx_with(|_| {})
+}
+
+impl Fx {
+    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+    fn key(&self, task: &str, input: &[u8]) -> TaskKey {
+        self.vault.key(task, &[Input::Bytes(input.to_vec())]).unwrap()
+    }
+    fn out(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn blob_files(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        let root = self.vault.settings.vault_dir.join("blobs");
+        if root.exists() {
+            for w in crate::tree::walk(&root).unwrap() {
+                if w.kind == NodeKind::File {
+                    v.push(w.abs);
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Deterministic data that compresses (`text`) or does not (`noise`).
+fn text(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b"the quick brown fox "[i % 20]).collect()
+}
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn save_then_get_round_trips_small_large_compressible_and_not() {
+    let f = fx();
+    for (i, data) in
+        [b"".to_vec(), b"tiny".to_vec(), text(3 << 20), noise(2 << 20, 1), noise(20_000, 2)]
+            .into_iter()
+            .enumerate()
+    {
+        let src = f.file(&format!("out{i}"), &data);
+        let key = f.key("t", format!("in{i}").as_bytes());
+        let saved = f.vault.save(&key, Output::Path(&src), &SaveOptions::default()).unwrap();
+        assert_eq!(saved.size, data.len() as u64);
+        let dest = f.out(&format!("restored{i}"));
+        let got = f.vault.get(&key, &dest).unwrap().expect("hit");
+        assert_eq!(got.id, saved.id);
+        assert_eq!(std::fs::read(&dest).unwrap(), data, "case {i}");
+    }
+    let blobs = f.vault.meta().blobs().unwrap();
+    let by_size = |n: u64| blobs.iter().find(|b| b.size == n).unwrap().clone();
+    assert_eq!(by_size(3 << 20).codec, crate::entry::Codec::Zstd, "text compresses");
+    assert!(by_size(3 << 20).stored_size < (3 << 20) / 10);
+    assert_eq!(by_size(2 << 20).codec, crate::entry::Codec::Raw, "noise is stored raw");
+    assert!(by_size(4).inline.is_some(), "small blobs live in the database");
+}
+
+#[test]
+fn restore_preserves_mode() {
+    let f = fx();
+    let src = f.file("script.sh", &text(100_000));
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let key = f.key("t", b"i");
+    f.vault.save(&key, Output::Path(&src), &SaveOptions::default()).unwrap();
+    let dest = f.out("restored.sh");
+    f.vault.get(&key, &dest).unwrap().unwrap();
+    assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o750);
+}
+
+#[test]
+fn task_name_is_part_of_the_key_and_miss_writes_nothing() {
+    let f = fx();
+    let src = f.file("model.pkl", b"model");
+    let input = f.file("data.csv", b"1,2,3");
+    let k = f.vault.key("train_model", &[Input::Path(input.clone())]).unwrap();
+    f.vault.save(&k, Output::Path(&src), &SaveOptions::default()).unwrap();
+    let other = f.vault.key("other_task", &[Input::Path(input)]).unwrap();
+    let dest = f.out("x.pkl");
+    assert!(f.vault.get(&other, &dest).unwrap().is_none());
+    assert!(!dest.exists());
+    let s = f.vault.stats().unwrap();
+    assert_eq!((s.counters.hits, s.counters.misses), (0, 1));
+}
+
+#[test]
+fn same_content_under_another_file_name_hits() {
+    let f = fx();
+    let a = f.file("data.csv", b"same");
+    let b = f.file("elsewhere/renamed.csv", b"same");
+    let out = f.file("o", b"result");
+    let ka = f.vault.key("t", &[Input::Path(a)]).unwrap();
+    f.vault.save(&ka, Output::Path(&out), &SaveOptions::default()).unwrap();
+    let kb = f.vault.key("t", &[Input::Path(b)]).unwrap();
+    assert!(f.vault.get(&kb, &f.out("r")).unwrap().is_some());
+}
+
+#[test]
+fn identical_outputs_are_stored_once() {
+    let f = fx();
+    let data = noise(1 << 20, 7);
+    let a = f.file("a", &data);
+    let b = f.file("b", &data);
+    f.vault.save(&f.key("t1", b"1"), Output::Path(&a), &SaveOptions::default()).unwrap();
+    f.vault.save(&f.key("t2", b"2"), Output::Path(&b), &SaveOptions::default()).unwrap();
+    assert_eq!(f.blob_files().len(), 1);
+    assert_eq!(f.vault.stats().unwrap().total_bytes, 1 << 20);
+    // Removing one entry keeps the blob for the other.
+    let e1 = f.vault.resolve(&f.key("t1", b"1").digest().hex()).unwrap();
+    f.vault.remove(&[e1]).unwrap();
+    assert_eq!(f.blob_files().len(), 1);
+    assert!(f.vault.get(&f.key("t2", b"2"), &f.out("r")).unwrap().is_some());
+    let e2 = f.vault.resolve(&f.key("t2", b"2").digest().hex()).unwrap();
+    f.vault.remove(&[e2]).unwrap();
+    assert_eq!(f.blob_files().len(), 0);
+    assert_eq!(f.vault.stats().unwrap().total_bytes, 0);
+}
+
+#[test]
+fn directory_outputs_round_trip_with_modes_and_internal_symlinks() {
+    let f = fx();
+    let root = f.out("dist");
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::write(root.join("a.txt"), b"A").unwrap();
+    std::fs::write(root.join("sub/big.bin"), noise(200_000, 3)).unwrap();
+    std::fs::write(root.join("sub/run.sh"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(root.join("sub/run.sh"), std::fs::Permissions::from_mode(0o755))
+        .unwrap();
+    std::os::unix::fs::symlink("sub/run.sh", root.join("link")).unwrap();
+    let key = f.key("build", b"src");
+    let saved = f.vault.save(&key, Output::Path(&root), &SaveOptions::default()).unwrap();
+    assert_eq!(saved.output_kind, OutputKind::Dir);
+
+    let dest = f.out("restored");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("stale"), b"old").unwrap();
+    f.vault.get(&key, &dest).unwrap().unwrap();
+    assert!(!dest.join("stale").exists(), "the directory is replaced, not merged");
+    assert_eq!(std::fs::read(dest.join("sub/big.bin")).unwrap(), noise(200_000, 3));
+    assert_eq!(
+        std::fs::metadata(dest.join("sub/run.sh")).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    assert_eq!(std::fs::read_link(dest.join("link")).unwrap(), Path::new("sub/run.sh"));
+    assert!(dest.join("sub/deeper").is_dir());
+}
+
+#[test]
+fn bytes_api_matches_seed_sdk() {
+    let f = fx();
+    assert_eq!(f.vault.get_cached_result("aggregate", b"csv").unwrap(), (None, false));
+    f.vault.cache_result("aggregate", b"csv", b"{\"a\":1}").unwrap();
+    assert_eq!(
+        f.vault.get_cached_result("aggregate", b"csv").unwrap(),
+        (Some(b"{\"a\":1}".to_vec()), true)
+    );
+    assert_eq!(f.vault.get_cached_result("other", b"csv").unwrap(), (None, false));
+}
+
+#[test]
+fn entry_over_its_size_limit_is_refused_and_nothing_changes() {
+    let f = fx_with(|s| s.default_policy.max_size_bytes = Some(100));
+    let src = f.file("big", &[0u8; 101]);
+    let err =
+        f.vault.save(&f.key("t", b"i"), Output::Path(&src), &SaveOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { size: 101, limit: 100, .. }), "{err}");
+    assert_eq!(f.vault.stats().unwrap().entries, 0);
+    assert_eq!(f.vault.stats().unwrap().total_bytes, 0);
+}
+
+#[test]
+fn resave_keeps_history_with_parent() {
+    let f = fx();
+    let key = f.key("t", b"i");
+    let a = f.vault.save(&key, Output::Bytes(b"v1"), &SaveOptions::default()).unwrap();
+    let b = f.vault.save(&key, Output::Bytes(b"v2"), &SaveOptions::default()).unwrap();
+    assert_eq!(b.parent.as_deref(), Some(a.id.as_str()));
+    let hist = f.vault.history(&b).unwrap();
+    assert_eq!(
+        hist.iter().map(|e| e.status).collect::<Vec<_>>(),
+        [Status::Superseded, Status::Live]
+    );
+    assert_eq!(f.vault.get_bytes(&key).unwrap().unwrap().1, b"v2");
+    assert_eq!(f.vault.stats().unwrap().entries, 1);
+}
+
+#[test]
+fn ttl_is_respected_on_lookup() {
+    let f = fx();
+    let key = f.key("t", b"i");
+    let opts = SaveOptions { ttl_seconds: Some(1), ..Default::default() };
+    let e = f.vault.save(&key, Output::Bytes(b"v"), &opts).unwrap();
+    assert!(f.vault.get_bytes(&key).unwrap().is_some());
+    // Pretend time passed by checking expiry at a later instant.
+    assert!(f.vault.expired(&e, e.created_ms + 1000));
+    assert!(!f.vault.expired(&e, e.created_ms + 999));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(f.vault.get_bytes(&key).unwrap().is_none());
+    let s = f.vault.stats().unwrap();
+    assert_eq!((s.entries, s.counters.expired), (0, 1));
+}
+
+#[test]
+fn policy_ttl_applies_to_existing_entries_unless_explicit() {
+    let f = fx_with(|s| s.default_policy.ttl_seconds = Some(60));
+    let key = f.key("t", b"i");
+    let mut e = f.vault.save(&key, Output::Bytes(b"v"), &SaveOptions::default()).unwrap();
+    e.expires_ms = None; // as if saved before the policy existed
+    assert!(f.vault.expired(&e, e.created_ms + 60_000));
+    e.ttl_explicit = true;
+    assert!(!f.vault.expired(&e, e.created_ms + 60_000));
+}
+
+fn corrupt_case(damage: impl Fn(&Path)) {
+    let f = fx();
+    let data = noise(1 << 20, 11);
+    let src = f.file("out", &data);
+    let key = f.key("t", b"i");
+    f.vault.save(&key, Output::Path(&src), &SaveOptions::default()).unwrap();
+    let blob = f.blob_files().pop().unwrap();
+    damage(&blob);
+
+    let dest = f.out("dest");
+    assert!(f.vault.get(&key, &dest).unwrap().is_none(), "never served");
+    assert!(!dest.exists(), "nothing written at the destination");
+    let leftovers: Vec<_> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("taskvault"))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
+    let s = f.vault.stats().unwrap();
+    assert_eq!(s.counters.corrupt, 1);
+    assert_eq!(s.counters.misses, 1);
+    assert_eq!(s.entries, 0);
+    let audit = std::fs::read_to_string(f.vault.audit_path()).unwrap();
+    assert!(audit.contains("CORRUPT get task=t"), "{audit}");
+    // A second get is a plain miss, not an error.
+    assert!(f.vault.get(&key, &dest).unwrap().is_none());
+    // A new save restores service.
+    f.vault.save(&key, Output::Path(&src), &SaveOptions::default()).unwrap();
+    assert!(f.vault.get(&key, &dest).unwrap().is_some());
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+}
+
+fn make_writable(p: &Path) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[test]
+fn flipped_byte_is_never_served() {
+    corrupt_case(|p| {
+        make_writable(p);
+        let mut b = std::fs::read(p).unwrap();
+        b[512 * 1024] ^= 1;
+        std::fs::write(p, b).unwrap();
+    });
+}
+
+#[test]
+fn truncated_blob_is_never_served() {
+    corrupt_case(|p| {
+        make_writable(p);
+        let b = std::fs::read(p).unwrap();
+        std::fs::write(p, &b[..b.len() / 2]).unwrap();
+    });
+}
+
+#[test]
+fn deleted_blob_is_a_miss() {
+    corrupt_case(|p| std::fs::remove_file(p).unwrap());
+}
+
+#[test]
+fn corrupt_inline_and_compressed_blobs_are_detected_by_verify() {
+    let f = fx();
+    let k1 = f.key("small", b"1");
+    f.vault.save(&k1, Output::Bytes(b"small output"), &SaveOptions::default()).unwrap();
+    let k2 = f.key("zst", b"2");
+    f.vault.save(&k2, Output::Bytes(&text(1 << 20)), &SaveOptions::default()).unwrap();
+    assert!(f.vault.verify().unwrap().corrupt.is_empty());
+    // Damage the inline row and the compressed file.
+    let conn = rusqlite::Connection::open(f.vault.settings.vault_dir.join("cache.db")).unwrap();
+    conn.execute(
+        "UPDATE blobs SET data = CAST(X'00' || substr(data, 2) AS BLOB) WHERE data IS NOT NULL",
+        [],
+    )
+    .unwrap();
+    let blob = f.blob_files().pop().unwrap();
+    make_writable(&blob);
+    let mut b = std::fs::read(&blob).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    std::fs::write(&blob, b).unwrap();
+    let report = f.vault.verify().unwrap();
+    assert_eq!(report.corrupt.len(), 2, "{report:?}");
+    assert_eq!(f.vault.stats().unwrap().entries, 0);
+    assert!(f.vault.get_bytes(&k1).unwrap().is_none());
+    let q = std::fs::read_dir(f.vault.settings.vault_dir.join("quarantine")).unwrap().count();
+    assert_eq!(q, 1, "the file blob is kept in quarantine");
+}
+
+#[test]
+fn cap_evicts_lru_first_and_stays_under_cap() {
+    let f = fx_with(|s| {
+        s.max_size_bytes = Some(10 * 100_000);
+        s.low_water_percent = 80;
+        s.inline_max_bytes = 0;
+    });
+    let keys: Vec<TaskKey> = (0..10).map(|i| f.key("t", format!("{i}").as_bytes())).collect();
+    for (i, k) in keys.iter().enumerate() {
+        f.vault.save(k, Output::Bytes(&noise(100_000, i as u64)), &SaveOptions::default()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(f.vault.stats().unwrap().entries, 10, "exactly at the cap: nothing evicted");
+    // Touch the oldest so it becomes recently used.
+    assert!(f.vault.get_bytes(&keys[0]).unwrap().is_some());
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let k10 = f.key("t", b"10");
+    f.vault.save(&k10, Output::Bytes(&noise(100_000, 10)), &SaveOptions::default()).unwrap();
+    let s = f.vault.stats().unwrap();
+    assert!(s.total_bytes <= 800_000, "down to the low-water mark: {}", s.total_bytes);
+    assert_eq!(s.entries, 8);
+    assert!(f.vault.peek(&keys[0]).unwrap().is_some(), "recently used survives");
+    assert!(f.vault.peek(&keys[1]).unwrap().is_none(), "least recently used goes first");
+    assert!(f.vault.peek(&keys[2]).unwrap().is_none());
+    assert!(f.vault.peek(&keys[3]).unwrap().is_none());
+    assert!(f.vault.peek(&k10).unwrap().is_some(), "the new entry stays");
+    assert_eq!(f.blob_files().len(), 8);
+}
+
+#[test]
+fn expired_entries_are_evicted_before_live_ones() {
+    let f = fx_with(|s| {
+        s.max_size_bytes = Some(3 * 100_000);
+        s.low_water_percent = 100;
+        s.inline_max_bytes = 0;
+    });
+    let live = f.key("t", b"old-live");
+    f.vault.save(&live, Output::Bytes(&noise(100_000, 1)), &SaveOptions::default()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let short = f.key("t", b"expiring");
+    let opts = SaveOptions { ttl_seconds: Some(1), ..Default::default() };
+    f.vault.save(&short, Output::Bytes(&noise(100_000, 2)), &opts).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    f.vault
+        .save(&f.key("t", b"3"), Output::Bytes(&noise(100_000, 3)), &SaveOptions::default())
+        .unwrap();
+    f.vault
+        .save(&f.key("t", b"4"), Output::Bytes(&noise(100_000, 4)), &SaveOptions::default())
+        .unwrap();
+    assert!(
+        f.vault.peek(&live).unwrap().is_some(),
+        "the older live entry outlives the expired one"
+    );
+    assert_eq!(f.vault.stats().unwrap().counters.expired, 1);
+}
+
+#[test]
+fn gc_by_age_and_size_and_clear() {
+    let f = fx_with(|s| s.inline_max_bytes = 0);
+    for i in 0..5u64 {
+        f.vault
+            .save(
+                &f.key("t", &[i as u8]),
+                Output::Bytes(&noise(50_000, i)),
+                &SaveOptions::default(),
+            )
+            .unwrap();
+    }
+    let r = f.vault.gc(None, Some(120_000)).unwrap();
+    assert_eq!(r.evicted, 3);
+    assert!(f.vault.stats().unwrap().total_bytes <= 120_000);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let r = f.vault.gc(Some(std::time::Duration::from_millis(10)), None).unwrap();
+    assert_eq!(r.old, 2);
+    f.vault.save(&f.key("t", b"x"), Output::Bytes(b"x"), &SaveOptions::default()).unwrap();
+    assert_eq!(f.vault.clear().unwrap(), 1);
+    assert_eq!(f.vault.stats().unwrap().entries, 0);
+    assert!(f.blob_files().is_empty());
+}
+
+#[test]
+fn invalidate_by_tag() {
+    let f = fx();
+    let tags = |v: &str| SaveOptions {
+        tags: BTreeMap::from([("team".to_owned(), v.to_owned())]),
+        ..Default::default()
+    };
+    f.vault.save(&f.key("a", b""), Output::Bytes(b"1"), &tags("ml")).unwrap();
+    f.vault.save(&f.key("b", b""), Output::Bytes(b"2"), &tags("web")).unwrap();
+    f.vault.save(&f.key("c", b""), Output::Bytes(b"3"), &SaveOptions::default()).unwrap();
+    assert_eq!(f.vault.invalidate("team", Some("ml")).unwrap().len(), 1);
+    assert_eq!(f.vault.list(&Filter::default()).unwrap().len(), 2);
+    assert_eq!(f.vault.invalidate("team", None).unwrap().len(), 1);
+    assert_eq!(f.vault.list(&Filter::default()).unwrap()[0].task, "c");
+}
+
+#[test]
+fn prefixes_resolve_runs_and_keys_and_report_ambiguity() {
+    let f = fx();
+    let k = f.key("t", b"i");
+    let e = f.vault.save(&k, Output::Bytes(b"v"), &SaveOptions::default()).unwrap();
+    assert_eq!(f.vault.resolve(&e.id[..12]).unwrap().id, e.id);
+    assert_eq!(f.vault.resolve(&e.key[..12]).unwrap().id, e.id);
+    assert!(matches!(f.vault.resolve("zz"), Err(Error::Other(_))));
+    for i in 0..40 {
+        f.vault.save(&f.key("t", &[i]), Output::Bytes(b"v"), &SaveOptions::default()).unwrap();
+    }
+    let err = f.vault.resolve("a").unwrap_err();
+    assert!(matches!(err, Error::Ambiguous { .. }), "{err}");
+    assert!(matches!(f.vault.resolve(&"0".repeat(64)), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn bad_destinations_are_clear_errors_and_change_nothing() {
+    let f = fx();
+    let k = f.key("t", b"i");
+    f.vault.save(&k, Output::Bytes(b"v"), &SaveOptions::default()).unwrap();
+    let err = f.vault.get(&k, &f.out("missing-dir/x")).unwrap_err();
+    assert!(err.to_string().contains("directory does not exist"), "{err}");
+    let d = f.out("adir");
+    std::fs::create_dir(&d).unwrap();
+    let err = f.vault.get(&k, &d).unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    assert_eq!(f.vault.stats().unwrap().entries, 1);
+}
+
+#[test]
+fn missing_output_is_a_clear_error() {
+    let f = fx();
+    let err = f
+        .vault
+        .save(&f.key("t", b"i"), Output::Path(&f.out("nope")), &SaveOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("output does not exist"), "{err}");
+}
+
+#[test]
+fn export_import_round_trip_serves_the_same_hits() {
+    let a = fx();
+    let big = noise(300_000, 5);
+    let k1 = a.key("t1", b"1");
+    let k2 = a.key("t2", b"2");
+    a.vault.save(&k1, Output::Bytes(&big), &SaveOptions::default()).unwrap();
+    let dir_out = a.out("tree");
+    std::fs::create_dir(&dir_out).unwrap();
+    std::fs::write(dir_out.join("f"), b"file").unwrap();
+    a.vault.save(&k2, Output::Path(&dir_out), &SaveOptions::default()).unwrap();
+    let archive = a.out("vault.tar.zst");
+    let entries = a.vault.list(&Filter::default()).unwrap();
+    let rep = a.vault.export(&entries, &archive).unwrap();
+    assert_eq!((rep.entries, rep.blobs), (2, 2));
+
+    let b = fx();
+    let rep = b.vault.import(&archive).unwrap();
+    assert_eq!((rep.imported, rep.skipped), (2, 0));
+    assert_eq!(b.vault.get_bytes(&k1).unwrap().unwrap().1, big);
+    let dest = b.out("restored");
+    assert!(b.vault.get(&k2, &dest).unwrap().is_some());
+    assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"file");
+    // Importing again skips what is there.
+    let rep = b.vault.import(&archive).unwrap();
+    assert_eq!((rep.imported, rep.skipped), (0, 2));
+}
+
+/// Builds a tar.zst by hand, for hostile archives.
+fn raw_archive(path: &Path, members: &[(&str, tar::EntryType, &[u8], Option<&str>)]) {
+    let file = std::fs::File::create(path).unwrap();
+    let enc = zstd::stream::Encoder::new(file, 1).unwrap();
+    let mut t = tar::Builder::new(enc);
+    for (name, kind, data, link) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        // set_path refuses `..`; write the raw name bytes like an attacker would.
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        t.append(&h, *data).unwrap();
+    }
+    t.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn tampered_and_hostile_archives_change_nothing() {
+    let a = fx();
+    let k = a.key("t", b"1");
+    a.vault.save(&k, Output::Bytes(&noise(50_000, 1)), &SaveOptions::default()).unwrap();
+    let good = a.out("good.tar.zst");
+    a.vault.export(&a.vault.list(&Filter::default()).unwrap(), &good).unwrap();
+
+    // Tamper: rewrite the archive with one blob byte flipped.
+    let mut members = Vec::new();
+    let mut t =
+        tar::Archive::new(zstd::stream::Decoder::new(std::fs::File::open(&good).unwrap()).unwrap());
+    for m in t.entries().unwrap() {
+        let mut m = m.unwrap();
+        let name = m.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut m, &mut data).unwrap();
+        members.push((name, data));
+    }
+    members[1].1[100] ^= 1;
+    let tampered = a.out("tampered.tar.zst");
+    let m: Vec<(&str, tar::EntryType, &[u8], Option<&str>)> =
+        members.iter().map(|(n, d)| (n.as_str(), tar::EntryType::Regular, &d[..], None)).collect();
+    raw_archive(&tampered, &m);
+
+    let manifest = members[0].1.clone();
+    let outside = a.out("outside");
+    let hostile: Vec<(&str, Vec<(&str, tar::EntryType, &[u8], Option<&str>)>)> = vec![
+        (
+            "dotdot",
+            vec![
+                (MANIFEST_NAME, tar::EntryType::Regular, &manifest, None),
+                ("../outside", tar::EntryType::Regular, b"pwned", None),
+            ],
+        ),
+        (
+            "absolute",
+            vec![
+                (MANIFEST_NAME, tar::EntryType::Regular, &manifest, None),
+                ("/tmp/taskvault-pwned", tar::EntryType::Regular, b"pwned", None),
+            ],
+        ),
+        (
+            "symlink",
+            vec![
+                (MANIFEST_NAME, tar::EntryType::Regular, &manifest, None),
+                ("blobs/link", tar::EntryType::Symlink, b"", Some("/etc")),
+            ],
+        ),
+        (
+            "hardlink",
+            vec![
+                (MANIFEST_NAME, tar::EntryType::Regular, &manifest, None),
+                ("blobs/hl", tar::EntryType::Link, b"", Some("/etc/passwd")),
+            ],
+        ),
+        (
+            "device",
+            vec![
+                (MANIFEST_NAME, tar::EntryType::Regular, &manifest, None),
+                ("dev", tar::EntryType::Char, b"", None),
+            ],
+        ),
+    ];
+
+    let b = fx();
+    let before = b.vault.stats().unwrap();
+    let err = b.vault.import(&tampered).unwrap_err();
+    assert!(matches!(err, Error::BadArchive { .. }), "{err}");
+    assert!(err.to_string().contains("does not match"), "{err}");
+    for (name, members) in hostile {
+        let p = a.out(&format!("{name}.tar.zst"));
+        raw_archive(&p, &members);
+        let err = b.vault.import(&p).unwrap_err();
+        assert!(matches!(err, Error::BadArchive { .. }), "{name}: {err}");
+    }
+    assert!(!outside.exists());
+    assert!(!Path::new("/tmp/taskvault-pwned").exists());
+    let after = b.vault.stats().unwrap();
+    assert_eq!((after.entries, after.total_bytes), (before.entries, before.total_bytes));
+    assert_eq!(std::fs::read_dir(b.vault.tmp_dir()).unwrap().count(), 0, "staging cleaned up");
+    assert!(b.vault.import(&good).is_ok());
+}
+
+const MANIFEST_NAME: &str = "taskvault-export.json";
+
+#[test]
+fn claim_lets_one_thread_compute_and_others_wait_for_the_entry() {
+    let f = fx();
+    let key = f.key("slow", b"x");
+    let computed = std::sync::atomic::AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let v = Vault::open(f.vault.settings.clone()).unwrap();
+                match v.claim(&key).unwrap() {
+                    Claim::Compute(guard) => {
+                        computed.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        v.save(&key, Output::Bytes(b"result"), &SaveOptions::default()).unwrap();
+                        drop(guard);
+                    }
+                    Claim::Ready(e) => assert_eq!(e.task, "slow"),
+                    Claim::Failed(m) => panic!("unexpected failure {m}"),
+                }
+            });
+        }
+    });
+    assert_eq!(computed.load(Ordering::SeqCst), 1);
+    assert_eq!(std::fs::read_dir(&f.vault.locks).unwrap().count(), 0, "lock files cleaned");
+}
+
+#[test]
+fn claim_waiters_receive_the_failure() {
+    let f = fx();
+    let key = f.key("fails", b"x");
+    let computed = std::sync::atomic::AtomicU32::new(0);
+    let failed = std::sync::atomic::AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let v = Vault::open(f.vault.settings.clone()).unwrap();
+                match v.claim(&key).unwrap() {
+                    Claim::Compute(guard) => {
+                        computed.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        guard.fail("boom").unwrap();
+                    }
+                    Claim::Failed(m) => {
+                        assert_eq!(m, "boom");
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Claim::Ready(_) => panic!("nothing was saved"),
+                }
+            });
+        }
+    });
+    assert_eq!((computed.into_inner(), failed.into_inner()), (1, 3));
+    // A later claimant is not handed the stale failure: it computes.
+    assert!(matches!(f.vault.claim(&key).unwrap(), Claim::Compute(_)));
+}
+
+#[test]
+fn a_dropped_claim_without_result_hands_over_the_claim() {
+    let f = fx();
+    let key = f.key("crashy", b"x");
+    let Claim::Compute(g) = f.vault.claim(&key).unwrap() else { panic!("first claim computes") };
+    let handle = std::thread::spawn({
+        let settings = f.vault.settings.clone();
+        let key = key.clone();
+        move || {
+            let v = Vault::open(settings).unwrap();
+            matches!(v.claim(&key).unwrap(), Claim::Compute(_))
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(g); // as if the claimant died without saving or failing
+    assert!(handle.join().unwrap(), "the waiter takes over the computation");
+}

@@ -1,1 +1,73 @@
-fn main() {}
+//! The `taskvault` binary: parses arguments, resolves settings, runs one command and maps the
+//! outcome to the documented exit codes (0 hit or success, 1 miss, 2 error).
+
+mod cli;
+mod commands;
+mod human;
+mod settings;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// What a command reports back to `main`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Success or a hit: exit 0.
+    Ok,
+    /// A miss (or, for `verify`, problems found): exit 1.
+    Miss,
+}
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Miss) => ExitCode::from(1),
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{} {e:#}", human::cross("error:"));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {
+    // `init` must work where the existing config is broken, so it resolves nothing else.
+    if let cli::Command::Init { force } = &cli.command {
+        return commands::init(&cli, *force);
+    }
+    let resolved = settings::resolve(&cli)?;
+    init_logging(&resolved.log_level);
+    tracing::debug!(vault = %resolved.settings.vault_dir.display(), config = ?resolved.config_path);
+    let progress = !cli.no_progress && std::io::stderr().is_terminal();
+    commands::dispatch(&cli, resolved, progress)
+}
+
+fn init_logging(level: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("taskvault={level},taskvault_cli={level}"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(human::color_enabled())
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

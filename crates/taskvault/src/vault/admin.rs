@@ -106,11 +106,29 @@ impl Vault {
 
     /// Writes a run's output to `dest`, verified; `false` if it failed verification.
     pub fn restore_run(&self, e: &Entry, dest: &std::path::Path) -> Result<bool> {
+        self.ensure_stored(e)?;
         Ok(self.restore(e, dest)?.is_some())
+    }
+
+    /// Runs that are no longer live may have lost their blobs; that is not corruption.
+    fn ensure_stored(&self, e: &Entry) -> Result<()> {
+        if e.status == crate::entry::Status::Live {
+            return Ok(());
+        }
+        for d in e.blob_digests() {
+            if self.meta().blob(&d)?.is_none() {
+                return Err(Error::Other(format!(
+                    "the outputs of run {} are no longer stored (it is not the live run of its key)",
+                    e.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A run's bytes (file and bytes outputs); `None` if they failed verification.
     pub fn run_bytes(&self, e: &Entry) -> Result<Option<Vec<u8>>> {
+        self.ensure_stored(e)?;
         self.read_bytes(e)
     }
 

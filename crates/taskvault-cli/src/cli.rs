@@ -1,0 +1,210 @@
+//! Every command and flag of `taskvault`, in one table. `docs/cli.md` describes them for users.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// TaskVault: a content-addressed result cache for expensive, repeatable work.
+///
+/// Exit codes: 0 hit or success, 1 miss (or problems found by `verify`), 2 error.
+#[derive(Debug, Parser)]
+#[command(name = "taskvault", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Vault directory (overrides TASKVAULT_DIR and the config's cache_dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Config file (overrides TASKVAULT_CONFIG; default: .taskvault/config.yaml here or above).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logs on stderr (-v info, -vv debug); overrides TASKVAULT_LOG and log_level.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Never show progress bars.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write .taskvault/config.yaml with the defaults.
+    Init {
+        /// Overwrite an existing config file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The seed's cache commands: save, get, stats.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// List entries (newest first).
+    Log(LogArgs),
+    /// Show one entry: inputs, outputs, provenance.
+    Show {
+        /// A run id or key, or an unambiguous prefix of one.
+        hash: String,
+    },
+    /// Write an entry's output to a path (or a file output to stdout).
+    Get {
+        hash: String,
+        /// Destination; required for directory outputs.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// All runs of an entry's key, oldest first.
+    History { hash: String },
+    /// What differs between two runs: inputs, outputs, sizes, durations.
+    Diff { a: String, b: String },
+    /// Remove entries (all runs of their keys).
+    Rm {
+        #[arg(required = true)]
+        hashes: Vec<String>,
+    },
+    /// Remove every entry carrying a tag.
+    Invalidate {
+        /// `key` (any value) or `key=value`.
+        #[arg(long, value_name = "K[=V]")]
+        tag: String,
+    },
+    /// Remove expired entries, old or excess entries, and crash leftovers.
+    Gc {
+        /// Also remove entries not used for this long (e.g. 7d, 12h).
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Also evict least recently used entries until stored bytes fit (e.g. 5GB, 500MiB).
+        #[arg(long, value_parser = parse_size)]
+        max_size: Option<u64>,
+    },
+    /// Remove every entry and blob.
+    Clear {
+        /// Confirm.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Check every stored blob against its digest; quarantine the bad ones.
+    Verify,
+    /// Write entries and their blobs to an archive (.tar.zst).
+    Export {
+        archive: PathBuf,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Import an archive made by `export`; every blob is verified first.
+    Import { archive: PathBuf },
+    /// Entries, size, usage, hits and misses, time saved.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Save OUTPUT as the result of TASK on INPUT.
+    Save(SaveArgs),
+    /// Restore the result of TASK on INPUT to OUTPUT; exit 1 on a miss.
+    Get(GetArgs),
+    /// Cache statistics.
+    Stats,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    pub task: String,
+    /// Input file or directory (`-` for stdin).
+    pub input: PathBuf,
+    /// Output file or directory to store.
+    pub output: PathBuf,
+    /// More inputs that are part of the key, in order.
+    #[arg(long = "input", value_name = "PATH")]
+    pub more_inputs: Vec<PathBuf>,
+    /// A tag k=v (repeatable).
+    #[arg(long = "tag", value_name = "K=V", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Expire after this long (seconds, or 90m, 7d; 0 = never), instead of the policy's TTL.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+    /// How long the work took (seconds or 2h, 15m); counted as time saved on every hit.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    pub task: String,
+    /// Input file or directory (`-` for stdin).
+    pub input: PathBuf,
+    /// Where to restore the output.
+    pub output: PathBuf,
+    /// More inputs that are part of the key, in order.
+    #[arg(long = "input", value_name = "PATH")]
+    pub more_inputs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub select: Select,
+}
+
+/// A selection of entries, shared by `log` and `export`.
+#[derive(Debug, Args, Clone)]
+pub struct Select {
+    /// Only this task.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Only entries with this tag (`k` or `k=v`).
+    #[arg(long, value_name = "K[=V]")]
+    pub tag: Option<String>,
+    /// Only runs with this status (live, superseded, corrupt); implies --all.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only entries created within this long (e.g. 2h, 7d).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// At most this many.
+    #[arg(long, short = 'n')]
+    pub limit: Option<usize>,
+    /// Include superseded and corrupt runs.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Seconds as a bare number, or a humantime duration (`90s`, `15m`, `2h`, `7d`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if let Ok(n) = s.parse::<f64>() {
+        if n < 0.0 || !n.is_finite() {
+            return Err(format!("{s:?} must not be negative"));
+        }
+        return Ok(std::time::Duration::from_secs_f64(n));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 30, 90s, 15m, 2h, 7d)"))
+}
+
+/// Bytes as a number or with a unit: KB/MB/GB (powers of 1000) or KiB/MiB/GiB (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 500MB, 2GiB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    Ok((n * mult).round() as u64)
+}
+
+pub fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("tag {s:?} must look like key=value")),
+    }
+}

@@ -1,0 +1,90 @@
+//! Command implementations, one module per family; `dispatch` opens the vault and routes.
+
+mod admin;
+mod cache;
+mod inspect;
+
+use anyhow::{Context, Result};
+use taskvault::{Filter, Status, Vault};
+
+use crate::Outcome;
+use crate::cli::{Cli, Command, Select};
+use crate::settings::Resolved;
+
+pub use admin::init;
+
+/// Large transfers show a byte counter on stderr once they pass this size.
+const PROGRESS_MIN: u64 = 64 << 20;
+
+pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome> {
+    let dir = resolved.settings.vault_dir.clone();
+    let mut vault = Vault::open(resolved.settings)
+        .with_context(|| format!("cannot open the vault at {}", dir.display()))?;
+    if progress {
+        vault.set_progress(progress_bar());
+    }
+    let v = &vault;
+    match &cli.command {
+        Command::Init { .. } => unreachable!("handled before settings are resolved"),
+        Command::Cache(c) => cache::run(cli, v, c),
+        Command::Log(a) => inspect::log(cli, v, &a.select),
+        Command::Show { hash } => inspect::show(cli, v, hash),
+        Command::Get { hash, output } => inspect::get(cli, v, hash, output.as_deref()),
+        Command::History { hash } => inspect::history(cli, v, hash),
+        Command::Diff { a, b } => inspect::diff(cli, v, a, b),
+        Command::Rm { hashes } => admin::rm(cli, v, hashes),
+        Command::Invalidate { tag } => admin::invalidate(cli, v, tag),
+        Command::Gc { older_than, max_size } => admin::gc(cli, v, *older_than, *max_size),
+        Command::Clear { yes } => admin::clear(cli, v, *yes),
+        Command::Verify => admin::verify(cli, v),
+        Command::Export { archive, select } => admin::export(cli, v, archive, select),
+        Command::Import { archive } => admin::import(cli, v, archive),
+        Command::Stats => admin::stats(cli, v),
+    }
+}
+
+fn progress_bar() -> Box<taskvault::Progress> {
+    let bar = std::sync::OnceLock::<indicatif::ProgressBar>::new();
+    Box::new(move |bytes| {
+        if bytes < PROGRESS_MIN && bar.get().is_none() {
+            return;
+        }
+        let pb = bar.get_or_init(|| {
+            let pb = indicatif::ProgressBar::new_spinner();
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {binary_bytes} {binary_bytes_per_sec}",
+                )
+                .expect("valid template"),
+            );
+            pb
+        });
+        pb.set_position(bytes);
+    })
+}
+
+/// Turns `--task/--tag/--status/--since/--limit/--all` into an engine filter.
+pub fn filter(s: &Select) -> Result<Filter> {
+    let status = match s.status.as_deref() {
+        None => None,
+        Some("live") => Some(Status::Live),
+        Some("superseded") => Some(Status::Superseded),
+        Some("corrupt") => Some(Status::Corrupt),
+        Some(other) => anyhow::bail!("unknown status {other:?} (live, superseded or corrupt)"),
+    };
+    Ok(Filter {
+        task: s.task.clone(),
+        tag: s.tag.as_deref().map(split_tag),
+        status,
+        since_ms: s.since.map(|d| taskvault::clock::now_ms() - d.as_millis() as i64),
+        all: s.all,
+        limit: s.limit,
+    })
+}
+
+pub fn split_tag(t: &str) -> (String, Option<String>) {
+    match t.split_once('=') {
+        Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+        None => (t.to_owned(), None),
+    }
+}

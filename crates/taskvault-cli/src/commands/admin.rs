@@ -1,0 +1,190 @@
+//! Tending the vault: `init`, `rm`, `invalidate`, `gc`, `clear`, `verify`, `export`, `import`,
+//! `stats`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use taskvault::Vault;
+
+use crate::Outcome;
+use crate::cli::{Cli, Select};
+use crate::human;
+use crate::settings::CONFIG_REL;
+
+pub fn init(cli: &Cli, force: bool) -> Result<Outcome> {
+    let path = cli
+        .config
+        .clone()
+        .or_else(|| {
+            std::env::var_os("TASKVAULT_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(CONFIG_REL));
+    if path.exists() && !force {
+        bail!("{} already exists; use --force to overwrite it", path.display());
+    }
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs_err::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("yaml.tmp");
+    fs_err::write(&tmp, taskvault::config::INIT_TEMPLATE)?;
+    fs_err::rename(&tmp, &path)?;
+    if cli.json {
+        human::json(&serde_json::json!({"config": path}))?;
+    } else {
+        human::note(human::check(&format!("Created {}", path.display())));
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn rm(cli: &Cli, v: &Vault, hashes: &[String]) -> Result<Outcome> {
+    // Resolve everything first: one bad hash removes nothing.
+    let runs = hashes.iter().map(|h| v.resolve(h)).collect::<Result<Vec<_>, _>>()?;
+    let removed = v.remove(&runs)?;
+    report_removed(cli, &removed, "Removed")
+}
+
+fn report_removed(cli: &Cli, removed: &[taskvault::Entry], verb: &str) -> Result<Outcome> {
+    if cli.json {
+        human::json(&removed)?;
+    } else {
+        human::note(human::check(&format!("{verb} {} entries", removed.len())));
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn invalidate(cli: &Cli, v: &Vault, tag: &str) -> Result<Outcome> {
+    let (k, val) = super::split_tag(tag);
+    if k.is_empty() {
+        bail!("--tag needs a key: --tag key or --tag key=value");
+    }
+    let removed = v.invalidate(&k, val.as_deref())?;
+    report_removed(cli, &removed, "Invalidated")
+}
+
+pub fn gc(
+    cli: &Cli,
+    v: &Vault,
+    older_than: Option<std::time::Duration>,
+    max_size: Option<u64>,
+) -> Result<Outcome> {
+    let r = v.gc(older_than, max_size)?;
+    if cli.json {
+        human::json(&r)?;
+    } else {
+        human::out(format!(
+            "expired {}, unused {}, evicted {}, orphan blobs {}, temp files {}; {} -> {}",
+            r.expired,
+            r.old,
+            r.evicted,
+            r.orphans_removed,
+            r.temp_removed,
+            human::size(r.bytes_before),
+            human::size(r.bytes_after)
+        ))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn clear(cli: &Cli, v: &Vault, yes: bool) -> Result<Outcome> {
+    if !yes {
+        bail!(
+            "clear removes every entry of {}; run it again with --yes",
+            v.settings().vault_dir.display()
+        );
+    }
+    let n = v.clear()?;
+    if cli.json {
+        human::json(&serde_json::json!({"removed": n}))?;
+    } else {
+        human::note(human::check(&format!("Cleared {n} entries")));
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn verify(cli: &Cli, v: &Vault) -> Result<Outcome> {
+    let r = v.verify()?;
+    if cli.json {
+        human::json(&r)?;
+    } else {
+        human::out(format!(
+            "checked {} blobs ({}); corrupt {}; orphan files removed {}",
+            r.blobs_checked,
+            human::size(r.bytes_checked as i64),
+            r.corrupt.len(),
+            r.orphans_removed
+        ))?;
+        for (d, why) in &r.corrupt {
+            human::out(format!("corrupt {d}: {why} (quarantined)"))?;
+        }
+    }
+    Ok(if r.corrupt.is_empty() { Outcome::Ok } else { Outcome::Miss })
+}
+
+pub fn export(cli: &Cli, v: &Vault, archive: &Path, select: &Select) -> Result<Outcome> {
+    let mut filter = super::filter(select)?;
+    // Only live entries carry their outputs.
+    filter.all = false;
+    filter.status = None;
+    let entries = v.list(&filter)?;
+    let r = v.export(&entries, archive)?;
+    if cli.json {
+        human::json(&r)?;
+    } else {
+        human::note(human::check(&format!(
+            "Exported {} entries ({} blobs, {}) to {}",
+            r.entries,
+            r.blobs,
+            human::size(r.bytes as i64),
+            archive.display()
+        )));
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn import(cli: &Cli, v: &Vault, archive: &Path) -> Result<Outcome> {
+    let r = v.import(archive)?;
+    if cli.json {
+        human::json(&r)?;
+    } else {
+        human::note(human::check(&format!(
+            "Imported {} entries ({} blobs); {} already present",
+            r.imported, r.blobs, r.skipped
+        )));
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn stats(cli: &Cli, v: &Vault) -> Result<Outcome> {
+    let s = v.stats()?;
+    if cli.json {
+        human::json(&s)?;
+        return Ok(Outcome::Ok);
+    }
+    let c = &s.counters;
+    let lines = [
+        "TaskVault Cache Statistics".to_owned(),
+        "==========================".to_owned(),
+        format!("Entries:        {}", s.entries),
+        format!("Total Size:     {}", human::size(s.total_bytes)),
+        format!(
+            "Cache Limit:    {}",
+            s.limit_bytes.map_or("none".into(), |l| human::size(l as i64))
+        ),
+        format!("Usage:          {}", s.usage_percent.map_or("-".into(), |u| format!("{u:.1}%"))),
+        format!("Hits:           {}", c.hits),
+        format!("Misses:         {}", c.misses),
+        format!(
+            "Hit Rate:       {}",
+            s.hit_rate_percent.map_or("-".into(), |h| format!("{h:.1}%"))
+        ),
+        format!("Time Saved:     {}", human::duration_ms(c.time_saved_ms)),
+        format!("Saves:          {}", c.saves),
+        format!("Evictions:      {}", c.evictions),
+        format!("Expired:        {}", c.expired),
+        format!("Corrupt:        {}", c.corrupt),
+    ];
+    for l in lines {
+        human::out(l)?;
+    }
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,85 @@
+//! `taskvault cache save|get|stats`: the seed's commands, with its output lines and honest exit
+//! codes (a miss exits 1).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use taskvault::{Input, Output, SaveOptions, Vault};
+
+use crate::Outcome;
+use crate::cli::{CacheCommand, Cli};
+use crate::human;
+
+pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
+    match c {
+        CacheCommand::Save(a) => {
+            let key = v.key(&a.task, &inputs(&a.input, &a.more_inputs)?)?;
+            let opts = SaveOptions {
+                ttl_seconds: a.ttl.map(|d| d.as_secs()),
+                duration_ms: a.duration.map(|d| d.as_millis() as i64),
+                tags: a.tags.iter().cloned().collect(),
+                details: serde_json::json!({
+                    "source": "cli",
+                    "output_path": a.output.display().to_string(),
+                }),
+                extras_display: Vec::new(),
+            };
+            let e = v.save(&key, Output::Path(&a.output), &opts)?;
+            if cli.json {
+                human::json(&e)?;
+            } else {
+                human::note(human::check(&format!(
+                    "Cached {} (hash: {}…, size: {} bytes)",
+                    e.task,
+                    &e.id[..8],
+                    e.size
+                )));
+            }
+            Ok(Outcome::Ok)
+        }
+        CacheCommand::Get(a) => {
+            let key = v.key(&a.task, &inputs(&a.input, &a.more_inputs)?)?;
+            match v.get(&key, &a.output)? {
+                Some(e) => {
+                    if cli.json {
+                        human::json(&serde_json::json!({"hit": true, "entry": e}))?;
+                    } else {
+                        human::note(human::check(&format!(
+                            "Cache hit for {} (size: {} bytes)",
+                            e.task, e.size
+                        )));
+                    }
+                    Ok(Outcome::Ok)
+                }
+                None => {
+                    if cli.json {
+                        human::json(&serde_json::json!({
+                            "hit": false, "task": a.task, "key": key.digest().hex(),
+                        }))?;
+                    } else {
+                        human::note(human::cross(&format!("Cache miss for {}", a.task)));
+                    }
+                    Ok(Outcome::Miss)
+                }
+            }
+        }
+        CacheCommand::Stats => super::admin::stats(cli, v),
+    }
+}
+
+/// The positional input followed by `--input` ones; `-` reads standard input.
+fn inputs(first: &Path, more: &[PathBuf]) -> Result<Vec<Input>> {
+    std::iter::once(first)
+        .chain(more.iter().map(PathBuf::as_path))
+        .map(|p| {
+            if p == Path::new("-") {
+                let mut buf = Vec::new();
+                std::io::stdin().read_to_end(&mut buf).context("reading the input from stdin")?;
+                Ok(Input::Bytes(buf))
+            } else {
+                Ok(Input::Path(p.to_owned()))
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,94 @@
+//! Configuration is resolved here and only here: flags, then TASKVAULT_DIR / TASKVAULT_CONFIG /
+//! TASKVAULT_LOG, then the config file, then defaults.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use taskvault::{ConfigFile, Settings};
+
+use crate::cli::Cli;
+
+/// The resolved configuration of one invocation.
+#[derive(Debug)]
+pub struct Resolved {
+    pub settings: Settings,
+    /// The config file used, if any.
+    pub config_path: Option<PathBuf>,
+    pub log_level: String,
+}
+
+/// Where `init` writes and discovery looks: `.taskvault/config.yaml`.
+pub const CONFIG_REL: &str = ".taskvault/config.yaml";
+
+pub fn resolve(cli: &Cli) -> Result<Resolved> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let explicit = cli.config.clone().or_else(|| env_path("TASKVAULT_CONFIG"));
+    let config_path = match explicit {
+        Some(p) => {
+            let p = absolute(&cwd, &p);
+            if !p.is_file() {
+                anyhow::bail!("config file {} does not exist", p.display());
+            }
+            Some(p)
+        }
+        None => discover(&cwd),
+    };
+    let file = match &config_path {
+        Some(p) => ConfigFile::load(p)?,
+        None => ConfigFile::default(),
+    };
+    let root = config_path.as_deref().map_or(cwd.clone(), project_root);
+    let mut settings = file.settings(&root);
+    settings.vault_dir = match cli.dir.clone().or_else(|| env_path("TASKVAULT_DIR")) {
+        Some(d) => absolute(&cwd, &d),
+        None => expand_home(&file.cache_dir).map_or(settings.vault_dir, |p| absolute(&root, &p)),
+    };
+    settings.host = hostname();
+    settings.user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
+    let log_level = match cli.verbose {
+        0 => std::env::var("TASKVAULT_LOG").unwrap_or_else(|_| file.log_level.clone()),
+        1 => "info".into(),
+        2 => "debug".into(),
+        _ => "trace".into(),
+    };
+    Ok(Resolved { settings, config_path, log_level })
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+fn absolute(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_owned() } else { base.join(p) }
+}
+
+/// `.taskvault/config.yaml` in the current directory or the nearest ancestor that has one.
+fn discover(cwd: &Path) -> Option<PathBuf> {
+    cwd.ancestors().map(|d| d.join(CONFIG_REL)).find(|p| p.is_file())
+}
+
+/// Relative `cache_dir` values are resolved against the project root: the directory that holds
+/// `.taskvault/`, or the config file's own directory for a config stored elsewhere.
+fn project_root(config: &Path) -> PathBuf {
+    let dir = config.parent().unwrap_or(Path::new("/"));
+    if dir.file_name().is_some_and(|n| n == ".taskvault") {
+        dir.parent().unwrap_or(dir).to_owned()
+    } else {
+        dir.to_owned()
+    }
+}
+
+/// `~/x` in a config value means the user's home directory (the seed's example uses it).
+fn expand_home(p: &str) -> Option<PathBuf> {
+    match p.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(rest)),
+        None => Some(PathBuf::from(p)),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

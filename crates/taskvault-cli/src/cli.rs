@@ -122,10 +122,10 @@ pub struct SaveArgs {
     #[arg(long = "tag", value_name = "K=V", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
     /// Expire after this long (seconds, or 90m, 7d; 0 = never), instead of the policy's TTL.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Option<std::time::Duration>,
     /// How long the work took (seconds or 2h, 15m); counted as time saved on every hit.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub duration: Option<std::time::Duration>,
 }
 

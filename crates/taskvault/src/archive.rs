@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use crate::digest::{Digest, hash_file};
 use crate::entry::Entry;
 use crate::error::{Error, IoContext, Result};
-use crate::store::StagedBlob;
 use crate::vault::{Vault, unique_name};
 
 const MANIFEST: &str = "taskvault-export.json";
@@ -187,15 +186,7 @@ impl Vault {
             for d in e.blob_digests() {
                 staging.file_expecting(&staged[&d], d)?;
             }
-            let blobs: &[StagedBlob] = staging.blobs();
-            self.meta().commit_save(
-                e,
-                blobs,
-                &mut |b| {
-                    self.blob_store().put(&b.info.digest, b.staged.as_deref().expect("staged"))
-                },
-                &mut |d| self.blob_store().remove(d),
-            )?;
+            self.commit(e, staging.blobs())?;
             committed_blobs.extend(e.blob_digests());
             report.imported += 1;
         }

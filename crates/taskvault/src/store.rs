@@ -26,6 +26,17 @@ pub struct StagedBlob {
 pub struct Committed {
     /// The live run that was replaced and kept as history.
     pub superseded: Option<String>,
+    /// Blob files whose rows were dropped; the caller unlinks them after the commit.
+    pub unreferenced: Vec<Digest>,
+}
+
+/// What a removal changed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// Live entries that were removed or retired.
+    pub entries: Vec<Entry>,
+    /// Blob files whose rows were dropped; the caller unlinks them after the commit.
+    pub unreferenced: Vec<Digest>,
 }
 
 /// Reading a stored blob: a local file (which allows in-kernel copies) or any stream.
@@ -53,9 +64,10 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     fn list(&self) -> Result<Vec<(Digest, Option<std::time::SystemTime>)>>;
 }
 
-/// Metadata: entries, blob rows with reference counts, counters and claim failures. Every method
-/// is one transaction. Blob file operations that must not race (placing a new blob, deleting an
-/// unreferenced one) run through the callbacks inside the transaction.
+/// Metadata: entries, blob rows, the references of live entries to blobs, counters and claim
+/// failures. Every method is one transaction. A new blob file is placed by the `place` callback
+/// inside the save's transaction; files of dropped blob rows are returned, never deleted here,
+/// so that a crash can only leave an orphan file, never a row without its file.
 pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// The live entry of a key, if any (expiry is the caller's business).
     fn lookup(&self, key: &str) -> Result<Option<Entry>>;
@@ -68,26 +80,16 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
         entry: &Entry,
         blobs: &[StagedBlob],
         place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
-        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
     ) -> Result<Committed>;
     /// Counts a served hit: access time, access count, hits, time saved.
     fn record_hit(&self, entry: &Entry, now_ms: i64) -> Result<()>;
     /// Adds to named counters (`misses`, `corrupt`, `expired`, ...).
     fn bump(&self, counter: &str, by: i64) -> Result<()>;
     /// Removes entries (all runs of their keys), dropping blobs nobody references any more.
-    /// Returns the entries removed (live ones only). `count_as` names a counter to bump per entry.
-    fn remove_keys(
-        &self,
-        keys: &[String],
-        count_as: Option<&str>,
-        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
-    ) -> Result<Vec<Entry>>;
+    /// `count_as` names a counter to bump per live entry removed.
+    fn remove_keys(&self, keys: &[String], count_as: Option<&str>) -> Result<Removed>;
     /// Marks every live entry that uses `digest` as corrupt and forgets the blob.
-    fn forget_corrupt_blob(
-        &self,
-        digest: &Digest,
-        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
-    ) -> Result<Vec<Entry>>;
+    fn forget_corrupt_blob(&self, digest: &Digest) -> Result<Removed>;
     /// Entries matching a filter, newest first.
     fn list(&self, filter: &Filter) -> Result<Vec<Entry>>;
     /// Runs whose id or key starts with `prefix`: (run ids matched, keys matched).
@@ -99,18 +101,13 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Evicts live entries (all runs of their keys): with a target, expired entries first and
     /// then least recently used ones until stored bytes are at most `target_bytes`; without one,
     /// every expired entry. Returns the live entries removed.
-    fn evict(
-        &self,
-        now_ms: i64,
-        target_bytes: Option<u64>,
-        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
-    ) -> Result<Vec<Entry>>;
+    fn evict(&self, now_ms: i64, target_bytes: Option<u64>) -> Result<Removed>;
     fn counters(&self) -> Result<Counters>;
     fn live_entries(&self) -> Result<i64>;
     /// Every blob row (for verification).
     fn blobs(&self) -> Result<Vec<BlobInfo>>;
-    /// Removes every entry and blob row; returns the digests that had files.
-    fn clear(&self, unlink: &mut dyn FnMut(&Digest) -> Result<()>) -> Result<u64>;
+    /// Removes every entry and blob row.
+    fn clear(&self) -> Result<Removed>;
     /// Records that the computation for `key` failed (for claim waiters).
     fn record_failure(&self, key: &str, message: &str, at_ms: i64) -> Result<()>;
     /// The last recorded failure of `key`: (message, at_ms).

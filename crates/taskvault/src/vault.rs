@@ -229,16 +229,7 @@ impl Vault {
             parent: None,
             details: opts.details.clone(),
         };
-        let committed = self.meta.commit_save(
-            &entry,
-            staging.blobs(),
-            &mut |b| {
-                let staged = b.staged.as_deref().expect("only staged blobs are placed");
-                self.blobs.put(&b.info.digest, staged)?;
-                Ok(())
-            },
-            &mut |d| self.blobs.remove(d),
-        )?;
+        let committed = self.commit(&entry, staging.blobs())?;
         drop(staging);
         entry.parent = committed.superseded;
         self.audit.record(&Record {
@@ -251,6 +242,67 @@ impl Vault {
         });
         self.enforce_cap()?;
         Ok(entry)
+    }
+
+    /// Commits a save, placing new blob files, under the shared blob lock (see [`Vault::reap`]).
+    pub(crate) fn commit(
+        &self,
+        entry: &Entry,
+        blobs: &[crate::store::StagedBlob],
+    ) -> Result<crate::store::Committed> {
+        let lock = self.blob_lock(false)?;
+        let committed = self.meta.commit_save(entry, blobs, &mut |b| {
+            let staged = b.staged.as_deref().expect("only staged blobs are placed");
+            self.blobs.put(&b.info.digest, staged)
+        })?;
+        drop(lock);
+        self.reap(&committed.unreferenced)?;
+        Ok(committed)
+    }
+
+    /// Opens and locks `blobs.lock`: shared by savers from placing a file to committing its row,
+    /// exclusive while deciding which files to unlink. A fresh descriptor each time, because
+    /// `flock` on a shared descriptor would convert locks between threads instead of blocking.
+    pub(crate) fn blob_lock(&self, exclusive: bool) -> Result<std::fs::File> {
+        let path = self.settings.vault_dir.join("blobs.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        if exclusive { f.lock() } else { f.lock_shared() }.at(&path)?;
+        Ok(f)
+    }
+
+    /// Unlinks the files of blobs whose rows were dropped, unless a save adopted the digest again
+    /// in the meantime. Rows are dropped first and files later, so a crash in between leaves only
+    /// an orphan file (removed by `gc`), never a row without its file.
+    pub(crate) fn reap(&self, candidates: &[Digest]) -> Result<()> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let _lock = self.blob_lock(true)?;
+        for d in candidates {
+            if self.meta.blob(d)?.is_none() {
+                self.blobs.remove(d)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a removal's file side and audits it.
+    pub(crate) fn removed(
+        &self,
+        r: crate::store::Removed,
+        event: Event,
+        op: &str,
+    ) -> Result<Vec<Entry>> {
+        self.reap(&r.unreferenced)?;
+        for e in &r.entries {
+            self.audit_entry(event, op, e);
+        }
+        Ok(r.entries)
     }
 
     fn run_id(&self, key: &TaskKey, now: i64) -> String {
@@ -269,10 +321,7 @@ impl Vault {
         }
         let target = cap / 100 * self.settings.low_water_percent as u64
             + cap % 100 * self.settings.low_water_percent as u64 / 100;
-        let removed = self.meta.evict(now_ms(), Some(target), &mut |d| self.blobs.remove(d))?;
-        for e in &removed {
-            self.audit_entry(Event::Evict, "evict", e);
-        }
+        self.removed(self.meta.evict(now_ms(), Some(target))?, Event::Evict, "evict")?;
         Ok(())
     }
 
@@ -314,8 +363,7 @@ impl Vault {
         let now = now_ms();
         match self.meta.lookup(&hex)? {
             Some(e) if self.expired(&e, now) => {
-                self.meta.remove_keys(&[hex], Some("expired"), &mut |d| self.blobs.remove(d))?;
-                self.audit_entry(Event::Expire, op, &e);
+                self.removed(self.meta.remove_keys(&[hex], Some("expired"))?, Event::Expire, op)?;
                 self.miss(key, op)?;
                 Ok(None)
             }
@@ -432,11 +480,17 @@ impl Vault {
 
     /// Quarantines a blob that failed verification and retires every entry using it.
     pub(crate) fn corrupt(&self, digest: &Digest, message: &str, op: &str) -> Result<()> {
+        // A reader can lose a race with a removal: the row is dropped first, then the file. That
+        // is a miss, not corruption; so is a blob that a new save has put back meanwhile.
+        let Some(info) = self.meta.blob(digest)? else { return Ok(()) };
+        if self.read_blob(digest, info.size, &mut Sink::Discard)?.is_ok() {
+            return Ok(());
+        }
         tracing::warn!("blob {digest} failed verification ({message}); quarantined, entry dropped");
         self.blobs.quarantine(digest)?;
-        let retired = self.meta.forget_corrupt_blob(digest, &mut |d| {
-            if d == digest { Ok(()) } else { self.blobs.remove(d) }
-        })?;
+        let r = self.meta.forget_corrupt_blob(digest)?;
+        self.reap(&r.unreferenced)?;
+        let retired = r.entries;
         let hash = digest.hex();
         if retired.is_empty() {
             self.audit.record(&Record {

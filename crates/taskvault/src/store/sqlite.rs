@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::digest::Digest;
 use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
 use crate::error::{Error, Result};
-use crate::store::{Committed, MetaStore, StagedBlob};
+use crate::store::{Committed, MetaStore, Removed, StagedBlob};
 
 /// The schema version this build writes. Older databases are migrated on open.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -182,12 +182,9 @@ fn live_entry(tx: &Connection, key: &str) -> rusqlite::Result<Option<Entry>> {
         .optional()
 }
 
-/// Drops the references of `key` and every blob left unreferenced; returns bytes freed.
-fn unref_key(
-    tx: &Connection,
-    key: &str,
-    unlink: &mut dyn FnMut(&Digest) -> Result<()>,
-) -> Result<u64> {
+/// Drops the references of `key` and every blob left unreferenced (their files are added to
+/// `unlink`); returns bytes freed.
+fn unref_key(tx: &Connection, key: &str, unlink: &mut Vec<Digest>) -> Result<u64> {
     let digests: Vec<String> = tx
         .prepare_cached("DELETE FROM refs WHERE key = ?1 RETURNING digest")?
         .query_map([key], |r| r.get(0))?
@@ -199,11 +196,7 @@ fn unref_key(
     Ok(freed)
 }
 
-fn drop_if_unreferenced(
-    tx: &Connection,
-    digest: &str,
-    unlink: &mut dyn FnMut(&Digest) -> Result<()>,
-) -> Result<u64> {
+fn drop_if_unreferenced(tx: &Connection, digest: &str, unlink: &mut Vec<Digest>) -> Result<u64> {
     let still: bool = tx
         .prepare_cached("SELECT EXISTS(SELECT 1 FROM refs WHERE digest = ?1)")?
         .query_row([digest], |r| r.get(0))?;
@@ -219,7 +212,7 @@ fn drop_if_unreferenced(
     let Some((stored, inline)) = row else { return Ok(0) };
     bump(tx, "stored_bytes", -stored)?;
     if !inline {
-        unlink(&digest.parse()?)?;
+        unlink.push(digest.parse()?);
     }
     Ok(stored as u64)
 }
@@ -228,7 +221,7 @@ fn drop_if_unreferenced(
 fn remove_key(
     tx: &Connection,
     key: &str,
-    unlink: &mut dyn FnMut(&Digest) -> Result<()>,
+    unlink: &mut Vec<Digest>,
 ) -> Result<(Option<Entry>, u64)> {
     let live = live_entry(tx, key)?;
     let freed = unref_key(tx, key, unlink)?;
@@ -268,9 +261,9 @@ impl MetaStore for SqliteMeta {
         entry: &Entry,
         blobs: &[StagedBlob],
         place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
-        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
     ) -> Result<Committed> {
         self.write(true, |tx| {
+            let mut unreferenced = Vec::new();
             for b in blobs {
                 let d = b.info.digest.to_string();
                 let known: bool = tx
@@ -306,7 +299,7 @@ impl MetaStore for SqliteMeta {
                     .execute(params![d.to_string(), entry.key])?;
             }
             for d in old_refs {
-                drop_if_unreferenced(tx, &d, unlink)?;
+                drop_if_unreferenced(tx, &d, &mut unreferenced)?;
             }
             if let Some(old) = &old {
                 tx.prepare_cached(
@@ -338,7 +331,7 @@ impl MetaStore for SqliteMeta {
             ])?;
             tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([&entry.key])?;
             bump(tx, "saves", 1)?;
-            Ok(Committed { superseded: old.map(|o| o.id) })
+            Ok(Committed { superseded: old.map(|o| o.id), unreferenced })
         })
     }
 
@@ -361,48 +354,41 @@ impl MetaStore for SqliteMeta {
         self.write(false, |tx| Ok(bump(tx, counter, by)?))
     }
 
-    fn remove_keys(
-        &self,
-        keys: &[String],
-        count_as: Option<&str>,
-        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
-    ) -> Result<Vec<Entry>> {
+    fn remove_keys(&self, keys: &[String], count_as: Option<&str>) -> Result<Removed> {
         self.write(false, |tx| {
-            let mut removed = Vec::new();
+            let mut r = Removed::default();
             for k in keys {
-                if let (Some(e), _) = remove_key(tx, k, unlink)? {
-                    removed.push(e);
+                if let (Some(e), _) = remove_key(tx, k, &mut r.unreferenced)? {
+                    r.entries.push(e);
                 }
             }
             if let Some(c) = count_as {
-                bump(tx, c, removed.len() as i64)?;
+                bump(tx, c, r.entries.len() as i64)?;
             }
-            Ok(removed)
+            Ok(r)
         })
     }
 
-    fn forget_corrupt_blob(
-        &self,
-        digest: &Digest,
-        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
-    ) -> Result<Vec<Entry>> {
+    fn forget_corrupt_blob(&self, digest: &Digest) -> Result<Removed> {
         let d = digest.to_string();
         self.write(false, |tx| {
+            let mut r = Removed::default();
             let keys: Vec<String> = tx
                 .prepare_cached("SELECT key FROM refs WHERE digest = ?1")?
                 .query_map([&d], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut hit = Vec::new();
             for k in keys {
                 if let Some(e) = live_entry(tx, &k)? {
                     tx.prepare_cached(
                         "UPDATE entries SET live = 0, status = 'corrupt' WHERE id = ?1",
                     )?
                     .execute([&e.id])?;
-                    hit.push(e);
+                    r.entries.push(e);
                 }
-                unref_key(tx, &k, unlink)?;
+                unref_key(tx, &k, &mut r.unreferenced)?;
             }
+            // The corrupt blob itself is quarantined by the caller, not unlinked.
+            r.unreferenced.retain(|x| x != digest);
             // The blob row goes even if no entry referenced it any more.
             if let Some(stored) = tx
                 .prepare_cached("DELETE FROM blobs WHERE digest = ?1 RETURNING stored_size")?
@@ -412,7 +398,7 @@ impl MetaStore for SqliteMeta {
                 bump(tx, "stored_bytes", -stored)?;
             }
             bump(tx, "corrupt", 1)?;
-            Ok(hit)
+            Ok(r)
         })
     }
 
@@ -494,17 +480,12 @@ impl MetaStore for SqliteMeta {
         })
     }
 
-    fn evict(
-        &self,
-        now_ms: i64,
-        target_bytes: Option<u64>,
-        unlink: &mut dyn FnMut(&Digest) -> Result<()>,
-    ) -> Result<Vec<Entry>> {
+    fn evict(&self, now_ms: i64, target_bytes: Option<u64>) -> Result<Removed> {
         self.write(false, |tx| {
+            let mut r = Removed::default();
             let mut stored: i64 = tx
                 .query_row("SELECT value FROM counters WHERE name = 'stored_bytes'", [], |r| r.get(0))?;
             let over = |stored: i64| target_bytes.is_none_or(|t| stored > t as i64);
-            let mut removed = Vec::new();
             let mut expired = 0;
             let mut evicted = 0;
             let expired_keys: Vec<String> = tx
@@ -518,10 +499,10 @@ impl MetaStore for SqliteMeta {
                 if !over(stored) {
                     break;
                 }
-                let (e, freed) = remove_key(tx, &k, unlink)?;
+                let (e, freed) = remove_key(tx, &k, &mut r.unreferenced)?;
                 stored -= freed as i64;
                 expired += 1;
-                removed.extend(e);
+                r.entries.extend(e);
             }
             if target_bytes.is_some() {
                 while over(stored) {
@@ -538,16 +519,16 @@ impl MetaStore for SqliteMeta {
                         if !over(stored) {
                             break;
                         }
-                        let (e, freed) = remove_key(tx, &k, unlink)?;
+                        let (e, freed) = remove_key(tx, &k, &mut r.unreferenced)?;
                         stored -= freed as i64;
                         evicted += 1;
-                        removed.extend(e);
+                        r.entries.extend(e);
                     }
                 }
             }
             bump(tx, "expired", expired)?;
             bump(tx, "evictions", evicted)?;
-            Ok(removed)
+            Ok(r)
         })
     }
 
@@ -597,22 +578,25 @@ impl MetaStore for SqliteMeta {
             .collect()
     }
 
-    fn clear(&self, unlink: &mut dyn FnMut(&Digest) -> Result<()>) -> Result<u64> {
+    fn clear(&self) -> Result<Removed> {
         self.write(false, |tx| {
-            let n: i64 =
-                tx.query_row("SELECT count(*) FROM entries WHERE live = 1", [], |r| r.get(0))?;
+            let mut r = Removed::default();
+            r.entries = tx
+                .prepare(&format!("SELECT {ENTRY_COLS} FROM entries WHERE live = 1"))?
+                .query_map([], entry_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
             let files: Vec<String> = tx
                 .prepare("SELECT digest FROM blobs WHERE data IS NULL")?
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for d in files {
-                unlink(&d.parse()?)?;
+                r.unreferenced.push(d.parse()?);
             }
             tx.execute_batch(
                 "DELETE FROM entries; DELETE FROM refs; DELETE FROM blobs; DELETE FROM failures;
                  UPDATE counters SET value = 0 WHERE name = 'stored_bytes';",
             )?;
-            Ok(n as u64)
+            Ok(r)
         })
     }
 

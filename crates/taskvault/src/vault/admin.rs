@@ -11,8 +11,7 @@ use crate::digest::Digest;
 use crate::entry::{Counters, Entry, Filter};
 use crate::error::{Error, IoContext, Result};
 
-/// Crash leftovers (staging files, orphan blob files) younger than this are left alone by `gc`,
-/// since a save may be about to commit them.
+/// Staging files younger than this are left alone by `gc`, since a save may be using them.
 const LEFTOVER_AGE: Duration = Duration::from_secs(15 * 60);
 
 /// Vault statistics.
@@ -136,11 +135,7 @@ impl Vault {
     pub fn remove(&self, runs: &[Entry]) -> Result<Vec<Entry>> {
         let mut keys: Vec<String> = runs.iter().map(|e| e.key.clone()).collect();
         keys.dedup();
-        let removed = self.meta().remove_keys(&keys, None, &mut |d| self.blob_store().remove(d))?;
-        for e in &removed {
-            self.audit_entry(Event::Remove, "rm", e);
-        }
-        Ok(removed)
+        self.removed(self.meta().remove_keys(&keys, None)?, Event::Remove, "rm")
     }
 
     /// Removes every live entry carrying tag `key` (with `value`, if given).
@@ -154,7 +149,9 @@ impl Vault {
 
     /// Removes every entry and blob; returns how many entries there were.
     pub fn clear(&self) -> Result<u64> {
-        let n = self.meta().clear(&mut |d| self.blob_store().remove(d))?;
+        let r = self.meta().clear()?;
+        let n = r.entries.len() as u64;
+        self.reap(&r.unreferenced)?;
         self.audit.record(&crate::audit::Record {
             event: Event::Remove,
             op: "clear",
@@ -172,17 +169,12 @@ impl Vault {
         let mut report =
             GcReport { bytes_before: self.meta().counters()?.stored_bytes, ..GcReport::default() };
         let now = now_ms();
-        let unlink = &mut |d: &Digest| self.blob_store().remove(d);
-        for e in self.meta().evict(now, None, unlink)? {
-            self.audit_entry(Event::Expire, "gc", &e);
-            report.expired += 1;
-        }
+        report.expired +=
+            self.removed(self.meta().evict(now, None)?, Event::Expire, "gc")?.len() as u64;
         let expired_policy: Vec<Entry> =
             self.list(&Filter::default())?.into_iter().filter(|e| self.expired(e, now)).collect();
-        for e in self.meta().remove_keys(&keys_of(&expired_policy), Some("expired"), unlink)? {
-            self.audit_entry(Event::Expire, "gc", &e);
-            report.expired += 1;
-        }
+        let r = self.meta().remove_keys(&keys_of(&expired_policy), Some("expired"))?;
+        report.expired += self.removed(r, Event::Expire, "gc")?.len() as u64;
         if let Some(age) = older_than {
             let cutoff = now - age.as_millis() as i64;
             let old: Vec<Entry> = self
@@ -190,36 +182,29 @@ impl Vault {
                 .into_iter()
                 .filter(|e| e.last_access_ms < cutoff)
                 .collect();
-            for e in self.meta().remove_keys(&keys_of(&old), Some("evictions"), unlink)? {
-                self.audit_entry(Event::Evict, "gc", &e);
-                report.old += 1;
-            }
+            let r = self.meta().remove_keys(&keys_of(&old), Some("evictions"))?;
+            report.old = self.removed(r, Event::Evict, "gc")?.len() as u64;
         }
         if let Some(max) = max_size {
-            for e in self.meta().evict(now, Some(max), unlink)? {
-                self.audit_entry(Event::Evict, "gc", &e);
-                report.evicted += 1;
-            }
+            report.evicted =
+                self.removed(self.meta().evict(now, Some(max))?, Event::Evict, "gc")?.len() as u64;
         }
-        report.orphans_removed = self.remove_orphans(LEFTOVER_AGE)?;
+        report.orphans_removed = self.remove_orphans()?;
         report.temp_removed = self.remove_stale_temp(LEFTOVER_AGE)?;
         report.bytes_after = self.meta().counters()?.stored_bytes;
         Ok(report)
     }
 
-    /// Blob files without a metadata row (left by a crash between placing and committing).
-    fn remove_orphans(&self, min_age: Duration) -> Result<u64> {
+    /// Blob files without a metadata row (left by a crash between placing and committing, or
+    /// between committing a removal and unlinking). Under the exclusive blob lock no save is
+    /// between placing and committing, so every such file is garbage.
+    fn remove_orphans(&self) -> Result<u64> {
+        let _lock = self.blob_lock(true)?;
         let known: std::collections::HashSet<Digest> =
             self.meta().blobs()?.into_iter().map(|b| b.digest).collect();
         let mut removed = 0;
-        for (d, written) in self.blob_store().list()? {
-            if known.contains(&d) {
-                continue;
-            }
-            let old_enough = written
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .is_some_and(|age| age >= min_age);
-            if old_enough {
+        for (d, _) in self.blob_store().list()? {
+            if !known.contains(&d) {
                 self.blob_store().remove(&d)?;
                 removed += 1;
             }
@@ -259,7 +244,7 @@ impl Vault {
             report.blobs_checked += 1;
             report.bytes_checked += b.size;
         }
-        report.orphans_removed = self.remove_orphans(LEFTOVER_AGE)?;
+        report.orphans_removed = self.remove_orphans()?;
         Ok(report)
     }
 }

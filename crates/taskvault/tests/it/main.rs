@@ -1,0 +1,90 @@
+//! Multi-process tests of the engine. A test re-runs its own test binary as worker processes
+//! (selected by `TASKVAULT_IT_ROLE`), so workers use the real engine with no extra binary.
+
+mod procs;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use taskvault::{Settings, Vault};
+
+pub const ROLE: &str = "TASKVAULT_IT_ROLE";
+
+/// Starts this test binary as a worker running `test` with `role`.
+pub fn spawn_worker(test: &str, role: &str, vault: &Path, worker: usize) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(ROLE, role)
+        .env("TASKVAULT_IT_VAULT", vault)
+        .env("TASKVAULT_IT_WORKER", worker.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The role this process was started with, if it is a worker.
+pub fn role() -> Option<(String, std::path::PathBuf, u64)> {
+    let role = std::env::var(ROLE).ok()?;
+    let vault = std::env::var("TASKVAULT_IT_VAULT").unwrap().into();
+    let worker = std::env::var("TASKVAULT_IT_WORKER").unwrap().parse().unwrap();
+    Some((role, vault, worker))
+}
+
+pub fn open(dir: &Path) -> Vault {
+    Vault::open(Settings::for_dir(dir)).unwrap()
+}
+
+/// A small deterministic PRNG (xorshift64*).
+#[derive(Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The content saved for key `k`, version `v`: a header naming both, then a body whose size and
+/// compressibility depend on them (inline, small file, large raw and large compressed blobs).
+pub fn content(k: u64, v: u64) -> Vec<u8> {
+    let size = match (k + v) % 4 {
+        0 => 100,
+        1 => 40_000,
+        2 => 300_000,
+        _ => 1_500_000,
+    };
+    let mut out = format!("k={k} v={v}\n").into_bytes();
+    let mut r = Rng(k * 1000 + v + 1);
+    let compressible = (k + v) % 2 == 0;
+    while out.len() < size {
+        let x = r.next();
+        if compressible {
+            out.extend_from_slice(format!("line {} of key {k}\n", x % 10).as_bytes());
+        } else {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Checks that bytes served for key `k` are exactly one of the versions saved for it.
+pub fn check_content(k: u64, bytes: &[u8]) -> Result<(), String> {
+    let header = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let header = std::str::from_utf8(header).map_err(|_| "header is not UTF-8".to_owned())?;
+    let v: u64 = header
+        .strip_prefix(&format!("k={k} v="))
+        .ok_or_else(|| format!("key {k} served {header:?}"))?
+        .parse()
+        .map_err(|_| format!("bad header {header:?}"))?;
+    if content(k, v) != bytes {
+        return Err(format!("key {k} v{v}: bytes differ from what was saved"));
+    }
+    Ok(())
+}

@@ -127,7 +127,11 @@ impl AuditLog {
     /// skip (the file is merely a little over its size for a moment).
     fn rotate(&self) -> std::io::Result<()> {
         let lock_path = self.path.with_extension("lock");
-        let lock = std::fs::OpenOptions::new().create(true).write(true).open(&lock_path)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
         if lock.try_lock().is_err() {
             return Ok(());
         }

@@ -56,7 +56,7 @@ pub enum Claim<'v> {
     /// Nobody has the result: compute it, save it, then drop the guard (or call `fail`).
     Compute(ClaimGuard<'v>),
     /// The result is there (possibly just saved by the worker we waited for).
-    Ready(Entry),
+    Ready(Box<Entry>),
     /// The worker we waited for failed with this message; its failure is the answer.
     Failed(String),
 }
@@ -177,14 +177,14 @@ impl Vault {
         match output {
             Output::Bytes(b) => {
                 let blob = staging.bytes(b)?;
-                outputs.push(file_node(String::new(), 0o644, &blob));
+                outputs.push(file_node(String::new(), 0o644, blob));
             }
             Output::Path(_) => {
                 for w in &walked {
                     outputs.push(match w.kind {
                         NodeKind::File => {
                             let blob = staging.file(&w.abs)?;
-                            file_node(w.rel.clone(), w.mode, &blob)
+                            file_node(w.rel.clone(), w.mode, blob)
                         }
                         _ => Node {
                             path: w.rel.clone(),
@@ -443,14 +443,13 @@ impl Vault {
             Acquired::AfterWaiting(l) => (l, true),
         };
         if let Some(e) = self.peek(key)? {
-            return Ok(Claim::Ready(e));
+            return Ok(Claim::Ready(Box::new(e)));
         }
-        if waited {
-            if let Some((message, at)) = self.meta.failure(&hex)? {
-                if at >= started {
-                    return Ok(Claim::Failed(message));
-                }
-            }
+        if waited
+            && let Some((message, at)) = self.meta.failure(&hex)?
+            && at >= started
+        {
+            return Ok(Claim::Failed(message));
         }
         Ok(Claim::Compute(ClaimGuard { vault: self, key: hex, _lock: lock }))
     }

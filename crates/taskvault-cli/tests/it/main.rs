@@ -13,9 +13,15 @@ pub struct Project {
     pub dir: tempfile::TempDir,
 }
 
+impl Default for Project {
+    fn default() -> Self {
+        Project { dir: tempfile::tempdir().unwrap() }
+    }
+}
+
 impl Project {
     pub fn new() -> Project {
-        Project { dir: tempfile::tempdir().unwrap() }
+        Project::default()
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

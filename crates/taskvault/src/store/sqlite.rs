@@ -560,7 +560,8 @@ impl MetaStore for SqliteMeta {
     }
 
     fn blobs(&self) -> Result<Vec<BlobInfo>> {
-        let rows: Vec<(String, i64, i64, String, Option<Vec<u8>>)> = self.with(|c| {
+        type Row = (String, i64, i64, String, Option<Vec<u8>>);
+        let rows: Vec<Row> = self.with(|c| {
             c.prepare("SELECT digest, size, stored_size, codec, data FROM blobs ORDER BY digest")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
                 .collect()
@@ -580,11 +581,13 @@ impl MetaStore for SqliteMeta {
 
     fn clear(&self) -> Result<Removed> {
         self.write(false, |tx| {
-            let mut r = Removed::default();
-            r.entries = tx
-                .prepare(&format!("SELECT {ENTRY_COLS} FROM entries WHERE live = 1"))?
-                .query_map([], entry_from_row)?
-                .collect::<rusqlite::Result<_>>()?;
+            let mut r = Removed {
+                entries: tx
+                    .prepare(&format!("SELECT {ENTRY_COLS} FROM entries WHERE live = 1"))?
+                    .query_map([], entry_from_row)?
+                    .collect::<rusqlite::Result<_>>()?,
+                unreferenced: Vec::new(),
+            };
             let files: Vec<String> = tx
                 .prepare("SELECT digest FROM blobs WHERE data IS NULL")?
                 .query_map([], |r| r.get(0))?

@@ -283,10 +283,10 @@ pub(crate) fn validate_tree(e: &Entry) -> std::result::Result<(), String> {
         if !seen.insert(n.path.as_str()) {
             return Err(format!("duplicate path {:?} in manifest", n.path));
         }
-        if let Some((parent, _)) = n.path.rsplit_once('/') {
-            if !dirs.contains(parent) {
-                return Err(format!("{:?} appears before its directory", n.path));
-            }
+        if let Some((parent, _)) = n.path.rsplit_once('/')
+            && !dirs.contains(parent)
+        {
+            return Err(format!("{:?} appears before its directory", n.path));
         }
         match n.kind {
             NodeKind::Dir => {

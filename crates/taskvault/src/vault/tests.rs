@@ -499,7 +499,10 @@ fn export_import_round_trip_serves_the_same_hits() {
 }
 
 /// Builds a tar.zst by hand, for hostile archives.
-fn raw_archive(path: &Path, members: &[(&str, tar::EntryType, &[u8], Option<&str>)]) {
+/// (name, type, data, link target) of one tar member.
+type Member<'a> = (&'a str, tar::EntryType, &'a [u8], Option<&'a str>);
+
+fn raw_archive(path: &Path, members: &[Member<'_>]) {
     let file = std::fs::File::create(path).unwrap();
     let enc = zstd::stream::Encoder::new(file, 1).unwrap();
     let mut t = tar::Builder::new(enc);
@@ -541,13 +544,13 @@ fn tampered_and_hostile_archives_change_nothing() {
     }
     members[1].1[100] ^= 1;
     let tampered = a.out("tampered.tar.zst");
-    let m: Vec<(&str, tar::EntryType, &[u8], Option<&str>)> =
+    let m: Vec<Member<'_>> =
         members.iter().map(|(n, d)| (n.as_str(), tar::EntryType::Regular, &d[..], None)).collect();
     raw_archive(&tampered, &m);
 
     let manifest = members[0].1.clone();
     let outside = a.out("outside");
-    let hostile: Vec<(&str, Vec<(&str, tar::EntryType, &[u8], Option<&str>)>)> = vec![
+    let hostile: Vec<(&str, Vec<Member<'_>>)> = vec![
         (
             "dotdot",
             vec![

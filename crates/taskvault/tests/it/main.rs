@@ -40,14 +40,14 @@ pub fn open(dir: &Path) -> Vault {
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn step(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545F4914F6CDD1D)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.step() % n
     }
 }
 
@@ -62,9 +62,9 @@ pub fn content(k: u64, v: u64) -> Vec<u8> {
     };
     let mut out = format!("k={k} v={v}\n").into_bytes();
     let mut r = Rng(k * 1000 + v + 1);
-    let compressible = (k + v) % 2 == 0;
+    let compressible = (k + v).is_multiple_of(2);
     while out.len() < size {
-        let x = r.next();
+        let x = r.step();
         if compressible {
             out.extend_from_slice(format!("line {} of key {k}\n", x % 10).as_bytes());
         } else {

@@ -5,6 +5,7 @@
 //! content-addressed blobs, plus provenance. The engine never reads environment variables or
 //! configuration files on its own; callers resolve [`Settings`] and pass them in.
 
+mod access;
 mod archive;
 pub mod audit;
 mod claim;

@@ -39,6 +39,13 @@ pub struct Removed {
     pub unreferenced: Vec<Digest>,
 }
 
+/// One served lookup, as recorded in the access journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Hit { id: String, at_ms: i64, duration_ms: Option<i64> },
+    Miss,
+}
+
 /// Reading a stored blob: a local file (which allows in-kernel copies) or any stream.
 #[derive(Debug)]
 pub enum BlobReader {
@@ -81,8 +88,8 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
         blobs: &[StagedBlob],
         place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
     ) -> Result<Committed>;
-    /// Counts a served hit: access time, access count, hits, time saved.
-    fn record_hit(&self, entry: &Entry, now_ms: i64) -> Result<()>;
+    /// Applies a batch of recorded hits (access time, access count, hits, time saved) and misses.
+    fn apply_accesses(&self, accesses: &[Access]) -> Result<()>;
     /// Adds to named counters (`misses`, `corrupt`, `expired`, ...).
     fn bump(&self, counter: &str, by: i64) -> Result<()>;
     /// Removes entries (all runs of their keys), dropping blobs nobody references any more.

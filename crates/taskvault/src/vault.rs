@@ -13,6 +13,7 @@ pub use admin::{GcReport, Stats, VerifyReport};
 pub(crate) use restore::{Sink, validate_tree};
 pub(crate) use stage::Staging as StagingHandle;
 
+use crate::access::AccessJournal;
 use crate::audit::{AuditLog, Event, Record};
 use crate::claim::{Acquired, ClaimLock};
 use crate::clock::now_ms;
@@ -82,6 +83,7 @@ pub struct Vault {
     meta: Box<dyn MetaStore>,
     blobs: Box<dyn BlobStore>,
     audit: AuditLog,
+    accesses: AccessJournal,
     tmp: PathBuf,
     locks: PathBuf,
     progress: Option<Box<Progress>>,
@@ -110,18 +112,23 @@ impl Vault {
         let dir = &settings.vault_dir;
         let tmp = dir.join("tmp");
         let locks = dir.join("locks");
-        for d in [dir, &tmp, &locks] {
-            std::fs::create_dir_all(d).at(d)?;
+        // The directories are created with the database; a vault that has one has them all.
+        if !dir.join("cache.db").exists() {
+            for d in [dir, &tmp, &locks] {
+                std::fs::create_dir_all(d).at(d)?;
+            }
         }
         let meta = SqliteMeta::open(&dir.join("cache.db"))?;
         let blobs = LocalBlobs::new(dir.join("blobs"), dir.join("quarantine"));
         let audit =
             AuditLog::new(dir.join("audit.log"), settings.audit_format, settings.audit_max_bytes);
+        let accesses = AccessJournal::new(dir.join("access.log"));
         Ok(Vault {
             settings,
             meta: Box::new(meta),
             blobs: Box::new(blobs),
             audit,
+            accesses,
             tmp,
             locks,
             progress: None,
@@ -313,12 +320,27 @@ impl Vault {
         blake3::hash(&seed).to_hex().to_string()
     }
 
+    /// Journals a hit or miss; folds the journal when it has grown.
+    fn record_access(&self, a: &crate::store::Access) -> Result<()> {
+        if self.accesses.record(a)? {
+            self.fold_accesses()?;
+        }
+        Ok(())
+    }
+
+    /// Brings access times, hit counts and counters in the metadata store up to date.
+    pub(crate) fn fold_accesses(&self) -> Result<()> {
+        self.accesses.fold(|batch| self.meta.apply_accesses(batch))
+    }
+
     /// Evicts down to the low-water mark when stored bytes exceed the cap.
     fn enforce_cap(&self) -> Result<()> {
         let Some(cap) = self.settings.max_size_bytes else { return Ok(()) };
         if self.meta.counters()?.stored_bytes as u64 <= cap {
             return Ok(());
         }
+        // Eviction order must see the latest access times.
+        self.fold_accesses()?;
         let target = cap / 100 * self.settings.low_water_percent as u64
             + cap % 100 * self.settings.low_water_percent as u64 / 100;
         self.removed(self.meta.evict(now_ms(), Some(target))?, Event::Evict, "evict")?;
@@ -376,7 +398,7 @@ impl Vault {
     }
 
     fn miss(&self, key: &TaskKey, op: &str) -> Result<()> {
-        self.meta.bump("misses", 1)?;
+        self.record_access(&crate::store::Access::Miss)?;
         self.audit.record(&Record {
             event: Event::Miss,
             op,
@@ -389,7 +411,11 @@ impl Vault {
     }
 
     fn hit(&self, e: &Entry, op: &str) -> Result<()> {
-        self.meta.record_hit(e, now_ms())?;
+        self.record_access(&crate::store::Access::Hit {
+            id: e.id.clone(),
+            at_ms: now_ms(),
+            duration_ms: e.duration_ms,
+        })?;
         self.audit_entry(Event::Hit, op, e);
         Ok(())
     }

@@ -39,7 +39,10 @@ impl BlobStore for LocalBlobs {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound && !dir.exists() => {
                 std::fs::create_dir_all(dir).at(dir)?;
-                fsync_dir(dir.parent().expect("fan-out dirs have a parent"))?;
+                // The new fan-out directory (and perhaps the algorithm directory) must be durable.
+                let alg_dir = dir.parent().expect("fan-out dirs have a parent");
+                fsync_dir(alg_dir)?;
+                fsync_dir(alg_dir.parent().expect("algorithm dirs have a parent"))?;
                 std::fs::rename(staged, &dest).at(&dest)?;
             }
             Err(e) => return Err(e).at(&dest),

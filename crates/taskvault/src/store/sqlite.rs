@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::digest::Digest;
 use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
 use crate::error::{Error, Result};
-use crate::store::{Committed, MetaStore, Removed, StagedBlob};
+use crate::store::{Access, Committed, MetaStore, Removed, StagedBlob};
 
 /// The schema version this build writes. Older databases are migrated on open.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -34,7 +34,6 @@ CREATE UNIQUE INDEX entries_live_key ON entries(key) WHERE live = 1;
 CREATE INDEX entries_key ON entries(key);
 CREATE INDEX entries_lru ON entries(last_access_ms) WHERE live = 1;
 CREATE INDEX entries_expiry ON entries(expires_ms) WHERE live = 1 AND expires_ms IS NOT NULL;
-CREATE INDEX entries_created ON entries(created_ms);
 CREATE TABLE blobs(
     digest TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -67,7 +66,7 @@ impl SqliteMeta {
     pub fn open(path: &Path) -> Result<SqliteMeta> {
         let db = |source| Error::Db { path: path.to_owned(), source };
         let conn = Connection::open(path).map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(db)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
         if version > SCHEMA_VERSION {
             return Err(Error::SchemaTooNew {
@@ -80,7 +79,17 @@ impl SqliteMeta {
             // WAL must be chosen outside a transaction; it is persistent, so this runs once.
             conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
             migrate(&conn).map_err(db)?;
+            truncate_wal(&conn);
         }
+        // The CLI is a short-lived process. Keep the WAL file between processes instead of
+        // creating and deleting it on every open and close, and never checkpoint on close: a
+        // reader would otherwise pay fsyncs for someone else's writes. Writers truncate the WAL
+        // after each transaction instead (see `write`), so it is empty at rest and opening is
+        // cheap.
+        conn.file_control(Some(rusqlite::MAIN_DB), rusqlite::FileControl::PersistWal(&mut 1))
+            .map_err(db)?;
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(db)?;
         // Commits do not fsync the WAL; saves switch to FULL for their own commit (see save).
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
         Ok(SqliteMeta { path: path.to_owned(), conn: Mutex::new(conn) })
@@ -122,9 +131,24 @@ impl SqliteMeta {
         if durable {
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| self.err(e))?;
         }
+        if result.is_ok() {
+            truncate_wal(&conn);
+        }
         result
     }
 }
+
+/// Copies the WAL into the database and empties it, if no reader is using it right now (it never
+/// waits: a busy checkpoint is simply left to the next writer). An empty WAL makes every later
+/// open cheap, since there is nothing to recover.
+fn truncate_wal(conn: &Connection) {
+    let _ = conn.busy_timeout(std::time::Duration::ZERO);
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+}
+
+/// How long a writer waits for another writer before giving up.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -335,17 +359,29 @@ impl MetaStore for SqliteMeta {
         })
     }
 
-    fn record_hit(&self, entry: &Entry, now_ms: i64) -> Result<()> {
+    fn apply_accesses(&self, accesses: &[Access]) -> Result<()> {
+        if accesses.is_empty() {
+            return Ok(());
+        }
         self.write(false, |tx| {
-            tx.prepare_cached(
-                "UPDATE entries SET last_access_ms = max(last_access_ms, ?2),
-                    access_count = access_count + 1 WHERE id = ?1",
-            )?
-            .execute(params![entry.id, now_ms])?;
-            bump(tx, "hits", 1)?;
-            if let Some(d) = entry.duration_ms {
-                bump(tx, "time_saved_ms", d)?;
+            let (mut hits, mut misses, mut saved) = (0, 0, 0);
+            for a in accesses {
+                match a {
+                    Access::Hit { id, at_ms, duration_ms } => {
+                        tx.prepare_cached(
+                            "UPDATE entries SET last_access_ms = max(last_access_ms, ?2),
+                                access_count = access_count + 1 WHERE id = ?1",
+                        )?
+                        .execute(params![id, at_ms])?;
+                        hits += 1;
+                        saved += duration_ms.unwrap_or(0);
+                    }
+                    Access::Miss => misses += 1,
+                }
             }
+            bump(tx, "hits", hits)?;
+            bump(tx, "misses", misses)?;
+            bump(tx, "time_saved_ms", saved)?;
             Ok(())
         })
     }

@@ -55,6 +55,7 @@ pub struct GcReport {
 
 impl Vault {
     pub fn stats(&self) -> Result<Stats> {
+        self.fold_accesses()?;
         let c = self.meta().counters()?;
         let lookups = c.hits + c.misses;
         Ok(Stats {
@@ -71,12 +72,14 @@ impl Vault {
     }
 
     pub fn list(&self, filter: &Filter) -> Result<Vec<Entry>> {
+        self.fold_accesses()?;
         self.meta().list(filter)
     }
 
     /// Resolves a hash argument: a prefix of a run id, or of a key (which means its live run, or
     /// its latest run if none is live).
     pub fn resolve(&self, prefix: &str) -> Result<Entry> {
+        self.fold_accesses()?;
         let prefix = prefix.trim().to_ascii_lowercase();
         if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::Other(format!("{prefix:?} is not a hash (hex digits expected)")));
@@ -100,6 +103,7 @@ impl Vault {
 
     /// All runs of an entry's key, oldest first.
     pub fn history(&self, e: &Entry) -> Result<Vec<Entry>> {
+        self.fold_accesses()?;
         self.meta().history(&e.key)
     }
 
@@ -166,6 +170,7 @@ impl Vault {
     /// Removes expired entries, entries not used for `older_than`, entries beyond `max_size`
     /// (least recently used first), orphan blob files and stale staging files.
     pub fn gc(&self, older_than: Option<Duration>, max_size: Option<u64>) -> Result<GcReport> {
+        self.fold_accesses()?;
         let mut report =
             GcReport { bytes_before: self.meta().counters()?.stored_bytes, ..GcReport::default() };
         let now = now_ms();

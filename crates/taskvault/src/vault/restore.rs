@@ -182,7 +182,7 @@ impl Vault {
                     if e.output_kind == OutputKind::Bytes { 0o644 } else { node.mode & 0o777 };
                 f.set_permissions(std::fs::Permissions::from_mode(mode)).at(&tmp)?;
                 drop(f);
-                std::fs::rename(&tmp, dest).at(dest)?;
+                replace(&tmp, dest, existing.is_some())?;
                 std::mem::forget(guard);
                 Ok(Some(()))
             }
@@ -200,14 +200,7 @@ impl Vault {
                     self.corrupt(&digest, &msg, "get")?;
                     return Ok(None);
                 }
-                if existing.is_some() {
-                    let old = parent.join(format!(".{name}.{}", unique_name("taskvault-old-")));
-                    std::fs::rename(dest, &old).at(dest)?;
-                    std::fs::rename(&tmp, dest).at(dest)?;
-                    std::fs::remove_dir_all(&old).at(&old)?;
-                } else {
-                    std::fs::rename(&tmp, dest).at(dest)?;
-                }
+                replace(&tmp, dest, existing.is_some())?;
                 std::mem::forget(guard);
                 Ok(Some(()))
             }
@@ -267,6 +260,32 @@ impl Vault {
                 self.corrupt(&digest, &msg, "get")?;
                 Ok(None)
             }
+        }
+    }
+}
+
+/// Puts the verified `tmp` in place of `dest` atomically. An existing destination is swapped out
+/// with `renameat2(RENAME_EXCHANGE)` and then deleted: readers see the old or the new output,
+/// never a mix or nothing, and ext4 does not force the new file's blocks out as it does when a
+/// rename replaces a file. Filesystems without the exchange fall back to rename (files) or to
+/// moving the old directory aside first.
+fn replace(tmp: &Path, dest: &Path, existed: bool) -> Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    if !existed {
+        return std::fs::rename(tmp, dest).at(dest);
+    }
+    let is_dir = std::fs::symlink_metadata(tmp).at(tmp)?.is_dir();
+    match renameat_with(CWD, tmp, CWD, dest, RenameFlags::EXCHANGE) {
+        // `tmp` now holds the old output.
+        Ok(()) if is_dir => std::fs::remove_dir_all(tmp).at(tmp),
+        Ok(()) => std::fs::remove_file(tmp).at(tmp),
+        Err(rustix::io::Errno::NOENT) => std::fs::rename(tmp, dest).at(dest),
+        Err(_) if !is_dir => std::fs::rename(tmp, dest).at(dest),
+        Err(_) => {
+            let old = tmp.with_extension("old");
+            std::fs::rename(dest, &old).at(dest)?;
+            std::fs::rename(tmp, dest).at(dest)?;
+            std::fs::remove_dir_all(&old).at(&old)
         }
     }
 }

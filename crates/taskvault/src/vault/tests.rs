@@ -682,3 +682,43 @@ fn a_dropped_claim_without_result_hands_over_the_claim() {
     drop(g); // as if the claimant died without saving or failing
     assert!(handle.join().unwrap(), "the waiter takes over the computation");
 }
+
+#[test]
+fn restore_over_an_existing_file_replaces_it_and_leaves_no_temporaries() {
+    let f = fx();
+    for (i, data) in [b"small".to_vec(), noise(3 << 20, 8)].into_iter().enumerate() {
+        let key = f.key("t", &[i as u8]);
+        f.vault.save(&key, Output::Bytes(&data), &SaveOptions::default()).unwrap();
+        let dest = f.out(&format!("existing{i}"));
+        std::fs::write(&dest, b"old content that is longer than the new one?").unwrap();
+        f.vault.get(&key, &dest).unwrap().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+    }
+    let stray: Vec<_> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+#[test]
+fn hits_are_journaled_and_folded_into_stats_and_lru_order() {
+    let f = fx();
+    let key = f.key("t", b"i");
+    let opts = SaveOptions { duration_ms: Some(1500), ..Default::default() };
+    let e = f.vault.save(&key, Output::Bytes(b"v"), &opts).unwrap();
+    for _ in 0..3 {
+        f.vault.get_bytes(&key).unwrap().unwrap();
+    }
+    f.vault.get_bytes(&f.key("t", b"other")).unwrap();
+    // The hit path did not touch the database: the run still shows no access...
+    assert_eq!(f.vault.meta().run(&e.id).unwrap().unwrap().access_count, 0);
+    // ...until something reads access data.
+    let s = f.vault.stats().unwrap();
+    assert_eq!((s.counters.hits, s.counters.misses, s.counters.time_saved_ms), (3, 1, 4500));
+    let run = f.vault.meta().run(&e.id).unwrap().unwrap();
+    assert_eq!(run.access_count, 3);
+    assert!(run.last_access_ms >= e.created_ms);
+    assert_eq!(f.vault.stats().unwrap().counters.hits, 3, "folded once");
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): `taskvault cache get` (a hit) against `cp` of the same file, as whole
+# processes, at 1 KiB, 1 MiB and 100 MiB; and `taskvault cache save` of the same files.
+# Needs hyperfine (installed from Debian's packages if missing). Results: bench-out/cache_vs_cp.md
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
+cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p taskvault-cli
+tv="$repo/target/release/taskvault"
+out="$repo/bench-out"
+mkdir -p "$out"
+work="$(mktemp -d "${TMPDIR:-/tmp}/tvbench.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+export TASKVAULT_DIR="$work/vault" NO_COLOR=1
+printf 'input\n' > in.txt
+
+report="$out/cache_vs_cp.md"
+: > "$report"
+for spec in 1KiB:1024 1MiB:1048576 100MiB:104857600; do
+    name="${spec%%:*}"; bytes="${spec##*:}"
+    head -c "$bytes" /dev/urandom > "src-$name"
+    "$tv" cache save "get-$name" in.txt "src-$name" 2>/dev/null
+    runs=()
+    [ "$bytes" -ge 100000000 ] && runs=(--min-runs 15) || runs=(--min-runs 200)
+    echo "## $name" >> "$report"
+    hyperfine -N --warmup 5 "${runs[@]}" --export-markdown "$work/get-$name.md" \
+        --export-json "$out/get-$name.json" \
+        -n "cp" "cp src-$name dst-cp-$name" \
+        -n "taskvault cache get (hit)" "$tv cache get get-$name in.txt dst-tv-$name"
+    cat "$work/get-$name.md" >> "$report"
+    cmp "src-$name" "dst-tv-$name"
+    # Saves: into a fresh vault each time, and again when the blob is already stored.
+    hyperfine -N --warmup 3 "${runs[@]}" --export-markdown "$work/save-$name.md" \
+        --export-json "$out/save-$name.json" \
+        --prepare "rm -rf $work/fresh" \
+        -n "cp" "cp src-$name dst-cp-$name" \
+        -n "taskvault cache save (new vault)" "$tv --dir $work/fresh cache save save-$name in.txt src-$name" \
+        -n "taskvault cache save (already stored)" "$tv cache save get-$name in.txt src-$name"
+    cat "$work/save-$name.md" >> "$report"
+    echo >> "$report"
+done
+echo; echo "== $report"; cat "$report"

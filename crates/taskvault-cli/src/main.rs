@@ -53,11 +53,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {
 }
 
 fn init_logging(level: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(format!("taskvault={level},taskvault_cli={level}"))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Only our crates log; a plain level is all the filtering needed.
+    let level = level.parse().unwrap_or(tracing::level_filters::LevelFilter::WARN);
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_ansi(human::color_enabled())
         .without_time()

@@ -62,6 +62,11 @@ pub enum Error {
     #[error("blob {digest} is corrupt: {message}")]
     Corrupt { digest: String, message: String },
 
+    /// A save referenced a stored blob that was removed before the save committed (the save is
+    /// retried with the bytes staged).
+    #[error("blob {0} was removed while a save referenced it")]
+    BlobVanished(String),
+
     /// Anything else, with its explanation.
     #[error("{0}")]
     Other(String),

@@ -169,6 +169,20 @@ impl Vault {
     /// Stores `output` as the result of `key`. The previous entry of the key, if any, becomes
     /// history. Refused with [`Error::TooLarge`] if over the task's `max_size_bytes`.
     pub fn save(&self, key: &TaskKey, output: Output<'_>, opts: &SaveOptions) -> Result<Entry> {
+        match self.save_staged(key, output, opts, true) {
+            // A stored blob we meant to reuse was evicted meanwhile: store the bytes after all.
+            Err(Error::BlobVanished(_)) => self.save_staged(key, output, opts, false),
+            other => other,
+        }
+    }
+
+    fn save_staged(
+        &self,
+        key: &TaskKey,
+        output: Output<'_>,
+        opts: &SaveOptions,
+        reuse_stored: bool,
+    ) -> Result<Entry> {
         let policy = self.settings.policy(&key.task);
         let (kind, walked) = stage::inspect(output)?;
         let size: u64 = match output {
@@ -179,7 +193,11 @@ impl Vault {
             return Err(Error::TooLarge { task: key.task.clone(), size, limit });
         }
 
-        let mut staging = stage::Staging::new(self);
+        let mut staging = if reuse_stored {
+            stage::Staging::reusing_stored(self)
+        } else {
+            stage::Staging::new(self)
+        };
         let mut outputs = Vec::with_capacity(walked.len().max(1));
         match output {
             Output::Bytes(b) => {

@@ -296,8 +296,11 @@ impl MetaStore for SqliteMeta {
                 if known {
                     continue;
                 }
-                if b.staged.is_some() {
-                    place(b)?;
+                match (&b.staged, &b.info.inline) {
+                    (Some(_), _) => place(b)?,
+                    (None, Some(_)) => {}
+                    // A reference to a stored blob that has been dropped since it was checked.
+                    (None, None) => return Err(Error::BlobVanished(d)),
                 }
                 tx.prepare_cached(
                     "INSERT INTO blobs(digest, size, stored_size, codec, data) VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -54,11 +54,20 @@ pub(super) fn inspect(output: Output<'_>) -> Result<(OutputKind, Vec<Walked>)> {
 pub(crate) struct Staging<'v> {
     vault: &'v Vault,
     blobs: Vec<StagedBlob>,
+    /// Reference blobs already stored instead of copying them again.
+    reuse_stored: bool,
 }
 
 impl<'v> Staging<'v> {
     pub(crate) fn new(vault: &'v Vault) -> Self {
-        Staging { vault, blobs: Vec::new() }
+        Staging { vault, blobs: Vec::new(), reuse_stored: false }
+    }
+
+    /// A staging that first hashes each large file and, when a blob with that digest is already
+    /// stored, references it without copying. The digest of a file read while it changes can
+    /// only match a stored blob if it equals content that was stored (and verified) before.
+    pub(crate) fn reusing_stored(vault: &'v Vault) -> Self {
+        Staging { vault, blobs: Vec::new(), reuse_stored: true }
     }
 
     pub(crate) fn blobs(&self) -> &[StagedBlob] {
@@ -102,6 +111,12 @@ impl<'v> Staging<'v> {
             src.read_to_end(&mut data).at(path)?;
             let blob = inline_blob(self.alg().digest(&data), &data);
             return Ok(self.push(blob));
+        }
+        if self.reuse_stored {
+            let (digest, _) = hash_file(self.alg(), path)?;
+            if let Some(info) = self.vault.meta().blob(&digest)? {
+                return Ok(self.push(StagedBlob { info, staged: None }));
+            }
         }
         let blob = self.stage_stream(&mut src, len, path)?;
         Ok(self.push(blob))

@@ -722,3 +722,60 @@ fn hits_are_journaled_and_folded_into_stats_and_lru_order() {
     assert!(run.last_access_ms >= e.created_ms);
     assert_eq!(f.vault.stats().unwrap().counters.hits, 3, "folded once");
 }
+
+#[test]
+fn resaving_stored_content_reuses_the_blob_without_staging() {
+    let f = fx();
+    let data = noise(2 << 20, 21);
+    let src = f.file("out", &data);
+    f.vault.save(&f.key("a", b"1"), Output::Path(&src), &SaveOptions::default()).unwrap();
+    let before = f.blob_files();
+    let e = f.vault.save(&f.key("b", b"2"), Output::Path(&src), &SaveOptions::default()).unwrap();
+    assert_eq!(f.blob_files(), before, "no second copy");
+    assert_eq!(std::fs::read_dir(f.vault.tmp_dir()).unwrap().count(), 0);
+    assert_eq!(f.vault.get_bytes(&f.key("b", b"2")).unwrap().unwrap().1, data);
+    assert_eq!(e.size, data.len() as u64);
+}
+
+#[test]
+fn a_reused_blob_that_vanishes_before_commit_is_stored_again() {
+    let f = fx();
+    let data = noise(1 << 20, 22);
+    let src = f.file("out", &data);
+    f.vault.save(&f.key("a", b"1"), Output::Path(&src), &SaveOptions::default()).unwrap();
+    // Stage as a reuse, then remove the only entry (and so the blob) before committing.
+    let mut staging = stage::Staging::reusing_stored(&f.vault);
+    staging.file(&src).unwrap();
+    let a = f.vault.resolve(&f.key("a", b"1").digest().hex()).unwrap();
+    f.vault.remove(&[a]).unwrap();
+    assert!(f.blob_files().is_empty());
+    let key = f.key("b", b"2");
+    let e = Entry {
+        id: "f".repeat(64),
+        key: key.digest().hex(),
+        namespace: key.namespace.clone(),
+        task: key.task.clone(),
+        status: Status::Live,
+        inputs: key.inputs.clone(),
+        extras: vec![],
+        output_kind: OutputKind::File,
+        outputs: vec![file_node(String::new(), 0o644, &staging.blobs()[0])],
+        size: data.len() as u64,
+        created_ms: 1,
+        last_access_ms: 1,
+        access_count: 0,
+        expires_ms: None,
+        ttl_explicit: false,
+        duration_ms: None,
+        host: String::new(),
+        user: String::new(),
+        tags: BTreeMap::new(),
+        parent: None,
+        details: serde_json::Value::Null,
+    };
+    let err = f.vault.commit(&e, staging.blobs()).unwrap_err();
+    assert!(matches!(err, Error::BlobVanished(_)), "{err}");
+    // The public save path recovers by staging the bytes.
+    f.vault.save(&f.key("b", b"2"), Output::Path(&src), &SaveOptions::default()).unwrap();
+    assert_eq!(f.vault.get_bytes(&f.key("b", b"2")).unwrap().unwrap().1, data);
+}

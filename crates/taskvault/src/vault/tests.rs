@@ -779,3 +779,40 @@ fn a_reused_blob_that_vanishes_before_commit_is_stored_again() {
     f.vault.save(&f.key("b", b"2"), Output::Path(&src), &SaveOptions::default()).unwrap();
     assert_eq!(f.vault.get_bytes(&f.key("b", b"2")).unwrap().unwrap().1, data);
 }
+
+#[test]
+fn a_thousand_entries_over_a_cap_evict_in_lru_order() {
+    let f = fx_with(|s| {
+        s.max_size_bytes = Some(1000 * 1000);
+        s.low_water_percent = 90;
+    });
+    for i in 0..1000u32 {
+        let k = f.key("t", &i.to_le_bytes());
+        f.vault.save(&k, Output::Bytes(&noise(1000, i as u64)), &SaveOptions::default()).unwrap();
+    }
+    assert_eq!(f.vault.stats().unwrap().entries, 1000);
+    // Use the first 50 so that they are the most recently used.
+    for i in 0..50u32 {
+        assert!(f.vault.get_bytes(&f.key("t", &i.to_le_bytes())).unwrap().is_some());
+    }
+    f.vault
+        .save(&f.key("t", b"over"), Output::Bytes(&noise(1000, 99_999)), &SaveOptions::default())
+        .unwrap();
+    let s = f.vault.stats().unwrap();
+    assert!(s.total_bytes <= 900_000, "{}", s.total_bytes);
+    assert_eq!(s.counters.evictions, 101);
+    for i in 0..50u32 {
+        assert!(f.vault.peek(&f.key("t", &i.to_le_bytes())).unwrap().is_some(), "{i} was used");
+    }
+    assert!(f.vault.peek(&f.key("t", &50u32.to_le_bytes())).unwrap().is_none());
+}
+
+#[test]
+fn a_newer_schema_is_refused_not_guessed_at() {
+    let f = fx();
+    let db = f.vault.settings.vault_dir.join("cache.db");
+    rusqlite::Connection::open(&db).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    let err = Vault::open(f.vault.settings.clone()).unwrap_err();
+    assert!(matches!(err, Error::SchemaTooNew { found: 99, .. }), "{err}");
+    assert!(err.to_string().contains("upgrade taskvault"));
+}

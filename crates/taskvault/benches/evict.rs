@@ -7,15 +7,7 @@ use taskvault::{Input, Output, SaveOptions, Settings, Vault};
 
 /// 1000 incompressible bytes, distinct per `i` (so nothing deduplicates or compresses away).
 fn payload(i: u32) -> Vec<u8> {
-    let mut x = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..1000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    taskvault_testkit::noise(1000, u64::from(i))
 }
 
 fn main() {

@@ -100,18 +100,7 @@ impl Run {
     }
 }
 
-/// Deterministic incompressible bytes.
-pub fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use taskvault_testkit::noise;
 
 pub fn flip_byte(p: &Path, at: usize) {
     let mut b = std::fs::read(p).unwrap();

@@ -1,6 +1,7 @@
 use super::*;
 use crate::entry::Filter;
 use std::os::unix::fs::PermissionsExt;
+use taskvault_testkit::noise;
 
 struct Fx {
     dir: tempfile::TempDir,
@@ -49,20 +50,9 @@ impl Fx {
     }
 }
 
-/// Deterministic data that compresses (`text`) or does not (`noise`).
+/// Deterministic data that compresses.
 fn text(n: usize) -> Vec<u8> {
     (0..n).map(|i| b"the quick brown fox "[i % 20]).collect()
-}
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

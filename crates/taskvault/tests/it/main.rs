@@ -35,21 +35,7 @@ pub fn open(dir: &Path) -> Vault {
     Vault::open(Settings::for_dir(dir)).unwrap()
 }
 
-/// A small deterministic PRNG (xorshift64*).
-#[derive(Debug)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn step(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.step() % n
-    }
-}
+pub use taskvault_testkit::Rng;
 
 /// The content saved for key `k`, version `v`: a header naming both, then a body whose size and
 /// compressibility depend on them (inline, small file, large raw and large compressed blobs).
@@ -61,7 +47,7 @@ pub fn content(k: u64, v: u64) -> Vec<u8> {
         _ => 1_500_000,
     };
     let mut out = format!("k={k} v={v}\n").into_bytes();
-    let mut r = Rng(k * 1000 + v + 1);
+    let mut r = Rng::new(k * 1000 + v + 1);
     let compressible = (k + v).is_multiple_of(2);
     while out.len() < size {
         let x = r.step();

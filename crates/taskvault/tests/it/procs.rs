@@ -32,7 +32,7 @@ fn wait_ok(children: Vec<std::process::Child>) -> Vec<String> {
 /// saved version of its key.
 fn mixed_worker(dir: &std::path::Path, worker: u64) {
     let v = open(dir);
-    let mut r = Rng(worker * 7919 + 17);
+    let mut r = Rng::new(worker * 7919 + 17);
     let (mut hits, mut misses, mut saves) = (0, 0, 0);
     let scratch = tempfile::tempdir().unwrap();
     for i in 0..500 {
@@ -101,7 +101,7 @@ fn eight_processes_mixed_saves_and_gets() {
 /// Worker: saves forever, until killed.
 fn saver(dir: &std::path::Path, worker: u64) {
     let v = open(dir);
-    let mut r = Rng(worker + 1);
+    let mut r = Rng::new(worker + 1);
     loop {
         let k = r.below(16);
         let data = content(k, r.below(4));
@@ -122,7 +122,7 @@ fn sigkill_while_saving_never_serves_a_wrong_or_partial_output() {
     let kills: u64 =
         std::env::var("TASKVAULT_CRASH_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
     let dir = tempfile::tempdir().unwrap();
-    let mut r = Rng(4242);
+    let mut r = Rng::new(4242);
     let mut served = 0;
     for round in 0..kills {
         let mut child = spawn_worker(

@@ -6,7 +6,61 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::clock::now_ms;
+use crate::entry::Entry;
 use crate::error::{IoContext, Result};
+use crate::key::TaskKey;
+use crate::vault::Vault;
+
+/// Outcome of [`Vault::claim`].
+#[derive(Debug)]
+pub enum Claim<'v> {
+    /// Nobody has the result: compute it, save it, then drop the guard (or call `fail`).
+    Compute(ClaimGuard<'v>),
+    /// The result is there (possibly just saved by the worker we waited for).
+    Ready(Box<Entry>),
+    /// The worker we waited for failed with this message; its failure is the answer.
+    Failed(String),
+}
+
+/// The right to compute a key. Dropping it wakes the next waiter.
+#[derive(Debug)]
+pub struct ClaimGuard<'v> {
+    vault: &'v Vault,
+    key: String,
+    _lock: ClaimLock,
+}
+
+impl ClaimGuard<'_> {
+    /// Records the failure for every waiter, then releases the claim.
+    pub fn fail(self, message: &str) -> Result<()> {
+        self.vault.meta().record_failure(&self.key, message, now_ms())
+    }
+}
+
+impl Vault {
+    /// Claims `key`: exactly one concurrent claimant gets [`Claim::Compute`]; the others block
+    /// until it saves ([`Claim::Ready`]) or fails ([`Claim::Failed`]). If it dies, the next
+    /// waiter is handed the claim.
+    pub fn claim(&self, key: &TaskKey) -> Result<Claim<'_>> {
+        let hex = key.digest().hex();
+        let started = now_ms();
+        let (lock, waited) = match ClaimLock::acquire(&self.lock_path(&hex))? {
+            Acquired::Immediately(l) => (l, false),
+            Acquired::AfterWaiting(l) => (l, true),
+        };
+        if let Some(e) = self.peek(key)? {
+            return Ok(Claim::Ready(Box::new(e)));
+        }
+        if waited
+            && let Some((message, at)) = self.meta().failure(&hex)?
+            && at >= started
+        {
+            return Ok(Claim::Failed(message));
+        }
+        Ok(Claim::Compute(ClaimGuard { vault: self, key: hex, _lock: lock }))
+    }
+}
 
 /// A held claim on a key. Dropping it releases the claim and wakes one waiter.
 #[derive(Debug)]

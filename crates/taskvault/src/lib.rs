@@ -20,10 +20,11 @@ pub mod tree;
 mod vault;
 
 pub use archive::{ExportReport, ImportReport};
+pub use claim::{Claim, ClaimGuard};
 pub use config::{ConfigFile, Policy, Settings};
 pub use digest::{Algorithm, Digest};
 pub use entry::{Entry, Filter, OutputKind, Status};
 pub use error::{Error, Result};
 pub use key::{Input, InputKind, InputRecord, TaskKey};
 pub use vault::GcReport;
-pub use vault::{Claim, ClaimGuard, Output, Progress, SaveOptions, Stats, Vault, VerifyReport};
+pub use vault::{Output, Progress, SaveOptions, Stats, Vault, VerifyReport};

@@ -2,6 +2,7 @@
 //! policies, the audit trail and claims applied in one place.
 
 mod admin;
+mod lifecycle;
 mod restore;
 mod stage;
 
@@ -15,7 +16,6 @@ pub(crate) use stage::Staging as StagingHandle;
 
 use crate::access::AccessJournal;
 use crate::audit::{AuditLog, Event, Record};
-use crate::claim::{Acquired, ClaimLock};
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::digest::Digest;
@@ -50,32 +50,6 @@ pub struct SaveOptions {
 
 /// Called with the number of bytes processed so far while large files are hashed or copied.
 pub type Progress = dyn Fn(u64) + Send + Sync;
-
-/// Outcome of [`Vault::claim`].
-#[derive(Debug)]
-pub enum Claim<'v> {
-    /// Nobody has the result: compute it, save it, then drop the guard (or call `fail`).
-    Compute(ClaimGuard<'v>),
-    /// The result is there (possibly just saved by the worker we waited for).
-    Ready(Box<Entry>),
-    /// The worker we waited for failed with this message; its failure is the answer.
-    Failed(String),
-}
-
-/// The right to compute a key. Dropping it wakes the next waiter.
-#[derive(Debug)]
-pub struct ClaimGuard<'v> {
-    vault: &'v Vault,
-    key: String,
-    _lock: ClaimLock,
-}
-
-impl ClaimGuard<'_> {
-    /// Records the failure for every waiter, then releases the claim.
-    pub fn fail(self, message: &str) -> Result<()> {
-        self.vault.meta.record_failure(&self.key, message, now_ms())
-    }
-}
 
 /// A local vault: SQLite metadata and blobs on disk, under one directory.
 pub struct Vault {
@@ -269,67 +243,6 @@ impl Vault {
         Ok(entry)
     }
 
-    /// Commits a save, placing new blob files, under the shared blob lock (see [`Vault::reap`]).
-    pub(crate) fn commit(
-        &self,
-        entry: &Entry,
-        blobs: &[crate::store::StagedBlob],
-    ) -> Result<crate::store::Committed> {
-        let lock = self.blob_lock(false)?;
-        let committed = self.meta.commit_save(entry, blobs, &mut |b| {
-            let staged = b.staged.as_deref().expect("only staged blobs are placed");
-            self.blobs.put(&b.info.digest, staged)
-        })?;
-        drop(lock);
-        self.reap(&committed.unreferenced)?;
-        Ok(committed)
-    }
-
-    /// Opens and locks `blobs.lock`: shared by savers from placing a file to committing its row,
-    /// exclusive while deciding which files to unlink. A fresh descriptor each time, because
-    /// `flock` on a shared descriptor would convert locks between threads instead of blocking.
-    pub(crate) fn blob_lock(&self, exclusive: bool) -> Result<std::fs::File> {
-        let path = self.settings.vault_dir.join("blobs.lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .at(&path)?;
-        if exclusive { f.lock() } else { f.lock_shared() }.at(&path)?;
-        Ok(f)
-    }
-
-    /// Unlinks the files of blobs whose rows were dropped, unless a save adopted the digest again
-    /// in the meantime. Rows are dropped first and files later, so a crash in between leaves only
-    /// an orphan file (removed by `gc`), never a row without its file.
-    pub(crate) fn reap(&self, candidates: &[Digest]) -> Result<()> {
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let _lock = self.blob_lock(true)?;
-        for d in candidates {
-            if self.meta.blob(d)?.is_none() {
-                self.blobs.remove(d)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies a removal's file side and audits it.
-    pub(crate) fn removed(
-        &self,
-        r: crate::store::Removed,
-        event: Event,
-        op: &str,
-    ) -> Result<Vec<Entry>> {
-        self.reap(&r.unreferenced)?;
-        for e in &r.entries {
-            self.audit_entry(event, op, e);
-        }
-        Ok(r.entries)
-    }
-
     fn run_id(&self, key: &TaskKey, now: i64) -> String {
         let mut seed = key.digest().as_bytes().to_vec();
         seed.extend_from_slice(unique_name("").as_bytes());
@@ -476,31 +389,13 @@ impl Vault {
         })
     }
 
-    /// Claims `key`: exactly one concurrent claimant gets [`Claim::Compute`]; the others block
-    /// until it saves ([`Claim::Ready`]) or fails ([`Claim::Failed`]). If it dies, the next
-    /// waiter is handed the claim.
-    pub fn claim(&self, key: &TaskKey) -> Result<Claim<'_>> {
-        let hex = key.digest().hex();
-        let started = now_ms();
-        let (lock, waited) = match ClaimLock::acquire(&self.locks.join(&hex))? {
-            Acquired::Immediately(l) => (l, false),
-            Acquired::AfterWaiting(l) => (l, true),
-        };
-        if let Some(e) = self.peek(key)? {
-            return Ok(Claim::Ready(Box::new(e)));
-        }
-        if waited
-            && let Some((message, at)) = self.meta.failure(&hex)?
-            && at >= started
-        {
-            return Ok(Claim::Failed(message));
-        }
-        Ok(Claim::Compute(ClaimGuard { vault: self, key: hex, _lock: lock }))
-    }
-
     /// The output kind of a path about to be saved (for front ends that check early).
     pub fn output_kind(path: &Path) -> Result<OutputKind> {
         Ok(stage::inspect(Output::Path(path))?.0)
+    }
+
+    pub(crate) fn lock_path(&self, key_hex: &str) -> PathBuf {
+        self.locks.join(key_hex)
     }
 
     pub(crate) fn blob_store(&self) -> &dyn BlobStore {

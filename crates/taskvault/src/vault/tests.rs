@@ -1,4 +1,5 @@
 use super::*;
+use crate::Claim;
 use crate::entry::Filter;
 use std::os::unix::fs::PermissionsExt;
 use taskvault_testkit::noise;

@@ -23,7 +23,10 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
     if progress {
         vault.set_progress(progress_bar());
     }
-    let v = &vault;
+    // The vault lives until the process exits. Everything it writes is committed or appended
+    // before a command returns; closing SQLite would only free memory (checkpoints on close are
+    // off, and the kernel releases the file locks), so it is skipped on the hit path's clock.
+    let v: &Vault = Box::leak(Box::new(vault));
     match &cli.command {
         Command::Init { .. } => unreachable!("handled before settings are resolved"),
         Command::Cache(c) => cache::run(cli, v, c),

@@ -9,8 +9,6 @@ mod settings;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// What a command reports back to `main`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -21,7 +19,13 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    // The parser's command tree is leaked, not dropped: freeing it costs more than all the
+    // parsing of a cache hit, and the process is about to exit anyway.
+    let command = Box::leak(Box::new(<cli::Cli as clap::CommandFactory>::command()));
+    let parsed = command
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|m| <cli::Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -45,7 +49,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {
     if let cli::Command::Init { force } = &cli.command {
         return commands::init(&cli, *force);
     }
-    let resolved = settings::resolve(&cli)?;
+    // Only saves (and imports, which keep the exporter's) record who and where; lookups skip it.
+    let identity = matches!(&cli.command, cli::Command::Cache(cli::CacheCommand::Save(_)));
+    let resolved = settings::resolve(&cli, identity)?;
     init_logging(&resolved.log_level);
     tracing::debug!(vault = %resolved.settings.vault_dir.display(), config = ?resolved.config_path);
     let progress = !cli.no_progress && std::io::stderr().is_terminal();

@@ -20,7 +20,8 @@ pub struct Resolved {
 /// Where `init` writes and discovery looks: `.taskvault/config.yaml`.
 pub const CONFIG_REL: &str = ".taskvault/config.yaml";
 
-pub fn resolve(cli: &Cli) -> Result<Resolved> {
+/// `identity`: fill in host and user, for commands that record provenance.
+pub fn resolve(cli: &Cli, identity: bool) -> Result<Resolved> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let explicit = cli.config.clone().or_else(|| env_path("TASKVAULT_CONFIG"));
     let config_path = match explicit {
@@ -43,8 +44,11 @@ pub fn resolve(cli: &Cli) -> Result<Resolved> {
         Some(d) => absolute(&cwd, &d),
         None => expand_home(&file.cache_dir).map_or(settings.vault_dir, |p| absolute(&root, &p)),
     };
-    settings.host = hostname();
-    settings.user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
+    if identity {
+        settings.host = hostname();
+        settings.user =
+            std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
+    }
     let log_level = match cli.verbose {
         0 => std::env::var("TASKVAULT_LOG").unwrap_or_else(|_| file.log_level.clone()),
         1 => "info".into(),

@@ -165,8 +165,16 @@ impl Hasher {
 
 /// Hashes everything `reader` yields, in fixed-size chunks; returns the digest and the byte count.
 pub fn hash_reader(algorithm: Algorithm, reader: &mut dyn Read) -> std::io::Result<(Digest, u64)> {
+    hash_reader_sized(algorithm, reader, 256 * 1024)
+}
+
+fn hash_reader_sized(
+    algorithm: Algorithm,
+    reader: &mut dyn Read,
+    buf_len: usize,
+) -> std::io::Result<(Digest, u64)> {
     let mut h = algorithm.hasher();
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; buf_len];
     let mut total = 0u64;
     loop {
         let n = match reader.read(&mut buf) {
@@ -191,7 +199,9 @@ pub fn hash_file(algorithm: Algorithm, path: &std::path::Path) -> Result<(Digest
         h.update_mmap_rayon(path).map_err(|e| Error::IoAt { path: path.into(), source: e })?;
         return Ok((Digest::new(Algorithm::Blake3, *h.finalize().as_bytes()), h.count()));
     }
-    Ok(hash_reader(algorithm, &mut file)?)
+    // Small files (most inputs) get a buffer of their size, not a 256 KiB allocation.
+    let buf_len = (len as usize).clamp(64, 256 * 1024) + 1;
+    Ok(hash_reader_sized(algorithm, &mut file, buf_len)?)
 }
 
 #[cfg(test)]

@@ -90,8 +90,6 @@ impl SqliteMeta {
             .map_err(db)?;
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(db)?;
-        // Commits do not fsync the WAL; saves switch to FULL for their own commit (see save).
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
         Ok(SqliteMeta { path: path.to_owned(), conn: Mutex::new(conn) })
     }
 
@@ -112,9 +110,10 @@ impl SqliteMeta {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if durable {
-            conn.pragma_update(None, "synchronous", "FULL").map_err(|e| self.err(e))?;
-        }
+        // Saves fsync their commit; other writes (folds, removals) need not. Set per transaction,
+        // so that read-only processes never pay for the pragma.
+        let level = if durable { "FULL" } else { "NORMAL" };
+        conn.pragma_update(None, "synchronous", level).map_err(|e| self.err(e))?;
         let result = (|| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -128,9 +127,6 @@ impl SqliteMeta {
             Error::Db { source, .. } => self.err(source),
             other => other,
         });
-        if durable {
-            conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| self.err(e))?;
-        }
         if result.is_ok() {
             truncate_wal(&conn);
         }

@@ -162,7 +162,7 @@ impl Vault {
         let m = manifest.ok_or_else(|| bad("no manifest".into()))?;
         for e in &m.entries {
             if e.output_kind == crate::entry::OutputKind::Dir {
-                crate::vault::validate_tree(e)
+                crate::vault::validate_tree(&e.outputs)
                     .map_err(|msg| bad(format!("entry {}: {msg}", e.id)))?;
             }
             for d in e.blob_digests() {

@@ -70,6 +70,12 @@ pub struct Entry {
     /// Free-form provenance supplied by front ends (command line, source code, arguments).
     #[serde(default)]
     pub details: serde_json::Value,
+    /// A recorded console log (a file node whose blob holds it), for wrapped commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<OutputNode>,
+    /// The exit code of a wrapped command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 impl Entry {
@@ -78,6 +84,7 @@ impl Entry {
         let mut v: Vec<Digest> = self
             .outputs
             .iter()
+            .chain(&self.console)
             .filter(|n| n.kind == NodeKind::File)
             .filter_map(|n| n.digest)
             .collect();

@@ -169,26 +169,5 @@ pub fn is_safe_relative(rel: &str) -> bool {
         && rel.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
-/// True when a symlink placed at `link_rel` with `target` resolves inside the tree.
-pub fn symlink_stays_inside(link_rel: &str, target: &str) -> bool {
-    if target.starts_with('/') || target.is_empty() {
-        return false;
-    }
-    let mut depth: i64 = link_rel.split('/').count() as i64 - 1;
-    for c in target.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            _ => depth += 1,
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests;

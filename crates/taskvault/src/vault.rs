@@ -27,11 +27,19 @@ use crate::store::sqlite::SqliteMeta;
 use crate::store::{BlobStore, MetaStore};
 use crate::tree::{Node, NodeKind};
 
-/// What to cache: a path (file or directory) or bytes held in memory.
+/// What to cache: a path (file or directory), bytes held in memory, or several paths under one
+/// root (a wrapped command's declared outputs).
 #[derive(Debug, Clone, Copy)]
 pub enum Output<'a> {
     Path(&'a Path),
     Bytes(&'a [u8]),
+    /// The entry is a directory manifest holding `parts` (relative to `root`, files, directories
+    /// or symlinks) and the directories leading to them; restore them with
+    /// [`Vault::restore_part`].
+    Tree {
+        root: &'a Path,
+        parts: &'a [String],
+    },
 }
 
 /// Options of one save. `Default` is a plain save under the task's policy.
@@ -44,6 +52,10 @@ pub struct SaveOptions {
     pub tags: BTreeMap<String, String>,
     /// Front-end provenance stored with the run (command line, code, arguments).
     pub details: serde_json::Value,
+    /// A console log to store with the entry (a wrapped command's output).
+    pub console: Option<Vec<u8>>,
+    /// A wrapped command's exit code.
+    pub exit_code: Option<i32>,
     /// Extra key ingredients shown by `show` (label, printable value).
     pub extras_display: Vec<(String, String)>,
 }
@@ -161,7 +173,7 @@ impl Vault {
         let (kind, walked) = stage::inspect(output)?;
         let size: u64 = match output {
             Output::Bytes(b) => b.len() as u64,
-            Output::Path(_) => walked.iter().map(|w| w.size).sum(),
+            Output::Path(_) | Output::Tree { .. } => walked.iter().map(|w| w.size).sum(),
         };
         if let Some(limit) = policy.max_size_bytes.filter(|l| size > *l) {
             return Err(Error::TooLarge { task: key.task.clone(), size, limit });
@@ -178,7 +190,7 @@ impl Vault {
                 let blob = staging.bytes(b)?;
                 outputs.push(file_node(String::new(), 0o644, blob));
             }
-            Output::Path(_) => {
+            Output::Path(_) | Output::Tree { .. } => {
                 for w in &walked {
                     outputs.push(match w.kind {
                         NodeKind::File => {
@@ -197,6 +209,10 @@ impl Vault {
                 }
             }
         }
+        let console = match &opts.console {
+            Some(log) => Some(file_node(String::new(), 0o644, staging.bytes(log)?)),
+            None => None,
+        };
         // The bytes actually stored can differ from the first look if a file grew meanwhile.
         let size: u64 = outputs.iter().map(|n| n.size).sum();
         if let Some(limit) = policy.max_size_bytes.filter(|l| size > *l) {
@@ -227,6 +243,8 @@ impl Vault {
             tags: opts.tags.clone(),
             parent: None,
             details: opts.details.clone(),
+            console,
+            exit_code: opts.exit_code,
         };
         let committed = self.commit(&entry, staging.blobs())?;
         drop(staging);

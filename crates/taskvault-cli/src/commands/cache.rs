@@ -23,7 +23,7 @@ pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
                     "source": "cli",
                     "output_path": a.output.display().to_string(),
                 }),
-                extras_display: Vec::new(),
+                ..SaveOptions::default()
             };
             let e = v.save(&key, Output::Path(&a.output), &opts)?;
             if cli.json {

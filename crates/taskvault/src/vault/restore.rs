@@ -12,7 +12,7 @@ use crate::digest::Digest;
 use crate::entry::{BlobInfo, Codec, Entry, OutputKind};
 use crate::error::{Error, IoContext, Result};
 use crate::store::BlobReader;
-use crate::tree::{NodeKind, is_safe_relative, symlink_stays_inside};
+use crate::tree::{Node, NodeKind, is_safe_relative};
 
 /// Raw file blobs at least this large are copied by the kernel while another thread hashes them.
 const PARALLEL_MIN: u64 = 1 << 20;
@@ -143,79 +143,107 @@ impl Vault {
     /// Restores an entry's output to `dest`; `None` if a blob failed verification (it has been
     /// quarantined and the entry retired; nothing is left at `dest`).
     pub fn restore(&self, e: &Entry, dest: &Path) -> Result<Option<()>> {
-        let parent = match dest.parent() {
-            Some(p) if p.as_os_str().is_empty() => Path::new("."),
-            Some(p) => p,
-            None => return Err(bad_dest(dest, "is not a file path")),
-        };
-        let name = dest
-            .file_name()
-            .ok_or_else(|| bad_dest(dest, "is not a file path"))?
-            .to_string_lossy()
-            .into_owned();
-        match std::fs::metadata(parent) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(bad_dest(parent, "is not a directory")),
-            Err(_) => return Err(bad_dest(parent, "directory does not exist")),
-        }
-        let existing = std::fs::symlink_metadata(dest).ok();
-        let tmp = parent.join(format!(".{name}.{}", unique_name("taskvault-")));
         match e.output_kind {
             OutputKind::File | OutputKind::Bytes => {
-                if existing.as_ref().is_some_and(|m| m.is_dir()) {
-                    return Err(bad_dest(dest, "is a directory; the cached output is a file"));
-                }
                 let node =
                     e.outputs.first().ok_or_else(|| bad_dest(dest, "entry has no output"))?;
-                let digest = node.digest.ok_or_else(|| bad_dest(dest, "entry has no output"))?;
-                let mut f = File::create(&tmp).at(&tmp)?;
-                let guard = Cleanup(Some(tmp.clone()));
-                match self.read_blob(&digest, node.size, &mut Sink::File(&mut f, &tmp))? {
-                    Ok(()) => {}
-                    Err(msg) => {
-                        drop(guard);
-                        self.corrupt(&digest, &msg, "get")?;
-                        return Ok(None);
-                    }
-                }
-                let mode =
-                    if e.output_kind == OutputKind::Bytes { 0o644 } else { node.mode & 0o777 };
-                f.set_permissions(std::fs::Permissions::from_mode(mode)).at(&tmp)?;
-                drop(f);
-                replace(&tmp, dest, existing.is_some())?;
-                std::mem::forget(guard);
-                Ok(Some(()))
+                let mode = if e.output_kind == OutputKind::Bytes { Some(0o644) } else { None };
+                self.restore_node(e, node, mode, dest)
             }
-            OutputKind::Dir => {
-                if existing.as_ref().is_some_and(|m| !m.is_dir()) {
-                    return Err(bad_dest(
-                        dest,
-                        "exists and is not a directory; the cached output is a directory",
-                    ));
-                }
-                let guard = Cleanup(Some(tmp.clone()));
-                std::fs::create_dir(&tmp).at(&tmp)?;
-                if let Err((digest, msg)) = self.build_tree(e, &tmp)? {
-                    drop(guard);
-                    self.corrupt(&digest, &msg, "get")?;
-                    return Ok(None);
-                }
-                replace(&tmp, dest, existing.is_some())?;
-                std::mem::forget(guard);
-                Ok(Some(()))
-            }
+            OutputKind::Dir => self.restore_tree(e, &e.outputs, dest),
         }
     }
 
-    /// Materializes a directory output under `root` (which exists and is empty).
-    fn build_tree(
+    /// Restores one part of a directory entry (a file, symlink or directory at relative path
+    /// `part`, such as one declared output of a wrapped command) to `dest`.
+    pub fn restore_part(&self, e: &Entry, part: &str, dest: &Path) -> Result<Option<()>> {
+        let node = e
+            .outputs
+            .iter()
+            .find(|n| n.path == part)
+            .ok_or_else(|| Error::NotFound(format!("{part} in entry {}", e.id)))?;
+        match node.kind {
+            NodeKind::Dir => {
+                let prefix = format!("{part}/");
+                let nodes: Vec<Node> = e
+                    .outputs
+                    .iter()
+                    .filter_map(|n| {
+                        let rel = n.path.strip_prefix(&prefix)?;
+                        Some(Node { path: rel.to_owned(), ..n.clone() })
+                    })
+                    .collect();
+                self.restore_tree(e, &nodes, dest)
+            }
+            _ => self.restore_node(e, node, None, dest),
+        }
+    }
+
+    /// Restores a file or symlink node to `dest`.
+    fn restore_node(
         &self,
         e: &Entry,
+        node: &Node,
+        mode: Option<u32>,
+        dest: &Path,
+    ) -> Result<Option<()>> {
+        let (tmp, existing) = prepare_dest(dest)?;
+        if existing.as_ref().is_some_and(|m| m.is_dir()) {
+            return Err(bad_dest(dest, "is a directory; the cached output is not"));
+        }
+        if node.kind == NodeKind::Symlink {
+            let target = node.target.as_deref().unwrap_or_default();
+            std::os::unix::fs::symlink(target, &tmp).at(&tmp)?;
+            replace(&tmp, dest, existing.is_some())?;
+            return Ok(Some(()));
+        }
+        let digest =
+            node.digest.ok_or_else(|| Error::Other(format!("entry {} has no output", e.id)))?;
+        let mut f = File::create(&tmp).at(&tmp)?;
+        let guard = Cleanup(Some(tmp.clone()));
+        if let Err(msg) = self.read_blob(&digest, node.size, &mut Sink::File(&mut f, &tmp))? {
+            drop(guard);
+            self.corrupt(&digest, &msg, "get")?;
+            return Ok(None);
+        }
+        let mode = mode.unwrap_or(node.mode & 0o777);
+        f.set_permissions(std::fs::Permissions::from_mode(mode)).at(&tmp)?;
+        drop(f);
+        replace(&tmp, dest, existing.is_some())?;
+        std::mem::forget(guard);
+        Ok(Some(()))
+    }
+
+    /// Builds `nodes` (relative to `dest`) in a temporary sibling and swaps it in.
+    fn restore_tree(&self, e: &Entry, nodes: &[Node], dest: &Path) -> Result<Option<()>> {
+        let (tmp, existing) = prepare_dest(dest)?;
+        if existing.as_ref().is_some_and(|m| !m.is_dir()) {
+            return Err(bad_dest(
+                dest,
+                "exists and is not a directory; the cached output is a directory",
+            ));
+        }
+        validate_tree(nodes).map_err(|m| Error::Other(format!("entry {}: {m}", e.id)))?;
+        let guard = Cleanup(Some(tmp.clone()));
+        std::fs::create_dir(&tmp).at(&tmp)?;
+        if let Err((digest, msg)) = self.build_tree(nodes, &tmp)? {
+            drop(guard);
+            self.corrupt(&digest, &msg, "get")?;
+            return Ok(None);
+        }
+        replace(&tmp, dest, existing.is_some())?;
+        std::mem::forget(guard);
+        Ok(Some(()))
+    }
+
+    /// Materializes validated `nodes` under `root` (which exists and is empty).
+    fn build_tree(
+        &self,
+        nodes: &[Node],
         root: &Path,
     ) -> Result<std::result::Result<(), (Digest, String)>> {
-        validate_tree(e).map_err(|m| Error::Other(format!("entry {}: {m}", e.id)))?;
         let mut dirs = Vec::new();
-        for n in &e.outputs {
+        for n in nodes {
             let p = root.join(&n.path);
             match n.kind {
                 NodeKind::Dir => {
@@ -290,12 +318,12 @@ fn replace(tmp: &Path, dest: &Path, existed: bool) -> Result<()> {
     }
 }
 
-/// A directory manifest must be safe to materialize: relative paths without `..`, every parent
-/// a directory node listed before its children, symlinks that stay inside the tree.
-pub(crate) fn validate_tree(e: &Entry) -> std::result::Result<(), String> {
+/// A directory manifest must be safe to materialize: relative paths without `..`, no duplicates,
+/// every parent a directory node listed before its children.
+pub(crate) fn validate_tree(nodes: &[Node]) -> std::result::Result<(), String> {
     let mut dirs = std::collections::HashSet::new();
     let mut seen = std::collections::HashSet::new();
-    for n in &e.outputs {
+    for n in nodes {
         if !is_safe_relative(&n.path) {
             return Err(format!("unsafe path {:?} in manifest", n.path));
         }
@@ -311,12 +339,12 @@ pub(crate) fn validate_tree(e: &Entry) -> std::result::Result<(), String> {
             NodeKind::Dir => {
                 dirs.insert(n.path.as_str());
             }
-            NodeKind::Symlink => {
-                let t = n.target.as_deref().unwrap_or_default();
-                if !symlink_stays_inside(&n.path, t) {
-                    return Err(format!("symlink {:?} -> {t:?} points outside the output", n.path));
-                }
+            // A symlink is recreated as it was and never followed: nothing is written through
+            // it, because every node's parent must be a directory node created here.
+            NodeKind::Symlink if n.target.as_deref().is_none_or(str::is_empty) => {
+                return Err(format!("symlink {:?} has no target", n.path));
             }
+            NodeKind::Symlink => {}
             NodeKind::File => {}
         }
     }
@@ -363,6 +391,24 @@ fn check(info: &BlobInfo, digest: &Digest, n: u64) -> Verified {
         return Err(format!("content hashes to {digest}, expected {}", info.digest));
     }
     Ok(())
+}
+
+/// Checks a destination's directory and picks the temporary sibling to build in.
+fn prepare_dest(dest: &Path) -> Result<(PathBuf, Option<std::fs::Metadata>)> {
+    let parent = match dest.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => return Err(bad_dest(dest, "is not a file path")),
+    };
+    let name = dest.file_name().ok_or_else(|| bad_dest(dest, "is not a file path"))?;
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(bad_dest(parent, "is not a directory")),
+        Err(_) => return Err(bad_dest(parent, "directory does not exist")),
+    }
+    let existing = std::fs::symlink_metadata(dest).ok();
+    let tmp = parent.join(format!(".{}.{}", name.to_string_lossy(), unique_name("taskvault-")));
+    Ok((tmp, existing))
 }
 
 fn bad_dest(path: &Path, message: &str) -> Error {

@@ -22,6 +22,7 @@ const MIN_SAVING: f64 = 0.10;
 pub(super) fn inspect(output: Output<'_>) -> Result<(OutputKind, Vec<Walked>)> {
     let path = match output {
         Output::Bytes(_) => return Ok((OutputKind::Bytes, Vec::new())),
+        Output::Tree { root, parts } => return Ok((OutputKind::Dir, inspect_parts(root, parts)?)),
         Output::Path(p) => p,
     };
     let bad = |message: &str| Error::BadInput { path: path.to_owned(), message: message.into() };
@@ -47,6 +48,77 @@ pub(super) fn inspect(output: Output<'_>) -> Result<(OutputKind, Vec<Walked>)> {
     } else {
         Err(bad("output is not a regular file or directory"))
     }
+}
+
+/// Lists declared parts under `root` and the directories leading to them, sorted. A symlink part
+/// is recorded as a symlink, never followed.
+fn inspect_parts(root: &Path, parts: &[String]) -> Result<Vec<Walked>> {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt;
+    let mut nodes: BTreeMap<String, Walked> = BTreeMap::new();
+    let node = |rel: &str, abs: PathBuf, meta: &std::fs::Metadata| -> Result<Walked> {
+        let ft = meta.file_type();
+        let (kind, target) = if ft.is_symlink() {
+            let t = std::fs::read_link(&abs).at(&abs)?;
+            (NodeKind::Symlink, Some(t.to_string_lossy().into_owned()))
+        } else if ft.is_dir() {
+            (NodeKind::Dir, None)
+        } else if ft.is_file() {
+            (NodeKind::File, None)
+        } else {
+            return Err(Error::BadInput {
+                path: abs,
+                message: "special files (devices, sockets, FIFOs) cannot be cached".into(),
+            });
+        };
+        Ok(Walked {
+            rel: rel.to_owned(),
+            size: if kind == NodeKind::File { meta.len() } else { 0 },
+            abs,
+            kind,
+            mode: meta.permissions().mode() & 0o7777,
+            target,
+        })
+    };
+    for part in parts {
+        if !crate::tree::is_safe_relative(part) {
+            return Err(Error::BadInput {
+                path: part.into(),
+                message: "outputs must be relative paths inside the working directory, without .."
+                    .into(),
+            });
+        }
+        let abs = root.join(part);
+        let meta = std::fs::symlink_metadata(&abs).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::BadInput {
+                path: abs.clone(),
+                message: "declared output was not produced".into(),
+            },
+            _ => Error::IoAt { path: abs.clone(), source: e },
+        })?;
+        let mut prefix = String::new();
+        for comp in part.split('/').collect::<Vec<_>>().split_last().map_or(&[][..], |(_, p)| p) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(comp);
+            if !nodes.contains_key(&prefix) {
+                let p = root.join(&prefix);
+                let m = std::fs::metadata(&p).at(&p)?;
+                nodes.insert(prefix.clone(), node(&prefix, p, &m)?);
+            }
+        }
+        let top = node(part, abs.clone(), &meta)?;
+        let is_dir = top.kind == NodeKind::Dir;
+        nodes.insert(part.clone(), top);
+        if is_dir {
+            for w in walk(&abs)? {
+                let rel = format!("{part}/{}", w.rel);
+                nodes.insert(rel.clone(), Walked { rel, ..w });
+            }
+        }
+    }
+    Ok(nodes.into_values().collect())
 }
 
 /// Blobs staged for one save. Staging files still present on drop (blobs that turned out to be

@@ -763,6 +763,8 @@ fn a_reused_blob_that_vanishes_before_commit_is_stored_again() {
         tags: BTreeMap::new(),
         parent: None,
         details: serde_json::Value::Null,
+        console: None,
+        exit_code: None,
     };
     let err = f.vault.commit(&e, staging.blobs()).unwrap_err();
     assert!(matches!(err, Error::BlobVanished(_)), "{err}");

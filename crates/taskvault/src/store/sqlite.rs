@@ -25,9 +25,6 @@ CREATE TABLE entries(
     last_access_ms INTEGER NOT NULL,
     access_count INTEGER NOT NULL DEFAULT 0,
     expires_ms INTEGER,
-    duration_ms INTEGER,
-    size INTEGER NOT NULL,
-    tags TEXT NOT NULL,
     doc TEXT NOT NULL
 );
 CREATE UNIQUE INDEX entries_live_key ON entries(key) WHERE live = 1;
@@ -336,8 +333,8 @@ impl MetaStore for SqliteMeta {
             let doc = serde_json::to_string(&entry).expect("entries serialize");
             tx.prepare_cached(
                 "INSERT INTO entries(id, key, live, status, task, created_ms, last_access_ms,
-                    access_count, expires_ms, duration_ms, size, tags, doc)
-                 VALUES (?1, ?2, 1, 'live', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    access_count, expires_ms, doc)
+                 VALUES (?1, ?2, 1, 'live', ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 entry.id,
@@ -347,9 +344,6 @@ impl MetaStore for SqliteMeta {
                 entry.last_access_ms,
                 entry.access_count,
                 entry.expires_ms,
-                entry.duration_ms,
-                entry.size as i64,
-                serde_json::to_string(&entry.tags).expect("tags serialize"),
                 doc
             ])?;
             tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([&entry.key])?;
@@ -462,12 +456,12 @@ impl MetaStore for SqliteMeta {
                 Some(v) => {
                     args.push(v.clone().into());
                     sql.push_str(&format!(
-                        " AND EXISTS(SELECT 1 FROM json_each(entries.tags) WHERE key = ?{kn} AND value = ?{})",
+                        " AND EXISTS(SELECT 1 FROM json_each(entries.doc, '$.tags') WHERE key = ?{kn} AND value = ?{})",
                         args.len()
                     ));
                 }
                 None => sql.push_str(&format!(
-                    " AND EXISTS(SELECT 1 FROM json_each(entries.tags) WHERE key = ?{kn})"
+                    " AND EXISTS(SELECT 1 FROM json_each(entries.doc, '$.tags') WHERE key = ?{kn})"
                 )),
             }
         }

@@ -96,6 +96,63 @@ pub enum Command {
     Import { archive: PathBuf },
     /// Entries, size, usage, hits and misses, time saved.
     Stats,
+    /// Run a command, or replay its cached outputs, console output and exit code.
+    Run(RunArgs),
+}
+
+/// `taskvault run [OPTIONS] -- COMMAND [ARGS]...`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Task name (part of the key); default: the command's file name.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// An input file, directory or glob (`src/**/*.py`); repeatable. Its paths, modes and
+    /// contents are part of the key.
+    #[arg(long = "input", short = 'i', value_name = "PATH|GLOB")]
+    pub inputs: Vec<String>,
+    /// Let a glob match nothing (otherwise an error).
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// An environment variable whose value is part of the key; repeatable.
+    #[arg(long = "env", short = 'e', value_name = "NAME")]
+    pub env: Vec<String>,
+    /// Make the working directory part of the key.
+    #[arg(long)]
+    pub cwd_in_key: bool,
+    /// A free string mixed into the key (to invalidate by hand).
+    #[arg(long = "key", value_name = "SALT")]
+    pub salt: Option<String>,
+    /// An output file or directory the command produces (relative to the working directory);
+    /// repeatable.
+    #[arg(long = "output", short = 'o', value_name = "PATH")]
+    pub outputs: Vec<String>,
+    /// Also cache runs that exit with a non-zero code.
+    #[arg(long)]
+    pub cache_failures: bool,
+    /// Expire the entry after this long (seconds, or 90m, 7d; 0 = never).
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    pub ttl: Option<std::time::Duration>,
+    /// A tag k=v (repeatable).
+    #[arg(long = "tag", value_name = "K=V", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// No status lines from taskvault (the command's own output is still shown or replayed).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Write a JSON summary of the run to this file (`--json` writes it to stderr).
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// Use the vault read-only: replay hits, run misses without saving.
+    #[arg(long)]
+    pub no_save: bool,
+    /// Run even if cached, and replace the entry.
+    #[arg(long)]
+    pub force: bool,
+    /// Print what the key is made of and, after a miss, what differs from the task's last run.
+    #[arg(long)]
+    pub explain: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Subcommand)]

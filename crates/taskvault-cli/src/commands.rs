@@ -3,6 +3,7 @@
 mod admin;
 mod cache;
 mod inspect;
+mod run;
 
 use anyhow::{Context, Result};
 use taskvault::{Filter, Status, Vault};
@@ -43,6 +44,7 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
         Command::Export { archive, select } => admin::export(cli, v, archive, select),
         Command::Import { archive } => admin::import(cli, v, archive),
         Command::Stats => admin::stats(cli, v),
+        Command::Run(a) => run::run(cli, v, a),
     }
 }
 

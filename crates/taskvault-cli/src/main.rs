@@ -16,6 +16,8 @@ pub enum Outcome {
     Ok,
     /// A miss (or, for `verify`, problems found): exit 1.
     Miss,
+    /// A wrapped command's own exit code (`run`), passed through.
+    Exit(u8),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Miss) => ExitCode::from(1),
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{} {e:#}", human::cross("error:"));
@@ -49,8 +52,11 @@ fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {
     if let cli::Command::Init { force } = &cli.command {
         return commands::init(&cli, *force);
     }
-    // Only saves (and imports, which keep the exporter's) record who and where; lookups skip it.
-    let identity = matches!(&cli.command, cli::Command::Cache(cli::CacheCommand::Save(_)));
+    // Only saves record who and where (imports keep the exporter's); lookups skip it.
+    let identity = matches!(
+        &cli.command,
+        cli::Command::Cache(cli::CacheCommand::Save(_)) | cli::Command::Run(_)
+    );
     let resolved = settings::resolve(&cli, identity)?;
     init_logging(&resolved.log_level);
     tracing::debug!(vault = %resolved.settings.vault_dir.display(), config = ?resolved.config_path);

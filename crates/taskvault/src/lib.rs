@@ -15,6 +15,7 @@ pub mod digest;
 pub mod entry;
 pub mod error;
 pub mod key;
+mod statcache;
 pub mod store;
 pub mod tree;
 mod vault;

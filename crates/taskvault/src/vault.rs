@@ -70,6 +70,8 @@ pub struct Vault {
     blobs: Box<dyn BlobStore>,
     audit: AuditLog,
     accesses: AccessJournal,
+    /// Opened on first use (only wrapped commands hash inputs through it).
+    stat_cache: std::sync::OnceLock<crate::statcache::StatCache>,
     tmp: PathBuf,
     locks: PathBuf,
     progress: Option<Box<Progress>>,
@@ -115,6 +117,7 @@ impl Vault {
             blobs: Box::new(blobs),
             audit,
             accesses,
+            stat_cache: std::sync::OnceLock::new(),
             tmp,
             locks,
             progress: None,
@@ -379,6 +382,72 @@ impl Vault {
         }
         self.hit(&e, "get")?;
         Ok(Some(e))
+    }
+
+    /// Looks `key` up for a front end that restores outputs itself (with [`Vault::restore_part`]):
+    /// counts a miss if there is nothing to serve. Call [`Vault::served`] once it has been
+    /// restored, or [`Vault::missed`] if restoring failed verification.
+    pub fn lookup(&self, key: &TaskKey, op: &str) -> Result<Option<Entry>> {
+        self.lookup_for_get(key, op)
+    }
+
+    /// Counts a hit on `e` (access time, hit count, time saved) and audits it.
+    pub fn served(&self, e: &Entry, op: &str) -> Result<()> {
+        self.hit(e, op)
+    }
+
+    /// Counts a miss for `key` after a lookup found an entry that could not be served.
+    pub fn missed(&self, key: &TaskKey, op: &str) -> Result<()> {
+        self.miss(key, op)
+    }
+
+    /// The verified console log stored with `e`; `None` if it failed verification (it has been
+    /// quarantined and the entry retired) or `e` has none.
+    pub fn console(&self, e: &Entry) -> Result<Option<Vec<u8>>> {
+        let Some(node) = &e.console else { return Ok(Some(Vec::new())) };
+        let digest =
+            node.digest.ok_or_else(|| Error::Other("console node without digest".into()))?;
+        let mut buf = Vec::with_capacity(node.size as usize);
+        match self.read_blob(&digest, node.size, &mut Sink::Buf(&mut buf))? {
+            Ok(()) => Ok(Some(buf)),
+            Err(msg) => {
+                self.corrupt(&digest, &msg, "get")?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Content digests and sizes of `files`, in order. Files whose size, mtime, ctime, inode and
+    /// device are unchanged since they were last hashed (and were not racily clean then) are not
+    /// read again.
+    pub fn hash_files(&self, files: &[PathBuf]) -> Result<Vec<(Digest, u64)>> {
+        use crate::statcache::{Stamp, StatCache};
+        let cache = match self.stat_cache.get() {
+            Some(c) => c,
+            None => {
+                let c = StatCache::open(&self.settings.vault_dir.join("stat.db"))?;
+                self.stat_cache.get_or_init(|| c)
+            }
+        };
+        let alg = self.settings.algorithm;
+        let mut out = Vec::with_capacity(files.len());
+        let mut fresh = Vec::new();
+        for f in files {
+            let meta = std::fs::metadata(f).at(f)?;
+            let stamp = Stamp::of(&meta);
+            let key = f.to_string_lossy();
+            if let Some(d) = cache.get(&key, alg, &stamp)? {
+                out.push((d, meta.len()));
+                continue;
+            }
+            let (d, n) = crate::digest::hash_file(alg, f)?;
+            // Record the stamp seen before reading: if the file changed while it was read, the
+            // stamp differs next time and the file is hashed again.
+            fresh.push((key.into_owned(), stamp, d));
+            out.push((d, n));
+        }
+        cache.put(alg, &fresh)?;
+        Ok(out)
     }
 
     /// The result of `key` as bytes (file and bytes outputs only). `None` is a miss.

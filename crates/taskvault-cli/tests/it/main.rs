@@ -2,6 +2,7 @@
 
 mod errors;
 mod inspect;
+mod run;
 mod seed;
 
 use std::path::{Path, PathBuf};

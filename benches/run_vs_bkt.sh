@@ -16,17 +16,19 @@ tv="$repo/target/release/taskvault"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tvrun.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-export TASKVAULT_DIR="$work/vault" BKT_CACHE_DIR="$work/bkt" NO_COLOR=1
+# No size limits: the default policy refuses entries over 100 MiB, and this saves 1 GiB.
+printf 'max_size_gb: 0\npolicies:\n  default:\n    max_size_bytes: 0\n' > "$work/taskvault.yaml"
+export TASKVAULT_DIR="$work/vault" TASKVAULT_CONFIG="$work/taskvault.yaml" BKT_CACHE_DIR="$work/bkt" NO_COLOR=1
 report="$out/run_vs_bkt.md"
 : > "$report"
 
 echo "## 1. Hit overhead on a trivial command (echo hello)" >> "$report"
 "$tv" run -q -- echo hello >/dev/null
-"$bkt" -- echo hello >/dev/null
+"$bkt" --ttl=1d -- echo hello >/dev/null
 for round in 1 2 3; do
     hyperfine -N --warmup 20 --min-runs 300 --export-markdown "$work/t.md" --export-json "$out/run-hit-$round.json" \
         -n "echo hello (no cache)" "echo hello" \
-        -n "bkt -- echo hello (hit)" "$bkt -- echo hello" \
+        -n "bkt --ttl=1d -- echo hello (hit)" "$bkt --ttl=1d -- echo hello" \
         -n "taskvault run -- echo hello (hit)" "$tv run -q -- echo hello"
     cat "$work/t.md" >> "$report"
 done
@@ -48,6 +50,9 @@ hyperfine -N --warmup 2 --min-runs 10 --export-markdown "$work/t.md" --export-js
     -n "taskvault run -o out.bin (hit, restores 1 GiB)" "$tv run -q -o out.bin -- cp big.bin out.bin"
 cat "$work/t.md" >> "$report"
 cmp big.bin out.bin
+# The timed runs must have been hits, not re-runs of cp.
+"$tv" --json run -q -o out.bin -- cp big.bin out.bin 2>&1 | tail -1 | grep -q '"hit":true'
+"$tv" --json run -q -i big.bin -- true 2>&1 | tail -1 | grep -q '"hit":true'
 
 python3 - "$out" >> "$report" <<'PY'
 import json, sys, glob

@@ -47,26 +47,25 @@ impl Stamp {
 
 impl StatCache {
     pub(crate) fn open(path: &Path) -> Result<StatCache> {
-        let db = |source| Error::Db { path: path.to_owned(), source };
-        let conn = Connection::open(path).map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS stat(
-                path TEXT NOT NULL,
-                algorithm TEXT NOT NULL,
-                size INTEGER NOT NULL,
-                mtime_ns INTEGER NOT NULL,
-                ctime_ns INTEGER NOT NULL,
-                ino INTEGER NOT NULL,
-                dev INTEGER NOT NULL,
-                digest TEXT NOT NULL,
-                recorded_ns INTEGER NOT NULL,
-                PRIMARY KEY(path, algorithm)
-            ) WITHOUT ROWID;",
-        )
-        .map_err(db)?;
+        let conn = crate::store::sqlite::open_database(path, 1, |c| {
+            c.execute_batch(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE IF NOT EXISTS stat(
+                    path TEXT NOT NULL,
+                    algorithm TEXT NOT NULL,
+                    size INTEGER NOT NULL,
+                    mtime_ns INTEGER NOT NULL,
+                    ctime_ns INTEGER NOT NULL,
+                    ino INTEGER NOT NULL,
+                    dev INTEGER NOT NULL,
+                    digest TEXT NOT NULL,
+                    recorded_ns INTEGER NOT NULL,
+                    PRIMARY KEY(path, algorithm)
+                 ) WITHOUT ROWID;
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )
+        })?;
         Ok(StatCache { path: path.to_owned(), conn: Mutex::new(conn) })
     }
 
@@ -137,7 +136,9 @@ impl StatCache {
             })
             .map_err(|source| Error::Db { path: self.path.clone(), source })?;
         }
-        tx.commit().map_err(|source| Error::Db { path: self.path.clone(), source })
+        tx.commit().map_err(|source| Error::Db { path: self.path.clone(), source })?;
+        crate::store::sqlite::truncate_wal(&conn);
+        Ok(())
     }
 }
 

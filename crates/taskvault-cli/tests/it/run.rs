@@ -133,6 +133,7 @@ fn each_ingredient_change_misses_and_mtime_alone_does_not() {
     assert!(!hit(&p, Some(""), &[]));
     // Command line, salt and working-directory opt-in.
     assert!(!hit(&p, None, &["--key", "v2"]));
+    assert!(!hit(&p, None, &["--output", "build"]), "the declared outputs are part of the key");
     assert!(!hit(&p, None, &["--task", "renamed"]));
     let mut c = p.cmd();
     c.args(["run", "-i", "src/**/*.py", "-o", "dist", "--", "./build.sh", "extra-arg"]);
@@ -190,7 +191,7 @@ fn eight_identical_runs_execute_once_and_all_replay() {
     let outs: Vec<_> = children.into_iter().map(|c| c.join().unwrap()).collect();
     assert_eq!(runs(&p), 1, "exactly one execution");
     for o in &outs {
-        assert_eq!(o.status.code(), Some(4));
+        assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(o.stdout, b"out 1\nout 2 no newline");
     }
 }
@@ -204,7 +205,7 @@ fn a_failure_reaches_every_concurrent_run_without_a_second_execution() {
     let outs: Vec<_> = children.into_iter().map(|c| c.join().unwrap()).collect();
     assert_eq!(runs(&p), 1, "the failure was shared, not re-run");
     for o in &outs {
-        assert_eq!(o.status.code(), Some(6));
+        assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(o.stdout, b"out 1\nout 2 no newline");
     }
     assert_eq!(p.stats()["entries"], 0, "and still not cached");

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::digest::Digest;
 use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::store::{Access, Committed, MetaStore, Removed, StagedBlob};
 
 /// The schema version this build writes. Older databases are migrated on open.
@@ -61,32 +61,7 @@ pub struct SqliteMeta {
 
 impl SqliteMeta {
     pub fn open(path: &Path) -> Result<SqliteMeta> {
-        let db = |source| Error::Db { path: path.to_owned(), source };
-        let conn = Connection::open(path).map_err(db)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
-        if version > SCHEMA_VERSION {
-            return Err(Error::SchemaTooNew {
-                path: path.to_owned(),
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        if version < SCHEMA_VERSION {
-            // WAL must be chosen outside a transaction; it is persistent, so this runs once.
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-            migrate(&conn).map_err(db)?;
-            truncate_wal(&conn);
-        }
-        // The CLI is a short-lived process. Keep the WAL file between processes instead of
-        // creating and deleting it on every open and close, and never checkpoint on close: a
-        // reader would otherwise pay fsyncs for someone else's writes. Writers truncate the WAL
-        // after each transaction instead (see `write`), so it is empty at rest and opening is
-        // cheap.
-        conn.file_control(Some(rusqlite::MAIN_DB), rusqlite::FileControl::PersistWal(&mut 1))
-            .map_err(db)?;
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .map_err(db)?;
+        let conn = open_database(path, SCHEMA_VERSION, migrate)?;
         Ok(SqliteMeta { path: path.to_owned(), conn: Mutex::new(conn) })
     }
 
@@ -134,7 +109,7 @@ impl SqliteMeta {
 /// Copies the WAL into the database and empties it, if no reader is using it right now (it never
 /// waits: a busy checkpoint is simply left to the next writer). An empty WAL makes every later
 /// open cheap, since there is nothing to recover.
-fn truncate_wal(conn: &Connection) {
+pub(crate) fn truncate_wal(conn: &Connection) {
     let _ = conn.busy_timeout(std::time::Duration::ZERO);
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     let _ = conn.busy_timeout(BUSY_TIMEOUT);
@@ -142,6 +117,51 @@ fn truncate_wal(conn: &Connection) {
 
 /// How long a writer waits for another writer before giving up.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens a TaskVault SQLite database at schema `version`, creating or migrating it with `migrate`
+/// (which runs in a transaction and must set `user_version`). A database from a newer TaskVault
+/// is refused. Creation and migration (and the switch to WAL) are done by one process at a time,
+/// under an `flock`; concurrent first opens otherwise race into SQLITE_BUSY. Opening a database
+/// that is up to date takes no lock.
+pub(crate) fn open_database(
+    path: &Path,
+    version: i64,
+    migrate: fn(&Connection) -> rusqlite::Result<()>,
+) -> Result<Connection> {
+    let db = |source| Error::Db { path: path.to_owned(), source };
+    let conn = Connection::open(path).map_err(db)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
+    if found > version {
+        return Err(Error::SchemaTooNew { path: path.to_owned(), found, supported: version });
+    }
+    if found < version {
+        let lock_path = path.with_extension("init.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        lock.lock().at(&lock_path)?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
+        if found < version {
+            // WAL must be chosen outside a transaction; it is persistent, so this runs once.
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+            migrate(&conn).map_err(db)?;
+            truncate_wal(&conn);
+        }
+    }
+    // The CLI is a short-lived process. Keep the WAL file between processes instead of creating
+    // and deleting it on every open and close, and never checkpoint on close: a reader would
+    // otherwise pay fsyncs for someone else's writes. Writers truncate the WAL after each
+    // transaction instead (see `truncate_wal`), so it is empty at rest and opening is cheap.
+    conn.file_control(Some(rusqlite::MAIN_DB), rusqlite::FileControl::PersistWal(&mut 1))
+        .map_err(db)?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(db)?;
+    Ok(conn)
+}
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;

@@ -14,8 +14,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::BlobReader;
 use crate::tree::{Node, NodeKind, is_safe_relative};
 
-/// Raw file blobs at least this large are copied by the kernel while another thread hashes them.
-const PARALLEL_MIN: u64 = 1 << 20;
+/// Raw file blobs at least this large are copied by the kernel and then hashed, instead of being
+/// streamed through a buffer.
+const KERNEL_COPY_MIN: u64 = 1 << 20;
 
 /// Where verified bytes go.
 pub(crate) enum Sink<'a> {
@@ -83,20 +84,14 @@ impl Vault {
             )));
         }
         match sink {
-            Sink::File(out, out_path) if len >= PARALLEL_MIN => {
-                // The kernel copies (copy_file_range) while a second handle is hashed; both read
-                // the same immutable file, and the copy is renamed into place only if it matches.
-                let alg = info.digest.algorithm();
-                let reader = f.try_clone()?;
-                let (hashed, copied) = std::thread::scope(|s| {
-                    // Positional reads: the clone shares the file offset that the copy advances.
-                    let h = s.spawn(move || hash_at(alg, &reader));
-                    let copied = std::io::copy(&mut f, *out).at(*out_path);
-                    (h.join().expect("hash thread does not panic"), copied)
-                });
-                let (digest, n) = hashed?;
-                let copied = copied?;
+            Sink::File(out, out_path) if len >= KERNEL_COPY_MIN => {
+                // The kernel copies (copy_file_range, a reflink where the filesystem can), then
+                // the copy itself is hashed with all cores from the page cache: what is verified
+                // is exactly what will be renamed into place. (Hashing the source while copying
+                // halves the copy's speed: the two compete for the same pages.)
+                let copied = std::io::copy(&mut f, *out).at(*out_path)?;
                 self.report_progress(copied);
+                let (digest, n) = crate::digest::hash_file(info.digest.algorithm(), out_path)?;
                 Ok(check(info, &digest, n).and_then(|()| {
                     if copied == n { Ok(()) } else { Err("blob changed while being read".into()) }
                 }))
@@ -362,25 +357,6 @@ fn verify_inline(info: &BlobInfo, data: &[u8]) -> std::result::Result<Option<Vec
     let bytes = plain.as_deref().unwrap_or(data);
     check(info, &info.digest.algorithm().digest(bytes), bytes.len() as u64)?;
     Ok(plain)
-}
-
-/// Hashes a whole file with positional reads, leaving its offset alone.
-fn hash_at(alg: crate::digest::Algorithm, f: &File) -> Result<(Digest, u64)> {
-    use std::os::unix::fs::FileExt;
-    let mut h = alg.hasher();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = match f.read_at(&mut buf, off) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        h.update(&buf[..n]);
-        off += n as u64;
-    }
-    Ok((h.finish(), off))
 }
 
 fn check(info: &BlobInfo, digest: &Digest, n: u64) -> Verified {

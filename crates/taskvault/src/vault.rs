@@ -422,6 +422,9 @@ impl Vault {
     /// read again.
     pub fn hash_files(&self, files: &[PathBuf]) -> Result<Vec<(Digest, u64)>> {
         use crate::statcache::{Stamp, StatCache};
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
         let cache = match self.stat_cache.get() {
             Some(c) => c,
             None => {

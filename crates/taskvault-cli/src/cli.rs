@@ -129,6 +129,10 @@ pub struct RunArgs {
     /// Also cache runs that exit with a non-zero code.
     #[arg(long)]
     pub cache_failures: bool,
+    /// On a hit, restore files as read-only hard links to the vault's copy instead of copies
+    /// (fast for large outputs; compressed or small outputs are still copied).
+    #[arg(long)]
+    pub link: bool,
     /// Expire the entry after this long (seconds, or 90m, 7d; 0 = never).
     #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub ttl: Option<std::time::Duration>,

@@ -67,6 +67,9 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     fn remove(&self, digest: &Digest) -> Result<()>;
     /// Moves a blob that failed verification out of the way (kept for inspection where possible).
     fn quarantine(&self, digest: &Digest) -> Result<()>;
+    /// Makes `dest` a hard link to the stored bytes of a raw blob. `false` when this store or
+    /// this filesystem cannot (the caller copies instead).
+    fn link(&self, digest: &Digest, dest: &Path) -> Result<bool>;
     /// Every blob present, with when it was written (if the store knows).
     fn list(&self) -> Result<Vec<(Digest, Option<std::time::SystemTime>)>>;
 }

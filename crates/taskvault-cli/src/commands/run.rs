@@ -109,7 +109,7 @@ pub fn run(cli: &Cli, v: &Vault, a: &RunArgs) -> Result<Outcome> {
 
     if !a.force {
         if let Some(e) = v.lookup(&plan.key, "run")? {
-            if let Some(outcome) = replay(v, &plan, &e, &cwd)? {
+            if let Some(outcome) = replay(v, &plan, &e, &cwd, a.link)? {
                 let saved = e
                     .duration_ms
                     .map_or(String::new(), |d| format!(", saved {}", human::duration_ms(d)));
@@ -142,7 +142,7 @@ pub fn run(cli: &Cli, v: &Vault, a: &RunArgs) -> Result<Outcome> {
     } else {
         match v.claim(&plan.key)? {
             Claim::Ready(e) => {
-                if let Some(outcome) = replay(v, &plan, &e, &cwd)? {
+                if let Some(outcome) = replay(v, &plan, &e, &cwd, a.link)? {
                     say(format!("hit {} (computed meanwhile by another run)", plan.key.task));
                     summary(cli, a, &plan, true, outcome, e.duration_ms, Some(&e.id))?;
                     return Ok(outcome);
@@ -246,13 +246,18 @@ fn execute(argv: &[OsString]) -> Result<(Outcome, Option<exec::Captured>)> {
 
 /// Restores every declared output and replays the console; `None` if something failed
 /// verification (counted as a miss; the caller computes instead).
-fn replay(v: &Vault, plan: &Plan, e: &Entry, cwd: &Path) -> Result<Option<Outcome>> {
+fn replay(v: &Vault, plan: &Plan, e: &Entry, cwd: &Path, link: bool) -> Result<Option<Outcome>> {
     for part in &plan.outputs {
         let dest = cwd.join(part);
         if let Some(parent) = dest.parent() {
             fs_err::create_dir_all(parent)?;
         }
-        if v.restore_part(e, part, &dest)?.is_none() {
+        let restored = if link {
+            v.restore_part_linked(e, part, &dest)?
+        } else {
+            v.restore_part(e, part, &dest)?
+        };
+        if restored.is_none() {
             v.missed(&plan.key, "run")?;
             return Ok(None);
         }

@@ -269,3 +269,41 @@ impl SpawnOutput for Command {
         std::thread::spawn(move || child.wait_with_output().unwrap())
     }
 }
+
+#[test]
+fn link_restores_read_only_hard_links_and_a_write_through_them_is_caught() {
+    use std::os::unix::fs::MetadataExt;
+    let p = Project::new();
+    let big = crate::noise(200_000, 7);
+    p.write("big.src", &big);
+    let cmd = |p: &Project| {
+        let mut c = p.cmd();
+        c.args(["run", "--link", "-i", "big.src", "-o", "out", "--", "sh", "-c"]);
+        c.arg("mkdir -p out && cp big.src out/big.bin && printf small > out/small.txt && echo ran >> counter");
+        c.output().unwrap()
+    };
+    assert!(cmd(&p).status.success());
+    std::fs::remove_dir_all(p.path("out")).unwrap();
+    assert!(cmd(&p).status.success());
+    assert_eq!(runs(&p), 1, "a hit");
+    let linked = std::fs::metadata(p.path("out/big.bin")).unwrap();
+    assert!(linked.nlink() >= 2, "a hard link to the vault's copy");
+    assert_eq!(linked.permissions().mode() & 0o777, 0o444, "read-only");
+    assert_eq!(std::fs::read(p.path("out/big.bin")).unwrap(), big);
+    assert_eq!(
+        std::fs::metadata(p.path("out/small.txt")).unwrap().nlink(),
+        1,
+        "inline blobs are copied"
+    );
+
+    // Root ignores the read-only mode: a write through the link changes the vault's copy. The
+    // next hit must notice, quarantine it and run the command again rather than serve it.
+    let mut f = std::fs::OpenOptions::new().write(true).open(p.path("out/big.bin")).unwrap();
+    std::io::Write::write_all(&mut f, b"tampered").unwrap();
+    drop(f);
+    std::fs::remove_dir_all(p.path("out")).unwrap();
+    assert!(cmd(&p).status.success());
+    assert_eq!(runs(&p), 2, "the damaged entry was recomputed");
+    assert_eq!(std::fs::read(p.path("out/big.bin")).unwrap(), big);
+    assert_eq!(p.stats()["corrupt"], 1);
+}

@@ -79,6 +79,24 @@ impl BlobStore for LocalBlobs {
         }
     }
 
+    fn link(&self, digest: &Digest, dest: &Path) -> Result<bool> {
+        let p = self.path(digest);
+        match std::fs::hard_link(&p, dest) {
+            Ok(()) => Ok(true),
+            // Another filesystem, or one without hard links: copy instead.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV) | Some(libc::EPERM) | Some(libc::EMLINK)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound && !p.exists() => Ok(false),
+            Err(e) => Err(e).at(dest),
+        }
+    }
+
     fn list(&self) -> Result<Vec<(Digest, Option<std::time::SystemTime>)>> {
         let mut out = Vec::new();
         for alg in [Algorithm::Blake3, Algorithm::Sha256] {

@@ -143,15 +143,32 @@ impl Vault {
                 let node =
                     e.outputs.first().ok_or_else(|| bad_dest(dest, "entry has no output"))?;
                 let mode = if e.output_kind == OutputKind::Bytes { Some(0o644) } else { None };
-                self.restore_node(e, node, mode, dest)
+                self.restore_node(e, node, mode, dest, false)
             }
-            OutputKind::Dir => self.restore_tree(e, &e.outputs, dest),
+            OutputKind::Dir => self.restore_tree(e, &e.outputs, dest, false),
         }
     }
 
     /// Restores one part of a directory entry (a file, symlink or directory at relative path
     /// `part`, such as one declared output of a wrapped command) to `dest`.
     pub fn restore_part(&self, e: &Entry, part: &str, dest: &Path) -> Result<Option<()>> {
+        self.restore_part_with(e, part, dest, false)
+    }
+
+    /// Like [`Vault::restore_part`], but files whose blobs are stored raw on the same filesystem
+    /// become hard links to the vault's copy, made read-only (their inode is shared with the
+    /// vault). Verified like copies; anything that cannot be linked is copied.
+    pub fn restore_part_linked(&self, e: &Entry, part: &str, dest: &Path) -> Result<Option<()>> {
+        self.restore_part_with(e, part, dest, true)
+    }
+
+    fn restore_part_with(
+        &self,
+        e: &Entry,
+        part: &str,
+        dest: &Path,
+        link: bool,
+    ) -> Result<Option<()>> {
         let node = e
             .outputs
             .iter()
@@ -168,9 +185,9 @@ impl Vault {
                         Some(Node { path: rel.to_owned(), ..n.clone() })
                     })
                     .collect();
-                self.restore_tree(e, &nodes, dest)
+                self.restore_tree(e, &nodes, dest, link)
             }
-            _ => self.restore_node(e, node, None, dest),
+            _ => self.restore_node(e, node, None, dest, link),
         }
     }
 
@@ -181,6 +198,7 @@ impl Vault {
         node: &Node,
         mode: Option<u32>,
         dest: &Path,
+        link: bool,
     ) -> Result<Option<()>> {
         let (tmp, existing) = prepare_dest(dest)?;
         if existing.as_ref().is_some_and(|m| m.is_dir()) {
@@ -194,23 +212,25 @@ impl Vault {
         }
         let digest =
             node.digest.ok_or_else(|| Error::Other(format!("entry {} has no output", e.id)))?;
-        let mut f = File::create(&tmp).at(&tmp)?;
         let guard = Cleanup(Some(tmp.clone()));
-        if let Err(msg) = self.read_blob(&digest, node.size, &mut Sink::File(&mut f, &tmp))? {
+        if let Err(msg) = self.materialize(&digest, node, mode, &tmp, link)? {
             drop(guard);
             self.corrupt(&digest, &msg, "get")?;
             return Ok(None);
         }
-        let mode = mode.unwrap_or(node.mode & 0o777);
-        f.set_permissions(std::fs::Permissions::from_mode(mode)).at(&tmp)?;
-        drop(f);
         replace(&tmp, dest, existing.is_some())?;
         std::mem::forget(guard);
         Ok(Some(()))
     }
 
     /// Builds `nodes` (relative to `dest`) in a temporary sibling and swaps it in.
-    fn restore_tree(&self, e: &Entry, nodes: &[Node], dest: &Path) -> Result<Option<()>> {
+    fn restore_tree(
+        &self,
+        e: &Entry,
+        nodes: &[Node],
+        dest: &Path,
+        link: bool,
+    ) -> Result<Option<()>> {
         let (tmp, existing) = prepare_dest(dest)?;
         if existing.as_ref().is_some_and(|m| !m.is_dir()) {
             return Err(bad_dest(
@@ -221,7 +241,7 @@ impl Vault {
         validate_tree(nodes).map_err(|m| Error::Other(format!("entry {}: {m}", e.id)))?;
         let guard = Cleanup(Some(tmp.clone()));
         std::fs::create_dir(&tmp).at(&tmp)?;
-        if let Err((digest, msg)) = self.build_tree(nodes, &tmp)? {
+        if let Err((digest, msg)) = self.build_tree(nodes, &tmp, link)? {
             drop(guard);
             self.corrupt(&digest, &msg, "get")?;
             return Ok(None);
@@ -236,6 +256,7 @@ impl Vault {
         &self,
         nodes: &[Node],
         root: &Path,
+        link: bool,
     ) -> Result<std::result::Result<(), (Digest, String)>> {
         let mut dirs = Vec::new();
         for n in nodes {
@@ -252,13 +273,9 @@ impl Vault {
                 NodeKind::File => {
                     let digest =
                         n.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
-                    let mut f = File::create(&p).at(&p)?;
-                    if let Err(msg) =
-                        self.read_blob(&digest, n.size, &mut Sink::File(&mut f, &p))?
-                    {
+                    if let Err(msg) = self.materialize(&digest, n, None, &p, link)? {
                         return Ok(Err((digest, msg)));
                     }
-                    f.set_permissions(std::fs::Permissions::from_mode(n.mode & 0o7777)).at(&p)?;
                 }
             }
         }
@@ -267,6 +284,42 @@ impl Vault {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o7777)).at(&p)?;
         }
         Ok(Ok(()))
+    }
+
+    /// Writes a file node's verified content at `path` (which does not exist yet): a hard link to
+    /// the vault's copy when `link` is set and possible, else a copy; then its mode.
+    fn materialize(
+        &self,
+        digest: &Digest,
+        node: &Node,
+        mode: Option<u32>,
+        path: &Path,
+        link: bool,
+    ) -> Result<Verified> {
+        let mode = mode.unwrap_or(node.mode & 0o7777);
+        if link && self.linkable(digest)? && self.blob_store().link(digest, path)? {
+            // The link's inode is the vault's: verify it, and keep it read-only so that writing
+            // to the restored file cannot silently change what the vault serves.
+            let (got, n) = crate::digest::hash_file(digest.algorithm(), path)?;
+            if n != node.size || got != *digest {
+                std::fs::remove_file(path).at(path)?;
+                return Ok(Err(format!("linked blob hashes to {got}, expected {digest}")));
+            }
+            let ro = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(ro)).at(path)?;
+            return Ok(Ok(()));
+        }
+        let mut f = File::create(path).at(path)?;
+        if let Err(msg) = self.read_blob(digest, node.size, &mut Sink::File(&mut f, path))? {
+            return Ok(Err(msg));
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(mode)).at(path)?;
+        Ok(Ok(()))
+    }
+
+    /// Whether a blob is stored as raw bytes in its own file (so a hard link yields the content).
+    fn linkable(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.meta().blob(digest)?.is_some_and(|b| b.inline.is_none() && b.codec == Codec::Raw))
     }
 
     /// The verified bytes of a file or bytes entry; `None` if its blob failed verification.

@@ -71,24 +71,7 @@ fn walk_into(root: &Path, dir: &Path, out: &mut Vec<Walked>) -> Result<()> {
             message: "file name is not valid UTF-8".into(),
         })?;
         let mode = meta.permissions().mode() & 0o7777;
-        let ft = meta.file_type();
-        let (kind, target) = if ft.is_symlink() {
-            let t = std::fs::read_link(&abs).at(&abs)?;
-            let t = t.to_str().ok_or_else(|| Error::BadInput {
-                path: abs.clone(),
-                message: "symlink target is not valid UTF-8".into(),
-            })?;
-            (NodeKind::Symlink, Some(t.to_owned()))
-        } else if ft.is_dir() {
-            (NodeKind::Dir, None)
-        } else if ft.is_file() {
-            (NodeKind::File, None)
-        } else {
-            return Err(Error::BadInput {
-                path: abs,
-                message: "special files (devices, sockets, FIFOs) cannot be cached".into(),
-            });
-        };
+        let (kind, target) = classify(&abs, &meta)?;
         out.push(Walked {
             rel: rel.to_owned(),
             abs: abs.clone(),
@@ -102,6 +85,29 @@ fn walk_into(root: &Path, dir: &Path, out: &mut Vec<Walked>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a path is, from its `symlink_metadata`: a file, a directory, or a symlink with its target
+/// (read, never followed). Sockets, FIFOs, devices and non-UTF-8 link targets are refused.
+pub fn classify(abs: &Path, meta: &std::fs::Metadata) -> Result<(NodeKind, Option<String>)> {
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let t = std::fs::read_link(abs).at(abs)?;
+        let t = t.to_str().ok_or_else(|| Error::BadInput {
+            path: abs.to_owned(),
+            message: "symlink target is not valid UTF-8".into(),
+        })?;
+        Ok((NodeKind::Symlink, Some(t.to_owned())))
+    } else if ft.is_dir() {
+        Ok((NodeKind::Dir, None))
+    } else if ft.is_file() {
+        Ok((NodeKind::File, None))
+    } else {
+        Err(Error::BadInput {
+            path: abs.to_owned(),
+            message: "special files (devices, sockets, FIFOs) cannot be cached".into(),
+        })
+    }
 }
 
 impl Manifest {

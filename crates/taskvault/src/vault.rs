@@ -404,16 +404,9 @@ impl Vault {
     /// The verified console log stored with `e`; `None` if it failed verification (it has been
     /// quarantined and the entry retired) or `e` has none.
     pub fn console(&self, e: &Entry) -> Result<Option<Vec<u8>>> {
-        let Some(node) = &e.console else { return Ok(Some(Vec::new())) };
-        let digest =
-            node.digest.ok_or_else(|| Error::Other("console node without digest".into()))?;
-        let mut buf = Vec::with_capacity(node.size as usize);
-        match self.read_blob(&digest, node.size, &mut Sink::Buf(&mut buf))? {
-            Ok(()) => Ok(Some(buf)),
-            Err(msg) => {
-                self.corrupt(&digest, &msg, "get")?;
-                Ok(None)
-            }
+        match &e.console {
+            Some(node) => self.node_bytes(node),
+            None => Ok(Some(Vec::new())),
         }
     }
 

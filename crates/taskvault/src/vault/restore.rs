@@ -328,7 +328,13 @@ impl Vault {
             return Err(Error::Other(format!("entry {} holds a directory, not bytes", e.id)));
         }
         let node = e.outputs.first().ok_or_else(|| Error::Other("entry has no output".into()))?;
-        let digest = node.digest.ok_or_else(|| Error::Other("entry has no output".into()))?;
+        self.node_bytes(node)
+    }
+
+    /// The verified bytes of a file node; `None` if its blob failed verification (it has been
+    /// quarantined and its entries retired).
+    pub(crate) fn node_bytes(&self, node: &Node) -> Result<Option<Vec<u8>>> {
+        let digest = node.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
         let mut buf = Vec::with_capacity(node.size as usize);
         match self.read_blob(&digest, node.size, &mut Sink::Buf(&mut buf))? {
             Ok(()) => Ok(Some(buf)),

@@ -57,20 +57,7 @@ fn inspect_parts(root: &Path, parts: &[String]) -> Result<Vec<Walked>> {
     use std::os::unix::fs::PermissionsExt;
     let mut nodes: BTreeMap<String, Walked> = BTreeMap::new();
     let node = |rel: &str, abs: PathBuf, meta: &std::fs::Metadata| -> Result<Walked> {
-        let ft = meta.file_type();
-        let (kind, target) = if ft.is_symlink() {
-            let t = std::fs::read_link(&abs).at(&abs)?;
-            (NodeKind::Symlink, Some(t.to_string_lossy().into_owned()))
-        } else if ft.is_dir() {
-            (NodeKind::Dir, None)
-        } else if ft.is_file() {
-            (NodeKind::File, None)
-        } else {
-            return Err(Error::BadInput {
-                path: abs,
-                message: "special files (devices, sockets, FIFOs) cannot be cached".into(),
-            });
-        };
+        let (kind, target) = crate::tree::classify(&abs, meta)?;
         Ok(Walked {
             rel: rel.to_owned(),
             size: if kind == NodeKind::File { meta.len() } else { 0 },

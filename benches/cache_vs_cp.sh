@@ -43,6 +43,18 @@ for spec in 1KiB:1024 1MiB:1048576 100MiB:104857600; do
     cat "$work/save-$name.md" >> "$report"
     echo >> "$report"
 done
+# Instructions executed by one hit and by one cp (valgrind's callgrind): unlike wall time on a
+# shared machine, these repeat exactly, so they show whether a change made the hit path cheaper.
+if command -v valgrind >/dev/null; then
+    echo "## Instructions per process (callgrind)" >> "$report"
+    for name in 1KiB 1MiB; do
+        for cmd in "cp src-$name dst-cp-$name" "$tv cache get get-$name in.txt dst-tv-$name"; do
+            n=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null $cmd 2>&1 >/dev/null | awk '/refs:/ {print $NF}')
+            echo "- $name \`${cmd/#$tv/taskvault}\`: $n" >> "$report"
+        done
+    done
+fi
+
 # Median ratios per round (the figures quoted in notes).
 python3 - "$out" >> "$report" <<'PY'
 import json, sys, glob

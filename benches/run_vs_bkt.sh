@@ -54,6 +54,15 @@ cmp big.bin out.bin
 "$tv" --json run -q -o out.bin -- cp big.bin out.bin 2>&1 | tail -1 | grep -q '"hit":true'
 "$tv" --json run -q -i big.bin -- true 2>&1 | tail -1 | grep -q '"hit":true'
 
+# Instructions executed by one hit of each (callgrind): repeatable where wall time is not.
+if command -v valgrind >/dev/null; then
+    echo "## Instructions per process (callgrind)" >> "$report"
+    for cmd in "echo hello" "$bkt --ttl=1d -- echo hello" "$tv run -q -- echo hello"; do
+        n=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null $cmd 2>&1 >/dev/null | awk '/refs:/ {print $NF}')
+        echo "- \`${cmd/#$out\/tools\/bin\//}\`: $n" >> "$report"
+    done
+fi
+
 python3 - "$out" >> "$report" <<'PY'
 import json, sys, glob
 o = sys.argv[1]

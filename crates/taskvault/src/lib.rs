@@ -14,6 +14,7 @@ pub mod config;
 pub mod digest;
 pub mod entry;
 pub mod error;
+mod hot;
 pub mod key;
 mod statcache;
 pub mod store;

@@ -70,6 +70,9 @@ pub struct Vault {
     blobs: Box<dyn BlobStore>,
     audit: AuditLog,
     accesses: AccessJournal,
+    hot: crate::hot::HotRecords,
+    /// Blob rows of the hot record being served, so that restoring it needs no database.
+    overlay: std::sync::Mutex<std::collections::HashMap<Digest, crate::entry::BlobInfo>>,
     /// Opened on first use (only wrapped commands hash inputs through it).
     stat_cache: std::sync::OnceLock<crate::statcache::StatCache>,
     tmp: PathBuf,
@@ -111,12 +114,15 @@ impl Vault {
         let audit =
             AuditLog::new(dir.join("audit.log"), settings.audit_format, settings.audit_max_bytes);
         let accesses = AccessJournal::new(dir.join("access.log"));
+        let hot = crate::hot::HotRecords::new(dir);
         Ok(Vault {
             settings,
             meta: Box::new(meta),
             blobs: Box::new(blobs),
             audit,
             accesses,
+            hot,
+            overlay: Default::default(),
             stat_cache: std::sync::OnceLock::new(),
             tmp,
             locks,
@@ -295,7 +301,7 @@ impl Vault {
         self.fold_accesses()?;
         let target = cap / 100 * self.settings.low_water_percent as u64
             + cap % 100 * self.settings.low_water_percent as u64 / 100;
-        self.removed(self.meta.evict(now_ms(), Some(target))?, Event::Evict, "evict")?;
+        self.removed(Some(Event::Evict), "evict", |m| m.evict(now_ms(), Some(target)))?;
         Ok(())
     }
 
@@ -331,17 +337,29 @@ impl Vault {
         Ok(self.meta.lookup(&key.digest().hex())?.filter(|e| !self.expired(e, now)))
     }
 
-    /// Looks `key` up, handling expiry. Counts a miss if there is nothing to serve.
-    fn lookup_for_get(&self, key: &TaskKey, op: &str) -> Result<Option<Entry>> {
+    /// Looks `key` up, handling expiry: from its hot record when `hot` allows and one is usable
+    /// (the flag returned says so), else from the database. Counts a miss if there is nothing.
+    fn lookup_for_get(&self, key: &TaskKey, op: &str, hot: bool) -> Result<Option<(Entry, bool)>> {
         let hex = key.digest().hex();
         let now = now_ms();
+        if hot && let Some((e, infos)) = self.hot.read(&hex) {
+            if !self.expired(&e, now) {
+                let mut overlay = self.overlay.lock().unwrap_or_else(|p| p.into_inner());
+                overlay.extend(infos.into_iter().map(|i| (i.digest, i)));
+                return Ok(Some((e, true)));
+            }
+        }
+        if self.hot.removal_pending() {
+            self.hot.repair()?;
+        }
         match self.meta.lookup(&hex)? {
             Some(e) if self.expired(&e, now) => {
-                self.removed(self.meta.remove_keys(&[hex], Some("expired"))?, Event::Expire, op)?;
+                let keys = [hex];
+                self.removed(Some(Event::Expire), op, |m| m.remove_keys(&keys, Some("expired")))?;
                 self.miss(key, op)?;
                 Ok(None)
             }
-            Some(e) => Ok(Some(e)),
+            Some(e) => Ok(Some((e, false))),
             None => {
                 self.miss(key, op)?;
                 Ok(None)
@@ -349,7 +367,25 @@ impl Vault {
         }
     }
 
+    /// A blob's row: from the hot record being served, else from the database.
+    pub(crate) fn blob_info(&self, digest: &Digest) -> Result<Option<crate::entry::BlobInfo>> {
+        let hot = self.overlay.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned();
+        match hot {
+            Some(i) => Ok(Some(i)),
+            None => self.meta.blob(digest),
+        }
+    }
+
+    /// Forgets blob rows taken from hot records, so that what follows asks the database.
+    pub(crate) fn clear_overlay(&self) {
+        self.overlay.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     fn miss(&self, key: &TaskKey, op: &str) -> Result<()> {
+        // A miss after a lookup may come from a hot record that could not be served: drop it,
+        // so that the next lookup asks the database.
+        self.hot.remove(&key.digest().hex())?;
+        self.clear_overlay();
         self.record_access(&crate::store::Access::Miss)?;
         self.audit.record(&Record {
             event: Event::Miss,
@@ -375,20 +411,37 @@ impl Vault {
     /// Restores the result of `key` to `dest` (a file path, or a directory path for directory
     /// outputs). `None` is a miss: nothing was written at `dest`.
     pub fn get(&self, key: &TaskKey, dest: &Path) -> Result<Option<Entry>> {
-        let Some(e) = self.lookup_for_get(key, "get")? else { return Ok(None) };
-        if self.restore(&e, dest)?.is_none() {
+        let mut hot = true;
+        loop {
+            let Some((e, from_hot)) = self.lookup_for_get(key, "get", hot)? else {
+                return Ok(None);
+            };
+            if self.restore(&e, dest)?.is_some() {
+                self.hit(&e, "get")?;
+                return Ok(Some(e));
+            }
+            if from_hot {
+                // The hot record could not be served: ask the database, which knows.
+                self.drop_hot(&e.key)?;
+                hot = false;
+                continue;
+            }
             self.miss(key, "get")?;
             return Ok(None);
         }
-        self.hit(&e, "get")?;
-        Ok(Some(e))
+    }
+
+    fn drop_hot(&self, key_hex: &str) -> Result<()> {
+        self.hot.remove(key_hex)?;
+        self.clear_overlay();
+        Ok(())
     }
 
     /// Looks `key` up for a front end that restores outputs itself (with [`Vault::restore_part`]):
     /// counts a miss if there is nothing to serve. Call [`Vault::served`] once it has been
     /// restored, or [`Vault::missed`] if restoring failed verification.
     pub fn lookup(&self, key: &TaskKey, op: &str) -> Result<Option<Entry>> {
-        self.lookup_for_get(key, op)
+        Ok(self.lookup_for_get(key, op, true)?.map(|(e, _)| e))
     }
 
     /// Counts a hit on `e` (access time, hit count, time saved) and audits it.
@@ -448,13 +501,23 @@ impl Vault {
 
     /// The result of `key` as bytes (file and bytes outputs only). `None` is a miss.
     pub fn get_bytes(&self, key: &TaskKey) -> Result<Option<(Entry, Vec<u8>)>> {
-        let Some(e) = self.lookup_for_get(key, "get")? else { return Ok(None) };
-        let Some(bytes) = self.read_bytes(&e)? else {
+        let mut hot = true;
+        loop {
+            let Some((e, from_hot)) = self.lookup_for_get(key, "get", hot)? else {
+                return Ok(None);
+            };
+            if let Some(bytes) = self.read_bytes(&e)? {
+                self.hit(&e, "get")?;
+                return Ok(Some((e, bytes)));
+            }
+            if from_hot {
+                self.drop_hot(&e.key)?;
+                hot = false;
+                continue;
+            }
             self.miss(key, "get")?;
             return Ok(None);
-        };
-        self.hit(&e, "get")?;
-        Ok(Some((e, bytes)))
+        }
     }
 
     /// The seed SDK's save: `output` is the result of `task` on `input`.
@@ -503,15 +566,14 @@ impl Vault {
     pub(crate) fn corrupt(&self, digest: &Digest, message: &str, op: &str) -> Result<()> {
         // A reader can lose a race with a removal: the row is dropped first, then the file. That
         // is a miss, not corruption; so is a blob that a new save has put back meanwhile.
+        self.clear_overlay();
         let Some(info) = self.meta.blob(digest)? else { return Ok(()) };
         if self.read_blob(digest, info.size, &mut Sink::Discard)?.is_ok() {
             return Ok(());
         }
         tracing::warn!("blob {digest} failed verification ({message}); quarantined, entry dropped");
         self.blobs.quarantine(digest)?;
-        let r = self.meta.forget_corrupt_blob(digest)?;
-        self.reap(&r.unreferenced)?;
-        let retired = r.entries;
+        let retired = self.removed(None, op, |m| m.forget_corrupt_blob(digest))?;
         let hash = digest.hex();
         if retired.is_empty() {
             self.audit.record(&Record {

@@ -51,18 +51,34 @@ INSERT INTO counters(name, value) VALUES
 CREATE TABLE failures(key TEXT PRIMARY KEY, message TEXT NOT NULL, at_ms INTEGER NOT NULL);
 ";
 
-/// The SQLite metadata store. One connection behind a mutex: SQLite serializes writers anyway,
-/// and the hit path is a single indexed read.
+/// The SQLite metadata store. One connection behind a mutex (SQLite serializes writers anyway),
+/// opened on first use: a hit served from a hot record never opens the database.
 #[derive(Debug)]
 pub struct SqliteMeta {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    conn: std::sync::OnceLock<Mutex<Connection>>,
 }
 
 impl SqliteMeta {
+    /// Prepares the store; the database is opened (created, migrated) on first use.
     pub fn open(path: &Path) -> Result<SqliteMeta> {
-        let conn = open_database(path, SCHEMA_VERSION, migrate)?;
-        Ok(SqliteMeta { path: path.to_owned(), conn: Mutex::new(conn) })
+        Ok(SqliteMeta { path: path.to_owned(), conn: std::sync::OnceLock::new() })
+    }
+
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        let m = match self.conn.get() {
+            Some(m) => m,
+            None => {
+                let c = open_database(&self.path, SCHEMA_VERSION, migrate)?;
+                self.conn.get_or_init(|| Mutex::new(c))
+            }
+        };
+        Ok(m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether the database has been opened by this process (for tests of the hot path).
+    pub fn is_open(&self) -> bool {
+        self.conn.get().is_some()
     }
 
     fn err(&self, source: rusqlite::Error) -> Error {
@@ -70,7 +86,7 @@ impl SqliteMeta {
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.conn()?;
         f(&conn).map_err(|e| self.err(e))
     }
 
@@ -81,7 +97,7 @@ impl SqliteMeta {
         durable: bool,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self.conn()?;
         // Saves fsync their commit; other writes (folds, removals) need not. Set per transaction,
         // so that read-only processes never pay for the pragma.
         let level = if durable { "FULL" } else { "NORMAL" };

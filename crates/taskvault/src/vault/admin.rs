@@ -139,7 +139,7 @@ impl Vault {
     pub fn remove(&self, runs: &[Entry]) -> Result<Vec<Entry>> {
         let mut keys: Vec<String> = runs.iter().map(|e| e.key.clone()).collect();
         keys.dedup();
-        self.removed(self.meta().remove_keys(&keys, None)?, Event::Remove, "rm")
+        self.removed(Some(Event::Remove), "rm", |m| m.remove_keys(&keys, None))
     }
 
     /// Removes every live entry carrying tag `key` (with `value`, if given).
@@ -153,9 +153,8 @@ impl Vault {
 
     /// Removes every entry and blob; returns how many entries there were.
     pub fn clear(&self) -> Result<u64> {
-        let r = self.meta().clear()?;
-        let n = r.entries.len() as u64;
-        self.reap(&r.unreferenced)?;
+        let n = self.removed(None, "clear", |m| m.clear())?.len() as u64;
+        self.hot.remove_all()?;
         self.audit.record(&crate::audit::Record {
             event: Event::Remove,
             op: "clear",
@@ -175,11 +174,13 @@ impl Vault {
             GcReport { bytes_before: self.meta().counters()?.stored_bytes, ..GcReport::default() };
         let now = now_ms();
         report.expired +=
-            self.removed(self.meta().evict(now, None)?, Event::Expire, "gc")?.len() as u64;
+            self.removed(Some(Event::Expire), "gc", |m| m.evict(now, None))?.len() as u64;
         let expired_policy: Vec<Entry> =
             self.list(&Filter::default())?.into_iter().filter(|e| self.expired(e, now)).collect();
-        let r = self.meta().remove_keys(&keys_of(&expired_policy), Some("expired"))?;
-        report.expired += self.removed(r, Event::Expire, "gc")?.len() as u64;
+        let keys = keys_of(&expired_policy);
+        report.expired += self
+            .removed(Some(Event::Expire), "gc", |m| m.remove_keys(&keys, Some("expired")))?
+            .len() as u64;
         if let Some(age) = older_than {
             let cutoff = now - age.as_millis() as i64;
             let old: Vec<Entry> = self
@@ -187,12 +188,14 @@ impl Vault {
                 .into_iter()
                 .filter(|e| e.last_access_ms < cutoff)
                 .collect();
-            let r = self.meta().remove_keys(&keys_of(&old), Some("evictions"))?;
-            report.old = self.removed(r, Event::Evict, "gc")?.len() as u64;
+            let keys = keys_of(&old);
+            report.old = self
+                .removed(Some(Event::Evict), "gc", |m| m.remove_keys(&keys, Some("evictions")))?
+                .len() as u64;
         }
         if let Some(max) = max_size {
             report.evicted =
-                self.removed(self.meta().evict(now, Some(max))?, Event::Evict, "gc")?.len() as u64;
+                self.removed(Some(Event::Evict), "gc", |m| m.evict(now, Some(max)))?.len() as u64;
         }
         report.orphans_removed = self.remove_orphans()?;
         report.temp_removed = self.remove_stale_temp(LEFTOVER_AGE)?;

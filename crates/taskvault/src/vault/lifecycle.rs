@@ -1,11 +1,12 @@
-//! The life of blob files: new ones are placed inside the save's transaction under the shared
-//! blob lock; files of dropped rows are unlinked after the commit under the exclusive lock.
+//! The life of blob files and hot records: new files are placed inside the save's transaction,
+//! and the key's hot record written after it, under the shared blob lock; removals commit,
+//! forget hot records and unlink files of dropped rows under the exclusive lock (see `hot`).
 
 use crate::audit::Event;
 use crate::digest::Digest;
 use crate::entry::Entry;
 use crate::error::{IoContext, Result};
-use crate::store::{Committed, Removed, StagedBlob};
+use crate::store::{Committed, MetaStore, Removed, StagedBlob};
 
 use super::Vault;
 
@@ -17,9 +18,26 @@ impl Vault {
             let staged = b.staged.as_deref().expect("only staged blobs are placed");
             self.blobs.put(&b.info.digest, staged)
         })?;
+        self.write_hot(entry, &committed);
         drop(lock);
         self.reap(&committed.unreferenced)?;
         Ok(committed)
+    }
+
+    /// Writes the key's hot record after its commit (under the shared lock, so no removal of the
+    /// key can slip in between). A failure only costs speed: the record is removed instead.
+    fn write_hot(&self, entry: &Entry, committed: &Committed) {
+        let mut e = entry.clone();
+        e.parent = committed.superseded.clone();
+        let infos = e
+            .blob_digests()
+            .iter()
+            .map(|d| self.meta.blob(d)?.ok_or_else(|| crate::Error::BlobVanished(d.to_string())))
+            .collect::<Result<Vec<_>>>();
+        if let Err(err) = infos.and_then(|i| self.hot.write(&e, &i)) {
+            tracing::warn!("hot record of {}: {err}", e.key);
+            let _ = self.hot.remove(&e.key);
+        }
     }
 
     /// Opens and locks `blobs.lock`: shared by savers from placing a file to committing its row,
@@ -45,6 +63,10 @@ impl Vault {
             return Ok(());
         }
         let _lock = self.blob_lock(true)?;
+        self.reap_locked(candidates)
+    }
+
+    fn reap_locked(&self, candidates: &[Digest]) -> Result<()> {
         for d in candidates {
             if self.meta.blob(d)?.is_none() {
                 self.blobs.remove(d)?;
@@ -53,11 +75,28 @@ impl Vault {
         Ok(())
     }
 
-    /// Applies a removal's file side and audits it.
-    pub(crate) fn removed(&self, r: Removed, event: Event, op: &str) -> Result<Vec<Entry>> {
-        self.reap(&r.unreferenced)?;
+    /// Runs a removal `f` under the hot-record protocol: mark the removal (the hot path is off),
+    /// take the exclusive lock, commit, forget the removed keys' hot records, unlink unreferenced
+    /// files. Audits each removed live entry as `event` (none for `None`).
+    pub(crate) fn removed(
+        &self,
+        event: Option<Event>,
+        op: &str,
+        f: impl FnOnce(&dyn MetaStore) -> Result<Removed>,
+    ) -> Result<Vec<Entry>> {
+        let pending = self.hot.begin_removal()?;
+        let lock = self.blob_lock(true)?;
+        let r = f(&*self.meta)?;
         for e in &r.entries {
-            self.audit_entry(event, op, e);
+            self.hot.remove(&e.key)?;
+        }
+        self.reap_locked(&r.unreferenced)?;
+        drop(lock);
+        drop(pending);
+        if let Some(event) = event {
+            for e in &r.entries {
+                self.audit_entry(event, op, e);
+            }
         }
         Ok(r.entries)
     }

@@ -50,7 +50,7 @@ impl Vault {
         size: u64,
         sink: &mut Sink<'_>,
     ) -> Result<Verified> {
-        let Some(info) = self.meta().blob(digest)? else {
+        let Some(info) = self.blob_info(digest)? else {
             return Ok(Err("no metadata row for the blob".into()));
         };
         if info.size != size {
@@ -319,7 +319,7 @@ impl Vault {
 
     /// Whether a blob is stored as raw bytes in its own file (so a hard link yields the content).
     fn linkable(&self, digest: &Digest) -> Result<bool> {
-        Ok(self.meta().blob(digest)?.is_some_and(|b| b.inline.is_none() && b.codec == Codec::Raw))
+        Ok(self.blob_info(digest)?.is_some_and(|b| b.inline.is_none() && b.codec == Codec::Raw))
     }
 
     /// The verified bytes of a file or bytes entry; `None` if its blob failed verification.

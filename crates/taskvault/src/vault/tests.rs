@@ -1,6 +1,7 @@
 use super::*;
 use crate::Claim;
 use crate::entry::Filter;
+use base64::Engine as _;
 use std::os::unix::fs::PermissionsExt;
 use taskvault_testkit::noise;
 
@@ -805,7 +806,110 @@ fn a_newer_schema_is_refused_not_guessed_at() {
     let f = fx();
     let db = f.vault.settings.vault_dir.join("cache.db");
     rusqlite::Connection::open(&db).unwrap().pragma_update(None, "user_version", 99).unwrap();
-    let err = Vault::open(f.vault.settings.clone()).unwrap_err();
+    // The database is opened on first use; that use is refused.
+    let v = Vault::open(f.vault.settings.clone()).unwrap();
+    let err = v.stats().unwrap_err();
     assert!(matches!(err, Error::SchemaTooNew { found: 99, .. }), "{err}");
     assert!(err.to_string().contains("upgrade taskvault"));
+}
+
+fn reopen(f: &Fx) -> Vault {
+    Vault::open(f.vault.settings.clone()).unwrap()
+}
+
+#[test]
+fn hits_are_served_from_hot_records_without_the_database() {
+    let f = fx();
+    let small = f.key("small", b"1");
+    let big = f.key("big", b"2");
+    f.vault.save(&small, Output::Bytes(b"tiny output"), &SaveOptions::default()).unwrap();
+    f.vault.save(&big, Output::Bytes(&noise(2 << 20, 3)), &SaveOptions::default()).unwrap();
+    // Make the database unreadable: a hit must not need it.
+    let db = f.vault.settings.vault_dir.join("cache.db");
+    let saved = std::fs::read(&db).unwrap();
+    std::fs::write(&db, b"not a database").unwrap();
+    let v = reopen(&f);
+    assert_eq!(v.get_bytes(&small).unwrap().unwrap().1, b"tiny output");
+    let dest = f.out("big.out");
+    assert!(v.get(&big, &dest).unwrap().is_some());
+    assert_eq!(std::fs::read(&dest).unwrap(), noise(2 << 20, 3));
+    assert!(v.stats().is_err(), "the database really is unreadable");
+    std::fs::write(&db, saved).unwrap();
+    let s = reopen(&f).stats().unwrap();
+    assert_eq!(s.counters.hits, 2, "hot hits are counted once the journal is folded");
+}
+
+#[test]
+fn every_removal_forgets_its_hot_record() {
+    let f = fx_with(|s| s.inline_max_bytes = 0);
+    let save = |k: &TaskKey, seed: u64, opts: &SaveOptions| {
+        f.vault.save(k, Output::Bytes(&noise(10_000, seed)), opts).unwrap();
+    };
+    let tagged =
+        SaveOptions { tags: BTreeMap::from([("t".into(), "x".into())]), ..Default::default() };
+    let (k1, k2, k3, k4) = (f.key("a", b"1"), f.key("a", b"2"), f.key("a", b"3"), f.key("a", b"4"));
+    save(&k1, 1, &SaveOptions::default());
+    save(&k2, 2, &tagged);
+    save(&k3, 3, &SaveOptions { ttl_seconds: Some(1), ..Default::default() });
+    save(&k4, 4, &SaveOptions::default());
+    let e1 = f.vault.resolve(&k1.digest().hex()).unwrap();
+    f.vault.remove(&[e1]).unwrap();
+    assert!(reopen(&f).get_bytes(&k1).unwrap().is_none(), "rm");
+    f.vault.invalidate("t", Some("x")).unwrap();
+    assert!(reopen(&f).get_bytes(&k2).unwrap().is_none(), "invalidate");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(reopen(&f).get_bytes(&k3).unwrap().is_none(), "expired");
+    f.vault.gc(None, Some(0)).unwrap();
+    assert!(reopen(&f).get_bytes(&k4).unwrap().is_none(), "evicted");
+    save(&k1, 1, &SaveOptions::default());
+    f.vault.clear().unwrap();
+    assert!(reopen(&f).get_bytes(&k1).unwrap().is_none(), "clear");
+    let hot = f.vault.settings.vault_dir.join("hot");
+    let left: Vec<_> =
+        std::fs::read_dir(&hot).unwrap().flatten().filter(|e| e.path().is_file()).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_crashed_removal_turns_the_hot_path_off_until_repaired() {
+    let f = fx();
+    let k = f.key("t", b"1");
+    f.vault.save(&k, Output::Bytes(b"v"), &SaveOptions::default()).unwrap();
+    // Simulate a removal that committed and then died before forgetting the hot record.
+    let conn = rusqlite::Connection::open(f.vault.settings.vault_dir.join("cache.db")).unwrap();
+    conn.execute("DELETE FROM entries", []).unwrap();
+    let marker = f.vault.settings.vault_dir.join("hot/.pending/999999999-0-0");
+    std::fs::create_dir_all(&marker).unwrap();
+    assert!(reopen(&f).get_bytes(&k).unwrap().is_none(), "the stale record is not served");
+    assert!(!marker.exists(), "the dead removal's mark is cleared");
+    assert!(!f.vault.settings.vault_dir.join("hot").join(k.digest().hex()).exists());
+    // A mark of a live process keeps the hot path off, without wiping anything.
+    f.vault.save(&k, Output::Bytes(b"v2"), &SaveOptions::default()).unwrap();
+    let live = f.vault.settings.vault_dir.join(format!("hot/.pending/{}-9-9", std::process::id()));
+    std::fs::create_dir(&live).unwrap();
+    assert_eq!(reopen(&f).get_bytes(&k).unwrap().unwrap().1, b"v2", "served by the database");
+    assert!(live.exists());
+}
+
+#[test]
+fn a_damaged_hot_record_falls_back_to_the_database() {
+    let f = fx();
+    let k = f.key("t", b"1");
+    f.vault.save(&k, Output::Bytes(b"the real output"), &SaveOptions::default()).unwrap();
+    let record = f.vault.settings.vault_dir.join("hot").join(k.digest().hex());
+    // Unparseable.
+    std::fs::write(&record, b"{garbage").unwrap();
+    assert_eq!(reopen(&f).get_bytes(&k).unwrap().unwrap().1, b"the real output");
+    // Parseable, but its inline bytes are wrong: verification fails, the database answers, and
+    // the good blob is not quarantined.
+    f.vault.save(&k, Output::Bytes(b"the real output"), &SaveOptions::default()).unwrap();
+    let text = std::fs::read_to_string(&record).unwrap();
+    let forged = base64::engine::general_purpose::STANDARD.encode(b"the fake output");
+    let real = base64::engine::general_purpose::STANDARD.encode(b"the real output");
+    assert!(text.contains(&real));
+    std::fs::write(&record, text.replace(&real, &forged)).unwrap();
+    let v = reopen(&f);
+    assert_eq!(v.get_bytes(&k).unwrap().unwrap().1, b"the real output");
+    assert_eq!(v.stats().unwrap().counters.corrupt, 0);
+    assert!(!record.exists() || !std::fs::read_to_string(&record).unwrap().contains(&forged));
 }

@@ -1,0 +1,175 @@
+//! Hot records: for each live key, a small file holding its entry and the rows of its blobs
+//! (inline bytes included), so that a hit is served without opening SQLite. They are a cache of
+//! the metadata store, never the truth, and are kept from going stale by this protocol:
+//!
+//! - A save writes its key's record after its commit, under the shared blob lock.
+//! - A removal first creates a marker directory in `hot/.pending/`, then takes the exclusive blob
+//!   lock, commits, deletes the records of the keys it removed, and drops the marker. While any
+//!   marker exists, the hot path is off (one `stat`: the marker directory's link count).
+//! - A crash mid-removal leaves its marker; the next slow-path lookup sees that its process is
+//!   gone, deletes every record and the marker.
+//! - Anything wrong with a record (unreadable, expired, a blob that fails verification) sends the
+//!   lookup down the slow path, which is always correct.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+
+use crate::digest::Digest;
+use crate::entry::{BlobInfo, Codec, Entry};
+use crate::error::{IoContext, Result};
+
+const FORMAT: u32 = 1;
+
+#[derive(Debug)]
+pub(crate) struct HotRecords {
+    dir: PathBuf,
+    pending: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    format: u32,
+    entry: Entry,
+    blobs: Vec<Blob>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Blob {
+    digest: Digest,
+    size: u64,
+    stored_size: u64,
+    codec: Codec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inline: Option<String>,
+}
+
+/// Marks a removal in progress; dropping it ends the mark.
+#[derive(Debug)]
+pub(crate) struct Pending(PathBuf);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+impl HotRecords {
+    pub(crate) fn new(vault_dir: &std::path::Path) -> HotRecords {
+        let dir = vault_dir.join("hot");
+        HotRecords { pending: dir.join(".pending"), dir }
+    }
+
+    /// Whether a removal is (or was, before a crash) in progress.
+    pub(crate) fn removal_pending(&self) -> bool {
+        std::fs::metadata(&self.pending).is_ok_and(|m| m.nlink() > 2)
+    }
+
+    /// The entry and blob rows recorded for a key, if the hot path may be used.
+    pub(crate) fn read(&self, key_hex: &str) -> Option<(Entry, Vec<BlobInfo>)> {
+        if self.removal_pending() {
+            return None;
+        }
+        let bytes = std::fs::read(self.dir.join(key_hex)).ok()?;
+        let r: Record = serde_json::from_slice(&bytes).ok()?;
+        if r.format != FORMAT || r.entry.key != key_hex {
+            return None;
+        }
+        let mut infos = Vec::with_capacity(r.blobs.len());
+        for b in r.blobs {
+            let inline = match b.inline {
+                Some(s) => Some(base64::engine::general_purpose::STANDARD.decode(s).ok()?),
+                None => None,
+            };
+            infos.push(BlobInfo {
+                digest: b.digest,
+                size: b.size,
+                stored_size: b.stored_size,
+                codec: b.codec,
+                inline,
+            });
+        }
+        Some((r.entry, infos))
+    }
+
+    /// Writes (or replaces) a key's record atomically. It is a cache: no fsync.
+    pub(crate) fn write(&self, entry: &Entry, infos: &[BlobInfo]) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).at(&self.dir)?;
+        let record = Record {
+            format: FORMAT,
+            entry: entry.clone(),
+            blobs: infos
+                .iter()
+                .map(|i| Blob {
+                    digest: i.digest,
+                    size: i.size,
+                    stored_size: i.stored_size,
+                    codec: i.codec,
+                    inline: i
+                        .inline
+                        .as_ref()
+                        .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+                })
+                .collect(),
+        };
+        let tmp = self.dir.join(format!(".{}", crate::vault::unique_name("tmp-")));
+        std::fs::write(&tmp, serde_json::to_vec(&record).expect("records serialize")).at(&tmp)?;
+        let dest = self.dir.join(&entry.key);
+        std::fs::rename(&tmp, &dest).at(&dest)
+    }
+
+    pub(crate) fn remove(&self, key_hex: &str) -> Result<()> {
+        let p = self.dir.join(key_hex);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(p),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes every record (after a crash, or `clear`).
+    pub(crate) fn remove_all(&self) -> Result<()> {
+        let items = match std::fs::read_dir(&self.dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).at(&self.dir),
+        };
+        for item in items {
+            let item = item.at(&self.dir)?;
+            if item.file_type().at(item.path())?.is_file() {
+                let _ = std::fs::remove_file(item.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a removal: the hot path is off until the returned guard drops.
+    pub(crate) fn begin_removal(&self) -> Result<Pending> {
+        std::fs::create_dir_all(&self.pending).at(&self.pending)?;
+        let p = self.pending.join(crate::vault::unique_name(""));
+        std::fs::create_dir(&p).at(&p)?;
+        Ok(Pending(p))
+    }
+
+    /// Clears the marks of removals whose process died (and every record, since one of them may
+    /// be stale). Marks of live processes are left alone.
+    pub(crate) fn repair(&self) -> Result<()> {
+        let Ok(items) = std::fs::read_dir(&self.pending) else { return Ok(()) };
+        let mut dead = Vec::new();
+        for item in items.flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').next().unwrap_or_default();
+            if !std::path::Path::new("/proc").join(pid).exists() {
+                dead.push(item.path());
+            }
+        }
+        if dead.is_empty() {
+            return Ok(());
+        }
+        self.remove_all()?;
+        for d in dead {
+            let _ = std::fs::remove_dir(d);
+        }
+        Ok(())
+    }
+}

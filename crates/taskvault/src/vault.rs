@@ -342,12 +342,13 @@ impl Vault {
     fn lookup_for_get(&self, key: &TaskKey, op: &str, hot: bool) -> Result<Option<(Entry, bool)>> {
         let hex = key.digest().hex();
         let now = now_ms();
-        if hot && let Some((e, infos)) = self.hot.read(&hex) {
-            if !self.expired(&e, now) {
-                let mut overlay = self.overlay.lock().unwrap_or_else(|p| p.into_inner());
-                overlay.extend(infos.into_iter().map(|i| (i.digest, i)));
-                return Ok(Some((e, true)));
-            }
+        if hot
+            && let Some((e, infos)) = self.hot.read(&hex)
+            && !self.expired(&e, now)
+        {
+            let mut overlay = self.overlay.lock().unwrap_or_else(|p| p.into_inner());
+            overlay.extend(infos.into_iter().map(|i| (i.digest, i)));
+            return Ok(Some((e, true)));
         }
         if self.hot.removal_pending() {
             self.hot.repair()?;

@@ -62,6 +62,16 @@ impl Vault {
     }
 }
 
+/// Opens (creating) `path` and takes an `flock` on it, blocking in the kernel until it is free.
+/// The lock lasts as long as the returned file. Each call opens a new descriptor: `flock` on a
+/// shared descriptor would convert the lock instead of blocking.
+pub(crate) fn lock_file(path: &Path, exclusive: bool) -> Result<File> {
+    let f =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).at(path)?;
+    if exclusive { f.lock() } else { f.lock_shared() }.at(path)?;
+    Ok(f)
+}
+
 /// A held claim on a key. Dropping it releases the claim and wakes one waiter.
 #[derive(Debug)]
 pub struct ClaimLock {

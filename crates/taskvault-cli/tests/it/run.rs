@@ -29,7 +29,13 @@ fn setup() -> Project {
 }
 
 fn run_cmd(p: &Project, extra: &[&str]) -> Command {
+    run_cmd_with(p, &[], extra)
+}
+
+/// `taskvault GLOBAL... run <the build's inputs and outputs> EXTRA... -- ./build.sh`
+fn run_cmd_with(p: &Project, global: &[&str], extra: &[&str]) -> Command {
     let mut c = p.cmd();
+    c.args(global);
     c.args([
         "run",
         "-i",
@@ -221,26 +227,7 @@ fn json_summary_no_save_and_force() {
     assert_eq!((s["hit"].as_bool(), s["exit_code"].as_i64()), (Some(false), Some(0)));
     assert_eq!(p.stats()["entries"], 0, "--no-save saves nothing");
     run_cmd(&p, &[]).output().unwrap();
-    let r = {
-        let mut c = p.cmd();
-        c.args([
-            "--json",
-            "run",
-            "-i",
-            "src/**/*.py",
-            "-i",
-            "build.sh",
-            "-o",
-            "dist",
-            "-o",
-            "build/nested/report.xml",
-            "--env",
-            "MODE",
-            "--",
-            "./build.sh",
-        ]);
-        c.output().unwrap()
-    };
+    let r = run_cmd_with(&p, &["--json"], &[]).output().unwrap();
     let last = String::from_utf8_lossy(&r.stderr).lines().last().unwrap().to_owned();
     let s: serde_json::Value = serde_json::from_str(&last).unwrap();
     assert_eq!(s["hit"], true);

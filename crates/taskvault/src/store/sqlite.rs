@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::digest::Digest;
 use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::store::{Access, Committed, MetaStore, Removed, StagedBlob};
 
 /// The schema version this build writes. Older databases are migrated on open.
@@ -74,11 +74,6 @@ impl SqliteMeta {
             }
         };
         Ok(m.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Whether the database has been opened by this process (for tests of the hot path).
-    pub fn is_open(&self) -> bool {
-        self.conn.get().is_some()
     }
 
     fn err(&self, source: rusqlite::Error) -> Error {
@@ -152,14 +147,7 @@ pub(crate) fn open_database(
         return Err(Error::SchemaTooNew { path: path.to_owned(), found, supported: version });
     }
     if found < version {
-        let lock_path = path.with_extension("init.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .at(&lock_path)?;
-        lock.lock().at(&lock_path)?;
+        let _lock = crate::claim::lock_file(&path.with_extension("init.lock"), true)?;
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
         if found < version {
             // WAL must be chosen outside a transaction; it is persistent, so this runs once.

@@ -5,7 +5,7 @@
 use crate::audit::Event;
 use crate::digest::Digest;
 use crate::entry::Entry;
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::store::{Committed, MetaStore, Removed, StagedBlob};
 
 use super::Vault;
@@ -40,19 +40,10 @@ impl Vault {
         }
     }
 
-    /// Opens and locks `blobs.lock`: shared by savers from placing a file to committing its row,
-    /// exclusive while deciding which files to unlink. A fresh descriptor each time, because
-    /// `flock` on a shared descriptor would convert locks between threads instead of blocking.
+    /// Locks `blobs.lock`: shared by savers from placing a file to writing its hot record,
+    /// exclusive while a removal commits, forgets hot records and unlinks files.
     pub(crate) fn blob_lock(&self, exclusive: bool) -> Result<std::fs::File> {
-        let path = self.settings.vault_dir.join("blobs.lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .at(&path)?;
-        if exclusive { f.lock() } else { f.lock_shared() }.at(&path)?;
-        Ok(f)
+        crate::claim::lock_file(&self.settings.vault_dir.join("blobs.lock"), exclusive)
     }
 
     /// Unlinks the files of blobs whose rows were dropped, unless a save adopted the digest again

@@ -213,13 +213,27 @@ impl Vault {
         let digest =
             node.digest.ok_or_else(|| Error::Other(format!("entry {} has no output", e.id)))?;
         let guard = Cleanup(Some(tmp.clone()));
-        if let Err(msg) = self.materialize(&digest, node, mode, &tmp, link)? {
-            drop(guard);
+        let built = self.materialize(&digest, node, mode, &tmp, link)?.map_err(|m| (digest, m));
+        self.put_in_place(guard, built, dest, existing.is_some())
+    }
+
+    /// Swaps a built temporary output into place, or, if a blob failed verification, deletes it
+    /// and handles the corrupt blob (the caller sees a miss).
+    fn put_in_place(
+        &self,
+        tmp: Cleanup,
+        built: std::result::Result<(), (Digest, String)>,
+        dest: &Path,
+        existed: bool,
+    ) -> Result<Option<()>> {
+        if let Err((digest, msg)) = built {
+            drop(tmp);
             self.corrupt(&digest, &msg, "get")?;
             return Ok(None);
         }
-        replace(&tmp, dest, existing.is_some())?;
-        std::mem::forget(guard);
+        let path = tmp.0.clone().expect("a cleanup guard holds its path");
+        replace(&path, dest, existed)?;
+        std::mem::forget(tmp);
         Ok(Some(()))
     }
 
@@ -241,14 +255,8 @@ impl Vault {
         validate_tree(nodes).map_err(|m| Error::Other(format!("entry {}: {m}", e.id)))?;
         let guard = Cleanup(Some(tmp.clone()));
         std::fs::create_dir(&tmp).at(&tmp)?;
-        if let Err((digest, msg)) = self.build_tree(nodes, &tmp, link)? {
-            drop(guard);
-            self.corrupt(&digest, &msg, "get")?;
-            return Ok(None);
-        }
-        replace(&tmp, dest, existing.is_some())?;
-        std::mem::forget(guard);
-        Ok(Some(()))
+        let built = self.build_tree(nodes, &tmp, link)?;
+        self.put_in_place(guard, built, dest, existing.is_some())
     }
 
     /// Materializes validated `nodes` under `root` (which exists and is empty).

@@ -346,10 +346,12 @@ impl Vault {
             && let Some((e, infos)) = self.hot.read(&hex)
             && !self.expired(&e, now)
         {
+            // Only the entry being served: a long-lived vault must not accumulate blob rows.
             let mut overlay = self.overlay.lock().unwrap_or_else(|p| p.into_inner());
-            overlay.extend(infos.into_iter().map(|i| (i.digest, i)));
+            *overlay = infos.into_iter().map(|i| (i.digest, i)).collect();
             return Ok(Some((e, true)));
         }
+        self.clear_overlay();
         if self.hot.removal_pending() {
             self.hot.repair()?;
         }

@@ -913,3 +913,17 @@ fn a_damaged_hot_record_falls_back_to_the_database() {
     assert_eq!(v.stats().unwrap().counters.corrupt, 0);
     assert!(!record.exists() || !std::fs::read_to_string(&record).unwrap().contains(&forged));
 }
+
+#[test]
+fn a_long_lived_vault_keeps_only_the_served_entrys_blob_rows() {
+    let f = fx();
+    let keys: Vec<TaskKey> = (0..20u8).map(|i| f.key("t", &[i])).collect();
+    for (i, k) in keys.iter().enumerate() {
+        f.vault.save(k, Output::Bytes(&noise(1000, i as u64)), &SaveOptions::default()).unwrap();
+    }
+    let v = reopen(&f);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(v.get_bytes(k).unwrap().unwrap().1, noise(1000, i as u64));
+    }
+    assert_eq!(v.overlay.lock().unwrap().len(), 1);
+}

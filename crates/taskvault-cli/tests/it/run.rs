@@ -294,3 +294,51 @@ fn link_restores_read_only_hard_links_and_a_write_through_them_is_caught() {
     assert_eq!(std::fs::read(p.path("out/big.bin")).unwrap(), big);
     assert_eq!(p.stats()["corrupt"], 1);
 }
+
+#[test]
+fn explain_names_the_ingredients_and_what_changed() {
+    let p = setup();
+    let first = run_cmd(&p, &["--explain"]).output().unwrap();
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(err.contains("made of:") && err.contains("argv") && err.contains("env:MODE"), "{err}");
+    assert!(err.contains("has never been cached"), "{err}");
+    p.write("src/pkg/b.py", "print(20)\n");
+    p.write("src/extra.py", "x = 2\n");
+    let second = run_cmd(&p, &["--explain"]).output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("inputs differs"), "{err}");
+    assert!(err.contains("changed: src/pkg/b.py"), "{err}");
+    assert!(err.contains("added: src/extra.py"), "{err}");
+    assert!(!err.contains("argv differs"), "{err}");
+}
+
+#[test]
+fn sigterm_is_forwarded_to_the_command() {
+    use std::io::BufRead;
+    let p = Project::new();
+    let mut child = p
+        .cmd()
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'kill $!; echo got TERM; exit 7' TERM; echo ready; sleep 30 & wait",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(7), "taskvault waited and exited with the command's code");
+    assert_eq!(rest, "got TERM\n");
+    assert_eq!(p.stats()["entries"], 0);
+}

@@ -154,12 +154,30 @@ impl HotRecords {
     /// Clears the marks of removals whose process died (and every record, since one of them may
     /// be stale). Marks of live processes are left alone.
     pub(crate) fn repair(&self) -> Result<()> {
+        self.repair_with(None)
+    }
+
+    /// Like [`HotRecords::repair`], and also clears marks older than `max_age` whatever their
+    /// process id says (a crashed removal's id can be reused by an unrelated process; removals
+    /// take milliseconds to seconds).
+    pub(crate) fn repair_older_than(&self, max_age: std::time::Duration) -> Result<()> {
+        self.repair_with(Some(max_age))
+    }
+
+    fn repair_with(&self, max_age: Option<std::time::Duration>) -> Result<()> {
         let Ok(items) = std::fs::read_dir(&self.pending) else { return Ok(()) };
         let mut dead = Vec::new();
         for item in items.flatten() {
             let name = item.file_name().to_string_lossy().into_owned();
             let pid = name.split('-').next().unwrap_or_default();
-            if !std::path::Path::new("/proc").join(pid).exists() {
+            let too_old = max_age.is_some_and(|max| {
+                item.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > max)
+            });
+            if too_old || !std::path::Path::new("/proc").join(pid).exists() {
                 dead.push(item.path());
             }
         }

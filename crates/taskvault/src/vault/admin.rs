@@ -11,6 +11,10 @@ use crate::digest::Digest;
 use crate::entry::{Counters, Entry, Filter};
 use crate::error::{Error, IoContext, Result};
 
+/// A removal's mark in `hot/.pending` older than this is stale even if its process id is alive
+/// (the id may have been reused after a crash).
+const STALE_MARK: Duration = Duration::from_secs(3600);
+
 /// Staging files younger than this are left alone by `gc`, since a save may be using them.
 const LEFTOVER_AGE: Duration = Duration::from_secs(15 * 60);
 
@@ -198,6 +202,7 @@ impl Vault {
                 self.removed(Some(Event::Evict), "gc", |m| m.evict(now, Some(max)))?.len() as u64;
         }
         report.orphans_removed = self.remove_orphans()?;
+        self.hot.repair_older_than(STALE_MARK)?;
         report.temp_removed = self.remove_stale_temp(LEFTOVER_AGE)?;
         report.bytes_after = self.meta().counters()?.stored_bytes;
         Ok(report)

@@ -927,3 +927,23 @@ fn a_long_lived_vault_keeps_only_the_served_entrys_blob_rows() {
     }
     assert_eq!(v.overlay.lock().unwrap().len(), 1);
 }
+
+#[test]
+fn gc_clears_a_stale_removal_mark_even_if_its_pid_is_in_use() {
+    let f = fx();
+    let k = f.key("t", b"1");
+    f.vault.save(&k, Output::Bytes(b"v"), &SaveOptions::default()).unwrap();
+    // A mark named after a live process (ours), but two hours old.
+    let mark = f.vault.settings.vault_dir.join(format!("hot/.pending/{}-1-1", std::process::id()));
+    std::fs::create_dir_all(&mark).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::open(&mark).unwrap().set_modified(two_hours_ago).unwrap();
+    assert!(f.vault.hot.removal_pending());
+    f.vault.gc(None, None).unwrap();
+    assert!(!mark.exists());
+    assert!(!f.vault.hot.removal_pending(), "the hot path is back on");
+    // Every record was dropped with it (one might have been stale); the next save writes anew.
+    assert!(f.vault.hot.read(&k.digest().hex()).is_none());
+    f.vault.save(&k, Output::Bytes(b"v"), &SaveOptions::default()).unwrap();
+    assert!(f.vault.hot.read(&k.digest().hex()).is_some());
+}

@@ -163,11 +163,8 @@ impl Hasher {
     }
 }
 
-/// Hashes everything `reader` yields, in fixed-size chunks; returns the digest and the byte count.
-pub fn hash_reader(algorithm: Algorithm, reader: &mut dyn Read) -> std::io::Result<(Digest, u64)> {
-    hash_reader_sized(algorithm, reader, 256 * 1024)
-}
-
+/// Hashes everything `reader` yields through a buffer of `buf_len` bytes; returns the digest and
+/// the byte count.
 fn hash_reader_sized(
     algorithm: Algorithm,
     reader: &mut dyn Read,

@@ -84,22 +84,3 @@ impl<T> IoContext<T> for std::io::Result<T> {
         self.map_err(|source| Error::IoAt { path: path.into(), source })
     }
 }
-
-impl Error {
-    /// True when the underlying cause is a full disk (ENOSPC or EDQUOT).
-    pub fn is_disk_full(&self) -> bool {
-        let io = match self {
-            Error::Io(e) | Error::IoAt { source: e, .. } => e,
-            _ => return false,
-        };
-        matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-    }
-
-    /// The `std::io::ErrorKind` when this is an I/O error, for mapping to host-language errors.
-    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
-        match self {
-            Error::Io(e) | Error::IoAt { source: e, .. } => Some(e.kind()),
-            _ => None,
-        }
-    }
-}

@@ -93,8 +93,6 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Committed>;
     /// Applies a batch of recorded hits (access time, access count, hits, time saved) and misses.
     fn apply_accesses(&self, accesses: &[Access]) -> Result<()>;
-    /// Adds to named counters (`misses`, `corrupt`, `expired`, ...).
-    fn bump(&self, counter: &str, by: i64) -> Result<()>;
     /// Removes entries (all runs of their keys), dropping blobs nobody references any more.
     /// `count_as` names a counter to bump per live entry removed.
     fn remove_keys(&self, keys: &[String], count_as: Option<&str>) -> Result<Removed>;
@@ -122,5 +120,4 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn record_failure(&self, key: &str, message: &str, at_ms: i64) -> Result<()>;
     /// The last recorded failure of `key`: (message, at_ms).
     fn failure(&self, key: &str) -> Result<Option<(String, i64)>>;
-    fn clear_failure(&self, key: &str) -> Result<()>;
 }

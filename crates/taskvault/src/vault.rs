@@ -19,7 +19,7 @@ use crate::audit::{AuditLog, Event, Record};
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::digest::Digest;
-use crate::entry::{Entry, OutputKind, Status};
+use crate::entry::{Entry, Status};
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Input, InputRecord, TaskKey};
 use crate::store::local::LocalBlobs;
@@ -536,11 +536,6 @@ impl Vault {
             Some((_, b)) => (Some(b), true),
             None => (None, false),
         })
-    }
-
-    /// The output kind of a path about to be saved (for front ends that check early).
-    pub fn output_kind(path: &Path) -> Result<OutputKind> {
-        Ok(stage::inspect(Output::Path(path))?.0)
     }
 
     pub(crate) fn lock_path(&self, key_hex: &str) -> PathBuf {

@@ -189,31 +189,30 @@ fn a_command_killed_by_a_signal_is_never_cached() {
 #[test]
 fn eight_identical_runs_execute_once_and_all_replay() {
     let p = setup();
-    let children: Vec<_> = (0..8)
-        .map(|_| {
-            run_cmd(&p, &["--cache-failures"]).env("SLEEP", "1").env("EXIT", "4").spawn_output()
-        })
-        .collect();
-    let outs: Vec<_> = children.into_iter().map(|c| c.join().unwrap()).collect();
-    assert_eq!(runs(&p), 1, "exactly one execution");
-    for o in &outs {
+    for o in eight_at_once(&p, &["--cache-failures"], "4") {
         assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(o.stdout, b"out 1\nout 2 no newline");
     }
+    assert_eq!(runs(&p), 1, "exactly one execution");
+}
+
+/// Starts eight identical runs of the build (sleeping 1 s, exiting with `exit`) at once and
+/// collects their outputs.
+fn eight_at_once(p: &Project, extra: &[&str], exit: &str) -> Vec<std::process::Output> {
+    let children: Vec<_> = (0..8)
+        .map(|_| run_cmd(p, extra).env("SLEEP", "1").env("EXIT", exit).spawn_output())
+        .collect();
+    children.into_iter().map(|c| c.join().unwrap()).collect()
 }
 
 #[test]
 fn a_failure_reaches_every_concurrent_run_without_a_second_execution() {
     let p = setup();
-    let children: Vec<_> = (0..8)
-        .map(|_| run_cmd(&p, &[]).env("SLEEP", "1").env("EXIT", "6").spawn_output())
-        .collect();
-    let outs: Vec<_> = children.into_iter().map(|c| c.join().unwrap()).collect();
-    assert_eq!(runs(&p), 1, "the failure was shared, not re-run");
-    for o in &outs {
+    for o in eight_at_once(&p, &[], "6") {
         assert_eq!(o.status.code(), Some(6), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(o.stdout, b"out 1\nout 2 no newline");
     }
+    assert_eq!(runs(&p), 1, "the failure was shared, not re-run");
     assert_eq!(p.stats()["entries"], 0, "and still not cached");
 }
 

@@ -403,10 +403,6 @@ impl MetaStore for SqliteMeta {
         })
     }
 
-    fn bump(&self, counter: &str, by: i64) -> Result<()> {
-        self.write(false, |tx| Ok(bump(tx, counter, by)?))
-    }
-
     fn remove_keys(&self, keys: &[String], count_as: Option<&str>) -> Result<Removed> {
         self.write(false, |tx| {
             let mut r = Removed::default();
@@ -671,13 +667,6 @@ impl MetaStore for SqliteMeta {
             c.prepare_cached("SELECT message, at_ms FROM failures WHERE key = ?1")?
                 .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
-        })
-    }
-
-    fn clear_failure(&self, key: &str) -> Result<()> {
-        self.write(false, |tx| {
-            tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([key])?;
-            Ok(())
         })
     }
 }

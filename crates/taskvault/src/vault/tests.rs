@@ -1,5 +1,6 @@
 use super::*;
 use crate::Claim;
+use crate::OutputKind;
 use crate::entry::Filter;
 use base64::Engine as _;
 use std::os::unix::fs::PermissionsExt;

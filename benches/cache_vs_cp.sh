@@ -5,8 +5,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
-cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p taskvault-cli
-tv="$repo/target/release/taskvault"
+tv="$(bash "$repo/scripts/build-release.sh")"
 out="$repo/bench-out"
 mkdir -p "$out"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tvbench.XXXXXX")"

@@ -11,8 +11,7 @@ mkdir -p "$out/tools"
 command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
 [ -x "$out/tools/bin/bkt" ] || cargo install --locked --quiet --root "$out/tools" bkt
 bkt="$out/tools/bin/bkt"
-cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p taskvault-cli
-tv="$repo/target/release/taskvault"
+tv="$(bash "$repo/scripts/build-release.sh")"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tvrun.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 cd "$work"

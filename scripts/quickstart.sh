@@ -3,8 +3,7 @@
 # runs the seed's quick start in a scratch project, showing a save, a hit, a miss and the stats.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p taskvault-cli
-tv="$repo/target/release/taskvault"
+tv="$(bash "$repo/scripts/build-release.sh")"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"

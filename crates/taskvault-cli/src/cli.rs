@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod fast;
+
 /// TaskVault: a content-addressed result cache for expensive, repeatable work.
 ///
 /// Exit codes: 0 hit or success, 1 miss (or problems found by `verify`), 2 error.
-#[derive(Debug, Parser)]
+#[derive(Debug, PartialEq, Parser)]
 #[command(name = "taskvault", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     /// Vault directory (overrides TASKVAULT_DIR and the config's cache_dir).
@@ -29,7 +31,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, PartialEq, Subcommand)]
 pub enum Command {
     /// Write .taskvault/config.yaml with the defaults.
     Init {
@@ -101,7 +103,7 @@ pub enum Command {
 }
 
 /// `taskvault run [OPTIONS] -- COMMAND [ARGS]...`
-#[derive(Debug, Args)]
+#[derive(Debug, PartialEq, Args)]
 pub struct RunArgs {
     /// Task name (part of the key); default: the command's file name.
     #[arg(long)]
@@ -159,7 +161,7 @@ pub struct RunArgs {
     pub command: Vec<std::ffi::OsString>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, PartialEq, Subcommand)]
 pub enum CacheCommand {
     /// Save OUTPUT as the result of TASK on INPUT.
     Save(SaveArgs),
@@ -169,7 +171,7 @@ pub enum CacheCommand {
     Stats,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, PartialEq, Args)]
 pub struct SaveArgs {
     pub task: String,
     /// Input file or directory (`-` for stdin).
@@ -190,7 +192,7 @@ pub struct SaveArgs {
     pub duration: Option<std::time::Duration>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, PartialEq, Args)]
 pub struct GetArgs {
     pub task: String,
     /// Input file or directory (`-` for stdin).
@@ -202,14 +204,14 @@ pub struct GetArgs {
     pub more_inputs: Vec<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, PartialEq, Args)]
 pub struct LogArgs {
     #[command(flatten)]
     pub select: Select,
 }
 
 /// A selection of entries, shared by `log` and `export`.
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct Select {
     /// Only this task.
     #[arg(long)]

@@ -21,19 +21,15 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
-    // The parser's command tree is leaked, not dropped: freeing it costs more than all the
-    // parsing of a cache hit, and the process is about to exit anyway.
-    let command = Box::leak(Box::new(<cli::Cli as clap::CommandFactory>::command()));
-    let parsed = command
-        .try_get_matches_from_mut(std::env::args_os())
-        .and_then(|m| <cli::Cli as clap::FromArgMatches>::from_arg_matches(&m));
-    let cli = match parsed {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+    let args: Vec<_> = std::env::args_os().collect();
+    // The usual `run` line skips building clap's command tree (a third of a cache hit); clap
+    // parses everything else, and reports every error.
+    let cli = match cli::fast::parse(&args) {
+        Some(c) => c,
+        None => match parse_with_clap(args) {
+            Ok(c) => c,
+            Err(code) => return code,
+        },
     };
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
@@ -45,6 +41,20 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn parse_with_clap(args: Vec<std::ffi::OsString>) -> Result<cli::Cli, ExitCode> {
+    // The command tree is leaked, not dropped: freeing it costs more than all the parsing of a
+    // cache hit, and the process is about to exit anyway.
+    let command = Box::leak(Box::new(<cli::Cli as clap::CommandFactory>::command()));
+    command
+        .try_get_matches_from_mut(args)
+        .and_then(|m| <cli::Cli as clap::FromArgMatches>::from_arg_matches(&m))
+        .map_err(|e| {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            ExitCode::from(code)
+        })
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {

@@ -10,7 +10,7 @@ use taskvault::{Filter, Status, Vault};
 
 use crate::Outcome;
 use crate::cli::{Cli, Command, Select};
-use crate::settings::Resolved;
+use taskvault_settings::Resolved;
 
 pub use admin::init;
 

@@ -4,7 +4,6 @@
 mod cli;
 mod commands;
 mod human;
-mod settings;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -67,7 +66,12 @@ fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {
         &cli.command,
         cli::Command::Cache(cli::CacheCommand::Save(_)) | cli::Command::Run(_)
     );
-    let resolved = settings::resolve(&cli, identity)?;
+    let resolved = taskvault_settings::resolve(&taskvault_settings::Overrides {
+        dir: cli.dir.clone(),
+        config: cli.config.clone(),
+        verbose: cli.verbose,
+        identity,
+    })?;
     init_logging(&resolved.log_level);
     tracing::debug!(vault = %resolved.settings.vault_dir.display(), config = ?resolved.config_path);
     let progress = !cli.no_progress && std::io::stderr().is_terminal();

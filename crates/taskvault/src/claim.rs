@@ -36,6 +36,27 @@ impl ClaimGuard<'_> {
     pub fn fail(self, message: &str) -> Result<()> {
         self.vault.meta().record_failure(&self.key, message, now_ms())
     }
+
+    /// The claim without the borrow of its vault, for front ends that keep the vault behind
+    /// a shared pointer (the Python SDK). Finish it with [`Vault::fail_claim`] or by dropping it.
+    pub fn detach(self) -> DetachedClaim {
+        DetachedClaim { key: self.key, _lock: self._lock }
+    }
+}
+
+/// A held claim detached from its vault's borrow (see [`ClaimGuard::detach`]). Dropping it
+/// releases the claim and wakes one waiter.
+#[derive(Debug)]
+pub struct DetachedClaim {
+    key: String,
+    _lock: ClaimLock,
+}
+
+impl Vault {
+    /// Records the failure of a detached claim for every waiter, then releases it.
+    pub fn fail_claim(&self, claim: DetachedClaim, message: &str) -> Result<()> {
+        self.meta().record_failure(&claim.key, message, now_ms())
+    }
 }
 
 impl Vault {

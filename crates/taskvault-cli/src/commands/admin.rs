@@ -9,7 +9,7 @@ use taskvault::Vault;
 use crate::Outcome;
 use crate::cli::{Cli, Select};
 use crate::human;
-use crate::settings::CONFIG_REL;
+use taskvault_settings::CONFIG_REL;
 
 pub fn init(cli: &Cli, force: bool) -> Result<Outcome> {
     let path = cli

@@ -1,12 +1,27 @@
-//! Configuration is resolved here and only here: flags, then TASKVAULT_DIR / TASKVAULT_CONFIG /
-//! TASKVAULT_LOG, then the config file, then defaults.
+//! Configuration of a TaskVault front end (the CLI, the Python SDK) is resolved here and only
+//! here: explicit arguments, then TASKVAULT_DIR / TASKVAULT_CONFIG / TASKVAULT_LOG, then the
+//! config file (`.taskvault/config.yaml` here or above), then defaults. Both front ends call
+//! [`resolve`], so a Python `Client()` and the `taskvault` command in the same directory use the
+//! same vault.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use taskvault::{ConfigFile, Settings};
 
-use crate::cli::Cli;
+/// What the caller was told explicitly (flags, constructor arguments); each beats the
+/// environment and the config file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// The vault directory (`--dir`, `Client(store_dir=)`).
+    pub dir: Option<PathBuf>,
+    /// The config file (`--config`).
+    pub config: Option<PathBuf>,
+    /// More logging: 1 info, 2 debug, 3 or more trace; 0 keeps TASKVAULT_LOG or the file's level.
+    pub verbose: u8,
+    /// Fill in host and user, for front ends that record provenance.
+    pub identity: bool,
+}
 
 /// The resolved configuration of one invocation.
 #[derive(Debug)]
@@ -20,10 +35,10 @@ pub struct Resolved {
 /// Where `init` writes and discovery looks: `.taskvault/config.yaml`.
 pub const CONFIG_REL: &str = ".taskvault/config.yaml";
 
-/// `identity`: fill in host and user, for commands that record provenance.
-pub fn resolve(cli: &Cli, identity: bool) -> Result<Resolved> {
+/// Resolves the settings for the current directory.
+pub fn resolve(o: &Overrides) -> Result<Resolved> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let explicit = cli.config.clone().or_else(|| env_path("TASKVAULT_CONFIG"));
+    let explicit = o.config.clone().or_else(|| env_path("TASKVAULT_CONFIG"));
     let config_path = match explicit {
         Some(p) => {
             let p = absolute(&cwd, &p);
@@ -40,16 +55,16 @@ pub fn resolve(cli: &Cli, identity: bool) -> Result<Resolved> {
     };
     let root = config_path.as_deref().map_or(cwd.clone(), project_root);
     let mut settings = file.settings(&root);
-    settings.vault_dir = match cli.dir.clone().or_else(|| env_path("TASKVAULT_DIR")) {
+    settings.vault_dir = match o.dir.clone().or_else(|| env_path("TASKVAULT_DIR")) {
         Some(d) => absolute(&cwd, &d),
         None => expand_home(&file.cache_dir).map_or(settings.vault_dir, |p| absolute(&root, &p)),
     };
-    if identity {
+    if o.identity {
         settings.host = hostname();
         settings.user =
             std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
     }
-    let log_level = match cli.verbose {
+    let log_level = match o.verbose {
         0 => std::env::var("TASKVAULT_LOG").unwrap_or_else(|_| file.log_level.clone()),
         1 => "info".into(),
         2 => "debug".into(),

@@ -1,0 +1,328 @@
+//! `taskvault._native`: the engine for the Python SDK. A thin layer: every method converts its
+//! arguments, releases the GIL around the engine call, and converts the answer (entries travel
+//! as JSON text). The Python package (`python/taskvault`) builds keys and does everything else.
+
+mod error;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use taskvault::{Claim, DetachedClaim, Filter, Output, SaveOptions, Status, TaskKey};
+
+use error::{from_anyhow, to_py};
+
+/// An open vault (shareable between threads).
+#[pyclass(frozen, module = "taskvault._native")]
+struct Vault {
+    inner: Arc<taskvault::Vault>,
+}
+
+/// A task key: its digest and ingredients, built by [`Vault::key`].
+#[pyclass(frozen, module = "taskvault._native")]
+struct Key {
+    inner: TaskKey,
+}
+
+#[pymethods]
+impl Key {
+    /// The key digest (hex).
+    #[getter]
+    fn hex(&self) -> String {
+        self.inner.digest().hex()
+    }
+    #[getter]
+    fn task(&self) -> &str {
+        &self.inner.task
+    }
+}
+
+/// The right to compute a key, from [`Vault::claim`]. Exactly one of `fail` or `release` (or
+/// garbage collection) ends it; a process that dies releases it too.
+#[pyclass(frozen, module = "taskvault._native")]
+struct ClaimHandle {
+    vault: Arc<taskvault::Vault>,
+    claim: Mutex<Option<DetachedClaim>>,
+}
+
+#[pymethods]
+impl ClaimHandle {
+    /// Records `message` as the failure every waiter receives, then releases the claim.
+    fn fail(&self, py: Python<'_>, message: &str) -> PyResult<()> {
+        let claim = self.claim.lock().map_err(|_| poisoned())?.take();
+        match claim {
+            Some(c) => py.detach(|| self.vault.fail_claim(c, message)).map_err(to_py),
+            None => Ok(()),
+        }
+    }
+
+    /// Releases the claim (after a save, waiters then find the entry).
+    fn release(&self) -> PyResult<()> {
+        self.claim.lock().map_err(|_| poisoned())?.take();
+        Ok(())
+    }
+}
+
+fn poisoned() -> PyErr {
+    error::TaskVaultError::new_err("a claim's lock was poisoned by a panic")
+}
+
+/// A served result: `(run id, output digest, size, bytes)`.
+type Hit<'py> = (String, String, u64, Bound<'py, PyBytes>);
+
+fn hit<'py>(py: Python<'py>, e: &taskvault::Entry, bytes: &[u8]) -> Hit<'py> {
+    let digest = e.outputs.first().and_then(|n| n.digest).map(|d| d.hex()).unwrap_or_default();
+    (e.id.clone(), digest, e.size, PyBytes::new(py, bytes))
+}
+
+fn json<T: serde::Serialize>(v: &T) -> PyResult<String> {
+    serde_json::to_string(v).map_err(|e| error::TaskVaultError::new_err(e.to_string()))
+}
+
+#[pymethods]
+impl Vault {
+    /// Opens the vault the `taskvault` command would use here (`dir` beats TASKVAULT_DIR,
+    /// which beats `.taskvault/config.yaml`, which beats the default `.taskvault/cache`).
+    #[new]
+    #[pyo3(signature = (dir=None, config=None))]
+    fn new(py: Python<'_>, dir: Option<PathBuf>, config: Option<PathBuf>) -> PyResult<Vault> {
+        let o = taskvault_settings::Overrides { dir, config, verbose: 0, identity: true };
+        let resolved = py.detach(|| taskvault_settings::resolve(&o)).map_err(from_anyhow)?;
+        let inner = py.detach(|| taskvault::Vault::open(resolved.settings)).map_err(to_py)?;
+        Ok(Vault { inner: Arc::new(inner) })
+    }
+
+    /// The vault directory.
+    #[getter]
+    fn dir(&self) -> PathBuf {
+        self.inner.settings().vault_dir.clone()
+    }
+
+    /// Builds the key of `task` from labelled ingredients (label, bytes), in order.
+    fn key(&self, task: &str, ingredients: Vec<(String, Vec<u8>)>) -> PyResult<Key> {
+        let inner = self.inner.key_with(task, &[], ingredients).map_err(to_py)?;
+        Ok(Key { inner })
+    }
+
+    /// The result of `key`, or `None` on a miss (a corrupt blob is a miss).
+    fn get<'py>(&self, py: Python<'py>, key: &Key) -> PyResult<Option<Hit<'py>>> {
+        let got = py.detach(|| self.inner.get_bytes(&key.inner)).map_err(to_py)?;
+        Ok(got.map(|(e, b)| hit(py, &e, &b)))
+    }
+
+    /// Claims `key`: `("compute", handle)` for the one caller that must compute it;
+    /// `("ready", hit)` when the result is there (perhaps just saved by the worker waited for);
+    /// `("failed", message)` when the worker waited for failed. Waiting blocks in the kernel.
+    fn claim<'py>(&self, py: Python<'py>, key: &Key) -> PyResult<(&'static str, Py<PyAny>)> {
+        let vault = Arc::clone(&self.inner);
+        enum Got {
+            Compute(DetachedClaim),
+            Ready(Box<taskvault::Entry>, Option<Vec<u8>>),
+            Failed(String),
+        }
+        let got = py
+            .detach(|| -> taskvault::Result<Got> {
+                Ok(match vault.claim(&key.inner)? {
+                    Claim::Compute(g) => Got::Compute(g.detach()),
+                    Claim::Ready(e) => {
+                        let bytes = vault.run_bytes(&e)?;
+                        if bytes.is_some() {
+                            vault.served(&e, "get")?;
+                        }
+                        Got::Ready(e, bytes)
+                    }
+                    Claim::Failed(m) => Got::Failed(m),
+                })
+            })
+            .map_err(to_py)?;
+        Ok(match got {
+            Got::Compute(c) => {
+                let h = ClaimHandle { vault, claim: Mutex::new(Some(c)) };
+                ("compute", Py::new(py, h)?.into_any())
+            }
+            // A result that failed verification is computed again, under a new claim.
+            Got::Ready(_, None) => return self.claim(py, key),
+            Got::Ready(e, Some(b)) => {
+                ("ready", hit(py, &e, &b).into_pyobject(py)?.into_any().unbind())
+            }
+            Got::Failed(m) => ("failed", m.into_pyobject(py)?.into_any().unbind()),
+        })
+    }
+
+    /// Stores `data` as the result of `key`; returns the new run as `(id, digest, size)`.
+    #[pyo3(signature = (key, data, ttl=None, tags=None, details=None, duration_ms=None))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
+    fn save(
+        &self,
+        py: Python<'_>,
+        key: &Key,
+        data: &[u8],
+        ttl: Option<u64>,
+        tags: Option<BTreeMap<String, String>>,
+        details: Option<&str>,
+        duration_ms: Option<i64>,
+    ) -> PyResult<(String, String, u64)> {
+        let details = match details {
+            Some(d) => serde_json::from_str(d)
+                .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?,
+            None => serde_json::Value::Null,
+        };
+        let opts = SaveOptions {
+            ttl_seconds: ttl,
+            duration_ms,
+            tags: tags.unwrap_or_default(),
+            details,
+            ..SaveOptions::default()
+        };
+        let e =
+            py.detach(|| self.inner.save(&key.inner, Output::Bytes(data), &opts)).map_err(to_py)?;
+        let digest = e.outputs.first().and_then(|n| n.digest).map(|d| d.hex()).unwrap_or_default();
+        Ok((e.id, digest, e.size))
+    }
+
+    /// Entries as JSON text (newest first).
+    #[pyo3(signature = (task=None, tag=None, status=None, since_ms=None, limit=None, all=false))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
+    fn list(
+        &self,
+        py: Python<'_>,
+        task: Option<String>,
+        tag: Option<(String, Option<String>)>,
+        status: Option<&str>,
+        since_ms: Option<i64>,
+        limit: Option<usize>,
+        all: bool,
+    ) -> PyResult<String> {
+        let status = status.map(parse_status).transpose()?;
+        let filter = Filter { task, tag, status, since_ms, limit, all: all || status.is_some() };
+        json(&py.detach(|| self.inner.list(&filter)).map_err(to_py)?)
+    }
+
+    /// The run a hash (prefix of a run id or key) names, as JSON text.
+    fn show(&self, py: Python<'_>, hash: &str) -> PyResult<String> {
+        json(&py.detach(|| self.inner.resolve(hash)).map_err(to_py)?)
+    }
+
+    /// All runs of the key of `hash`, oldest first, as JSON text.
+    fn history(&self, py: Python<'_>, hash: &str) -> PyResult<String> {
+        let runs = py
+            .detach(|| self.inner.resolve(hash).and_then(|e| self.inner.history(&e)))
+            .map_err(to_py)?;
+        json(&runs)
+    }
+
+    /// The bytes of the run `hash` names; `None` if they failed verification.
+    fn run_bytes<'py>(&self, py: Python<'py>, hash: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let b = py
+            .detach(|| self.inner.resolve(hash).and_then(|e| self.inner.run_bytes(&e)))
+            .map_err(to_py)?;
+        Ok(b.map(|b| PyBytes::new(py, &b)))
+    }
+
+    /// Removes the keys of the runs named; returns how many live entries went.
+    fn rm(&self, py: Python<'_>, hashes: Vec<String>) -> PyResult<usize> {
+        py.detach(|| {
+            let runs = hashes
+                .iter()
+                .map(|h| self.inner.resolve(h))
+                .collect::<taskvault::Result<Vec<_>>>()?;
+            self.inner.remove(&runs).map(|r| r.len())
+        })
+        .map_err(to_py)
+    }
+
+    /// Removes every live entry tagged `key` (with `value`, if not `None`).
+    fn invalidate(&self, py: Python<'_>, key: &str, value: Option<&str>) -> PyResult<usize> {
+        py.detach(|| self.inner.invalidate(key, value)).map(|r| r.len()).map_err(to_py)
+    }
+
+    /// Removes expired entries, and entries unused for `older_than_s` / beyond `max_size`.
+    #[pyo3(signature = (older_than_s=None, max_size=None))]
+    fn gc(
+        &self,
+        py: Python<'_>,
+        older_than_s: Option<f64>,
+        max_size: Option<u64>,
+    ) -> PyResult<String> {
+        let older = older_than_s.map(std::time::Duration::from_secs_f64);
+        json(&py.detach(|| self.inner.gc(older, max_size)).map_err(to_py)?)
+    }
+
+    /// Removes every entry; returns how many there were.
+    fn clear(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.inner.clear()).map_err(to_py)
+    }
+
+    fn stats(&self, py: Python<'_>) -> PyResult<String> {
+        json(&py.detach(|| self.inner.stats()).map_err(to_py)?)
+    }
+
+    fn verify(&self, py: Python<'_>) -> PyResult<String> {
+        json(&py.detach(|| self.inner.verify()).map_err(to_py)?)
+    }
+
+    /// Writes the live entries (of `task`, if given) to a `.tar.zst` archive.
+    #[pyo3(signature = (path, task=None))]
+    fn export(&self, py: Python<'_>, path: PathBuf, task: Option<String>) -> PyResult<String> {
+        let report = py
+            .detach(|| {
+                let entries = self.inner.list(&Filter { task, ..Filter::default() })?;
+                self.inner.export(&entries, &path)
+            })
+            .map_err(to_py)?;
+        json(&report)
+    }
+
+    fn import_archive(&self, py: Python<'_>, path: PathBuf) -> PyResult<String> {
+        json(&py.detach(|| self.inner.import(&path)).map_err(to_py)?)
+    }
+
+    /// The first seed's SDK: stores `output` as the result of `task` on `input`.
+    fn cache_result(
+        &self,
+        py: Python<'_>,
+        task: &str,
+        input: &[u8],
+        output: &[u8],
+    ) -> PyResult<String> {
+        py.detach(|| self.inner.cache_result(task, input, output)).map(|e| e.id).map_err(to_py)
+    }
+
+    /// The first seed's SDK: `(bytes, True)` on a hit, `(None, False)` on a miss.
+    fn get_cached_result<'py>(
+        &self,
+        py: Python<'py>,
+        task: &str,
+        input: &[u8],
+    ) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
+        let (b, hit) = py.detach(|| self.inner.get_cached_result(task, input)).map_err(to_py)?;
+        Ok((b.map(|b| PyBytes::new(py, &b)), hit))
+    }
+}
+
+fn parse_status(s: &str) -> PyResult<Status> {
+    match s {
+        "live" => Ok(Status::Live),
+        "superseded" => Ok(Status::Superseded),
+        "corrupt" => Ok(Status::Corrupt),
+        other => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "unknown status {other:?} (live, superseded, corrupt)"
+        ))),
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Vault>()?;
+    m.add_class::<Key>()?;
+    m.add_class::<ClaimHandle>()?;
+    let py = m.py();
+    m.add("TaskVaultError", py.get_type::<error::TaskVaultError>())?;
+    m.add("NotFoundError", py.get_type::<error::NotFoundError>())?;
+    m.add("ConfigError", py.get_type::<error::ConfigError>())?;
+    m.add("TooLargeError", py.get_type::<error::TooLargeError>())?;
+    m.add("KEY_VERSION", taskvault::key::KEY_VERSION)?;
+    Ok(())
+}

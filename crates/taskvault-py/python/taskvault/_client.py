@@ -1,0 +1,594 @@
+"""The client: memoized calls on the engine (``taskvault._native``).
+
+A call's key is the task name plus three labelled ingredients: the code identity of the callable
+(``_identity``), the digest of its arguments bound to its signature with defaults applied
+(``_encode``), and the serializer's name. ``docs/keys.md`` lists them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as _dt
+import functools
+import hashlib
+import inspect
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+import uuid
+import warnings
+from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
+
+from . import _native
+from ._encode import Encoder, Unencodable
+from ._identity import Identity, SCHEME, display_name, module_of
+from ._serializers import PickleSerializer, serializer_name
+
+__all__ = ["Client", "ResultRef", "TaskRef", "TaskError", "Entry"]
+
+T = TypeVar("T")
+
+
+class TaskError(Exception):
+    """A task failed (here, or in the worker this call waited for). ``traceback`` holds the
+    original traceback text; ``commit_hash`` is ``None`` (failures are not stored as results)."""
+
+    def __init__(self, message: str, traceback: str = ""):
+        super().__init__(message if not traceback else f"{message}\n\n{traceback}")
+        self.traceback = traceback
+
+
+class TaskRef:
+    """In ``submit_many``: the result of the task at ``index`` in the same batch."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"TaskRef({self.index})"
+
+
+class ResultRef(Generic[T]):
+    """A stored result. ``load()`` deserializes it; pass the ref itself to another task to chain
+    them (the key then depends on this result's content, and the chain is recorded)."""
+
+    __slots__ = ("hash", "commit_hash", "size", "task", "_client", "_data")
+
+    def __init__(self, client: "Client", commit_hash: str, digest: str, size: int, task: str, data: bytes | None):
+        self._client = client
+        self.commit_hash = commit_hash
+        self.hash = digest
+        self.size = size
+        self.task = task
+        self._data = data
+
+    def load(self) -> T:
+        data = self._data
+        if data is None:
+            data = self._client._vault.run_bytes(self.commit_hash)
+            if data is None:
+                raise TaskError(f"the stored result of {self.task} (run {self.commit_hash[:12]}) failed verification")
+            self._data = data
+        return self._client._serializer.loads(data)
+
+    def __repr__(self) -> str:
+        return f"ResultRef(task={self.task!r}, commit_hash={self.commit_hash[:12]!r}, size={self.size})"
+
+    def __reduce__(self) -> Any:
+        # Refs travel to other processes (process pools, Dask, Ray) by vault and run id.
+        c = self._client
+        return (_rebuild_ref, (c.store_dir, c._serializer, self.commit_hash, self.hash, self.size, self.task))
+
+
+_clients: dict[tuple[str, str], "Client"] = {}
+
+
+def _client_for(store_dir: str, serializer: Any) -> "Client":
+    k = (store_dir, serializer_name(serializer))
+    c = _clients.get(k)
+    if c is None:
+        c = _clients[k] = Client(store_dir=store_dir, serializer=serializer)
+    return c
+
+
+def _rebuild_ref(store_dir: str, serializer: Any, commit_hash: str, digest: str, size: int, task: str) -> "ResultRef":
+    return ResultRef(_client_for(store_dir, serializer), commit_hash, digest, size, task, None)
+
+
+class Entry(dict):
+    """An entry as the CLI shows it (a dict with attribute access for the common fields)."""
+
+    __getattr__ = dict.get  # type: ignore[assignment]
+
+
+def _entries(text: str) -> list[Entry]:
+    return [Entry(e) for e in json.loads(text)]
+
+
+_MISSING = object()
+
+
+class _TaskOptions:
+    __slots__ = ("name", "cache", "force", "tags", "retries", "timeout", "ttl", "on_unencodable")
+
+    def __init__(self, name=None, cache=True, force=False, tags=None, retries=0, timeout=None, ttl=None,
+                 on_unencodable="raise"):
+        if on_unencodable not in ("raise", "skip"):
+            raise ValueError("on_unencodable must be 'raise' or 'skip'")
+        if retries < 0:
+            raise ValueError("retries must not be negative")
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive (seconds)")
+        if ttl is not None and ttl < 0:
+            raise ValueError("ttl must not be negative (seconds; 0 = never expires)")
+        self.name, self.cache, self.force, self.tags = name, cache, force, dict(tags or {})
+        self.retries, self.timeout, self.ttl, self.on_unencodable = retries, timeout, ttl, on_unencodable
+
+    def merged(self, over: Mapping[str, Any]) -> "_TaskOptions":
+        o = _TaskOptions(**{k: getattr(self, k) for k in self.__slots__})
+        for k, v in over.items():
+            if k == "tags":
+                o.tags = {**o.tags, **dict(v or {})}
+            else:
+                setattr(o, k, v)
+        _TaskOptions(**{k: getattr(o, k) for k in o.__slots__})  # validate
+        return o
+
+
+_CALL_OPTIONS = {"_cache": "cache", "_force": "force", "_tags": "tags", "_retries": "retries",
+                 "_timeout": "timeout", "_ttl": "ttl", "_on_unencodable": "on_unencodable"}
+
+
+class _Task:
+    """A function registered with ``@client.task``: calling it submits it."""
+
+    def __init__(self, client: "Client", fn: Callable, options: _TaskOptions):
+        self._client = client
+        self.fn = fn
+        self.options = options
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ResultRef:
+        return self._client.submit(self, *args, **kwargs)
+
+
+def _resolve_refs(v: Any) -> Any:
+    """Replaces ResultRefs (also inside lists, tuples, dicts and sets) by their values."""
+    t = type(v)
+    if t is ResultRef:
+        return v.load()
+    if t is list:
+        return [_resolve_refs(x) for x in v]
+    if t is tuple:
+        return tuple(_resolve_refs(x) for x in v)
+    if t is dict:
+        return {k: _resolve_refs(x) for k, x in v.items()}
+    if t is set or t is frozenset:
+        return t(_resolve_refs(x) for x in v)
+    return v
+
+
+def _parents(v: Any, out: list[str]) -> None:
+    t = type(v)
+    if t is ResultRef:
+        out.append(v.commit_hash)
+    elif t in (list, tuple, set, frozenset):
+        for x in v:
+            _parents(x, out)
+    elif t is dict:
+        for x in v.values():
+            _parents(x, out)
+
+
+def _short(v: Any, limit: int = 200) -> str:
+    try:
+        r = repr(v)
+    except Exception as e:  # noqa: BLE001 - display only
+        r = f"<unrepresentable {type(v).__name__}: {e}>"
+    return r if len(r) <= limit else r[: limit - 1] + "…"
+
+
+class Client:
+    """Memoizes calls in a TaskVault vault: the same vault the ``taskvault`` command uses here
+    (``store_dir`` beats ``TASKVAULT_DIR``, which beats ``.taskvault/config.yaml``)."""
+
+    def __init__(self, store_dir: str | os.PathLike | None = None, serializer: Any = None, max_workers: int = 1,
+                 config: str | os.PathLike | None = None):
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self._vault = _native.Vault(os.fspath(store_dir) if store_dir is not None else None,
+                                    os.fspath(config) if config is not None else None)
+        self._serializer = serializer if serializer is not None else PickleSerializer()
+        for m in ("dumps", "loads"):
+            if not callable(getattr(self._serializer, m, None)):
+                raise TypeError(f"serializer must have a {m}() method")
+        self._serializer_name = serializer_name(self._serializer).encode()
+        self.max_workers = max_workers
+        self._identity = Identity(ResultRef)
+        self._signatures: dict[Any, inspect.Signature | None] = {}
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing is held open between calls; kept for cashet compatibility."""
+
+    @property
+    def store_dir(self) -> str:
+        return os.fspath(self._vault.dir)
+
+    # -- tasks ------------------------------------------------------------------------------
+    def task(self, fn: Callable | None = None, *, name: str | None = None, cache: bool = True, force: bool = False,
+             tags: Mapping[str, str] | None = None, retries: int = 0, timeout: float | None = None,
+             ttl: float | None = None, on_unencodable: str = "raise") -> Any:
+        """Registers ``fn``; calling it returns a ``ResultRef`` (as ``client.submit(fn, ...)``)."""
+        options = _TaskOptions(name, cache, force, tags, retries, timeout, ttl, on_unencodable)
+
+        def wrap(f: Callable) -> _Task:
+            return _Task(self, f, options)
+
+        return wrap(fn) if fn is not None else wrap
+
+    def submit(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> ResultRef[T]:
+        """Runs ``func(*args, **kwargs)``, or returns its stored result if an equal call ran
+        before. ``_cache``, ``_force``, ``_tags``, ``_retries``, ``_timeout``, ``_ttl`` and
+        ``_on_unencodable`` are options, not arguments."""
+        over = {}
+        if kwargs:
+            for k in [k for k in kwargs if k in _CALL_OPTIONS]:
+                over[_CALL_OPTIONS[k]] = kwargs.pop(k)
+        if isinstance(func, _Task):
+            options = func.options.merged(over) if over else func.options
+            func = func.fn
+        else:
+            options = _TaskOptions().merged(over) if over else _DEFAULT_OPTIONS
+        return self._submit(func, args, kwargs, options)
+
+    def _bound(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """The call's arguments bound to the signature with defaults applied."""
+        try:
+            sig = self._signatures[func]
+        except (KeyError, TypeError):
+            try:
+                sig = inspect.signature(func)
+            except (TypeError, ValueError):
+                sig = None
+            try:
+                self._signatures[func] = sig
+            except TypeError:
+                pass
+        if sig is None:
+            return (args, kwargs)
+        try:
+            ba = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{display_name(func)}(): {e}") from None
+        ba.apply_defaults()
+        return ba.arguments
+
+    def _key(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> Any:
+        task = options.name or display_name(func)
+        h = hashlib.blake2b(digest_size=32, person=b"tv-args")
+        Encoder(h.update, ResultRef, self._identity.of).encode(self._bound(func, args, kwargs))
+        ingredients = [
+            ("py.scheme", SCHEME),
+            ("py.code", self._identity.of(func)),
+            ("py.args", h.digest()),
+            ("py.serializer", self._serializer_name),
+        ]
+        if not options.cache:
+            # Never served again: a fresh key per call, still recorded with its lineage.
+            ingredients.append(("py.nocache", uuid.uuid4().bytes))
+        return self._vault.key(task, ingredients)
+
+    def _submit(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> ResultRef:
+        try:
+            key = self._key(func, args, kwargs, options)
+        except Unencodable as e:
+            if options.on_unencodable == "raise":
+                raise
+            warnings.warn(f"{display_name(func)}: not cached ({e})", stacklevel=3)
+            value = self._attempts(func, args, kwargs, options)
+            data = self._serializer.dumps(value)
+            return ResultRef(self, "", "", len(data), display_name(func), data)
+        if options.cache and not options.force:
+            got = self._vault.get(key)
+            if got is not None:
+                return ResultRef(self, got[0], got[1], got[2], key.task, got[3])
+        if options.force or not options.cache:
+            return self._compute(key, func, args, kwargs, options, None)
+        while True:
+            status, payload = self._vault.claim(key)
+            if status == "ready":
+                return ResultRef(self, payload[0], payload[1], payload[2], key.task, payload[3])
+            if status == "failed":
+                msg, _, tb = payload.partition("\n\n")
+                raise TaskError(msg, tb)
+            return self._compute(key, func, args, kwargs, options, payload)
+
+    def _attempts(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> Any:
+        call_args = _resolve_refs(args)
+        call_kwargs = _resolve_refs(kwargs)
+        attempt = 0
+        while True:
+            try:
+                return _call(func, call_args, call_kwargs, options.timeout)
+            except Exception as e:
+                attempt += 1
+                if attempt > options.retries:
+                    name = display_name(func)
+                    tb = "".join(traceback.format_exception(e))
+                    tries = f" after {attempt} attempts" if attempt > 1 else ""
+                    raise TaskError(f"{name} failed{tries}: {type(e).__name__}: {e}", tb) from e
+                time.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
+
+    def _compute(self, key: Any, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions,
+                 claim: Any) -> ResultRef:
+        started = time.monotonic()
+        try:
+            value = self._attempts(func, args, kwargs, options)
+            data = self._serializer.dumps(value)
+        except BaseException as e:
+            if claim is not None:
+                if isinstance(e, TaskError):
+                    claim.fail(f"{e.args[0].partition(chr(10) * 2)[0]}\n\n{e.traceback}")
+                else:
+                    claim.release()
+            raise
+        try:
+            duration_ms = int((time.monotonic() - started) * 1000)
+            parents: list[str] = []
+            _parents(args, parents)
+            _parents(kwargs, parents)
+            details = {
+                "kind": "python",
+                "function": display_name(func),
+                "module": module_of(func),
+                "source": self._identity.source(func),
+                "args": {k: _short(v) for k, v in _display_args(self._bound(func, args, kwargs)).items()},
+                "parents": parents,
+                "serializer": self._serializer_name.decode(),
+                "python": sys.version.split()[0],
+            }
+            run_id, digest, size = self._vault.save(
+                key, data, ttl=None if options.ttl is None else int(options.ttl), tags=options.tags or None,
+                details=json.dumps(details), duration_ms=duration_ms,
+            )
+        finally:
+            if claim is not None:
+                claim.release()
+        return ResultRef(self, run_id, digest, size, key.task, data)
+
+    def submit_many(self, tasks: Iterable[Any], max_workers: int | None = None,
+                    executor: cf.Executor | None = None) -> list[ResultRef]:
+        """Submits a batch in dependency order: ``TaskRef(i)`` in an item's arguments stands for
+        the result of item ``i``. Items are ``func``, ``(func,)``, ``(func, args)`` or
+        ``(func, args, kwargs)``. Independent items run in parallel on ``executor`` (any
+        ``concurrent.futures.Executor``) or on ``max_workers`` threads."""
+        items = [_normalize_item(t, i) for i, t in enumerate(tasks)]
+        deps = [_task_refs((a, k)) for _, a, k in items]
+        n = len(items)
+        for i, d in enumerate(deps):
+            for j in d:
+                if not 0 <= j < n:
+                    raise ValueError(f"task {i} refers to TaskRef({j}), but the batch has {n} tasks")
+        order = _topological(deps)
+        results: list[ResultRef | None] = [None] * n
+        workers = max_workers or self.max_workers
+        own = executor is None
+        ex = executor or cf.ThreadPoolExecutor(max_workers=workers)
+        remote = not own and not isinstance(ex, cf.ThreadPoolExecutor)
+        try:
+            pending: dict[cf.Future, int] = {}
+            done_set: set[int] = set()
+            waiting = list(order)
+            while waiting or pending:
+                ready = [i for i in waiting if deps[i] <= done_set]
+                for i in ready:
+                    waiting.remove(i)
+                    f, a, k = items[i]
+                    a, k = _substitute((a, k), results)
+                    if remote:
+                        fut = ex.submit(_remote_submit, self.store_dir, self._serializer, f, a, k)
+                    else:
+                        fut = ex.submit(self.submit, f, *a, **k)
+                    pending[fut] = i
+                if not pending:
+                    break
+                done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    r = fut.result()
+                    if remote:
+                        r = ResultRef(self, r[0], r[1], r[2], r[3], None)
+                    results[i] = r
+                    done_set.add(i)
+        finally:
+            if own:
+                ex.shutdown(wait=True)
+        return results  # type: ignore[return-value]
+
+    def map(self, func: Callable[..., T], items: Iterable[Any], *args: Any, executor: cf.Executor | None = None,
+            max_workers: int | None = None, **kwargs: Any) -> list[ResultRef[T]]:
+        """``submit(func, item, *args, **kwargs)`` for each item, cached per item."""
+        batch = [(func, (item, *args), kwargs) for item in items]
+        if executor is None and (max_workers or self.max_workers) == 1:
+            return [self.submit(f, *a, **k) for f, a, k in batch]
+        return self.submit_many(batch, max_workers=max_workers, executor=executor)
+
+    # -- inspection and maintenance (the CLI's commands) ------------------------------------
+    def log(self, func_name: str | None = None, limit: int | None = None, status: str | None = None,
+            tags: Mapping[str, str | None] | None = None, all: bool = False) -> list[Entry]:
+        tag = None
+        if tags:
+            if len(tags) > 1:
+                out = None
+                for k, v in tags.items():
+                    got = {e["id"]: e for e in self.log(func_name, None, status, {k: v}, all)}
+                    out = got if out is None else {i: e for i, e in out.items() if i in got}
+                res = sorted(out.values(), key=lambda e: e["created_ms"], reverse=True)
+                return res[:limit] if limit else res
+            tag = next(iter(tags.items()))
+        return _entries(self._vault.list(func_name, tag, status, None, limit, all))
+
+    def show(self, hash: str) -> Entry:
+        return Entry(json.loads(self._vault.show(hash)))
+
+    def get(self, hash: str) -> Any:
+        data = self._vault.run_bytes(hash)
+        if data is None:
+            raise TaskError(f"the stored result of {hash} failed verification")
+        return self._serializer.loads(data)
+
+    def history(self, hash: str) -> list[Entry]:
+        return _entries(self._vault.history(hash))
+
+    def diff(self, hash_a: str, hash_b: str) -> dict[str, Any]:
+        a, b = self.show(hash_a), self.show(hash_b)
+        da, db = a.get("details") or {}, b.get("details") or {}
+        return {
+            "func_changed": da.get("source") != db.get("source") or a["task"] != b["task"],
+            "args_changed": da.get("args") != db.get("args"),
+            "output_changed": [n.get("digest") for n in a["outputs"]] != [n.get("digest") for n in b["outputs"]],
+            "key_changed": a["key"] != b["key"],
+            "size": (a["size"], b["size"]),
+            "duration_ms": (a.get("duration_ms"), b.get("duration_ms")),
+        }
+
+    def rm(self, hash: str) -> bool:
+        return self._vault.rm([hash]) > 0
+
+    def gc(self, older_than: _dt.timedelta | None = None, max_size_bytes: int | None = None) -> int:
+        secs = None if older_than is None else older_than.total_seconds()
+        report = json.loads(self._vault.gc(secs, max_size_bytes))
+        return int(sum(v for k, v in report.items() if isinstance(v, int) and k.endswith(("entries", "evicted", "expired", "removed"))))
+
+    def clear(self) -> int:
+        return self._vault.clear()
+
+    def invalidate(self, tags: Mapping[str, str | None]) -> int:
+        return sum(self._vault.invalidate(k, v) for k, v in tags.items())
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(self._vault.stats())
+
+    def verify(self) -> dict[str, Any]:
+        return json.loads(self._vault.verify())
+
+    def export(self, path: str | os.PathLike, func_name: str | None = None) -> dict[str, Any]:
+        return json.loads(self._vault.export(os.fspath(path), func_name))
+
+    def import_archive(self, path: str | os.PathLike) -> int:
+        return int(json.loads(self._vault.import_archive(os.fspath(path)))["imported"])
+
+
+_DEFAULT_OPTIONS = _TaskOptions()
+
+
+def _display_args(bound: Any) -> dict[str, Any]:
+    if isinstance(bound, dict):
+        return bound
+    args, kwargs = bound
+    return {**{f"arg{i}": a for i, a in enumerate(args)}, **kwargs}
+
+
+def _call(func: Callable, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+    if timeout is None:
+        return func(*args, **kwargs)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = func(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True, name=f"taskvault:{display_name(func)}")
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        # Python cannot stop a thread: we stop waiting, and the attempt counts as failed.
+        raise TimeoutError(f"{display_name(func)} did not finish within {timeout} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _normalize_item(t: Any, i: int) -> tuple[Callable, tuple, dict]:
+    if callable(t):
+        return t, (), {}
+    if isinstance(t, tuple) and 1 <= len(t) <= 3 and callable(t[0]):
+        f = t[0]
+        a = tuple(t[1]) if len(t) > 1 else ()
+        k = dict(t[2]) if len(t) > 2 else {}
+        return f, a, k
+    raise TypeError(f"task {i}: expected func, (func, args) or (func, args, kwargs), got {t!r}")
+
+
+def _task_refs(v: Any) -> set[int]:
+    out: set[int] = set()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, TaskRef):
+            out.add(x.index)
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            for y in x:
+                walk(y)
+        elif isinstance(x, dict):
+            for y in x.values():
+                walk(y)
+
+    walk(v)
+    return out
+
+
+def _substitute(v: Any, results: list) -> Any:
+    if isinstance(v, TaskRef):
+        return results[v.index]
+    t = type(v)
+    if t in (list, tuple):
+        return t(_substitute(x, results) for x in v)
+    if t in (set, frozenset):
+        return t(_substitute(x, results) for x in v)
+    if t is dict:
+        return {k: _substitute(x, results) for k, x in v.items()}
+    return v
+
+
+def _topological(deps: list[set[int]]) -> list[int]:
+    order: list[int] = []
+    state = [0] * len(deps)  # 0 new, 1 visiting, 2 done
+
+    for root in range(len(deps)):
+        if state[root]:
+            continue
+        stack = [(root, iter(sorted(deps[root])))]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                stack.pop()
+                state[node] = 2
+                order.append(node)
+            elif state[nxt] == 1:
+                raise ValueError(f"the batch has a cycle through task {nxt}")
+            elif state[nxt] == 0:
+                state[nxt] = 1
+                stack.append((nxt, iter(sorted(deps[nxt]))))
+    return order
+
+
+def _remote_submit(store_dir: str, serializer: Any, func: Callable, args: tuple, kwargs: dict) -> tuple:
+    """Runs one submit in another process (a process pool, Dask, Ray) on the same vault."""
+    r = _client_for(store_dir, serializer).submit(func, *args, **kwargs)
+    return (r.commit_hash, r.hash, r.size, r.task)

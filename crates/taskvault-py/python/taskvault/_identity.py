@@ -1,0 +1,385 @@
+"""Code identity: what a callable's result depends on besides its arguments.
+
+For a Python function that is:
+
+- its source, parsed and dumped as an AST (comments, docstrings, formatting and decorators
+  ignored), or, when there is no source (``exec``, some notebooks), its bytecode;
+- its defaults and keyword defaults;
+- every user-defined function, class or global value it references by name, resolved when it is
+  called (so ``module.helper = other`` is seen), recursively: helpers reached as ``name`` or as
+  ``module.name``, classes by their methods, nested functions by their code;
+- its closure's values.
+
+Library code (the standard library, site-packages) and builtins count by name only. A global or
+closure value that cannot be encoded is left out, and a ``KeyWarning`` names it once.
+
+Bound methods add their object's state; ``functools.partial`` adds its frozen arguments;
+decorated callables (``__wrapped__``, ``lru_cache``) count as the function they wrap plus the
+wrapper's own code.
+"""
+
+from __future__ import annotations
+
+import ast
+import dis
+import functools
+import hashlib
+import inspect
+import os
+import sys
+import sysconfig
+import textwrap
+import types
+import warnings
+from typing import Any
+
+from ._encode import Encoder, Unencodable
+
+__all__ = ["KeyWarning", "Identity", "SCHEME"]
+
+#: Bumped whenever what goes into a code identity changes.
+SCHEME = b"taskvault.py/1"
+
+
+class KeyWarning(UserWarning):
+    """Part of a function's context could not be made part of its cache key."""
+
+
+def _library_prefixes() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    import site
+
+    try:
+        roots |= set(site.getsitepackages())
+        roots.add(site.getusersitepackages())
+    except AttributeError:  # pragma: no cover (virtualenv's old site.py)
+        pass
+    out = []
+    for r in roots:
+        if r:
+            out.append(os.path.realpath(r) + os.sep)
+    return tuple(out)
+
+
+_LIBRARY = _library_prefixes()
+_PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_library_module(name: str | None) -> bool:
+    """Standard library, installed packages, builtins and this package: counted by name only."""
+    if not name:
+        return False
+    if name in sys.builtin_module_names or name == "builtins":
+        return True
+    mod = sys.modules.get(name)
+    f = getattr(mod, "__file__", None)
+    if not f:
+        # No file: frozen modules are the library; __main__ in a REPL or a notebook is user code.
+        spec = getattr(mod, "__spec__", None)
+        return spec is not None and spec.origin in ("built-in", "frozen")
+    f = os.path.realpath(f)
+    return f.startswith(_PACKAGE_DIR) or f.startswith(_LIBRARY) or os.sep + "site-packages" + os.sep in f
+
+
+def _strip_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        if isinstance(body[0].value.value, str):
+            return body[1:] or [ast.Pass()]
+    return body
+
+
+class _Normalize(ast.NodeTransformer):
+    def _fn(self, node: Any) -> Any:
+        node.body = _strip_docstring(node.body)
+        self.generic_visit(node)
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _fn
+
+
+class _Static:
+    """What a code object contributes without looking at any runtime value (cached per code)."""
+
+    __slots__ = ("digest", "source", "names", "attrs")
+
+    def __init__(self, digest: bytes, source: str, names: tuple[str, ...], attrs: tuple[tuple[str, str], ...]):
+        self.digest = digest
+        self.source = source
+        self.names = names  # global names referenced, sorted
+        self.attrs = attrs  # (global name, attribute) pairs referenced, sorted
+
+
+def _code_names(code: types.CodeType) -> tuple[set[str], set[tuple[str, str]]]:
+    """Global names and `name.attr` pairs referenced by a code object and its nested code."""
+    names: set[str] = set()
+    attrs: set[tuple[str, str]] = set()
+    prev_global: str | None = None
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            names.add(ins.argval)
+            prev_global = ins.argval
+            continue
+        if prev_global is not None and ins.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+            attrs.add((prev_global, ins.argval))
+        prev_global = None
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            n, a = _code_names(c)
+            names |= n
+            attrs |= a
+    return names, attrs
+
+
+def _bytecode_digest(code: types.CodeType, h: Any) -> None:
+    """The bytecode fallback: instructions and constants, recursively, without line numbers."""
+    h.update(f"py{sys.version_info[0]}.{sys.version_info[1]}".encode())
+    h.update(code.co_code)
+    h.update(repr((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars, code.co_argcount,
+                   code.co_kwonlyargcount, code.co_flags)).encode())
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            h.update(b"<code>")
+            _bytecode_digest(c, h)
+        else:
+            h.update(type(c).__name__.encode() + b":" + repr(c).encode() + b";")
+
+
+def _find_code(code: types.CodeType, name: str) -> types.CodeType | None:
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            if c.co_name == name:
+                return c
+            found = _find_code(c, name)
+            if found is not None:
+                return found
+    return None
+
+
+def _same_code(source: str, code: types.CodeType) -> bool:
+    try:
+        compiled = compile(source, "<source>", "exec")
+    except (SyntaxError, ValueError):
+        return False
+    # Nested definitions compile with their free variables as globals; compare instructions
+    # only where that cannot differ (module-level and methods); otherwise trust the source.
+    found = _find_code(compiled, code.co_name)
+    if found is None:
+        return False
+    if code.co_freevars or found.co_freevars != code.co_freevars:
+        return True
+    return found.co_code == code.co_code
+
+
+@functools.lru_cache(maxsize=4096)
+def _static(code: types.CodeType) -> _Static:
+    h = hashlib.blake2b(digest_size=32)
+    source = ""
+    tree = None
+    try:
+        source = textwrap.dedent(inspect.getsource(code))
+        parsed = ast.parse(source)
+        # The first definition whose name matches the code (a lambda's line may hold more).
+        for node in ast.walk(parsed):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == code.co_name:
+                node.decorator_list = []
+                tree = node
+                break
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        tree = None
+    if tree is not None and not _same_code(source, code):
+        # The file changed since the function was defined (an edited module not yet reloaded):
+        # the source on disk is not what runs, so the bytecode decides.
+        tree, source = None, ""
+    if tree is not None:
+        tree = _Normalize().visit(tree)
+        h.update(b"ast:")
+        h.update(ast.dump(tree, annotate_fields=False, include_attributes=False).encode())
+    else:
+        h.update(b"bytecode:")
+        _bytecode_digest(code, h)
+        if not source:
+            source = f"<no source: bytecode of {code.co_qualname}>"
+    names, attrs = _code_names(code)
+    return _Static(h.digest(), source, tuple(sorted(names)), tuple(sorted(attrs)))
+
+
+class Identity:
+    """Computes code identities, warning once per unencodable value."""
+
+    def __init__(self, ref_type: type):
+        self.ref_type = ref_type
+        self._warned: set[tuple[str, str]] = set()
+
+    def of(self, fn: Any) -> bytes:
+        """The identity digest of a callable."""
+        h = hashlib.blake2b(digest_size=32, person=b"tv-code")
+        h.update(SCHEME)
+        self._callable(fn, h, set())
+        return h.digest()
+
+    def source(self, fn: Any) -> str:
+        fn = _unwrap(fn)
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            return f"<{type(fn).__name__} {getattr(fn, '__qualname__', fn)!r}>"
+        return _static(code).source
+
+    def _encoder(self, h: Any) -> Encoder:
+        return Encoder(h.update, self.ref_type, self.of)
+
+    def _warn(self, where: str, name: str, why: str) -> None:
+        if (where, name) not in self._warned:
+            self._warned.add((where, name))
+            warnings.warn(
+                f"{where}: {name!r} is not part of the cache key ({why}); pass it as an argument if the result depends on it",
+                KeyWarning,
+                stacklevel=4,
+            )
+
+    def _callable(self, fn: Any, h: Any, seen: set[int]) -> None:
+        if isinstance(fn, functools.partial):
+            h.update(b"partial")
+            self._callable(fn.func, h, seen)
+            enc = self._encoder(h)
+            enc.encode(tuple(fn.args))
+            enc.encode(dict(fn.keywords))
+            return
+        if isinstance(fn, types.MethodType):
+            h.update(b"method")
+            self._callable(fn.__func__, h, seen)
+            self._encoder(h).encode(fn.__self__)
+            return
+        if isinstance(fn, types.FunctionType):
+            self._function(fn, h, seen)
+            return
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is not None:
+            # A C wrapper (lru_cache, cache): only the wrapped function matters.
+            h.update(b"wrapped")
+            self._callable(wrapped, h, seen)
+            return
+        if isinstance(fn, type):
+            self._class(fn, h, seen)
+            return
+        if isinstance(fn, (types.BuiltinFunctionType, types.BuiltinMethodType)) or not hasattr(fn, "__dict__"):
+            h.update(b"builtin:")
+            self_obj = getattr(fn, "__self__", None)
+            h.update(f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', repr(fn))}".encode())
+            if self_obj is not None and not isinstance(self_obj, types.ModuleType):
+                self._encoder(h).encode(self_obj)
+            return
+        # A callable object: its class's __call__ and its state.
+        h.update(b"object")
+        self._class(type(fn), h, seen)
+        self._encoder(h).encode(fn)
+
+    def _class(self, cls: type, h: Any, seen: set[int]) -> None:
+        h.update(f"class:{cls.__module__}.{cls.__qualname__}".encode())
+        if _is_library_module(cls.__module__) or id(cls) in seen:
+            return
+        seen.add(id(cls))
+        for name in sorted(vars(cls)):
+            attr = vars(cls)[name]
+            fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+            if isinstance(fn, property):
+                fn = fn.fget
+            if isinstance(fn, types.FunctionType):
+                h.update(b"m:" + name.encode())
+                self._function(fn, h, seen)
+        for base in cls.__bases__:
+            if base is not object:
+                self._class(base, h, seen)
+
+    def _function(self, fn: types.FunctionType, h: Any, seen: set[int]) -> None:
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is not None:
+            # A Python decorator's wrapper: its own code (below), and the function it wraps.
+            h.update(b"decorated")
+            self._callable(wrapped, h, seen)
+        mod = fn.__module__
+        h.update(f"fn:{mod}.{fn.__qualname__}".encode())
+        if _is_library_module(mod) or id(fn) in seen:
+            return
+        seen.add(id(fn))
+        st = _static(fn.__code__)
+        h.update(st.digest)
+        enc = self._encoder(h)
+        where = fn.__qualname__
+        try:
+            enc.encode(fn.__defaults__)
+            enc.encode(fn.__kwdefaults__)
+        except Unencodable as e:
+            raise Unencodable(f"default argument of {where}: {e}") from None
+        if fn.__closure__:
+            for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
+                try:
+                    value = cell.cell_contents
+                except ValueError:  # an empty cell (the function refers to itself, say)
+                    continue
+                h.update(b"cell:" + name.encode())
+                self._value(value, h, seen, where, name)
+        g = fn.__globals__
+        for name in st.names:
+            if name in g:
+                h.update(b"global:" + name.encode())
+                self._value(g[name], h, seen, where, name)
+        for name, attr in st.attrs:
+            mod_obj = g.get(name)
+            if isinstance(mod_obj, types.ModuleType) and not _is_library_module(mod_obj.__name__):
+                h.update(b"attr:" + name.encode() + b"." + attr.encode())
+                if hasattr(mod_obj, attr):
+                    self._value(getattr(mod_obj, attr), h, seen, where, f"{name}.{attr}")
+
+    def _value(self, v: Any, h: Any, seen: set[int], where: str, name: str) -> None:
+        if isinstance(v, types.ModuleType):
+            h.update(b"module:" + v.__name__.encode())
+            return
+        if isinstance(v, (types.FunctionType, types.MethodType, functools.partial, type)) or (
+            callable(v) and not hasattr(v, "__dict__")
+        ):
+            self._callable(v, h, seen)
+            return
+        if isinstance(v, (types.BuiltinFunctionType,)):
+            self._callable(v, h, seen)
+            return
+        if getattr(v, "__wrapped__", None) is not None and callable(v):
+            self._callable(v, h, seen)
+            return
+        if type(v).__module__ == "typing" or isinstance(v, type(Any)):
+            h.update(b"typing")
+            return
+        try:
+            parts: list[bytes] = []
+            self._encoder(types.SimpleNamespace(update=parts.append)).encode(v)
+        except (Unencodable, RecursionError) as e:
+            h.update(b"unencodable")
+            self._warn(where, name, str(e))
+            return
+        for p in parts:
+            h.update(p)
+
+
+def _unwrap(fn: Any) -> Any:
+    while True:
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif isinstance(fn, types.MethodType):
+            fn = fn.__func__
+        elif getattr(fn, "__wrapped__", None) is not None:
+            fn = fn.__wrapped__
+        else:
+            return fn
+
+
+def display_name(fn: Any) -> str:
+    """The default task name: the function's qualified name."""
+    base = _unwrap(fn)
+    name = getattr(base, "__qualname__", None) or getattr(type(base), "__qualname__", "callable")
+    return name
+
+
+def module_of(fn: Any) -> str:
+    return getattr(_unwrap(fn), "__module__", None) or ""
+

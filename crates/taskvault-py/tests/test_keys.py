@@ -1,0 +1,284 @@
+"""Code and argument identity: what makes two calls share an entry, and what does not."""
+
+import functools
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from taskvault import Client, KeyWarning, Unencodable
+from conftest import bump
+
+
+def twice(file, x):
+    bump(file)
+    return x * 2
+
+
+def test_equal_calls_share_an_entry(client, counter):
+    assert client.submit(twice, counter.file, 21).load() == 42
+    assert client.submit(twice, counter.file, 21).load() == 42
+    assert counter.n == 1
+    assert client.submit(twice, counter.file, 22).load() == 44
+    assert counter.n == 2
+
+
+def defaults(file, a, b=2):
+    bump(file)
+    return a + b
+
+
+def test_calls_are_bound_to_the_signature_with_defaults(client, counter):
+    r1 = client.submit(defaults, counter.file, 1)
+    r2 = client.submit(defaults, counter.file, 1, 2)
+    r3 = client.submit(defaults, counter.file, b=2, a=1)
+    assert r1.commit_hash == r2.commit_hash == r3.commit_hash
+    assert counter.n == 1
+    client.submit(defaults, counter.file, 1, b=3)
+    assert counter.n == 2
+
+
+def ident(x):
+    return x
+
+
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        (1, 1.0),
+        (1, True),
+        (0, False),
+        ("1", 1),
+        ([1, 2], (1, 2)),
+        (b"x", "x"),
+        (b"x", bytearray(b"x")),
+        ({1: 2}, {1: 3}),
+        ({1, 2}, frozenset({1, 2})),
+        (None, 0),
+        (0.0, -0.0),
+        ([[1], 2], [1, [2]]),
+        ("ab", ["a", "b"]),
+    ],
+)
+def test_unequal_values_never_collide(client, a, b):
+    assert client.submit(ident, a).commit_hash != client.submit(ident, b).commit_hash
+
+
+def test_sets_and_dicts_are_order_independent(client):
+    assert client.submit(ident, {3, 1, 2}).commit_hash == client.submit(ident, {1, 2, 3}).commit_hash
+    d1 = {"a": 1, "b": 2}
+    d2 = {"b": 2, "a": 1}
+    assert client.submit(ident, d1).commit_hash == client.submit(ident, d2).commit_hash
+
+
+def test_numpy_arrays_differing_in_one_middle_element_miss(client):
+    np = pytest.importorskip("numpy")
+    a = np.arange(1_000_000, dtype=np.float64)
+    b = a.copy()
+    b[500_000] += 1
+    ra, rb = client.submit(ident, a), client.submit(ident, b)
+    assert ra.commit_hash != rb.commit_hash
+    assert client.submit(ident, a.copy()).commit_hash == ra.commit_hash
+    # Same bytes, other dtype or shape: other arrays.
+    assert client.submit(ident, a.view(np.int64)).commit_hash != ra.commit_hash
+    assert client.submit(ident, a.reshape(1000, 1000)).commit_hash != ra.commit_hash
+    np.testing.assert_array_equal(rb.load(), b)
+
+
+def test_dataframes_by_content_and_in_place_edits_miss(client):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"x": [1, 2, 3], "y": ["a", "b", "c"]})
+    r1 = client.submit(ident, df)
+    assert client.submit(ident, df.copy()).commit_hash == r1.commit_hash
+    df.loc[1, "x"] = 20
+    assert client.submit(ident, df).commit_hash != r1.commit_hash
+    other_index = pd.DataFrame({"x": [1, 2, 3], "y": ["a", "b", "c"]}, index=[5, 6, 7])
+    assert client.submit(ident, other_index).commit_hash != r1.commit_hash
+    as_float = pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": ["a", "b", "c"]})
+    assert client.submit(ident, as_float).commit_hash != r1.commit_hash
+    s = pd.Series([1, 2, 3], name="x")
+    assert client.submit(ident, s).commit_hash != client.submit(ident, s.rename("z")).commit_hash
+
+
+def test_numpy_and_pandas_are_not_imported_by_encoding():
+    code = (
+        "import sys, tempfile; from taskvault import Client\n"
+        "c = Client(store_dir=tempfile.mkdtemp())\n"
+        "c.submit(len, [1, 2, {3: 'x'}])\n"
+        "assert 'numpy' not in sys.modules and 'pandas' not in sys.modules, sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class M:
+    def __init__(self, k):
+        self.k = k
+
+    def mul(self, x):
+        return self.k * x
+
+
+def test_bound_methods_include_their_objects_state(client):
+    assert client.submit(M(2).mul, 10).load() == 20
+    assert client.submit(M(3).mul, 10).load() == 30
+    assert client.submit(M(2).mul, 10).commit_hash == client.submit(M(2).mul, 10).commit_hash
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+class Other:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+def test_objects_by_class_and_state(client):
+    assert client.submit(ident, Point(1, 2)).commit_hash == client.submit(ident, Point(1, 2)).commit_hash
+    assert client.submit(ident, Point(1, 2)).commit_hash != client.submit(ident, Point(1, 3)).commit_hash
+    assert client.submit(ident, Point(1, 2)).commit_hash != client.submit(ident, Other(1, 2)).commit_hash
+
+
+def type_name(file, obj):
+    bump(file)
+    return type(obj).__name__
+
+
+def test_unencodable_arguments_raise_or_skip(client, counter):
+    import threading
+
+    lock = threading.Lock()
+    with pytest.raises(Unencodable, match="lock"):
+        client.submit(ident, lock)
+    with pytest.warns(UserWarning, match="not cached"):
+        r = client.submit(type_name, counter.file, lock, _on_unencodable="skip")
+    assert r.load() == "lock"
+    client.submit(type_name, counter.file, lock, _on_unencodable="skip")
+    assert counter.n == 2  # never cached
+    # A self-containing list is refused, not looped on.
+    x = []
+    x.append(x)
+    with pytest.raises(Unencodable, match="contains itself"):
+        client.submit(ident, x)
+
+
+def test_helper_changed_through_module_attribute_invalidates(client, make_module):
+    helpers = make_module("tv_helpers", "def helper(x):\n    return x + 1\n")
+    user = make_module(
+        "tv_user",
+        "import tv_helpers\n\ndef work(x):\n    return tv_helpers.helper(x) * 10\n",
+    )
+    r1 = client.submit(user.work, 1)
+    assert r1.load() == 20
+    assert client.submit(user.work, 1).commit_hash == r1.commit_hash
+    helpers = make_module("tv_helpers", "def helper(x):\n    return x + 2\n")
+    user.tv_helpers = helpers
+    r2 = client.submit(user.work, 1)
+    assert r2.commit_hash != r1.commit_hash
+    assert r2.load() == 30
+
+
+def test_helpers_by_name_and_nested_functions_count(client, make_module):
+    m = make_module(
+        "tv_named",
+        """
+        def helper(x):
+            return x + 1
+
+        def work(x):
+            def inner(y):
+                return y * 3
+            return inner(helper(x))
+        """,
+    )
+    r1 = client.submit(m.work, 1)
+    m.helper = lambda x: x + 100
+    assert client.submit(m.work, 1).commit_hash != r1.commit_hash
+
+
+def test_comments_docstrings_and_formatting_do_not_matter(client, make_module):
+    a = make_module("tv_fmt", "def f(x):\n    return x + 1\n")
+    ka = client.submit(a.f, 1).commit_hash
+    b = make_module("tv_fmt", 'def f( x ):\n    """Adds one."""\n    # a comment\n    return (x + 1)\n')
+    assert client.submit(b.f, 1).commit_hash == ka
+    c = make_module("tv_fmt", "def f(x):\n    return x + 2\n")
+    assert client.submit(c.f, 1).commit_hash != ka
+
+
+def test_closures_and_global_values_are_part_of_the_key(client, make_module):
+    def make(k):
+        def f(x):
+            return x * k
+
+        return f
+
+    assert client.submit(make(2), 5).load() == 10
+    assert client.submit(make(3), 5).load() == 15
+    m = make_module("tv_glob", "SCALE = 2\n\ndef f(x):\n    return x * SCALE\n")
+    r1 = client.submit(m.f, 5)
+    m.SCALE = 3
+    r2 = client.submit(m.f, 5)
+    assert (r1.load(), r2.load()) == (10, 15)
+
+
+def test_an_unencodable_global_is_named_in_a_warning(client, make_module):
+    m = make_module("tv_warn", "import threading\nLOCK = threading.Lock()\n\ndef f(x):\n    with LOCK:\n        return x\n")
+    with pytest.warns(KeyWarning, match="LOCK"):
+        assert client.submit(m.f, 1).load() == 1
+
+
+def test_functions_without_source_use_their_bytecode(client):
+    ns1, ns2, ns3 = {}, {}, {}
+    exec("def g(x):\n    return x + 1\n", ns1)
+    exec("def g(x):\n    return x + 1\n", ns2)
+    exec("def g(x):\n    return x - 1\n", ns3)
+    assert client.submit(ns1["g"], 1).load() == 2
+    assert client.submit(ns1["g"], 1).commit_hash == client.submit(ns2["g"], 1).commit_hash
+    assert client.submit(ns3["g"], 1).load() == 0
+
+
+def deco(fn):
+    @functools.wraps(fn)
+    def wrapper(*a, **k):
+        return fn(*a, **k)
+
+    return wrapper
+
+
+@deco
+def decorated(x):
+    return x + 1
+
+
+@functools.lru_cache(maxsize=None)
+def memoized(x):
+    return x * 7
+
+
+def test_builtins_partials_and_wrapped_callables(client):
+    assert client.submit(len, [1, 2, 3]).load() == 3
+    assert client.submit(max, [1, 5, 3]).load() == 5
+    assert client.submit(len, [1]).commit_hash != client.submit(max, [1]).commit_hash
+    p2 = functools.partial(defaults, "/dev/null", b=5)
+    assert client.submit(p2, 1).load() == 6
+    p3 = functools.partial(defaults, "/dev/null", b=6)
+    assert client.submit(p2, 1).commit_hash != client.submit(p3, 1).commit_hash
+    assert client.submit(decorated, 1).load() == 2
+    assert client.submit(memoized, 2).load() == 14
+
+
+def test_serializer_is_part_of_the_key(vault_dir):
+    from taskvault import JsonSerializer
+
+    a = Client(store_dir=vault_dir).submit(ident, [1])
+    b = Client(store_dir=vault_dir, serializer=JsonSerializer()).submit(ident, [1])
+    assert a.commit_hash != b.commit_hash
+    assert b.load() == [1]
+
+
+def test_no_warning_for_plain_functions(client):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.submit(twice, "/dev/null", 1)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs everything CI runs: formatting, lints, and the whole test suite.
+# Runs everything CI runs: formatting, lints, the Rust test suite and the Python SDK's pytest suite.
 # Set TASKVAULT_CRASH_KILLS=200 for the slow crash tier (CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast
+bash scripts/test-python.sh

@@ -106,7 +106,9 @@ pub fn show(cli: &Cli, v: &Vault, hash: &str) -> Result<Outcome> {
         let name = if n.path.is_empty() { "." } else { &n.path };
         lines.push(format!("  {:04o}  {:>10}  {name}  {what}", n.mode, human::size(n.size as i64)));
     }
-    if !e.details.is_null() {
+    if e.details.get("kind").and_then(|k| k.as_str()) == Some("python") {
+        python_details(&e.details, &mut lines);
+    } else if !e.details.is_null() {
         lines.push(format!("details:    {}", e.details));
     }
     for l in lines {
@@ -228,4 +230,26 @@ pub fn diff(cli: &Cli, v: &Vault, a: &str, b: &str) -> Result<Outcome> {
         }
     }
     Ok(Outcome::Ok)
+}
+
+/// A Python SDK run: the function, its arguments (as displayed, never part of the key), the runs
+/// it consumed, and its source.
+fn python_details(d: &serde_json::Value, lines: &mut Vec<String>) {
+    let text = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    lines.push(format!("function:   {} (module {})", text("function"), text("module")));
+    lines.push(format!("python:     {} (serializer {})", text("python"), text("serializer")));
+    if let Some(args) = d.get("args").and_then(|a| a.as_object()) {
+        lines.push("arguments:".into());
+        for (name, value) in args {
+            lines.push(format!("  {name} = {}", value.as_str().unwrap_or_default()));
+        }
+    }
+    if let Some(parents) = d.get("parents").and_then(|p| p.as_array()).filter(|p| !p.is_empty()) {
+        let ids: Vec<&str> = parents.iter().filter_map(|p| p.as_str()).collect();
+        lines.push(format!("parents:    {}", ids.join(" ")));
+    }
+    lines.push("source:".into());
+    for l in text("source").lines() {
+        lines.push(format!("  {l}"));
+    }
 }

@@ -1,0 +1,333 @@
+"""The client's behaviour: results, failures, options, pipelines, maintenance, and the CLI's view."""
+
+import asyncio
+import concurrent.futures as cf
+import datetime as dt
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import taskvault
+from taskvault import AsyncClient, Client, JsonSerializer, SafePickleSerializer, TaskError, TaskRef
+from conftest import bump
+
+
+def add(file, a, b):
+    bump(file)
+    return a + b
+
+
+def fail(file, message):
+    bump(file)
+    raise ValueError(message)
+
+
+def test_task_errors_carry_the_original_traceback(client, counter):
+    with pytest.raises(TaskError) as e:
+        client.submit(fail, counter.file, "boom")
+    assert "ValueError: boom" in str(e.value)
+    assert "in fail" in e.value.traceback and "raise ValueError(message)" in e.value.traceback
+    # Failures are not cached: the next call runs again.
+    with pytest.raises(TaskError):
+        client.submit(fail, counter.file, "boom")
+    assert counter.n == 2
+
+
+_flaky_state = {}
+
+
+def flaky(file, until):
+    bump(file)
+    if len(pathlib.Path(file).read_text()) < until:
+        raise RuntimeError("not yet")
+    return "ok"
+
+
+def test_retries(client, counter):
+    assert client.submit(flaky, counter.file, 3, _retries=2).load() == "ok"
+    assert counter.n == 3
+    with pytest.raises(TaskError, match="after 2 attempts"):
+        client.submit(flaky, counter.file + "2", 5, _retries=1)
+
+
+def sleepy(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_timeout_stops_waiting_and_fails(client):
+    started = time.monotonic()
+    with pytest.raises(TaskError, match="did not finish within 0.2"):
+        client.submit(sleepy, 3, _timeout=0.2)
+    assert time.monotonic() - started < 2.5
+    assert client.stats()["entries"] == 0
+
+
+def test_cache_false_always_runs_and_force_overwrites(client, counter):
+    a = client.submit(add, counter.file, 1, 2, _cache=False)
+    b = client.submit(add, counter.file, 1, 2, _cache=False)
+    assert counter.n == 2 and a.commit_hash != b.commit_hash
+    c = client.submit(add, counter.file, 1, 2)
+    d = client.submit(add, counter.file, 1, 2, _force=True)
+    assert counter.n == 4 and c.commit_hash != d.commit_hash
+    assert client.submit(add, counter.file, 1, 2).commit_hash == d.commit_hash
+    assert [e["id"] for e in client.history(d.commit_hash)] == [c.commit_hash, d.commit_hash]
+
+
+def test_task_decorator_with_options(client, counter):
+    @client.task(name="adder", tags={"team": "ml"}, retries=1)
+    def adder(file, a):
+        bump(file)
+        return a + 1
+
+    r = adder(counter.file, 1)
+    assert r.load() == 2 and r.task == "adder"
+    assert client.submit(adder, counter.file, 1).commit_hash == r.commit_hash
+    assert counter.n == 1
+    e = client.show(r.commit_hash)
+    assert e["tags"] == {"team": "ml"} and e["task"] == "adder"
+    assert client.invalidate(tags={"team": "ml"}) == 1
+    adder(counter.file, 1)
+    assert counter.n == 2
+
+
+def test_ttl(client, counter):
+    client.submit(add, counter.file, 1, 1, _ttl=1)
+    client.submit(add, counter.file, 1, 1)
+    assert counter.n == 1
+    time.sleep(1.2)
+    client.submit(add, counter.file, 1, 1)
+    assert counter.n == 2
+
+
+def test_result_refs_chain_and_nest(client, counter):
+    a = client.submit(add, counter.file, 1, 2)
+    b = client.submit(add, counter.file, a, 10)
+    assert b.load() == 13
+    nested = client.submit(add, counter.file, [a], [{"k": a}])
+    assert nested.load() == [3, {"k": 3}]
+    assert client.show(b.commit_hash)["details"]["parents"] == [a.commit_hash]
+    # The key follows the upstream result's content, not its run: equal content, same key.
+    a2 = client.submit(add, counter.file, 2, 1)
+    assert a2.hash == a.hash
+    assert client.submit(add, counter.file, a2, 10).commit_hash == b.commit_hash
+
+
+def test_submit_many_orders_parallelizes_and_validates(client, counter):
+    active, peak = [0], [0]
+    lock = threading.Lock()
+
+    def step(x):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        return x + 1
+
+    refs = client.submit_many(
+        [(step, (TaskRef(1),)), (step, (1,)), (step, (2,)), (step, (3,)), (step, (TaskRef(0),))],
+        max_workers=4,
+    )
+    assert [r.load() for r in refs] == [3, 2, 3, 4, 4]
+    assert peak[0] >= 2
+    with pytest.raises(ValueError, match="cycle"):
+        client.submit_many([(step, (TaskRef(1),)), (step, (TaskRef(0),))])
+    with pytest.raises(ValueError, match="TaskRef\\(5\\)"):
+        client.submit_many([(step, (TaskRef(5),))])
+
+
+def square(x, offset=0):
+    return x * x + offset
+
+
+def test_map_caches_per_item(client):
+    refs = client.map(square, range(20), offset=1)
+    assert [r.load() for r in refs] == [x * x + 1 for x in range(20)]
+    before = client.stats()["saves"]
+    refs2 = client.map(square, range(21), offset=1, max_workers=3)
+    assert [r.commit_hash for r in refs2[:20]] == [r.commit_hash for r in refs]
+    assert client.stats()["saves"] == before + 1
+
+
+def test_map_on_a_process_pool(client):
+    with cf.ProcessPoolExecutor(max_workers=2) as ex:
+        refs = client.map(square, range(6), executor=ex)
+    assert [r.load() for r in refs] == [x * x for x in range(6)]
+    assert client.stats()["entries"] == 6
+
+
+def test_concurrent_threads_run_once(client, counter):
+    def slow(file):
+        bump(file)
+        time.sleep(0.5)
+        return "done"
+
+    with cf.ThreadPoolExecutor(8) as ex:
+        out = list(ex.map(lambda _: Client(store_dir=client.store_dir).submit(slow, counter.file).load(), range(8)))
+    assert out == ["done"] * 8 and counter.n == 1
+
+
+WORKER = """
+import sys, time
+sys.path.insert(0, {dir!r})
+from taskvault import Client, TaskError
+import tv_slow
+start = float(sys.argv[1])
+while time.time() < start:
+    time.sleep(0.005)
+try:
+    print(Client(store_dir={vault!r}).submit(getattr(tv_slow, sys.argv[2]), {count!r}).load())
+except TaskError as e:
+    print("TaskError:", str(e).splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("fn,expected", [("slow", "42"), ("slow_fail", "TaskError: slow_fail failed: RuntimeError: nope")])
+def test_eight_processes_execute_once(tmp_path, vault_dir, counter, fn, expected):
+    (tmp_path / "tv_slow.py").write_text(textwrap.dedent("""
+        import time
+
+        def slow(file):
+            with open(file, "a") as f:
+                f.write("x")
+            time.sleep(1)
+            return 42
+
+        def slow_fail(file):
+            with open(file, "a") as f:
+                f.write("x")
+            time.sleep(1)
+            raise RuntimeError("nope")
+    """))
+    script = WORKER.format(dir=str(tmp_path), vault=vault_dir, count=counter.file)
+    start = str(time.time() + 1.0)
+    procs = [subprocess.Popen([sys.executable, "-c", script, start, fn], stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert outs == [expected] * 8
+    assert counter.n == 1
+
+
+def big(n):
+    return b"x" * n + os.urandom(16)
+
+
+def test_a_corrupt_blob_is_recomputed(client, vault_dir):
+    r = client.submit(big, 200_000)
+    blobs = [p for p in pathlib.Path(vault_dir, "blobs").rglob("*") if p.is_file()]
+    assert len(blobs) == 1
+    data = bytearray(blobs[0].read_bytes())
+    data[len(data) // 2] ^= 1
+    blobs[0].chmod(0o644)
+    blobs[0].write_bytes(bytes(data))
+    r2 = client.submit(big, 200_000)
+    assert r2.commit_hash != r.commit_hash and len(r2.load()) == 200_016
+    assert client.stats()["corrupt"] == 1
+
+
+def test_inspection_and_maintenance(client, counter, tmp_path):
+    a = client.submit(add, counter.file, 1, 2, _tags={"exp": "v1"})
+    b = client.submit(add, counter.file, 2, 2)
+    assert [e["id"] for e in client.log()] == [b.commit_hash, a.commit_hash]
+    assert [e["id"] for e in client.log(func_name="add", tags={"exp": "v1"})] == [a.commit_hash]
+    assert client.get(a.commit_hash[:10]) == 3
+    e = client.show(a.commit_hash)
+    assert "def add(file, a, b)" in e["details"]["source"] and e["details"]["args"]["a"] == "1"
+    d = client.diff(a.commit_hash, b.commit_hash)
+    assert d["args_changed"] and not d["func_changed"] and d["output_changed"]
+    s = client.stats()
+    assert s["entries"] == 2 and s["hits"] == 0
+    archive = tmp_path / "x.tar.zst"
+    assert client.export(archive)["entries"] == 2
+    other = Client(store_dir=str(tmp_path / "other"))
+    assert other.import_archive(archive) == 2
+    assert other.get(a.commit_hash) == 3
+    assert client.rm(a.commit_hash)
+    with pytest.raises(taskvault.NotFoundError):
+        client.show(a.commit_hash)
+    assert client.gc(older_than=dt.timedelta(0)) >= 0
+    assert client.clear() >= 0
+    assert client.stats()["entries"] == 0
+
+
+def test_serializers(tmp_path):
+    j = Client(store_dir=str(tmp_path / "j"), serializer=JsonSerializer())
+    assert j.submit(square, 3).load() == 9
+    safe = Client(store_dir=str(tmp_path / "s"), serializer=SafePickleSerializer())
+    assert safe.submit(square, 4).load() == 16
+    np = pytest.importorskip("numpy")
+    arr = safe.submit(np.arange, 5).load()
+    np.testing.assert_array_equal(arr, np.arange(5))
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with pytest.raises(pickle.UnpicklingError, match="allowlist"):
+        SafePickleSerializer().loads(pickle.dumps(Evil()))
+
+    class Custom:
+        name = "upper"
+
+        def dumps(self, o):
+            return o.upper().encode()
+
+        def loads(self, b):
+            return b.decode()
+
+    c = Client(store_dir=str(tmp_path / "c"), serializer=Custom())
+    assert c.submit(str, "abc").load() == "ABC"
+
+
+def test_async_client(vault_dir, counter):
+    async def main():
+        async with AsyncClient(store_dir=vault_dir) as c:
+            r = await c.submit(add, counter.file, 1, 2)
+            assert await r.load() == 3
+            r2 = await c.submit(add, counter.file, r, 1)
+            assert await r2.load() == 4
+            refs = await c.map(square, range(3))
+            assert [await x.load() for x in refs] == [0, 1, 4]
+            assert len(await c.log()) == 5
+            assert (await c.stats())["entries"] == 5
+
+    asyncio.run(main())
+    assert counter.n == 2
+
+
+def test_seed_sdk_functions(vault_dir):
+    assert taskvault.get_cached_result("t", b"in", store_dir=vault_dir) == (None, False)
+    taskvault.cache_result("t", b"in", b"out", store_dir=vault_dir)
+    assert taskvault.get_cached_result("t", b"in", store_dir=vault_dir) == (b"out", True)
+
+
+def test_the_cli_sees_python_runs(client, counter, cli, vault_dir):
+    a = client.submit(add, counter.file, 1, 2)
+    b = client.submit(add, counter.file, 1, 2, _force=True)
+    env = {**os.environ, "TASKVAULT_DIR": vault_dir, "NO_COLOR": "1"}
+
+    def tv(*args):
+        return subprocess.run([cli, *args], env=env, capture_output=True, text=True, check=True).stdout
+
+    log = json.loads(tv("log", "--json", "--all"))
+    assert {e["id"] for e in log} == {a.commit_hash, b.commit_hash}
+    show = tv("show", b.commit_hash[:12])
+    assert "def add(file, a, b):" in show and "a = 1" in show and "b = 2" in show
+    assert a.commit_hash[:12] in tv("history", b.commit_hash[:12])
+    assert tv("diff", a.commit_hash[:12], b.commit_hash[:12])
+    assert tv("get", b.commit_hash[:12], "-o", os.path.join(vault_dir, "..", "out.pickle")) == ""
+
+
+def test_store_dir_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TASKVAULT_DIR", str(tmp_path / "env-vault"))
+    assert Client().store_dir == str(tmp_path / "env-vault")

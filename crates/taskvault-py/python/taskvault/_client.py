@@ -359,10 +359,15 @@ class Client:
                 "serializer": self._serializer_name.decode(),
                 "python": sys.version.split()[0],
             }
-            run_id, digest, size = self._vault.save(
-                key, data, ttl=None if options.ttl is None else int(options.ttl), tags=options.tags or None,
-                details=json.dumps(details), duration_ms=duration_ms,
-            )
+            try:
+                run_id, digest, size = self._vault.save(
+                    key, data, ttl=None if options.ttl is None else int(options.ttl), tags=options.tags or None,
+                    details=json.dumps(details), duration_ms=duration_ms,
+                )
+            except _native.TooLargeError as e:
+                # The work is done; losing its result to a policy would be worse than not caching it.
+                warnings.warn(f"{key.task}: result not cached: {e}", stacklevel=3)
+                return ResultRef(self, "", "", len(data), key.task, data)
         finally:
             if claim is not None:
                 claim.release()

@@ -11,6 +11,7 @@ rm -rf "$repo/target/wheels"
 (cd "$repo/crates/taskvault-py" && "$venv/bin/maturin" build --release --locked --quiet -o "$repo/target/wheels")
 "$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$repo"/target/wheels/taskvault-*.whl
 cargo build --locked --quiet --manifest-path "$repo/Cargo.toml" -p taskvault-cli
+export TASKVAULT_BIN="${CARGO_TARGET_DIR:-$repo/target}/debug/taskvault"
 # From the tests directory, so `import taskvault` finds the installed wheel, not the sources.
 cd "$repo/crates/taskvault-py/tests"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider

@@ -40,9 +40,6 @@ def test_task_errors_carry_the_original_traceback(client, counter):
     assert counter.n == 2
 
 
-_flaky_state = {}
-
-
 def flaky(file, until):
     bump(file)
     if len(pathlib.Path(file).read_text()) < until:

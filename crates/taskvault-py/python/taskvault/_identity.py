@@ -337,14 +337,8 @@ class Identity:
             h.update(b"module:" + v.__name__.encode())
             return
         if isinstance(v, (types.FunctionType, types.MethodType, functools.partial, type)) or (
-            callable(v) and not hasattr(v, "__dict__")
+            callable(v) and (not hasattr(v, "__dict__") or getattr(v, "__wrapped__", None) is not None)
         ):
-            self._callable(v, h, seen)
-            return
-        if isinstance(v, (types.BuiltinFunctionType,)):
-            self._callable(v, h, seen)
-            return
-        if getattr(v, "__wrapped__", None) is not None and callable(v):
             self._callable(v, h, seen)
             return
         if type(v).__module__ == "typing" or isinstance(v, type(Any)):

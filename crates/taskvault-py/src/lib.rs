@@ -73,8 +73,12 @@ fn poisoned() -> PyErr {
 type Hit<'py> = (String, String, u64, Bound<'py, PyBytes>);
 
 fn hit<'py>(py: Python<'py>, e: &taskvault::Entry, bytes: &[u8]) -> Hit<'py> {
-    let digest = e.outputs.first().and_then(|n| n.digest).map(|d| d.hex()).unwrap_or_default();
-    (e.id.clone(), digest, e.size, PyBytes::new(py, bytes))
+    (e.id.clone(), output_digest(e), e.size, PyBytes::new(py, bytes))
+}
+
+/// The digest of a bytes entry's one output (hex), what `ResultRef.hash` shows.
+fn output_digest(e: &taskvault::Entry) -> String {
+    e.outputs.first().and_then(|n| n.digest).map(|d| d.hex()).unwrap_or_default()
 }
 
 fn json<T: serde::Serialize>(v: &T) -> PyResult<String> {
@@ -178,7 +182,7 @@ impl Vault {
         };
         let e =
             py.detach(|| self.inner.save(&key.inner, Output::Bytes(data), &opts)).map_err(to_py)?;
-        let digest = e.outputs.first().and_then(|n| n.digest).map(|d| d.hex()).unwrap_or_default();
+        let digest = output_digest(&e);
         Ok((e.id, digest, e.size))
     }
 

@@ -12,8 +12,6 @@ encoding, never ``repr``) and the serializer. ``docs/keys.md`` in the repository
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._native import ConfigError, NotFoundError, TaskVaultError, TooLargeError
 from ._native import Vault as _Vault
 from ._async import AsyncClient, AsyncResultRef
@@ -48,7 +46,3 @@ def cache_result(task: str, input_bytes: bytes, output_bytes: bytes, store_dir: 
 def get_cached_result(task: str, input_bytes: bytes, store_dir: str | None = None) -> tuple[bytes | None, bool]:
     """The first seed's SDK: ``(output_bytes, True)`` on a hit, ``(None, False)`` on a miss."""
     return _vault(store_dir).get_cached_result(task, bytes(input_bytes))
-
-
-def __getattr__(name: str) -> Any:
-    raise AttributeError(f"module 'taskvault' has no attribute {name!r}")

@@ -110,9 +110,6 @@ def _entries(text: str) -> list[Entry]:
     return [Entry(e) for e in json.loads(text)]
 
 
-_MISSING = object()
-
-
 class _TaskOptions:
     __slots__ = ("name", "cache", "force", "tags", "retries", "timeout", "ttl", "on_unencodable")
 
@@ -275,10 +272,10 @@ class Client:
         ba.apply_defaults()
         return ba.arguments
 
-    def _key(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> Any:
+    def _key(self, func: Callable, bound: Any, options: _TaskOptions) -> Any:
         task = options.name or display_name(func)
         h = hashlib.blake2b(digest_size=32, person=b"tv-args")
-        Encoder(h.update, ResultRef, self._identity.of).encode(self._bound(func, args, kwargs))
+        Encoder(h.update, ResultRef, self._identity.of).encode(bound)
         ingredients = [
             ("py.scheme", SCHEME),
             ("py.code", self._identity.of(func)),
@@ -291,8 +288,9 @@ class Client:
         return self._vault.key(task, ingredients)
 
     def _submit(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> ResultRef:
+        bound = self._bound(func, args, kwargs)
         try:
-            key = self._key(func, args, kwargs, options)
+            key = self._key(func, bound, options)
         except Unencodable as e:
             if options.on_unencodable == "raise":
                 raise
@@ -305,7 +303,7 @@ class Client:
             if got is not None:
                 return ResultRef(self, got[0], got[1], got[2], key.task, got[3])
         if options.force or not options.cache:
-            return self._compute(key, func, args, kwargs, options, None)
+            return self._compute(key, func, args, kwargs, bound, options, None)
         while True:
             status, payload = self._vault.claim(key)
             if status == "ready":
@@ -313,7 +311,7 @@ class Client:
             if status == "failed":
                 msg, _, tb = payload.partition("\n\n")
                 raise TaskError(msg, tb)
-            return self._compute(key, func, args, kwargs, options, payload)
+            return self._compute(key, func, args, kwargs, bound, options, payload)
 
     def _attempts(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> Any:
         call_args = _resolve_refs(args)
@@ -331,7 +329,7 @@ class Client:
                     raise TaskError(f"{name} failed{tries}: {type(e).__name__}: {e}", tb) from e
                 time.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
 
-    def _compute(self, key: Any, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions,
+    def _compute(self, key: Any, func: Callable, args: tuple, kwargs: dict, bound: Any, options: _TaskOptions,
                  claim: Any) -> ResultRef:
         started = time.monotonic()
         try:
@@ -354,7 +352,7 @@ class Client:
                 "function": display_name(func),
                 "module": module_of(func),
                 "source": self._identity.source(func),
-                "args": {k: _short(v) for k, v in _display_args(self._bound(func, args, kwargs)).items()},
+                "args": {k: _short(v) for k, v in _display_args(bound).items()},
                 "parents": parents,
                 "serializer": self._serializer_name.decode(),
                 "python": sys.version.split()[0],

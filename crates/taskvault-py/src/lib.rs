@@ -14,8 +14,9 @@ use taskvault::{Claim, DetachedClaim, Filter, Output, SaveOptions, Status, TaskK
 
 use error::{from_anyhow, to_py};
 
-/// An open vault (shareable between threads).
-#[pyclass(frozen, module = "taskvault._native")]
+/// An open vault (shareable between threads), in the engine's resident mode: results it served
+/// are kept in memory while they are current, hits are counted in batches (`flush`).
+#[pyclass(frozen, weakref, module = "taskvault._native")]
 struct Vault {
     inner: Arc<taskvault::Vault>,
 }
@@ -65,6 +66,23 @@ impl ClaimHandle {
     }
 }
 
+/// Commits deferred saves as they fall due, until the vault is dropped.
+fn spawn_committer(vault: &Arc<taskvault::Vault>) -> PyResult<()> {
+    let weak = Arc::downgrade(vault);
+    std::thread::Builder::new()
+        .name("taskvault-commit".into())
+        .spawn(move || {
+            while let Some(v) = weak.upgrade() {
+                if let Err(e) = v.commit_deferred_when_due(std::time::Duration::from_millis(100)) {
+                    // The claims went with the batch; the results will be computed again.
+                    eprintln!("taskvault: deferred saves were not committed: {e}");
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| error::TaskVaultError::new_err(format!("starting the commit thread: {e}")))
+}
+
 fn poisoned() -> PyErr {
     error::TaskVaultError::new_err("a claim's lock was poisoned by a panic")
 }
@@ -94,8 +112,12 @@ impl Vault {
     fn new(py: Python<'_>, dir: Option<PathBuf>, config: Option<PathBuf>) -> PyResult<Vault> {
         let o = taskvault_settings::Overrides { dir, config, verbose: 0, identity: true };
         let resolved = py.detach(|| taskvault_settings::resolve(&o)).map_err(from_anyhow)?;
-        let inner = py.detach(|| taskvault::Vault::open(resolved.settings)).map_err(to_py)?;
-        Ok(Vault { inner: Arc::new(inner) })
+        let inner = py
+            .detach(|| taskvault::Vault::open(resolved.settings).and_then(|v| v.resident()))
+            .map_err(to_py)?;
+        let inner = Arc::new(inner);
+        spawn_committer(&inner)?;
+        Ok(Vault { inner })
     }
 
     /// The vault directory.
@@ -112,8 +134,14 @@ impl Vault {
 
     /// The result of `key`, or `None` on a miss (a corrupt blob is a miss).
     fn get<'py>(&self, py: Python<'py>, key: &Key) -> PyResult<Option<Hit<'py>>> {
-        let got = py.detach(|| self.inner.get_bytes(&key.inner)).map_err(to_py)?;
-        Ok(got.map(|(e, b)| hit(py, &e, &b)))
+        let got = py.detach(|| self.inner.fetch(&key.inner)).map_err(to_py)?;
+        Ok(got.map(|s| hit(py, &s.entry, &s.bytes)))
+    }
+
+    /// Commits deferred saves and writes the hits and audit lines buffered so far (also done
+    /// when the vault is dropped).
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.commit_deferred().and_then(|()| self.inner.flush())).map_err(to_py)
     }
 
     /// Claims `key`: `("compute", handle)` for the one caller that must compute it;
@@ -156,7 +184,9 @@ impl Vault {
     }
 
     /// Stores `data` as the result of `key`; returns the new run as `(id, digest, size)`.
-    #[pyo3(signature = (key, data, ttl=None, tags=None, details=None, duration_ms=None))]
+    /// With `claim`, the save may be committed shortly after it returns (small results, in a
+    /// batch); the claim is released after the commit.
+    #[pyo3(signature = (key, data, ttl=None, tags=None, details=None, duration_ms=None, claim=None))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
     fn save(
         &self,
@@ -167,6 +197,7 @@ impl Vault {
         tags: Option<BTreeMap<String, String>>,
         details: Option<&str>,
         duration_ms: Option<i64>,
+        claim: Option<&ClaimHandle>,
     ) -> PyResult<(String, String, u64)> {
         let details = match details {
             Some(d) => serde_json::from_str(d)
@@ -180,8 +211,14 @@ impl Vault {
             details,
             ..SaveOptions::default()
         };
-        let e =
-            py.detach(|| self.inner.save(&key.inner, Output::Bytes(data), &opts)).map_err(to_py)?;
+        let e = match claim {
+            Some(h) => {
+                let c = h.claim.lock().map_err(|_| poisoned())?.take();
+                py.detach(|| self.inner.save_deferred(&key.inner, data, &opts, c))
+            }
+            None => py.detach(|| self.inner.save(&key.inner, Output::Bytes(data), &opts)),
+        }
+        .map_err(to_py)?;
         let digest = output_digest(&e);
         Ok((e.id, digest, e.size))
     }

@@ -36,12 +36,23 @@ impl AccessJournal {
     /// is written between its read and its truncate. Returns true when the journal should be
     /// folded.
     pub(crate) fn record(&self, a: &Access) -> Result<bool> {
-        let line = match a {
-            Access::Hit { id, at_ms, duration_ms } => {
-                format!("h {id} {at_ms} {}\n", duration_ms.map_or(-1, |d| d))
+        self.record_many(std::slice::from_ref(a))
+    }
+
+    /// Appends several accesses in one write (see [`AccessJournal::record`]).
+    pub(crate) fn record_many(&self, accesses: &[Access]) -> Result<bool> {
+        if accesses.is_empty() {
+            return Ok(false);
+        }
+        let mut line = String::new();
+        for a in accesses {
+            match a {
+                Access::Hit { id, at_ms, duration_ms } => {
+                    line.push_str(&format!("h {id} {at_ms} {}\n", duration_ms.map_or(-1, |d| d)))
+                }
+                Access::Miss => line.push_str("m\n"),
             }
-            Access::Miss => "m\n".to_owned(),
-        };
+        }
         let mut f = self.open()?;
         f.lock_shared().at(&self.path)?;
         f.write_all(line.as_bytes()).at(&self.path)?;

@@ -74,6 +74,21 @@ impl AuditLog {
         }
     }
 
+    /// The line `r` is recorded as, stamped now (to be written later with `append_lines`).
+    pub(crate) fn line(&self, r: &Record<'_>) -> String {
+        self.format(r, crate::clock::now_ms())
+    }
+
+    /// Appends lines made by [`AuditLog::line`], in one write.
+    pub(crate) fn append_lines(&self, lines: &str) {
+        if lines.is_empty() {
+            return;
+        }
+        if let Err(e) = self.append(lines) {
+            tracing::warn!("audit trail {}: {e}", self.path.display());
+        }
+    }
+
     fn format(&self, r: &Record<'_>, now_ms: i64) -> String {
         match self.format {
             AuditFormat::Text => {

@@ -1,10 +1,13 @@
 //! Claims: among concurrent workers that miss the same key, one computes while the others block
-//! (in the kernel, not in a polling loop) until it saves or fails. Built on `flock` of a per-key
-//! lock file, so a crashed claimant's claim is released by the kernel.
+//! (in the kernel, not in a polling loop) until it saves or fails. A claim is an
+//! open-file-description lock (`F_OFD_SETLKW`) on one byte of `locks/claims`, at an offset taken
+//! from the key digest: the kernel releases it when the claimant closes the file or dies, nothing
+//! is created or deleted per claim, and each claim opens its own description, so threads of one
+//! process exclude each other as processes do.
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::path::Path;
 
 use crate::clock::now_ms;
 use crate::entry::Entry;
@@ -65,8 +68,11 @@ impl Vault {
     /// waiter is handed the claim.
     pub fn claim(&self, key: &TaskKey) -> Result<Claim<'_>> {
         let hex = key.digest().hex();
+        // Our own deferred save of this key holds its claim until it commits.
+        self.commit_deferred_of(&hex)?;
         let started = now_ms();
-        let (lock, waited) = match ClaimLock::acquire(&self.lock_path(&hex))? {
+        let (lock, waited) = match ClaimLock::acquire(&self.claims_path(), key.digest().as_bytes())?
+        {
             Acquired::Immediately(l) => (l, false),
             Acquired::AfterWaiting(l) => (l, true),
         };
@@ -96,8 +102,7 @@ pub(crate) fn lock_file(path: &Path, exclusive: bool) -> Result<File> {
 /// A held claim on a key. Dropping it releases the claim and wakes one waiter.
 #[derive(Debug)]
 pub struct ClaimLock {
-    path: PathBuf,
-    file: Option<File>,
+    _file: File,
 }
 
 /// How a claim attempt went.
@@ -109,47 +114,57 @@ pub(crate) enum Acquired {
 }
 
 impl ClaimLock {
-    /// Takes the lock file at `path`, blocking while another process or thread holds it.
-    pub(crate) fn acquire(path: &Path) -> Result<Acquired> {
-        let mut waited = false;
-        loop {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(path)
-                .at(path)?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    waited = true;
-                    file.lock().at(path)?;
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(e).at(path),
-            }
-            // The previous holder unlinks the file before unlocking; if it did, our lock is on a
-            // dead inode and we must start again on the new file.
-            let held = file.metadata().at(path)?;
-            match std::fs::metadata(path) {
-                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
-                    let lock = ClaimLock { path: path.to_owned(), file: Some(file) };
-                    return Ok(if waited {
-                        Acquired::AfterWaiting(lock)
-                    } else {
-                        Acquired::Immediately(lock)
-                    });
-                }
-                _ => continue,
-            }
+    /// Locks the byte of `path` that `digest` names, blocking while another claimant (a process,
+    /// or another claim of this process) holds it.
+    pub(crate) fn acquire(path: &Path, digest: &[u8]) -> Result<Acquired> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .at(path)?;
+        let offset = claim_offset(digest);
+        if ofd_lock(&file, offset, false).at(path)? {
+            return Ok(Acquired::Immediately(ClaimLock { _file: file }));
         }
+        ofd_lock(&file, offset, true).at(path)?;
+        Ok(Acquired::AfterWaiting(ClaimLock { _file: file }))
     }
 }
 
-impl Drop for ClaimLock {
-    fn drop(&mut self) {
-        // Unlink while still holding the lock, then unlock by closing: lock files never pile up,
-        // and a waiter that locked the old inode notices and retries.
-        let _ = std::fs::remove_file(&self.path);
-        drop(self.file.take());
+/// The byte a key's claim locks: 62 bits of its digest (distinct keys collide with probability
+/// 2^-62, and a collision only makes one wait for the other).
+fn claim_offset(digest: &[u8]) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    (u64::from_le_bytes(b) >> 2) as i64
+}
+
+/// Takes a write lock on one byte of `f` for its open file description: `Ok(false)` if another
+/// description holds it and `wait` is false.
+fn ofd_lock(f: &File, offset: i64, wait: bool) -> std::io::Result<bool> {
+    let fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: offset,
+        l_len: 1,
+        l_pid: 0,
+    };
+    let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
+    loop {
+        // SAFETY: `fl` is a valid, initialized `struct flock` that outlives the call, and the
+        // descriptor is open for as long as `f` is borrowed.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::fcntl(f.as_raw_fd(), cmd, &fl as *const libc::flock) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN | libc::EACCES) if !wait => return Ok(false),
+            _ => return Err(e),
+        }
     }
 }

@@ -79,6 +79,11 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
 /// inside the save's transaction; files of dropped blob rows are returned, never deleted here,
 /// so that a crash can only leave an orphan file, never a row without its file.
 pub trait MetaStore: Send + Sync + std::fmt::Debug {
+    /// The store will serve a long-lived process: it may move maintenance (checkpoints) off
+    /// the writers' path.
+    fn long_lived(&self) -> Result<()> {
+        Ok(())
+    }
     /// The live entry of a key, if any (expiry is the caller's business).
     fn lookup(&self, key: &str) -> Result<Option<Entry>>;
     /// Blob rows for a digest.
@@ -91,6 +96,14 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
         blobs: &[StagedBlob],
         place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
     ) -> Result<Committed>;
+    /// Several saves in one transaction, in order (as if by `commit_save` one after another).
+    fn commit_saves(
+        &self,
+        saves: &[(&Entry, &[StagedBlob])],
+        place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
+    ) -> Result<Vec<Committed>> {
+        saves.iter().map(|(e, b)| self.commit_save(e, b, place)).collect()
+    }
     /// Applies a batch of recorded hits (access time, access count, hits, time saved) and misses.
     fn apply_accesses(&self, accesses: &[Access]) -> Result<()>;
     /// Removes entries (all runs of their keys), dropping blobs nobody references any more.

@@ -3,19 +3,23 @@
 
 mod admin;
 mod lifecycle;
+mod resident;
 mod restore;
 mod stage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use admin::{GcReport, Stats, VerifyReport};
+pub use resident::Served;
 pub(crate) use restore::{Sink, validate_tree};
 pub(crate) use stage::Staging as StagingHandle;
 
 use crate::access::AccessJournal;
 use crate::audit::{AuditLog, Event, Record};
+use crate::claim::DetachedClaim;
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::digest::Digest;
@@ -78,6 +82,21 @@ pub struct Vault {
     tmp: PathBuf,
     locks: PathBuf,
     progress: Option<Box<Progress>>,
+    /// Set by [`Vault::resident`].
+    resident: Option<resident::Resident>,
+    /// The generation counter, mapped on first use by a vault that is not resident.
+    generation: std::sync::OnceLock<crate::generation::Generation>,
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        if let Err(e) = self.commit_deferred() {
+            tracing::warn!("committing deferred saves: {e}");
+        }
+        if let Err(e) = self.flush() {
+            tracing::warn!("writing buffered hits: {e}");
+        }
+    }
 }
 
 impl std::fmt::Debug for Vault {
@@ -127,7 +146,77 @@ impl Vault {
             tmp,
             locks,
             progress: None,
+            resident: None,
+            generation: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Resident mode, for a long-lived process that asks the same vault again and again (see
+    /// `vault::resident`): served results are kept in memory while the vault generation says
+    /// they are current, hits and misses are counted and audited in batches, hot records are
+    /// not used. Call [`Vault::flush`] before the process exits (dropping the vault does).
+    pub fn resident(mut self) -> Result<Vault> {
+        let g = crate::generation::Generation::open(&self.settings.vault_dir.join("generation"))?;
+        self.meta.long_lived()?;
+        self.resident = Some(resident::Resident::new(g));
+        Ok(self)
+    }
+
+    pub(crate) fn is_resident(&self) -> bool {
+        self.resident.is_some()
+    }
+
+    /// Writes the hits, misses and audit lines a resident vault has buffered.
+    pub fn flush(&self) -> Result<()> {
+        if let Some(r) = &self.resident
+            && let Some(batch) = r.drain()
+        {
+            self.write_buffered(batch)?;
+        }
+        Ok(())
+    }
+
+    fn write_buffered(&self, (accesses, audit): (Vec<crate::store::Access>, String)) -> Result<()> {
+        self.audit.append_lines(&audit);
+        if self.accesses.record_many(&accesses)? {
+            self.accesses.fold(|batch| self.meta.apply_accesses(batch))?;
+        }
+        Ok(())
+    }
+
+    fn generation(&self) -> Result<&crate::generation::Generation> {
+        if let Some(r) = &self.resident {
+            return Ok(&r.generation);
+        }
+        if let Some(g) = self.generation.get() {
+            return Ok(g);
+        }
+        let g = crate::generation::Generation::open(&self.settings.vault_dir.join("generation"))?;
+        Ok(self.generation.get_or_init(|| g))
+    }
+
+    /// Moves the generation on: results kept in memory by resident processes are stale.
+    pub(crate) fn bump_generation(&self) -> Result<()> {
+        self.generation()?.bump();
+        if let Some(r) = &self.resident {
+            r.forget_all();
+        }
+        Ok(())
+    }
+
+    /// Audits `r` now, or in the next batch if resident.
+    fn audit_record(&self, r: &Record<'_>) {
+        match &self.resident {
+            Some(res) => {
+                let line = self.audit.line(r);
+                if let Some(batch) = res.buffer(None, Some(line))
+                    && let Err(e) = self.write_buffered(batch)
+                {
+                    tracing::warn!("access journal: {e}");
+                }
+            }
+            None => self.audit.record(r),
+        }
     }
 
     pub fn settings(&self) -> &Settings {
@@ -164,19 +253,74 @@ impl Vault {
     /// Stores `output` as the result of `key`. The previous entry of the key, if any, becomes
     /// history. Refused with [`Error::TooLarge`] if over the task's `max_size_bytes`.
     pub fn save(&self, key: &TaskKey, output: Output<'_>, opts: &SaveOptions) -> Result<Entry> {
-        match self.save_staged(key, output, opts, true) {
+        match self.save_staged(key, output, opts, true, &mut None) {
             // A stored blob we meant to reuse was evicted meanwhile: store the bytes after all.
-            Err(Error::BlobVanished(_)) => self.save_staged(key, output, opts, false),
+            Err(Error::BlobVanished(_)) => self.save_staged(key, output, opts, false, &mut None),
             other => other,
         }
     }
 
+    /// Saves `data` as the result of `key`, whose claim is `claim`. In a resident vault a result
+    /// small enough to live in the database is staged now and committed with others shortly
+    /// after (see `vault::resident`): the entry returned is what will be committed, this
+    /// process serves it at once, and the claim is released after the commit. Otherwise this
+    /// is [`Vault::save`] followed by releasing the claim.
+    pub fn save_deferred(
+        &self,
+        key: &TaskKey,
+        data: &[u8],
+        opts: &SaveOptions,
+        claim: Option<DetachedClaim>,
+    ) -> Result<Entry> {
+        let mut claim = Some(claim);
+        // Not deferred: the claim (still in `claim`) is released when it drops, after the save.
+        self.save_staged(key, Output::Bytes(data), opts, false, &mut claim)
+    }
+
+    /// Commits every deferred save now (see [`Vault::save_deferred`]).
+    pub fn commit_deferred(&self) -> Result<()> {
+        let Some(r) = &self.resident else { return Ok(()) };
+        let order = r.committing.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = r.take_deferred();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.commit_batch(batch)?;
+        // Eviction is a removal, which commits deferred saves first: not under our lock.
+        drop(order);
+        self.enforce_cap()
+    }
+
+    /// Waits up to `max_wait` for deferred saves to fall due, and commits them if they did. A
+    /// front end calls this in a loop on a thread of its own.
+    pub fn commit_deferred_when_due(&self, max_wait: std::time::Duration) -> Result<()> {
+        match &self.resident {
+            Some(r) if r.wait_due(max_wait) => self.commit_deferred(),
+            Some(_) => Ok(()),
+            None => {
+                std::thread::sleep(max_wait);
+                Ok(())
+            }
+        }
+    }
+
+    /// Commits the saves of `key` waiting in this process, so that its claim can be taken.
+    pub(crate) fn commit_deferred_of(&self, key_hex: &str) -> Result<()> {
+        match &self.resident {
+            Some(r) if r.is_deferred(key_hex) => self.commit_deferred(),
+            _ => Ok(()),
+        }
+    }
+
+    /// `defer` is `None` for a plain save, or holds the claim to release after a deferred one
+    /// (it is taken when the save is deferred).
     fn save_staged(
         &self,
         key: &TaskKey,
         output: Output<'_>,
         opts: &SaveOptions,
         reuse_stored: bool,
+        defer: &mut Option<Option<DetachedClaim>>,
     ) -> Result<Entry> {
         let policy = self.settings.policy(&key.task);
         let (kind, walked) = stage::inspect(output)?;
@@ -255,10 +399,45 @@ impl Vault {
             console,
             exit_code: opts.exit_code,
         };
+        if let (Some(r), Output::Bytes(b), Some(claim)) = (&self.resident, output, defer.as_mut())
+            && let Some(blobs) = staging.take_if_inline()
+        {
+            // Read before the entry can be seen: see `fetch`.
+            let generation = r.generation.current();
+            if !self.hot.removal_pending() {
+                r.keep(&Served { entry: Arc::new(entry.clone()), bytes: b.into() }, generation);
+            }
+            let full =
+                r.defer(resident::Deferred { entry: entry.clone(), blobs, _claim: claim.take() });
+            *defer = None;
+            if full {
+                self.commit_deferred()?;
+            }
+            return Ok(entry);
+        }
+        // Read before the commit: see `fetch`.
+        let kept_at = match (&self.resident, output) {
+            (Some(r), Output::Bytes(b)) if b.len() <= resident::MEMO_MAX_BYTES => {
+                Some((r.generation.current(), !self.hot.removal_pending()))
+            }
+            _ => None,
+        };
         let committed = self.commit(&entry, staging.blobs())?;
         drop(staging);
         entry.parent = committed.superseded;
-        self.audit.record(&Record {
+        if let (Some(r), Some((generation, true)), Output::Bytes(b)) =
+            (&self.resident, kept_at, output)
+            && entry.parent.is_none()
+        {
+            r.keep(&Served { entry: Arc::new(entry.clone()), bytes: b.into() }, generation);
+        }
+        self.audit_save(&entry);
+        self.enforce_cap()?;
+        Ok(entry)
+    }
+
+    pub(crate) fn audit_save(&self, entry: &Entry) {
+        self.audit_record(&Record {
             event: Event::Save,
             op: "save",
             task: &entry.task,
@@ -266,8 +445,6 @@ impl Vault {
             size: Some(entry.size),
             detail: None,
         });
-        self.enforce_cap()?;
-        Ok(entry)
     }
 
     fn run_id(&self, key: &TaskKey, now: i64) -> String {
@@ -278,21 +455,31 @@ impl Vault {
         blake3::hash(&seed).to_hex().to_string()
     }
 
-    /// Journals a hit or miss; folds the journal when it has grown.
-    fn record_access(&self, a: &crate::store::Access) -> Result<()> {
-        if self.accesses.record(a)? {
+    /// Journals a hit or miss (with its audit line); folds the journal when it has grown.
+    fn record_access(&self, a: crate::store::Access, audit: &Record<'_>) -> Result<()> {
+        if let Some(res) = &self.resident {
+            if let Some(batch) = res.buffer(Some(a), Some(self.audit.line(audit))) {
+                self.write_buffered(batch)?;
+            }
+            return Ok(());
+        }
+        if self.accesses.record(&a)? {
             self.fold_accesses()?;
         }
+        self.audit.record(audit);
         Ok(())
     }
 
-    /// Brings access times, hit counts and counters in the metadata store up to date.
+    /// Brings access times, hit counts and counters in the metadata store up to date (and
+    /// commits deferred saves, so that what follows sees them).
     pub(crate) fn fold_accesses(&self) -> Result<()> {
+        self.commit_deferred()?;
+        self.flush()?;
         self.accesses.fold(|batch| self.meta.apply_accesses(batch))
     }
 
     /// Evicts down to the low-water mark when stored bytes exceed the cap.
-    fn enforce_cap(&self) -> Result<()> {
+    pub(crate) fn enforce_cap(&self) -> Result<()> {
         let Some(cap) = self.settings.max_size_bytes else { return Ok(()) };
         if self.meta.counters()?.stored_bytes as u64 <= cap {
             return Ok(());
@@ -343,6 +530,7 @@ impl Vault {
         let hex = key.digest().hex();
         let now = now_ms();
         if hot
+            && self.resident.is_none()
             && let Some((e, infos)) = self.hot.read(&hex)
             && !self.expired(&e, now)
         {
@@ -385,30 +573,39 @@ impl Vault {
     }
 
     fn miss(&self, key: &TaskKey, op: &str) -> Result<()> {
-        // A miss after a lookup may come from a hot record that could not be served: drop it,
-        // so that the next lookup asks the database.
-        self.hot.remove(&key.digest().hex())?;
+        let hex = key.digest().hex();
+        if self.resident.is_none() {
+            // A miss after a lookup may come from a hot record that could not be served: drop
+            // it, so that the next lookup asks the database.
+            self.hot.remove(&hex)?;
+        }
         self.clear_overlay();
-        self.record_access(&crate::store::Access::Miss)?;
-        self.audit.record(&Record {
+        let audit = Record {
             event: Event::Miss,
             op,
             task: &key.task,
-            hash: &key.digest().hex(),
+            hash: &hex,
             size: None,
             detail: None,
-        });
-        Ok(())
+        };
+        self.record_access(crate::store::Access::Miss, &audit)
     }
 
     fn hit(&self, e: &Entry, op: &str) -> Result<()> {
-        self.record_access(&crate::store::Access::Hit {
+        let access = crate::store::Access::Hit {
             id: e.id.clone(),
             at_ms: now_ms(),
             duration_ms: e.duration_ms,
-        })?;
-        self.audit_entry(Event::Hit, op, e);
-        Ok(())
+        };
+        let audit = Record {
+            event: Event::Hit,
+            op,
+            task: &e.task,
+            hash: &e.key,
+            size: Some(e.size),
+            detail: None,
+        };
+        self.record_access(access, &audit)
     }
 
     /// Restores the result of `key` to `dest` (a file path, or a directory path for directory
@@ -504,6 +701,38 @@ impl Vault {
 
     /// The result of `key` as bytes (file and bytes outputs only). `None` is a miss.
     pub fn get_bytes(&self, key: &TaskKey) -> Result<Option<(Entry, Vec<u8>)>> {
+        Ok(self.fetch(key)?.map(|s| (Arc::unwrap_or_clone(s.entry), s.bytes.to_vec())))
+    }
+
+    /// Like [`Vault::get_bytes`], sharing the answer: a resident vault serves results it has
+    /// kept in memory from there (see [`Vault::resident`]).
+    pub fn fetch(&self, key: &TaskKey) -> Result<Option<Served>> {
+        let Some(r) = &self.resident else {
+            return self
+                .fetch_stored(key)
+                .map(|got| got.map(|(e, b)| Served { entry: Arc::new(e), bytes: b.into() }));
+        };
+        let hex = key.digest().hex();
+        let generation = r.generation.current();
+        if let Some(s) = r.recall(&hex, generation) {
+            if !self.expired(&s.entry, now_ms()) {
+                self.hit(&s.entry, "get")?;
+                return Ok(Some(s));
+            }
+            r.forget(&hex);
+        }
+        self.commit_deferred_of(&hex)?;
+        // A removal under way may commit after our read: what we read then is not kept.
+        let keepable = !self.hot.removal_pending();
+        let Some((e, b)) = self.fetch_stored(key)? else { return Ok(None) };
+        let s = Served { entry: Arc::new(e), bytes: b.into() };
+        if keepable {
+            r.keep(&s, generation);
+        }
+        Ok(Some(s))
+    }
+
+    fn fetch_stored(&self, key: &TaskKey) -> Result<Option<(Entry, Vec<u8>)>> {
         let mut hot = true;
         loop {
             let Some((e, from_hot)) = self.lookup_for_get(key, "get", hot)? else {
@@ -538,8 +767,9 @@ impl Vault {
         })
     }
 
-    pub(crate) fn lock_path(&self, key_hex: &str) -> PathBuf {
-        self.locks.join(key_hex)
+    /// The file claims lock bytes of (see `claim`).
+    pub(crate) fn claims_path(&self) -> PathBuf {
+        self.locks.join("claims")
     }
 
     pub(crate) fn blob_store(&self) -> &dyn BlobStore {

@@ -7,6 +7,7 @@ A call's key is the task name plus three labelled ingredients: the code identity
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import datetime as _dt
 import functools
@@ -20,6 +21,7 @@ import time
 import traceback
 import uuid
 import warnings
+import weakref
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 from . import _native
@@ -80,12 +82,26 @@ class ResultRef(Generic[T]):
         return f"ResultRef(task={self.task!r}, commit_hash={self.commit_hash[:12]!r}, size={self.size})"
 
     def __reduce__(self) -> Any:
-        # Refs travel to other processes (process pools, Dask, Ray) by vault and run id.
+        # Refs travel to other processes (process pools, Dask, Ray) by vault and run id: the run
+        # must be committed before another process looks for it.
         c = self._client
+        c._vault.flush()
         return (_rebuild_ref, (c.store_dir, c._serializer, self.commit_hash, self.hash, self.size, self.task))
 
 
 _clients: dict[tuple[str, str], "Client"] = {}
+
+# Hits are counted and audited in batches; whatever is buffered is written at exit.
+_open_vaults: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for v in list(_open_vaults):
+        try:
+            v.flush()
+        except Exception:  # noqa: BLE001 - exiting; the counts are all that is lost
+            pass
 
 
 def _client_for(store_dir: str, serializer: Any) -> "Client":
@@ -200,6 +216,7 @@ class Client:
             raise ValueError("max_workers must be at least 1")
         self._vault = _native.Vault(os.fspath(store_dir) if store_dir is not None else None,
                                     os.fspath(config) if config is not None else None)
+        _open_vaults.add(self._vault)
         self._serializer = serializer if serializer is not None else PickleSerializer()
         for m in ("dumps", "loads"):
             if not callable(getattr(self._serializer, m, None)):
@@ -217,7 +234,9 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Nothing is held open between calls; kept for cashet compatibility."""
+        """Writes the hit counts and audit lines buffered so far (they are also written at
+        exit). The client stays usable."""
+        self._vault.flush()
 
     @property
     def store_dir(self) -> str:
@@ -358,9 +377,11 @@ class Client:
                 "python": sys.version.split()[0],
             }
             try:
+                # With the claim: a small result is committed in a batch shortly after, and the
+                # claim released then (waiters elsewhere get it from the vault).
                 run_id, digest, size = self._vault.save(
                     key, data, ttl=None if options.ttl is None else int(options.ttl), tags=options.tags or None,
-                    details=json.dumps(details), duration_ms=duration_ms,
+                    details=json.dumps(details), duration_ms=duration_ms, claim=claim,
                 )
             except _native.TooLargeError as e:
                 # The work is done; losing its result to a policy would be worse than not caching it.

@@ -2,7 +2,7 @@
 //! claim failures. Schema versions live in `PRAGMA user_version`; see `docs/format.md`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -57,12 +57,69 @@ CREATE TABLE failures(key TEXT PRIMARY KEY, message TEXT NOT NULL, at_ms INTEGER
 pub struct SqliteMeta {
     path: PathBuf,
     conn: std::sync::OnceLock<Mutex<Connection>>,
+    /// Set by `long_lived`: checkpoints run on a thread of their own.
+    checkpointer: std::sync::OnceLock<Checkpointer>,
+}
+
+/// Wakes the checkpoint thread; dropping it ends the thread.
+#[derive(Debug)]
+struct Checkpointer {
+    /// (checkpoint due, stop)
+    state: Arc<(Mutex<(bool, bool)>, Condvar)>,
+}
+
+impl Checkpointer {
+    fn start(conn: Connection) -> Result<Checkpointer> {
+        let state = Arc::new((Mutex::new((false, false)), Condvar::new()));
+        let s = Arc::clone(&state);
+        std::thread::Builder::new()
+            .name("taskvault-checkpoint".into())
+            .spawn(move || {
+                loop {
+                    let (lock, cv) = &*s;
+                    let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    while !st.0 && !st.1 {
+                        st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                    }
+                    if st.1 {
+                        return;
+                    }
+                    st.0 = false;
+                    drop(st);
+                    // PASSIVE never takes the writers' lock, so writers never wait for it; the
+                    // next writer after a complete checkpoint starts the WAL over.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    // At most one checkpoint per pause, however many commits woke us.
+                    std::thread::sleep(CHECKPOINT_PAUSE);
+                }
+            })
+            .map_err(|e| Error::Other(format!("starting the checkpoint thread: {e}")))?;
+        Ok(Checkpointer { state })
+    }
+
+    fn wake(&self) {
+        let (lock, cv) = &*self.state;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
+        cv.notify_one();
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.state;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        cv.notify_one();
+    }
 }
 
 impl SqliteMeta {
     /// Prepares the store; the database is opened (created, migrated) on first use.
     pub fn open(path: &Path) -> Result<SqliteMeta> {
-        Ok(SqliteMeta { path: path.to_owned(), conn: std::sync::OnceLock::new() })
+        Ok(SqliteMeta {
+            path: path.to_owned(),
+            conn: std::sync::OnceLock::new(),
+            checkpointer: std::sync::OnceLock::new(),
+        })
     }
 
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
@@ -87,17 +144,9 @@ impl SqliteMeta {
 
     /// Runs `f` in an IMMEDIATE transaction. `f` returns our error type so that callbacks (blob
     /// placement) can fail it; the transaction rolls back on any error.
-    fn write<T>(
-        &self,
-        durable: bool,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
+    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.conn()?;
-        // Saves fsync their commit; other writes (folds, removals) need not. Set per transaction,
-        // so that read-only processes never pay for the pragma.
-        let level = if durable { "FULL" } else { "NORMAL" };
-        conn.pragma_update(None, "synchronous", level).map_err(|e| self.err(e))?;
-        let result = (|| {
+        let out = (|| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| self.err(e))?;
@@ -110,10 +159,11 @@ impl SqliteMeta {
             Error::Db { source, .. } => self.err(source),
             other => other,
         });
-        if result.is_ok() {
-            truncate_wal(&conn);
+        drop(conn);
+        if let Some(c) = self.checkpointer.get() {
+            c.wake();
         }
-        result
+        out
     }
 }
 
@@ -125,6 +175,12 @@ pub(crate) fn truncate_wal(conn: &Connection) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     let _ = conn.busy_timeout(BUSY_TIMEOUT);
 }
+
+/// How often, at most, the checkpoint thread of a long-lived process checkpoints.
+const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The WAL size (in 4 KiB pages) at which the committing writer checkpoints it.
+const WAL_PAGES: i64 = 256;
 
 /// How long a writer waits for another writer before giving up.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -156,10 +212,16 @@ pub(crate) fn open_database(
             truncate_wal(&conn);
         }
     }
+    // Commits are not fsynced (the WAL is, at each checkpoint): a commit survives the process
+    // being killed at once, and a power loss only until the last checkpoint. Blob files are
+    // fsynced before the commit that adds their rows, so no row can outlive its file.
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+    // The committing writer checkpoints once the WAL holds WAL_PAGES pages, so the WAL a later
+    // process must read on open stays small.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES).map_err(db)?;
     // The CLI is a short-lived process. Keep the WAL file between processes instead of creating
     // and deleting it on every open and close, and never checkpoint on close: a reader would
-    // otherwise pay fsyncs for someone else's writes. Writers truncate the WAL after each
-    // transaction instead (see `truncate_wal`), so it is empty at rest and opening is cheap.
+    // otherwise pay fsyncs for someone else's writes.
     conn.file_control(Some(rusqlite::MAIN_DB), rusqlite::FileControl::PersistWal(&mut 1))
         .map_err(db)?;
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
@@ -270,6 +332,82 @@ fn remove_key(
     Ok((live, freed))
 }
 
+/// Records one save in an open transaction (see [`MetaStore::commit_save`]).
+fn save_in(
+    tx: &Connection,
+    entry: &Entry,
+    blobs: &[StagedBlob],
+    place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
+) -> Result<Committed> {
+    let mut unreferenced = Vec::new();
+    for b in blobs {
+        let d = b.info.digest.to_string();
+        let known: bool = tx
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM blobs WHERE digest = ?1)")?
+            .query_row([&d], |r| r.get(0))?;
+        if known {
+            continue;
+        }
+        match (&b.staged, &b.info.inline) {
+            (Some(_), _) => place(b)?,
+            (None, Some(_)) => {}
+            // A reference to a stored blob that has been dropped since it was checked.
+            (None, None) => return Err(Error::BlobVanished(d)),
+        }
+        tx.prepare_cached(
+            "INSERT INTO blobs(digest, size, stored_size, codec, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            d,
+            b.info.size as i64,
+            b.info.stored_size as i64,
+            b.info.codec.name(),
+            b.info.inline
+        ])?;
+        bump(tx, "stored_bytes", b.info.stored_size as i64)?;
+    }
+
+    let old = live_entry(tx, &entry.key)?;
+    // New references first, so blobs shared by the old and new run are never dropped.
+    let old_refs: Vec<String> = tx
+        .prepare_cached("DELETE FROM refs WHERE key = ?1 RETURNING digest")?
+        .query_map([&entry.key], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for d in entry.blob_digests() {
+        tx.prepare_cached("INSERT OR IGNORE INTO refs(digest, key) VALUES (?1, ?2)")?
+            .execute(params![d.to_string(), entry.key])?;
+    }
+    for d in old_refs {
+        drop_if_unreferenced(tx, &d, &mut unreferenced)?;
+    }
+    if let Some(old) = &old {
+        tx.prepare_cached("UPDATE entries SET live = 0, status = 'superseded' WHERE id = ?1")?
+            .execute([&old.id])?;
+    }
+    let mut entry = entry.clone();
+    entry.parent = old.as_ref().map(|o| o.id.clone());
+    entry.status = Status::Live;
+    let doc = serde_json::to_string(&entry).expect("entries serialize");
+    tx.prepare_cached(
+        "INSERT INTO entries(id, key, live, status, task, created_ms, last_access_ms,
+                access_count, expires_ms, doc)
+             VALUES (?1, ?2, 1, 'live', ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        entry.id,
+        entry.key,
+        entry.task,
+        entry.created_ms,
+        entry.last_access_ms,
+        entry.access_count,
+        entry.expires_ms,
+        doc
+    ])?;
+    tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([&entry.key])?;
+    bump(tx, "saves", 1)?;
+    Ok(Committed { superseded: old.map(|o| o.id), unreferenced })
+}
+
 impl From<rusqlite::Error> for Error {
     fn from(source: rusqlite::Error) -> Self {
         Error::Db { path: PathBuf::from("metadata"), source }
@@ -277,6 +415,17 @@ impl From<rusqlite::Error> for Error {
 }
 
 impl MetaStore for SqliteMeta {
+    fn long_lived(&self) -> Result<()> {
+        if self.checkpointer.get().is_some() {
+            return Ok(());
+        }
+        let c = Checkpointer::start(open_database(&self.path, SCHEMA_VERSION, migrate)?)?;
+        // Writers no longer checkpoint (and wait for its fsyncs) themselves.
+        self.with(|conn| conn.pragma_update(None, "wal_autocheckpoint", 0))?;
+        let _ = self.checkpointer.set(c);
+        Ok(())
+    }
+
     fn lookup(&self, key: &str) -> Result<Option<Entry>> {
         self.with(|c| live_entry(c, key))
     }
@@ -303,84 +452,22 @@ impl MetaStore for SqliteMeta {
         blobs: &[StagedBlob],
         place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
     ) -> Result<Committed> {
-        self.write(true, |tx| {
-            let mut unreferenced = Vec::new();
-            for b in blobs {
-                let d = b.info.digest.to_string();
-                let known: bool = tx
-                    .prepare_cached("SELECT EXISTS(SELECT 1 FROM blobs WHERE digest = ?1)")?
-                    .query_row([&d], |r| r.get(0))?;
-                if known {
-                    continue;
-                }
-                match (&b.staged, &b.info.inline) {
-                    (Some(_), _) => place(b)?,
-                    (None, Some(_)) => {}
-                    // A reference to a stored blob that has been dropped since it was checked.
-                    (None, None) => return Err(Error::BlobVanished(d)),
-                }
-                tx.prepare_cached(
-                    "INSERT INTO blobs(digest, size, stored_size, codec, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![
-                    d,
-                    b.info.size as i64,
-                    b.info.stored_size as i64,
-                    b.info.codec.name(),
-                    b.info.inline
-                ])?;
-                bump(tx, "stored_bytes", b.info.stored_size as i64)?;
-            }
+        self.write(|tx| save_in(tx, entry, blobs, place))
+    }
 
-            let old = live_entry(tx, &entry.key)?;
-            // New references first, so blobs shared by the old and new run are never dropped.
-            let old_refs: Vec<String> = tx
-                .prepare_cached("DELETE FROM refs WHERE key = ?1 RETURNING digest")?
-                .query_map([&entry.key], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for d in entry.blob_digests() {
-                tx.prepare_cached("INSERT OR IGNORE INTO refs(digest, key) VALUES (?1, ?2)")?
-                    .execute(params![d.to_string(), entry.key])?;
-            }
-            for d in old_refs {
-                drop_if_unreferenced(tx, &d, &mut unreferenced)?;
-            }
-            if let Some(old) = &old {
-                tx.prepare_cached(
-                    "UPDATE entries SET live = 0, status = 'superseded' WHERE id = ?1",
-                )?
-                .execute([&old.id])?;
-            }
-            let mut entry = entry.clone();
-            entry.parent = old.as_ref().map(|o| o.id.clone());
-            entry.status = Status::Live;
-            let doc = serde_json::to_string(&entry).expect("entries serialize");
-            tx.prepare_cached(
-                "INSERT INTO entries(id, key, live, status, task, created_ms, last_access_ms,
-                    access_count, expires_ms, doc)
-                 VALUES (?1, ?2, 1, 'live', ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                entry.id,
-                entry.key,
-                entry.task,
-                entry.created_ms,
-                entry.last_access_ms,
-                entry.access_count,
-                entry.expires_ms,
-                doc
-            ])?;
-            tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([&entry.key])?;
-            bump(tx, "saves", 1)?;
-            Ok(Committed { superseded: old.map(|o| o.id), unreferenced })
-        })
+    fn commit_saves(
+        &self,
+        saves: &[(&Entry, &[StagedBlob])],
+        place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
+    ) -> Result<Vec<Committed>> {
+        self.write(|tx| saves.iter().map(|(e, b)| save_in(tx, e, b, place)).collect())
     }
 
     fn apply_accesses(&self, accesses: &[Access]) -> Result<()> {
         if accesses.is_empty() {
             return Ok(());
         }
-        self.write(false, |tx| {
+        self.write(|tx| {
             let (mut hits, mut misses, mut saved) = (0, 0, 0);
             for a in accesses {
                 match a {
@@ -404,7 +491,7 @@ impl MetaStore for SqliteMeta {
     }
 
     fn remove_keys(&self, keys: &[String], count_as: Option<&str>) -> Result<Removed> {
-        self.write(false, |tx| {
+        self.write(|tx| {
             let mut r = Removed::default();
             for k in keys {
                 if let (Some(e), _) = remove_key(tx, k, &mut r.unreferenced)? {
@@ -420,7 +507,7 @@ impl MetaStore for SqliteMeta {
 
     fn forget_corrupt_blob(&self, digest: &Digest) -> Result<Removed> {
         let d = digest.to_string();
-        self.write(false, |tx| {
+        self.write(|tx| {
             let mut r = Removed::default();
             let keys: Vec<String> = tx
                 .prepare_cached("SELECT key FROM refs WHERE digest = ?1")?
@@ -530,7 +617,7 @@ impl MetaStore for SqliteMeta {
     }
 
     fn evict(&self, now_ms: i64, target_bytes: Option<u64>) -> Result<Removed> {
-        self.write(false, |tx| {
+        self.write(|tx| {
             let mut r = Removed::default();
             let mut stored: i64 = tx
                 .query_row("SELECT value FROM counters WHERE name = 'stored_bytes'", [], |r| r.get(0))?;
@@ -629,7 +716,7 @@ impl MetaStore for SqliteMeta {
     }
 
     fn clear(&self) -> Result<Removed> {
-        self.write(false, |tx| {
+        self.write(|tx| {
             let mut r = Removed {
                 entries: tx
                     .prepare(&format!("SELECT {ENTRY_COLS} FROM entries WHERE live = 1"))?
@@ -653,7 +740,7 @@ impl MetaStore for SqliteMeta {
     }
 
     fn record_failure(&self, key: &str, message: &str, at_ms: i64) -> Result<()> {
-        self.write(false, |tx| {
+        self.write(|tx| {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO failures(key, message, at_ms) VALUES (?1, ?2, ?3)",
             )?

@@ -244,6 +244,7 @@ impl Vault {
     /// Reads and checks every blob; quarantines the bad ones (their entries become misses) and
     /// removes orphan files.
     pub fn verify(&self) -> Result<VerifyReport> {
+        self.commit_deferred()?;
         let mut report = VerifyReport::default();
         for b in self.meta().blobs()? {
             let mut sink = Sink::Discard;

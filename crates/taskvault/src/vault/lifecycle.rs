@@ -18,10 +18,53 @@ impl Vault {
             let staged = b.staged.as_deref().expect("only staged blobs are placed");
             self.blobs.put(&b.info.digest, staged)
         })?;
-        self.write_hot(entry, &committed);
+        if self.is_resident() {
+            // A resident vault does not use hot records; an older record of the key must not
+            // outlive this commit.
+            self.hot.remove(&entry.key)?;
+        } else {
+            self.write_hot(entry, &committed);
+        }
         drop(lock);
+        if committed.superseded.is_some() {
+            self.bump_generation()?;
+        }
         self.reap(&committed.unreferenced)?;
         Ok(committed)
+    }
+
+    /// Commits deferred saves in one transaction, then releases their claims.
+    pub(crate) fn commit_batch(&self, batch: Vec<super::resident::Deferred>) -> Result<()> {
+        let lock = self.blob_lock(false)?;
+        let saves: Vec<(&Entry, &[StagedBlob])> =
+            batch.iter().map(|d| (&d.entry, d.blobs.as_slice())).collect();
+        let committed = self.meta.commit_saves(&saves, &mut |b| {
+            let staged = b.staged.as_deref().expect("only staged blobs are placed");
+            self.blobs.put(&b.info.digest, staged)
+        });
+        let committed = match committed {
+            Ok(c) => c,
+            Err(e) => {
+                // The claims go with the batch: waiters find no entry and compute themselves.
+                tracing::warn!("{} deferred saves were not committed: {e}", batch.len());
+                return Err(e);
+            }
+        };
+        for d in &batch {
+            self.hot.remove(&d.entry.key)?;
+        }
+        drop(lock);
+        if committed.iter().any(|c| c.superseded.is_some()) {
+            self.bump_generation()?;
+        }
+        let unreferenced: Vec<Digest> =
+            committed.into_iter().flat_map(|c| c.unreferenced).collect();
+        self.reap(&unreferenced)?;
+        for d in &batch {
+            self.audit_save(&d.entry);
+        }
+        drop(batch);
+        Ok(())
     }
 
     /// Writes the key's hot record after its commit (under the shared lock, so no removal of the
@@ -75,7 +118,11 @@ impl Vault {
         op: &str,
         f: impl FnOnce(&dyn MetaStore) -> Result<Removed>,
     ) -> Result<Vec<Entry>> {
+        // Deferred saves commit first: a removal must see (and may remove) them.
+        self.commit_deferred()?;
         let pending = self.hot.begin_removal()?;
+        // After the mark and before the commit: see `vault::resident`.
+        self.bump_generation()?;
         let lock = self.blob_lock(true)?;
         let r = f(&*self.meta)?;
         for e in &r.entries {

@@ -133,6 +133,15 @@ impl<'v> Staging<'v> {
         &self.blobs
     }
 
+    /// The staged blobs, if all of them live in the database (no staging files to keep).
+    pub(crate) fn take_if_inline(&mut self) -> Option<Vec<StagedBlob>> {
+        if self.blobs.iter().all(|b| b.staged.is_none() && b.info.inline.is_some()) {
+            Some(std::mem::take(&mut self.blobs))
+        } else {
+            None
+        }
+    }
+
     fn alg(&self) -> Algorithm {
         self.vault.settings.algorithm
     }
@@ -274,11 +283,29 @@ impl Drop for TmpFile {
     }
 }
 
-fn inline_blob(digest: Digest, data: &[u8]) -> StagedBlob {
-    let (codec, stored) = match zstd::bulk::compress(data, ZSTD_LEVEL) {
-        Ok(c) if data.len() >= 256 && (c.len() as f64) < data.len() as f64 * (1.0 - MIN_SAVING) => {
-            (Codec::Zstd, c)
+/// Inline blobs shorter than this are stored raw without trying zstd.
+const INLINE_COMPRESS_MIN: usize = 256;
+
+thread_local! {
+    /// One compression context per thread: creating one costs more than compressing a small blob.
+    static INLINE_ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress_small(data: &[u8]) -> Option<Vec<u8>> {
+    INLINE_ZSTD.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
+        c.as_mut()?.compress(data).ok()
+    })
+}
+
+fn inline_blob(digest: Digest, data: &[u8]) -> StagedBlob {
+    let compressed = if data.len() >= INLINE_COMPRESS_MIN { compress_small(data) } else { None };
+    let (codec, stored) = match compressed {
+        Some(c) if (c.len() as f64) < data.len() as f64 * (1.0 - MIN_SAVING) => (Codec::Zstd, c),
         _ => (Codec::Raw, data.to_vec()),
     };
     StagedBlob {

@@ -66,6 +66,15 @@ impl ClaimHandle {
     }
 }
 
+impl Drop for Vault {
+    fn drop(&mut self) {
+        // The commit thread may hold the engine vault a little longer: write what waits now.
+        if let Err(e) = self.inner.commit_deferred().and_then(|()| self.inner.flush()) {
+            eprintln!("taskvault: deferred saves were not committed: {e}");
+        }
+    }
+}
+
 /// Commits deferred saves as they fall due, until the vault is dropped.
 fn spawn_committer(vault: &Arc<taskvault::Vault>) -> PyResult<()> {
     let weak = Arc::downgrade(vault);

@@ -226,9 +226,13 @@ def test_a_corrupt_blob_is_recomputed(client, vault_dir):
     data[len(data) // 2] ^= 1
     blobs[0].chmod(0o644)
     blobs[0].write_bytes(bytes(data))
-    r2 = client.submit(big, 200_000)
+    # This client keeps the result it saved, verified, in memory: it is never worse than the
+    # blob, so it goes on serving it. Any other client (another process, say) reads the blob.
+    assert client.submit(big, 200_000).commit_hash == r.commit_hash
+    other = Client(store_dir=vault_dir)
+    r2 = other.submit(big, 200_000)
     assert r2.commit_hash != r.commit_hash and len(r2.load()) == 200_016
-    assert client.stats()["corrupt"] == 1
+    assert other.stats()["corrupt"] == 1
 
 
 def test_inspection_and_maintenance(client, counter, tmp_path):
@@ -328,3 +332,35 @@ def test_the_cli_sees_python_runs(client, counter, cli, vault_dir):
 def test_store_dir_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TASKVAULT_DIR", str(tmp_path / "env-vault"))
     assert Client().store_dir == str(tmp_path / "env-vault")
+
+
+def test_a_result_reaches_other_processes_at_once_and_removals_reach_this_one(tmp_path, vault_dir, counter, cli):
+    # Small results are committed in batches shortly after submit returns; another process
+    # asking right away must still find the result (waiting for the commit), not run it again.
+    (tmp_path / "tv_quick.py").write_text(textwrap.dedent("""
+        def quick(file, x):
+            with open(file, "a") as f:
+                f.write("x")
+            return x * 2
+    """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import tv_quick
+        client = Client(store_dir=vault_dir)
+        script = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import tv_quick; from taskvault import Client;"
+                  f"print(Client(store_dir={vault_dir!r}).submit(tv_quick.quick, {counter.file!r}, 21).load())")
+        for _ in range(3):
+            client.submit(tv_quick.quick, counter.file, 21, _force=True)
+            out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+            assert out.stdout.strip() == "42"
+        assert counter.n == 3, "the other process never ran it"
+        # This client serves the result from memory; a removal by the CLI reaches it at once.
+        assert client.submit(tv_quick.quick, counter.file, 21).load() == 42 and counter.n == 3
+        env = {**os.environ, "TASKVAULT_DIR": vault_dir}
+        subprocess.run([cli, "clear", "--yes"], env=env, check=True, capture_output=True)
+        assert client.submit(tv_quick.quick, counter.file, 21).load() == 42 and counter.n == 4
+        # Hits counted in the other process reached the vault when it exited.
+        assert client.stats()["hits"] >= 3
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("tv_quick", None)

@@ -415,6 +415,8 @@ impl Vault {
             }
             return Ok(entry);
         }
+        // Saves of one key commit in the order they were made.
+        self.commit_deferred_of(&entry.key)?;
         // Read before the commit: see `fetch`.
         let kept_at = match (&self.resident, output) {
             (Some(r), Output::Bytes(b)) if b.len() <= resident::MEMO_MAX_BYTES => {

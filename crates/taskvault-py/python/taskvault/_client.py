@@ -614,5 +614,8 @@ def _topological(deps: list[set[int]]) -> list[int]:
 
 def _remote_submit(store_dir: str, serializer: Any, func: Callable, args: tuple, kwargs: dict) -> tuple:
     """Runs one submit in another process (a process pool, Dask, Ray) on the same vault."""
-    r = _client_for(store_dir, serializer).submit(func, *args, **kwargs)
+    c = _client_for(store_dir, serializer)
+    r = c.submit(func, *args, **kwargs)
+    # The caller looks the run up by id: commit it before answering.
+    c._vault.flush()
     return (r.commit_hash, r.hash, r.size, r.task)

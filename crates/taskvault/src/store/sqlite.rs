@@ -572,7 +572,8 @@ impl MetaStore for SqliteMeta {
                 )),
             }
         }
-        sql.push_str(" ORDER BY created_ms DESC, id");
+        // Runs saved within one millisecond are listed in the order they were committed.
+        sql.push_str(" ORDER BY created_ms DESC, rowid DESC");
         if let Some(l) = f.limit {
             sql.push_str(&format!(" LIMIT {l}"));
         }
@@ -609,7 +610,7 @@ impl MetaStore for SqliteMeta {
     fn history(&self, key: &str) -> Result<Vec<Entry>> {
         self.with(|c| {
             c.prepare_cached(&format!(
-                "SELECT {ENTRY_COLS} FROM entries WHERE key = ?1 ORDER BY created_ms, id"
+                "SELECT {ENTRY_COLS} FROM entries WHERE key = ?1 ORDER BY created_ms, rowid"
             ))?
             .query_map([key], entry_from_row)?
             .collect()

@@ -952,3 +952,89 @@ fn gc_clears_a_stale_removal_mark_even_if_its_pid_is_in_use() {
     f.vault.save(&k, Output::Bytes(b"v"), &SaveOptions::default()).unwrap();
     assert!(f.vault.hot.read(&k.digest().hex()).is_some());
 }
+
+fn resident(f: &Fx) -> Vault {
+    Vault::open(f.vault.settings.clone()).unwrap().resident().unwrap()
+}
+
+#[test]
+fn a_resident_vault_serves_from_memory_until_another_vault_removes_or_replaces() {
+    let f = fx();
+    let r = resident(&f);
+    let key = f.key("t", b"in");
+    f.vault.save(&key, Output::Bytes(b"v1"), &SaveOptions::default()).unwrap();
+    assert_eq!(&r.fetch(&key).unwrap().unwrap().bytes[..], b"v1");
+    // Served from memory from now on: the database is not asked (its row is gone behind its
+    // back here, which no real writer does, to tell the two apart).
+    f.vault.meta().remove_keys(&[key.digest().hex()], None).unwrap();
+    assert!(r.fetch(&key).unwrap().is_some(), "kept in memory while the generation holds");
+    // A real removal in another vault moves the generation on.
+    f.vault.save(&key, Output::Bytes(b"v1"), &SaveOptions::default()).unwrap();
+    let runs = [f.vault.peek(&key).unwrap().unwrap()];
+    f.vault.remove(&runs).unwrap();
+    assert!(r.fetch(&key).unwrap().is_none(), "a removal elsewhere is seen at once");
+    // So does a save that replaces the live run.
+    f.vault.save(&key, Output::Bytes(b"v2"), &SaveOptions::default()).unwrap();
+    assert_eq!(&r.fetch(&key).unwrap().unwrap().bytes[..], b"v2");
+    f.vault.save(&key, Output::Bytes(b"v3"), &SaveOptions::default()).unwrap();
+    assert_eq!(&r.fetch(&key).unwrap().unwrap().bytes[..], b"v3");
+}
+
+#[test]
+fn a_resident_vault_counts_hits_in_batches_and_writes_them_before_they_are_read() {
+    let f = fx();
+    let r = resident(&f);
+    let key = f.key("t", b"in");
+    r.save(&key, Output::Bytes(b"out"), &SaveOptions::default()).unwrap();
+    for _ in 0..5 {
+        r.fetch(&key).unwrap().unwrap();
+    }
+    assert_eq!(f.vault.stats().unwrap().counters.hits, 0, "still buffered in the resident vault");
+    assert_eq!(r.stats().unwrap().counters.hits, 5, "reading flushes first");
+    let key2 = f.key("t", b"other");
+    r.fetch(&key2).unwrap();
+    drop(r);
+    let s = f.vault.stats().unwrap().counters;
+    assert_eq!((s.hits, s.misses), (5, 1), "dropping the vault writes what was buffered");
+    let audit = std::fs::read_to_string(f.vault.audit_path()).unwrap();
+    assert_eq!(audit.matches(" HIT ").count(), 5);
+    assert_eq!(audit.matches(" MISS ").count(), 1);
+}
+
+#[test]
+fn deferred_saves_hold_their_claim_until_committed() {
+    let f = fx();
+    let r = resident(&f);
+    let key = f.key("t", b"in");
+    let Claim::Compute(g) = r.claim(&key).unwrap() else { panic!("nobody else holds it") };
+    let e = r.save_deferred(&key, b"out", &SaveOptions::default(), Some(g.detach())).unwrap();
+    assert_eq!(&r.fetch(&key).unwrap().unwrap().bytes[..], b"out", "served here at once");
+    assert!(f.vault.peek(&key).unwrap().is_none(), "not committed yet");
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| match f.vault.claim(&key).unwrap() {
+            Claim::Ready(got) => got.id,
+            other => panic!("the waiter must get the saved entry, got {other:?}"),
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "the claim is held until the commit");
+        r.commit_deferred_when_due(std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(waiter.join().unwrap(), e.id);
+    });
+    // Dropping a resident vault commits what waits.
+    let key2 = f.key("t", b"in2");
+    r.save_deferred(&key2, b"out2", &SaveOptions::default(), None).unwrap();
+    drop(r);
+    assert!(f.vault.peek(&key2).unwrap().is_some());
+}
+
+#[test]
+fn a_resident_vault_never_leaves_a_stale_hot_record() {
+    let f = fx();
+    let key = f.key("t", b"in");
+    f.vault.save(&key, Output::Bytes(b"old"), &SaveOptions::default()).unwrap();
+    assert!(f.vault.hot.read(&key.digest().hex()).is_some());
+    let r = resident(&f);
+    r.save(&key, Output::Bytes(b"new"), &SaveOptions::default()).unwrap();
+    assert!(f.vault.hot.read(&key.digest().hex()).is_none(), "the old record went");
+    assert_eq!(f.vault.get_bytes(&key).unwrap().unwrap().1, b"new");
+}

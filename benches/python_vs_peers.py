@@ -150,19 +150,26 @@ def worker(name: str, path: str, start: float) -> None:
 
 
 def main() -> None:
-    rows: dict[str, dict[str, object]] = {}
+    rows: dict[str, dict[str, object]] = {name: {} for name in LIBS}
+    # Scenario by scenario, every library back to back: a shared machine's speed drifts over
+    # minutes, and a ratio should compare runs made under the same conditions.
     for name in LIBS:
-        r = rows[name] = {}
-        r["warm hit, small result (µs/call)"] = scenario_warm_hit(name)
-        r["cold miss, trivial function (µs/call)"] = scenario_cold_miss(name)
+        rows[name]["warm hit, small result (µs/call)"] = scenario_warm_hit(name)
+    for name in LIBS:
+        rows[name]["cold miss, trivial function (µs/call)"] = scenario_cold_miss(name)
+    for name in LIBS:
         cold, warm = scenario_map(name)
-        r["map 10,000 cold (ms)"] = cold
-        r["map 10,000 warm (ms)"] = warm
-        r["1 MiB result hit (ms)"] = scenario_blob(name, 1 << 20)
-        r["100 MiB result hit (ms)"] = scenario_blob(name, 100 << 20)
+        rows[name]["map 10,000 cold (ms)"] = cold
+        rows[name]["map 10,000 warm (ms)"] = warm
+    for name in LIBS:
+        rows[name]["1 MiB result hit (ms)"] = scenario_blob(name, 1 << 20)
+    for name in LIBS:
+        rows[name]["100 MiB result hit (ms)"] = scenario_blob(name, 100 << 20)
+    for name in LIBS:
         wall, runs = scenario_processes(name)
-        r["8 processes, one 1 s call (s wall, executions)"] = f"{wall:.2f} s, {runs}"
-        print(name, json.dumps(r), file=sys.stderr, flush=True)
+        rows[name]["8 processes, one 1 s call (s wall, executions)"] = f"{wall:.2f} s, {runs}"
+    for name in LIBS:
+        print(name, json.dumps(rows[name]), file=sys.stderr, flush=True)
     metrics = list(rows["taskvault"])
     print("| scenario | " + " | ".join(LIBS) + " | taskvault / diskcache |")
     print("|---|" + "---:|" * (len(LIBS) + 1))

@@ -42,8 +42,11 @@ pub(crate) struct Deferred {
     pub(crate) _claim: Option<DetachedClaim>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Queue {
+    /// The process that staged these saves: a forked child inherits them but must not commit
+    /// them a second time (closing its copies of the claims' descriptors releases nothing).
+    pid: u32,
     pub(crate) saves: Vec<Deferred>,
     oldest: Option<Instant>,
 }
@@ -108,7 +111,7 @@ impl Resident {
                 audit: String::new(),
                 oldest: None,
             }),
-            queue: Mutex::default(),
+            queue: Mutex::new(Queue { pid: std::process::id(), saves: Vec::new(), oldest: None }),
             queued: Condvar::new(),
             committing: Mutex::new(()),
         }
@@ -117,6 +120,10 @@ impl Resident {
     /// Queues a save; returns whether the batch is full (to be committed now).
     pub(crate) fn defer(&self, d: Deferred) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.pid != std::process::id() {
+            // Forked: what the parent staged is the parent's to commit.
+            take_queue(&mut q);
+        }
         q.saves.push(d);
         q.oldest.get_or_insert_with(Instant::now);
         self.queued.notify_one();
@@ -205,6 +212,10 @@ impl Resident {
         audit_line: Option<String>,
     ) -> Option<(Vec<Access>, String)> {
         let mut b = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        if b.pid != std::process::id() {
+            // Forked: what the parent buffered is the parent's to write.
+            take(&mut b);
+        }
         b.accesses.extend(access);
         if let Some(l) = audit_line {
             b.audit.push_str(&l);
@@ -222,7 +233,12 @@ impl Resident {
 
 fn take_queue(q: &mut Queue) -> Vec<Deferred> {
     q.oldest = None;
-    std::mem::take(&mut q.saves)
+    let saves = std::mem::take(&mut q.saves);
+    if q.pid != std::process::id() {
+        q.pid = std::process::id();
+        return Vec::new();
+    }
+    saves
 }
 
 fn take(b: &mut Buffer) -> Option<(Vec<Access>, String)> {

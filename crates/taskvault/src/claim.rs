@@ -117,13 +117,7 @@ impl ClaimLock {
     /// Locks the byte of `path` that `digest` names, blocking while another claimant (a process,
     /// or another claim of this process) holds it.
     pub(crate) fn acquire(path: &Path, digest: &[u8]) -> Result<Acquired> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .at(path)?;
+        let file = open_or_create(path)?;
         let offset = claim_offset(digest);
         if ofd_lock(&file, offset, false).at(path)? {
             return Ok(Acquired::Immediately(ClaimLock { _file: file }));
@@ -131,6 +125,17 @@ impl ClaimLock {
         ofd_lock(&file, offset, true).at(path)?;
         Ok(Acquired::AfterWaiting(ClaimLock { _file: file }))
     }
+}
+
+/// Opens `path` for reading and writing, creating it empty if needed (never truncating).
+pub(crate) fn open_or_create(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .at(path)
 }
 
 /// The byte a key's claim locks: 62 bits of its digest (distinct keys collide with probability

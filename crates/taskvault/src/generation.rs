@@ -18,13 +18,7 @@ pub(crate) struct Generation {
 impl Generation {
     /// Maps `path`, creating it (zero) if needed.
     pub(crate) fn open(path: &Path) -> Result<Generation> {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .at(path)?;
+        let f = crate::claim::open_or_create(path)?;
         // Growing from 0 to 8 bytes zero-fills; two processes doing it at once agree.
         if f.metadata().at(path)?.len() < 8 {
             f.set_len(8).at(path)?;

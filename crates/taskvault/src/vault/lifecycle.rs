@@ -42,14 +42,9 @@ impl Vault {
             let staged = b.staged.as_deref().expect("only staged blobs are placed");
             self.blobs.put(&b.info.digest, staged)
         });
-        let committed = match committed {
-            Ok(c) => c,
-            Err(e) => {
-                // The claims go with the batch: waiters find no entry and compute themselves.
-                tracing::warn!("{} deferred saves were not committed: {e}", batch.len());
-                return Err(e);
-            }
-        };
+        // On an error the claims go with the batch: waiters find no entry and compute
+        // themselves; the caller reports the error.
+        let committed = committed?;
         for d in &batch {
             self.hot.remove(&d.entry.key)?;
         }

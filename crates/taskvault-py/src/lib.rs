@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use taskvault::{Claim, DetachedClaim, Filter, Output, SaveOptions, Status, TaskKey};
+use taskvault::{DetachedClaim, Fetched, Filter, Output, SaveOptions, Status, TaskKey};
 
 use error::{from_anyhow, to_py};
 
@@ -153,40 +153,33 @@ impl Vault {
         py.detach(|| self.inner.commit_deferred().and_then(|()| self.inner.flush())).map_err(to_py)
     }
 
-    /// Claims `key`: `("compute", handle)` for the one caller that must compute it;
-    /// `("ready", hit)` when the result is there (perhaps just saved by the worker waited for);
-    /// `("failed", message)` when the worker waited for failed. Waiting blocks in the kernel.
-    fn claim<'py>(&self, py: Python<'py>, key: &Key) -> PyResult<(&'static str, Py<PyAny>)> {
+    /// The result of `key`, else the claim to compute it: `("hit", hit)` when the result is
+    /// there (kept in memory, in the vault, or just saved by the worker waited for);
+    /// `("compute", handle)` for the one caller that must compute it; `("failed", message)`
+    /// when the worker waited for failed. Waiting blocks in the kernel.
+    fn get_or_claim<'py>(&self, py: Python<'py>, key: &Key) -> PyResult<(&'static str, Py<PyAny>)> {
         let vault = Arc::clone(&self.inner);
         enum Got {
+            Hit(taskvault::Served),
             Compute(DetachedClaim),
-            Ready(Box<taskvault::Entry>, Option<Vec<u8>>),
             Failed(String),
         }
         let got = py
             .detach(|| -> taskvault::Result<Got> {
-                Ok(match vault.claim(&key.inner)? {
-                    Claim::Compute(g) => Got::Compute(g.detach()),
-                    Claim::Ready(e) => {
-                        let bytes = vault.run_bytes(&e)?;
-                        if bytes.is_some() {
-                            vault.served(&e, "get")?;
-                        }
-                        Got::Ready(e, bytes)
-                    }
-                    Claim::Failed(m) => Got::Failed(m),
+                Ok(match vault.fetch_or_claim(&key.inner)? {
+                    Fetched::Hit(s) => Got::Hit(s),
+                    Fetched::Compute(g) => Got::Compute(g.detach()),
+                    Fetched::Failed(m) => Got::Failed(m),
                 })
             })
             .map_err(to_py)?;
         Ok(match got {
+            Got::Hit(s) => {
+                ("hit", hit(py, &s.entry, &s.bytes).into_pyobject(py)?.into_any().unbind())
+            }
             Got::Compute(c) => {
                 let h = ClaimHandle { vault, claim: Mutex::new(Some(c)) };
                 ("compute", Py::new(py, h)?.into_any())
-            }
-            // A result that failed verification is computed again, under a new claim.
-            Got::Ready(_, None) => return self.claim(py, key),
-            Got::Ready(e, Some(b)) => {
-                ("ready", hit(py, &e, &b).into_pyobject(py)?.into_any().unbind())
             }
             Got::Failed(m) => ("failed", m.into_pyobject(py)?.into_any().unbind()),
         })

@@ -282,3 +282,58 @@ def test_no_warning_for_plain_functions(client):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         client.submit(twice, "/dev/null", 1)
+
+
+def test_a_remembered_code_identity_is_not_reused_once_anything_it_read_changes(client, make_module):
+    # Each step calls the function once (its identity is then remembered), changes one thing
+    # the identity was computed from, and calls again: the second call must not hit.
+    m = make_module(
+        "tv_known",
+        """
+        LIMITS = [1]
+
+        class Scaler:
+            def factor(self):
+                return 2
+
+        def deep(x):
+            return x + 1
+
+        def helper(x):
+            return deep(x)
+
+        def work(x, k=1):
+            return helper(x) * Scaler().factor() * k + sum(LIMITS)
+
+        def counter():
+            n = 0
+            def step(x):
+                return x + n
+            def bump():
+                nonlocal n
+                n += 1
+            return step, bump
+        """,
+    )
+
+    def changed(fn, change, *args):
+        first = client.submit(fn, *args)
+        assert client.submit(fn, *args).commit_hash == first.commit_hash  # remembered and reused
+        before = first.load()
+        change()
+        again = client.submit(fn, *args)
+        assert again.commit_hash != first.commit_hash
+        return before, again.load()
+
+    # A helper two calls down, rebound.
+    assert changed(m.work, lambda: setattr(m, "deep", lambda x: x + 10), 1) == (5, 23)
+    # A mutable global edited in place (never remembered: encoded on every call).
+    assert changed(m.work, lambda: m.LIMITS.append(5), 1) == (23, 28)
+    # A method of a class the function uses, replaced.
+    assert changed(m.work, lambda: setattr(m.Scaler, "factor", lambda self: 3), 1) == (28, 39)
+    # Defaults and code reassigned.
+    assert changed(m.work, lambda: setattr(m.work, "__defaults__", (2,)), 1) == (39, 72)
+    assert changed(m.deep, lambda: setattr(m.deep, "__code__", (lambda x: x * 100).__code__), 2) == (12, 200)
+    # A closure cell rebound by `nonlocal`.
+    step, bump = m.counter()
+    assert changed(step, bump, 1) == (1, 2)

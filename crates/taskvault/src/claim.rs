@@ -13,7 +13,7 @@ use crate::clock::now_ms;
 use crate::entry::Entry;
 use crate::error::{IoContext, Result};
 use crate::key::TaskKey;
-use crate::vault::Vault;
+use crate::vault::{Served, Vault};
 
 /// Outcome of [`Vault::claim`].
 #[derive(Debug)]
@@ -23,6 +23,17 @@ pub enum Claim<'v> {
     /// The result is there (possibly just saved by the worker we waited for).
     Ready(Box<Entry>),
     /// The worker we waited for failed with this message; its failure is the answer.
+    Failed(String),
+}
+
+/// Outcome of [`Vault::fetch_or_claim`].
+#[derive(Debug)]
+pub enum Fetched<'v> {
+    /// The verified result (counted as a hit).
+    Hit(Served),
+    /// Nobody has the result: compute it, as for [`Claim::Compute`] (counted as a miss).
+    Compute(ClaimGuard<'v>),
+    /// The worker waited for failed with this message.
     Failed(String),
 }
 

@@ -19,7 +19,7 @@ pub(crate) use stage::Staging as StagingHandle;
 
 use crate::access::AccessJournal;
 use crate::audit::{AuditLog, Event, Record};
-use crate::claim::DetachedClaim;
+use crate::claim::{Claim, DetachedClaim, Fetched};
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::digest::Digest;
@@ -709,29 +709,71 @@ impl Vault {
     /// Like [`Vault::get_bytes`], sharing the answer: a resident vault serves results it has
     /// kept in memory from there (see [`Vault::resident`]).
     pub fn fetch(&self, key: &TaskKey) -> Result<Option<Served>> {
-        let Some(r) = &self.resident else {
-            return self
-                .fetch_stored(key)
-                .map(|got| got.map(|(e, b)| Served { entry: Arc::new(e), bytes: b.into() }));
-        };
-        let hex = key.digest().hex();
-        let generation = r.generation.current();
-        if let Some(s) = r.recall(&hex, generation) {
-            if !self.expired(&s.entry, now_ms()) {
-                self.hit(&s.entry, "get")?;
-                return Ok(Some(s));
-            }
-            r.forget(&hex);
+        if let Some(s) = self.recall(key)? {
+            return Ok(Some(s));
         }
-        self.commit_deferred_of(&hex)?;
-        // A removal under way may commit after our read: what we read then is not kept.
-        let keepable = !self.hot.removal_pending();
+        self.commit_deferred_of(&key.digest().hex())?;
+        let mark = self.keep_mark();
         let Some((e, b)) = self.fetch_stored(key)? else { return Ok(None) };
-        let s = Served { entry: Arc::new(e), bytes: b.into() };
-        if keepable {
+        Ok(Some(self.kept(e, b, mark)))
+    }
+
+    /// [`Vault::fetch`] and [`Vault::claim`] in one: the result of `key` if it is there (kept
+    /// in memory, or in the vault once the claim is taken), else the claim to compute it (a
+    /// miss is counted), or the failure of the worker waited for.
+    pub fn fetch_or_claim(&self, key: &TaskKey) -> Result<Fetched<'_>> {
+        if let Some(s) = self.recall(key)? {
+            return Ok(Fetched::Hit(s));
+        }
+        loop {
+            let mark = self.keep_mark();
+            match self.claim(key)? {
+                Claim::Ready(e) => {
+                    // A blob that fails verification is quarantined and its entry retired:
+                    // claim again, to compute it.
+                    let Some(bytes) = self.read_bytes(&e)? else { continue };
+                    self.hit(&e, "get")?;
+                    return Ok(Fetched::Hit(self.kept(*e, bytes, mark)));
+                }
+                Claim::Compute(g) => {
+                    self.miss(key, "get")?;
+                    return Ok(Fetched::Compute(g));
+                }
+                Claim::Failed(m) => return Ok(Fetched::Failed(m)),
+            }
+        }
+    }
+
+    /// The result of `key` kept in memory by a resident vault, if it is still current (counted
+    /// as a hit).
+    fn recall(&self, key: &TaskKey) -> Result<Option<Served>> {
+        let Some(r) = &self.resident else { return Ok(None) };
+        let hex = key.digest().hex();
+        let Some(s) = r.recall(&hex, r.generation.current()) else { return Ok(None) };
+        if self.expired(&s.entry, now_ms()) {
+            r.forget(&hex);
+            return Ok(None);
+        }
+        self.hit(&s.entry, "get")?;
+        Ok(Some(s))
+    }
+
+    /// Taken before a read: the generation a resident vault may keep what it reads under.
+    /// `None` when nothing read now may be kept (not resident, or a removal is under way and
+    /// may commit after the read).
+    fn keep_mark(&self) -> Option<u64> {
+        let r = self.resident.as_ref()?;
+        let generation = r.generation.current();
+        (!self.hot.removal_pending()).then_some(generation)
+    }
+
+    /// `e` and its verified bytes as served, kept in memory under `mark` (see `keep_mark`).
+    fn kept(&self, e: Entry, bytes: Vec<u8>, mark: Option<u64>) -> Served {
+        let s = Served { entry: Arc::new(e), bytes: bytes.into() };
+        if let (Some(r), Some(generation)) = (&self.resident, mark) {
             r.keep(&s, generation);
         }
-        Ok(Some(s))
+        s
     }
 
     fn fetch_stored(&self, key: &TaskKey) -> Result<Option<(Entry, Vec<u8>)>> {

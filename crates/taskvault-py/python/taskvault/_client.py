@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import uuid
 import warnings
 import weakref
@@ -224,7 +225,7 @@ class Client:
         self._serializer_name = serializer_name(self._serializer).encode()
         self.max_workers = max_workers
         self._identity = Identity(ResultRef)
-        self._signatures: dict[Any, inspect.Signature | None] = {}
+        self._plans: dict[Any, _Plan] = {}
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> "Client":
@@ -269,32 +270,31 @@ class Client:
             options = _TaskOptions().merged(over) if over else _DEFAULT_OPTIONS
         return self._submit(func, args, kwargs, options)
 
-    def _bound(self, func: Callable, args: tuple, kwargs: dict) -> Any:
-        """The call's arguments bound to the signature with defaults applied."""
+    def _plan(self, func: Callable) -> "_Plan":
         try:
-            sig = self._signatures[func]
-        except (KeyError, TypeError):
-            try:
-                sig = inspect.signature(func)
-            except (TypeError, ValueError):
-                sig = None
-            try:
-                self._signatures[func] = sig
-            except TypeError:
-                pass
-        if sig is None:
-            return (args, kwargs)
-        try:
-            ba = sig.bind(*args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"{display_name(func)}(): {e}") from None
-        ba.apply_defaults()
-        return ba.arguments
+            plan = self._plans.get(func)
+        except TypeError:  # an unhashable callable object
+            return _Plan(func)
+        if plan is None or not plan.current(func):
+            if len(self._plans) >= 4096:
+                self._plans.clear()
+            plan = self._plans[func] = _Plan(func)
+        return plan
 
-    def _key(self, func: Callable, bound: Any, options: _TaskOptions) -> Any:
+    def _bound(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """The call's arguments bound to the signature with defaults applied: a dict in the
+        signature's order, or ``(args, kwargs)`` for a callable without a signature."""
+        return self._plan(func).bind(func, args, kwargs)
+
+    def _key(self, func: Callable, bound: Any, options: _TaskOptions) -> tuple[Any, bool]:
+        """The call's key, and whether its arguments hold ``ResultRef``s."""
         task = options.name or display_name(func)
         h = hashlib.blake2b(digest_size=32, person=b"tv-args")
-        Encoder(h.update, ResultRef, self._identity.of).encode(bound)
+        enc = Encoder(h.update, ResultRef, self._identity.of)
+        if type(bound) is dict:
+            enc.encode_arguments(bound)
+        else:
+            enc.encode(bound)
         ingredients = [
             ("py.scheme", SCHEME),
             ("py.code", self._identity.of(func)),
@@ -304,37 +304,32 @@ class Client:
         if not options.cache:
             # Never served again: a fresh key per call, still recorded with its lineage.
             ingredients.append(("py.nocache", uuid.uuid4().bytes))
-        return self._vault.key(task, ingredients)
+        return self._vault.key(task, ingredients), enc.saw_ref
 
     def _submit(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> ResultRef:
         bound = self._bound(func, args, kwargs)
         try:
-            key = self._key(func, bound, options)
+            key, refs = self._key(func, bound, options)
         except Unencodable as e:
             if options.on_unencodable == "raise":
                 raise
             warnings.warn(f"{display_name(func)}: not cached ({e})", stacklevel=3)
-            value = self._attempts(func, args, kwargs, options)
+            value = self._attempts(func, args, kwargs, options, True)
             data = self._serializer.dumps(value)
             return ResultRef(self, "", "", len(data), display_name(func), data)
-        if options.cache and not options.force:
-            got = self._vault.get(key)
-            if got is not None:
-                return ResultRef(self, got[0], got[1], got[2], key.task, got[3])
         if options.force or not options.cache:
-            return self._compute(key, func, args, kwargs, bound, options, None)
-        while True:
-            status, payload = self._vault.claim(key)
-            if status == "ready":
-                return ResultRef(self, payload[0], payload[1], payload[2], key.task, payload[3])
-            if status == "failed":
-                msg, _, tb = payload.partition("\n\n")
-                raise TaskError(msg, tb)
-            return self._compute(key, func, args, kwargs, bound, options, payload)
+            return self._compute(key, func, args, kwargs, bound, options, None, refs)
+        status, payload = self._vault.get_or_claim(key)
+        if status == "hit":
+            return ResultRef(self, payload[0], payload[1], payload[2], key.task, payload[3])
+        if status == "failed":
+            msg, _, tb = payload.partition("\n\n")
+            raise TaskError(msg, tb)
+        return self._compute(key, func, args, kwargs, bound, options, payload, refs)
 
-    def _attempts(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> Any:
-        call_args = _resolve_refs(args)
-        call_kwargs = _resolve_refs(kwargs)
+    def _attempts(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions, refs: bool) -> Any:
+        call_args = _resolve_refs(args) if refs else args
+        call_kwargs = _resolve_refs(kwargs) if refs else kwargs
         attempt = 0
         while True:
             try:
@@ -349,10 +344,10 @@ class Client:
                 time.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
 
     def _compute(self, key: Any, func: Callable, args: tuple, kwargs: dict, bound: Any, options: _TaskOptions,
-                 claim: Any) -> ResultRef:
+                 claim: Any, refs: bool) -> ResultRef:
         started = time.monotonic()
         try:
-            value = self._attempts(func, args, kwargs, options)
+            value = self._attempts(func, args, kwargs, options, refs)
             data = self._serializer.dumps(value)
         except BaseException as e:
             if claim is not None:
@@ -364,24 +359,18 @@ class Client:
         try:
             duration_ms = int((time.monotonic() - started) * 1000)
             parents: list[str] = []
-            _parents(args, parents)
-            _parents(kwargs, parents)
-            details = {
-                "kind": "python",
-                "function": display_name(func),
-                "module": module_of(func),
-                "source": self._identity.source(func),
-                "args": {k: _short(v) for k, v in _display_args(bound).items()},
-                "parents": parents,
-                "serializer": self._serializer_name.decode(),
-                "python": sys.version.split()[0],
-            }
+            if refs:
+                _parents(args, parents)
+                _parents(kwargs, parents)
+            args_shown = {k: _short(v) for k, v in _display_args(bound).items()}
+            details = (self._plan(func).details_head(func, self) + ',"args":' + json.dumps(args_shown)
+                       + ',"parents":' + json.dumps(parents) + "}")
             try:
                 # With the claim: a small result is committed in a batch shortly after, and the
                 # claim released then (waiters elsewhere get it from the vault).
                 run_id, digest, size = self._vault.save(
                     key, data, ttl=None if options.ttl is None else int(options.ttl), tags=options.tags or None,
-                    details=json.dumps(details), duration_ms=duration_ms, claim=claim,
+                    details=details, duration_ms=duration_ms, claim=claim,
                 )
             except _native.TooLargeError as e:
                 # The work is done; losing its result to a policy would be worse than not caching it.
@@ -516,6 +505,79 @@ class Client:
 
 
 _DEFAULT_OPTIONS = _TaskOptions()
+
+_PLAIN_ARGS = ~(inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
+
+
+class _Plan:
+    """What every call of one callable shares: how its arguments bind to its signature, and the
+    part of a run's recorded details that does not depend on the arguments."""
+
+    __slots__ = ("sig", "names", "_state", "_head")
+
+    def __init__(self, func: Callable):
+        # A function's code and defaults can be reassigned: the plan holds only while they
+        # are the ones it was made from.
+        self._state = _function_state(func)
+        try:
+            self.sig: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):
+            self.sig = None
+        # A plain function whose parameters are all positional-or-keyword binds positional
+        # calls without `Signature.bind` (the same result: names in order, defaults applied).
+        self.names: tuple[str, ...] | None = None
+        code = getattr(func, "__code__", None)
+        custom = hasattr(func, "__wrapped__") or hasattr(func, "__signature__")  # what `signature` follows
+        if type(func) is types.FunctionType and code is not None and self.sig is not None and not custom:
+            plain = code.co_posonlyargcount == 0 and code.co_kwonlyargcount == 0 and code.co_flags & _PLAIN_ARGS == code.co_flags
+            if plain:
+                self.names = tuple(code.co_varnames[: code.co_argcount])
+        self._head: str | None = None
+
+    def current(self, func: Callable) -> bool:
+        state = self._state
+        if state is None:
+            return True
+        code, defaults, kwdefaults = state
+        return func.__code__ is code and func.__defaults__ is defaults and func.__kwdefaults__ is kwdefaults
+
+    def bind(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        names = self.names
+        if names is not None and not kwargs:
+            missing = len(names) - len(args)
+            if missing == 0:
+                return dict(zip(names, args))
+            defaults = func.__defaults__ or ()
+            if 0 < missing <= len(defaults):
+                return dict(zip(names, args + defaults[len(defaults) - missing:]))
+        if self.sig is None:
+            return (args, kwargs)
+        try:
+            ba = self.sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{display_name(func)}(): {e}") from None
+        ba.apply_defaults()
+        return ba.arguments
+
+    def details_head(self, func: Callable, client: "Client") -> str:
+        """The recorded details up to the arguments: JSON text without its closing brace."""
+        if self._head is None or self._state is None:
+            head = {
+                "kind": "python",
+                "function": display_name(func),
+                "module": module_of(func),
+                "source": client._identity.source(func),
+                "serializer": client._serializer_name.decode(),
+                "python": sys.version.split()[0],
+            }
+            self._head = json.dumps(head)[:-1]
+        return self._head
+
+
+def _function_state(func: Callable) -> tuple | None:
+    if type(func) is not types.FunctionType:
+        return None
+    return (func.__code__, func.__defaults__, func.__kwdefaults__)
 
 
 def _display_args(bound: Any) -> dict[str, Any]:

@@ -41,13 +41,23 @@ class Encoder:
     its code identity (bytes). Both are supplied by the client, which owns those concepts.
     """
 
-    __slots__ = ("update", "ref_type", "fn_identity", "_active")
+    __slots__ = ("update", "ref_type", "fn_identity", "_active", "saw_ref")
 
     def __init__(self, update: Callable[[bytes], Any], ref_type: type, fn_identity: Callable[[Any], bytes]):
         self.update = update
         self.ref_type = ref_type
         self.fn_identity = fn_identity
         self._active: set[int] = set()
+        #: Whether a ``ResultRef`` was encoded (the call then has parents to resolve).
+        self.saw_ref = False
+
+    def encode_arguments(self, arguments: dict[str, Any]) -> None:
+        """A call's arguments bound to its signature: (name, value) pairs in the signature's
+        order (fixed by the function's code, which is part of the key too)."""
+        self.update(b"A" + _pack_len(len(arguments)))
+        for name, value in arguments.items():
+            self._bytes(b"n", name.encode("utf-8", "surrogatepass"))
+            self.encode(value)
 
     def _bytes(self, tag: bytes, data: bytes | memoryview) -> None:
         self.update(tag + _pack_len(len(data)))
@@ -75,6 +85,7 @@ class Encoder:
         elif t is set or t is frozenset:
             self._set(b"<" if t is set else b">", v)
         elif isinstance(v, self.ref_type):
+            self.saw_ref = True
             self._bytes(b"R", v.hash.encode())
         else:
             self._other(v, t)
@@ -97,6 +108,7 @@ class Encoder:
         sub = Encoder(parts.append, self.ref_type, self.fn_identity)
         sub._active = self._active
         sub.encode(v)
+        self.saw_ref |= sub.saw_ref
         return b"".join(parts)
 
     def _set(self, tag: bytes, v: Any) -> None:

@@ -16,6 +16,13 @@ closure value that cannot be encoded is left out, and a ``KeyWarning`` names it 
 Bound methods add their object's state; ``functools.partial`` adds its frozen arguments;
 decorated callables (``__wrapped__``, ``lru_cache``) count as the function they wrap plus the
 wrapper's own code.
+
+A function's identity is remembered together with the checks that prove it still holds: every
+attribute, global, module attribute, closure cell and class member it was computed from, each
+compared by object identity. It is reused only while all of them still hold and only when every
+value it was computed from is immutable (numbers, strings, bytes, tuples and frozensets of them,
+functions, classes, modules). Anything else (a global list, a bound method's object, a
+``partial``'s keywords) is encoded again on every call.
 """
 
 from __future__ import annotations
@@ -37,8 +44,50 @@ from ._encode import Encoder, Unencodable
 
 __all__ = ["KeyWarning", "Identity", "SCHEME"]
 
-#: Bumped whenever what goes into a code identity changes.
-SCHEME = b"taskvault.py/1"
+#: Bumped whenever what goes into a code identity or an argument digest changes.
+SCHEME = b"taskvault.py/2"
+
+_MISSING = object()
+#: Appended to a witness list: what was computed must not be reused.
+_UNSTABLE = ("unstable",)
+_FROZEN_LEAVES = frozenset((type(None), bool, int, float, complex, str, bytes))
+
+
+def _frozen(v: Any) -> bool:
+    """Whether ``v`` can never change: an immutable leaf, or a tuple / frozenset of them."""
+    t = type(v)
+    if t in _FROZEN_LEAVES:
+        return True
+    if t is tuple or t is frozenset:
+        return all(_frozen(x) for x in v)
+    return False
+
+
+def _holds(checks: list) -> bool:
+    """Whether every witness recorded while an identity was computed still holds."""
+    for c in checks:
+        kind = c[0]
+        if kind == "attr":
+            if getattr(c[1], c[2], _MISSING) is not c[3]:
+                return False
+        elif kind == "key":
+            if c[1].get(c[2], _MISSING) is not c[3]:
+                return False
+        elif kind == "cell":
+            try:
+                value = c[1].cell_contents
+            except ValueError:
+                value = _MISSING
+            if value is not c[2]:
+                return False
+        else:  # "items": a class's namespace, member by member
+            ns, snapshot = c[1], c[2]
+            if len(ns) != len(snapshot):
+                return False
+            for k, v in snapshot:
+                if ns.get(k, _MISSING) is not v:
+                    return False
+    return True
 
 
 class KeyWarning(UserWarning):
@@ -211,13 +260,26 @@ class Identity:
     def __init__(self, ref_type: type):
         self.ref_type = ref_type
         self._warned: set[tuple[str, str]] = set()
+        # Plain functions: (digest, checks) while the checks hold.
+        self._known: dict[Any, tuple[bytes, list]] = {}
 
     def of(self, fn: Any) -> bytes:
         """The identity digest of a callable."""
+        plain = type(fn) is types.FunctionType
+        if plain:
+            known = self._known.get(fn)
+            if known is not None and _holds(known[1]):
+                return known[0]
         h = hashlib.blake2b(digest_size=32, person=b"tv-code")
         h.update(SCHEME)
-        self._callable(fn, h, set())
-        return h.digest()
+        checks: list = []
+        self._callable(fn, h, set(), checks)
+        digest = h.digest()
+        if plain and _UNSTABLE not in checks:
+            if len(self._known) >= 4096:
+                self._known.clear()
+            self._known[fn] = (digest, checks)
+        return digest
 
     def source(self, fn: Any) -> str:
         fn = _unwrap(fn)
@@ -226,8 +288,17 @@ class Identity:
             return f"<{type(fn).__name__} {getattr(fn, '__qualname__', fn)!r}>"
         return _static(code).source
 
-    def _encoder(self, h: Any) -> Encoder:
-        return Encoder(h.update, self.ref_type, self.of)
+    def _encoder(self, h: Any, w: list) -> Encoder:
+        def nested(fn: Any) -> bytes:
+            w.append(_UNSTABLE)  # its own checks are not collected here
+            return self.of(fn)
+
+        return Encoder(h.update, self.ref_type, nested)
+
+    def _encode_value(self, h: Any, w: list, v: Any) -> None:
+        if not _frozen(v):
+            w.append(_UNSTABLE)
+        self._encoder(h, w).encode(v)
 
     def _warn(self, where: str, name: str, why: str) -> None:
         if (where, name) not in self._warned:
@@ -238,115 +309,143 @@ class Identity:
                 stacklevel=4,
             )
 
-    def _callable(self, fn: Any, h: Any, seen: set[int]) -> None:
+    # Each step below appends to `w` the witnesses of what it read (see `_holds`), or
+    # `_UNSTABLE` when what it read may change without any of them changing.
+
+    def _callable(self, fn: Any, h: Any, seen: set[int], w: list) -> None:
         if isinstance(fn, functools.partial):
             h.update(b"partial")
-            self._callable(fn.func, h, seen)
-            enc = self._encoder(h)
+            w.append(_UNSTABLE)
+            self._callable(fn.func, h, seen, w)
+            enc = self._encoder(h, w)
             enc.encode(tuple(fn.args))
             enc.encode(dict(fn.keywords))
             return
         if isinstance(fn, types.MethodType):
             h.update(b"method")
-            self._callable(fn.__func__, h, seen)
-            self._encoder(h).encode(fn.__self__)
+            w.append(_UNSTABLE)
+            self._callable(fn.__func__, h, seen, w)
+            self._encoder(h, w).encode(fn.__self__)
             return
         if isinstance(fn, types.FunctionType):
-            self._function(fn, h, seen)
+            self._function(fn, h, seen, w)
             return
         wrapped = getattr(fn, "__wrapped__", None)
         if wrapped is not None:
             # A C wrapper (lru_cache, cache): only the wrapped function matters.
             h.update(b"wrapped")
-            self._callable(wrapped, h, seen)
+            w.append(("attr", fn, "__wrapped__", wrapped))
+            self._callable(wrapped, h, seen, w)
             return
         if isinstance(fn, type):
-            self._class(fn, h, seen)
+            self._class(fn, h, seen, w)
             return
         if isinstance(fn, (types.BuiltinFunctionType, types.BuiltinMethodType)) or not hasattr(fn, "__dict__"):
             h.update(b"builtin:")
             self_obj = getattr(fn, "__self__", None)
             h.update(f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', repr(fn))}".encode())
             if self_obj is not None and not isinstance(self_obj, types.ModuleType):
-                self._encoder(h).encode(self_obj)
+                w.append(_UNSTABLE)
+                self._encoder(h, w).encode(self_obj)
             return
         # A callable object: its class's __call__ and its state.
         h.update(b"object")
-        self._class(type(fn), h, seen)
-        self._encoder(h).encode(fn)
+        w.append(_UNSTABLE)
+        self._class(type(fn), h, seen, w)
+        self._encoder(h, w).encode(fn)
 
-    def _class(self, cls: type, h: Any, seen: set[int]) -> None:
+    def _class(self, cls: type, h: Any, seen: set[int], w: list) -> None:
         h.update(f"class:{cls.__module__}.{cls.__qualname__}".encode())
+        w.append(("attr", cls, "__module__", cls.__module__))
+        w.append(("attr", cls, "__qualname__", cls.__qualname__))
         if _is_library_module(cls.__module__) or id(cls) in seen:
             return
         seen.add(id(cls))
-        for name in sorted(vars(cls)):
-            attr = vars(cls)[name]
+        ns = vars(cls)
+        w.append(("items", ns, tuple(ns.items())))
+        w.append(("attr", cls, "__bases__", cls.__bases__))
+        for name in sorted(ns):
+            attr = ns[name]
             fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
             if isinstance(fn, property):
                 fn = fn.fget
             if isinstance(fn, types.FunctionType):
                 h.update(b"m:" + name.encode())
-                self._function(fn, h, seen)
+                self._function(fn, h, seen, w)
         for base in cls.__bases__:
             if base is not object:
-                self._class(base, h, seen)
+                self._class(base, h, seen, w)
 
-    def _function(self, fn: types.FunctionType, h: Any, seen: set[int]) -> None:
+    def _function(self, fn: types.FunctionType, h: Any, seen: set[int], w: list) -> None:
         wrapped = getattr(fn, "__wrapped__", None)
+        w.append(("attr", fn, "__wrapped__", getattr(fn, "__wrapped__", _MISSING)))
         if wrapped is not None:
             # A Python decorator's wrapper: its own code (below), and the function it wraps.
             h.update(b"decorated")
-            self._callable(wrapped, h, seen)
+            self._callable(wrapped, h, seen, w)
         mod = fn.__module__
+        w.append(("attr", fn, "__module__", mod))
+        w.append(("attr", fn, "__qualname__", fn.__qualname__))
         h.update(f"fn:{mod}.{fn.__qualname__}".encode())
         if _is_library_module(mod) or id(fn) in seen:
             return
         seen.add(id(fn))
-        st = _static(fn.__code__)
+        code = fn.__code__
+        w.append(("attr", fn, "__code__", code))
+        st = _static(code)
         h.update(st.digest)
-        enc = self._encoder(h)
         where = fn.__qualname__
+        defaults, kwdefaults = fn.__defaults__, fn.__kwdefaults__
+        w.append(("attr", fn, "__defaults__", defaults))
+        w.append(("attr", fn, "__kwdefaults__", kwdefaults))
         try:
-            enc.encode(fn.__defaults__)
-            enc.encode(fn.__kwdefaults__)
+            self._encode_value(h, w, defaults)
+            self._encode_value(h, w, kwdefaults)
         except Unencodable as e:
             raise Unencodable(f"default argument of {where}: {e}") from None
         if fn.__closure__:
-            for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
+            for name, cell in zip(code.co_freevars, fn.__closure__):
                 try:
                     value = cell.cell_contents
                 except ValueError:  # an empty cell (the function refers to itself, say)
+                    w.append(("cell", cell, _MISSING))
                     continue
+                w.append(("cell", cell, value))
                 h.update(b"cell:" + name.encode())
-                self._value(value, h, seen, where, name)
+                self._value(value, h, seen, where, name, w)
         g = fn.__globals__
         for name in st.names:
-            if name in g:
+            value = g.get(name, _MISSING)
+            w.append(("key", g, name, value))
+            if value is not _MISSING:
                 h.update(b"global:" + name.encode())
-                self._value(g[name], h, seen, where, name)
+                self._value(value, h, seen, where, name, w)
         for name, attr in st.attrs:
             mod_obj = g.get(name)
             if isinstance(mod_obj, types.ModuleType) and not _is_library_module(mod_obj.__name__):
                 h.update(b"attr:" + name.encode() + b"." + attr.encode())
-                if hasattr(mod_obj, attr):
-                    self._value(getattr(mod_obj, attr), h, seen, where, f"{name}.{attr}")
+                value = getattr(mod_obj, attr, _MISSING)
+                w.append(("attr", mod_obj, attr, value))
+                if value is not _MISSING:
+                    self._value(value, h, seen, where, f"{name}.{attr}", w)
 
-    def _value(self, v: Any, h: Any, seen: set[int], where: str, name: str) -> None:
+    def _value(self, v: Any, h: Any, seen: set[int], where: str, name: str, w: list) -> None:
         if isinstance(v, types.ModuleType):
             h.update(b"module:" + v.__name__.encode())
             return
         if isinstance(v, (types.FunctionType, types.MethodType, functools.partial, type)) or (
             callable(v) and (not hasattr(v, "__dict__") or getattr(v, "__wrapped__", None) is not None)
         ):
-            self._callable(v, h, seen)
+            self._callable(v, h, seen, w)
             return
         if type(v).__module__ == "typing" or isinstance(v, type(Any)):
             h.update(b"typing")
             return
+        if not _frozen(v):
+            w.append(_UNSTABLE)
         try:
             parts: list[bytes] = []
-            self._encoder(types.SimpleNamespace(update=parts.append)).encode(v)
+            self._encoder(types.SimpleNamespace(update=parts.append), w).encode(v)
         except (Unencodable, RecursionError) as e:
             h.update(b"unencodable")
             self._warn(where, name, str(e))

@@ -59,6 +59,9 @@ pub struct SqliteMeta {
     conn: std::sync::OnceLock<Mutex<Connection>>,
     /// Set by `long_lived`: checkpoints run on a thread of their own.
     checkpointer: std::sync::OnceLock<Checkpointer>,
+    /// Set by `long_lived`: lookups read on a connection of their own, so that they never wait
+    /// for this process's commits (WAL readers see the last commit and do not block writers).
+    reader: std::sync::OnceLock<Mutex<Connection>>,
 }
 
 /// Wakes the checkpoint thread; dropping it ends the thread.
@@ -119,6 +122,7 @@ impl SqliteMeta {
             path: path.to_owned(),
             conn: std::sync::OnceLock::new(),
             checkpointer: std::sync::OnceLock::new(),
+            reader: std::sync::OnceLock::new(),
         })
     }
 
@@ -140,6 +144,14 @@ impl SqliteMeta {
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         let conn = self.conn()?;
         f(&conn).map_err(|e| self.err(e))
+    }
+
+    /// Runs the read-only `f` on the reader connection, if there is one.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        match self.reader.get() {
+            Some(r) => f(&r.lock().unwrap_or_else(|p| p.into_inner())).map_err(|e| self.err(e)),
+            None => self.with(f),
+        }
     }
 
     /// Runs `f` in an IMMEDIATE transaction. `f` returns our error type so that callbacks (blob
@@ -422,16 +434,18 @@ impl MetaStore for SqliteMeta {
         let c = Checkpointer::start(open_database(&self.path, SCHEMA_VERSION, migrate)?)?;
         // Writers no longer checkpoint (and wait for its fsyncs) themselves.
         self.with(|conn| conn.pragma_update(None, "wal_autocheckpoint", 0))?;
+        let reader = open_database(&self.path, SCHEMA_VERSION, migrate)?;
+        let _ = self.reader.set(Mutex::new(reader));
         let _ = self.checkpointer.set(c);
         Ok(())
     }
 
     fn lookup(&self, key: &str) -> Result<Option<Entry>> {
-        self.with(|c| live_entry(c, key))
+        self.read(|c| live_entry(c, key))
     }
 
     fn blob(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
-        self.with(|c| {
+        self.read(|c| {
             c.prepare_cached("SELECT size, stored_size, codec, data FROM blobs WHERE digest = ?1")?
                 .query_row([digest.to_string()], |r| {
                     Ok(BlobInfo {

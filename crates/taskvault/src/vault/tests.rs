@@ -1,7 +1,7 @@
 use super::*;
-use crate::Claim;
 use crate::OutputKind;
 use crate::entry::Filter;
+use crate::{Claim, Fetched};
 use base64::Engine as _;
 use std::os::unix::fs::PermissionsExt;
 use taskvault_testkit::noise;
@@ -1037,4 +1037,40 @@ fn a_resident_vault_never_leaves_a_stale_hot_record() {
     r.save(&key, Output::Bytes(b"new"), &SaveOptions::default()).unwrap();
     assert!(f.vault.hot.read(&key.digest().hex()).is_none(), "the old record went");
     assert_eq!(f.vault.get_bytes(&key).unwrap().unwrap().1, b"new");
+}
+
+#[test]
+fn fetch_or_claim_serves_claims_and_recomputes_what_fails_verification() {
+    let f = fx();
+    let r = resident(&f);
+    let key = f.key("t", b"in");
+    // Nothing there: the claim, and a miss counted.
+    let Fetched::Compute(g) = r.fetch_or_claim(&key).unwrap() else { panic!("nothing is stored") };
+    // Another caller waits for it, then gets the result saved under it.
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| match f.vault.fetch_or_claim(&key).unwrap() {
+            Fetched::Hit(got) => got.bytes.to_vec(),
+            other => panic!("the waiter must get the saved result, got {other:?}"),
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "the claim is held");
+        r.save(&key, Output::Bytes(&noise(1 << 20, 3)), &SaveOptions::default()).unwrap();
+        drop(g);
+        assert_eq!(waiter.join().unwrap(), noise(1 << 20, 3));
+    });
+    // Read from the vault (not kept in memory: one other vault wrote it), then from memory.
+    let fresh = resident(&f);
+    let Fetched::Hit(s) = fresh.fetch_or_claim(&key).unwrap() else { panic!("stored") };
+    assert_eq!(&s.bytes[..], &noise(1 << 20, 3)[..]);
+    // A blob that fails verification is never served: the caller gets the claim instead.
+    let blob = f.blob_files().pop().unwrap();
+    make_writable(&blob);
+    let mut b = std::fs::read(&blob).unwrap();
+    b[1000] ^= 1;
+    std::fs::write(&blob, b).unwrap();
+    let other = resident(&f);
+    assert!(matches!(other.fetch_or_claim(&key).unwrap(), Fetched::Compute(_)));
+    drop((r, fresh, other)); // they write the hits and misses they buffered
+    let c = f.vault.stats().unwrap().counters;
+    assert_eq!((c.misses, c.corrupt), (2, 1));
 }

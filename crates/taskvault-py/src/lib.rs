@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use taskvault::{DetachedClaim, Fetched, Filter, Output, SaveOptions, Status, TaskKey};
@@ -96,11 +97,81 @@ fn poisoned() -> PyErr {
     error::TaskVaultError::new_err("a claim's lock was poisoned by a panic")
 }
 
-/// A served result: `(run id, output digest, size, bytes)`.
-type Hit<'py> = (String, String, u64, Bound<'py, PyBytes>);
+/// A served result: `(run id, output digest, size, bytes, raw)`; `raw` when the bytes are the
+/// result itself (a `bytes` result stored as it is), not its serialization.
+type Hit<'py> = (String, String, u64, Bound<'py, PyBytes>, bool);
 
 fn hit<'py>(py: Python<'py>, e: &taskvault::Entry, bytes: &[u8]) -> Hit<'py> {
-    (e.id.clone(), output_digest(e), e.size, PyBytes::new(py, bytes))
+    (e.id.clone(), output_digest(e), e.size, PyBytes::new(py, bytes), is_raw(e))
+}
+
+/// Whether the client stored the result as it is (see `_client.py`, `details.result`).
+fn is_raw(e: &taskvault::Entry) -> bool {
+    e.details.get("result").and_then(|v| v.as_str()) == Some("bytes")
+}
+
+/// A new Python `bytes` that the engine writes a large result into, so the result is copied
+/// once, from the vault into the object Python gets.
+#[derive(Default)]
+struct NewBytes {
+    obj: Option<Py<PyBytes>>,
+}
+
+/// Buffers at least this large ask the kernel for huge pages: a fresh 100 MiB buffer costs
+/// about 25,000 page faults otherwise, more than decoding and hashing it.
+const HUGE_PAGES_MIN: usize = 4 << 20;
+
+impl taskvault::Destination for NewBytes {
+    fn buffer(&mut self, len: usize) -> taskvault::Result<&mut [u8]> {
+        let n = ffi::Py_ssize_t::try_from(len).map_err(|_| {
+            taskvault::Error::Other(format!("a result of {len} bytes is too large"))
+        })?;
+        let obj = Python::attach(|py| -> PyResult<Py<PyBytes>> {
+            // SAFETY: a NULL source asks for an uninitialized `bytes` of `n` bytes; the new
+            // reference (or NULL and a Python error) is taken over by `from_owned_ptr_or_err`.
+            #[allow(unsafe_code)]
+            let any = unsafe {
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    ffi::PyBytes_FromStringAndSize(std::ptr::null(), n),
+                )
+            }?;
+            Ok(any.cast_into::<PyBytes>()?.unbind())
+        })
+        .map_err(|e| taskvault::Error::Other(format!("allocating {len} bytes: {e}")))?;
+        // SAFETY: `PyBytes_AsString` of a `bytes` object is its data (`len` bytes, plus a
+        // trailing NUL): valid for as long as the object lives, which `self` ensures for the
+        // borrow returned. Nobody else has seen the object: we hold its only reference, so
+        // this is the only access, with or without the GIL. The bytes are zeroed before the
+        // slice is made, so it is initialized.
+        #[allow(unsafe_code)]
+        let buf = unsafe {
+            let data = ffi::PyBytes_AsString(obj.as_ptr()).cast::<u8>();
+            if len >= HUGE_PAGES_MIN {
+                advise_huge_pages(data as usize, len);
+            }
+            std::ptr::write_bytes(data, 0, len);
+            std::slice::from_raw_parts_mut(data, len)
+        };
+        self.obj = Some(obj);
+        Ok(buf)
+    }
+}
+
+/// Asks for transparent huge pages over the whole 2 MiB pages inside `[addr, addr + len)`.
+/// Only a hint: where the kernel does not give them, nothing changes.
+fn advise_huge_pages(addr: usize, len: usize) {
+    const HUGE: usize = 2 << 20;
+    let start = addr.next_multiple_of(HUGE);
+    let end = (addr + len) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: madvise only changes how the kernel backs pages of this process's own
+        // mapping (the range lies inside the buffer); MADV_HUGEPAGE never changes contents.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
 }
 
 /// The digest of a bytes entry's one output (hex), what `ResultRef.hash` shows.
@@ -161,13 +232,16 @@ impl Vault {
         let vault = Arc::clone(&self.inner);
         enum Got {
             Hit(taskvault::Served),
+            Written(Arc<taskvault::Entry>),
             Compute(DetachedClaim),
             Failed(String),
         }
+        let mut large = NewBytes::default();
         let got = py
             .detach(|| -> taskvault::Result<Got> {
-                Ok(match vault.fetch_or_claim(&key.inner)? {
+                Ok(match vault.fetch_or_claim(&key.inner, Some(&mut large))? {
                     Fetched::Hit(s) => Got::Hit(s),
+                    Fetched::Written(e) => Got::Written(e),
                     Fetched::Compute(g) => Got::Compute(g.detach()),
                     Fetched::Failed(m) => Got::Failed(m),
                 })
@@ -176,6 +250,15 @@ impl Vault {
         Ok(match got {
             Got::Hit(s) => {
                 ("hit", hit(py, &s.entry, &s.bytes).into_pyobject(py)?.into_any().unbind())
+            }
+            Got::Written(e) => {
+                let bytes = large.obj.take().ok_or_else(|| {
+                    error::TaskVaultError::new_err(
+                        "the engine wrote a result it never asked for a buffer for",
+                    )
+                })?;
+                let h = (e.id.clone(), output_digest(&e), e.size, bytes.into_bound(py), is_raw(&e));
+                ("hit", h.into_pyobject(py)?.into_any().unbind())
             }
             Got::Compute(c) => {
                 let h = ClaimHandle { vault, claim: Mutex::new(Some(c)) };
@@ -256,12 +339,21 @@ impl Vault {
         json(&runs)
     }
 
-    /// The bytes of the run `hash` names; `None` if they failed verification.
-    fn run_bytes<'py>(&self, py: Python<'py>, hash: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let b = py
-            .detach(|| self.inner.resolve(hash).and_then(|e| self.inner.run_bytes(&e)))
+    /// The bytes of the run `hash` names and whether they are the result itself (see `Hit`);
+    /// `None` if they failed verification.
+    fn run_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        hash: &str,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, bool)>> {
+        let (e, b) = py
+            .detach(|| {
+                let e = self.inner.resolve(hash)?;
+                let b = self.inner.run_bytes(&e)?;
+                Ok((e, b))
+            })
             .map_err(to_py)?;
-        Ok(b.map(|b| PyBytes::new(py, &b)))
+        Ok(b.map(|b| (PyBytes::new(py, &b), is_raw(&e))))
     }
 
     /// Removes the keys of the runs named; returns how many live entries went.

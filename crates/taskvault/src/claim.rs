@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::clock::now_ms;
 use crate::entry::Entry;
@@ -31,10 +32,20 @@ pub enum Claim<'v> {
 pub enum Fetched<'v> {
     /// The verified result (counted as a hit).
     Hit(Served),
+    /// The verified result, written into the caller's [`Destination`] (counted as a hit).
+    Written(Arc<Entry>),
     /// Nobody has the result: compute it, as for [`Claim::Compute`] (counted as a miss).
     Compute(ClaimGuard<'v>),
     /// The worker waited for failed with this message.
     Failed(String),
+}
+
+/// Where [`Vault::fetch_or_claim`] writes results too large to keep in memory, so that they
+/// land in memory the caller owns (a Python `bytes`, say) without a copy.
+pub trait Destination {
+    /// A buffer of exactly `len` bytes to write a result into; what it held is overwritten.
+    /// Called again if the result failed verification and another was found.
+    fn buffer(&mut self, len: usize) -> Result<&mut [u8]>;
 }
 
 /// The right to compute a key. Dropping it wakes the next waiter.

@@ -37,6 +37,11 @@ impl Algorithm {
 
     /// Digest of an in-memory byte string.
     pub fn digest(self, bytes: &[u8]) -> Digest {
+        if self == Algorithm::Blake3 && bytes.len() as u64 >= PARALLEL_HASH_MIN {
+            let mut h = blake3::Hasher::new();
+            h.update_rayon(bytes);
+            return Digest::new(Algorithm::Blake3, *h.finalize().as_bytes());
+        }
         let mut h = self.hasher();
         h.update(bytes);
         h.finish()
@@ -142,7 +147,8 @@ impl fmt::Debug for Hasher {
     }
 }
 
-/// Inputs at least this large are hashed with memory mapping and all cores (BLAKE3 only).
+/// Inputs at least this large are hashed with all cores (and files with memory mapping; BLAKE3
+/// only).
 const PARALLEL_HASH_MIN: u64 = 8 << 20;
 
 impl Hasher {

@@ -23,7 +23,7 @@ pub mod tree;
 mod vault;
 
 pub use archive::{ExportReport, ImportReport};
-pub use claim::{Claim, ClaimGuard, DetachedClaim, Fetched};
+pub use claim::{Claim, ClaimGuard, Destination, DetachedClaim, Fetched};
 pub use config::{ConfigFile, Policy, Settings};
 pub use digest::{Algorithm, Digest};
 pub use entry::{Entry, Filter, OutputKind, Status};

@@ -19,7 +19,7 @@ pub(crate) use stage::Staging as StagingHandle;
 
 use crate::access::AccessJournal;
 use crate::audit::{AuditLog, Event, Record};
-use crate::claim::{Claim, DetachedClaim, Fetched};
+use crate::claim::{Claim, Destination, DetachedClaim, Fetched};
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::digest::Digest;
@@ -721,7 +721,14 @@ impl Vault {
     /// [`Vault::fetch`] and [`Vault::claim`] in one: the result of `key` if it is there (kept
     /// in memory, or in the vault once the claim is taken), else the claim to compute it (a
     /// miss is counted), or the failure of the worker waited for.
-    pub fn fetch_or_claim(&self, key: &TaskKey) -> Result<Fetched<'_>> {
+    ///
+    /// A result too large to keep in memory is written into a buffer from `large`, if given
+    /// ([`Fetched::Written`]), instead of one of the vault's own.
+    pub fn fetch_or_claim(
+        &self,
+        key: &TaskKey,
+        mut large: Option<&mut dyn Destination>,
+    ) -> Result<Fetched<'_>> {
         if let Some(s) = self.recall(key)? {
             return Ok(Fetched::Hit(s));
         }
@@ -729,6 +736,17 @@ impl Vault {
             let mark = self.keep_mark();
             match self.claim(key)? {
                 Claim::Ready(e) => {
+                    let size = e.outputs.first().map_or(0, |n| n.size);
+                    if size > resident::MEMO_MAX_BYTES as u64
+                        && e.output_kind != crate::entry::OutputKind::Dir
+                        && let Some(d) = large.as_deref_mut()
+                    {
+                        if self.read_bytes_into(&e, d.buffer(size as usize)?)?.is_none() {
+                            continue;
+                        }
+                        self.hit(&e, "get")?;
+                        return Ok(Fetched::Written(Arc::new(*e)));
+                    }
                     // A blob that fails verification is quarantined and its entry retired:
                     // claim again, to compute it.
                     let Some(bytes) = self.read_bytes(&e)? else { continue };

@@ -28,7 +28,7 @@ from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 from . import _native
 from ._encode import Encoder, Unencodable
 from ._identity import Identity, SCHEME, display_name, module_of
-from ._serializers import PickleSerializer, serializer_name
+from ._serializers import PickleSerializer, SafePickleSerializer, serializer_name
 
 __all__ = ["Client", "ResultRef", "TaskRef", "TaskError", "Entry"]
 
@@ -60,23 +60,28 @@ class ResultRef(Generic[T]):
     """A stored result. ``load()`` deserializes it; pass the ref itself to another task to chain
     them (the key then depends on this result's content, and the chain is recorded)."""
 
-    __slots__ = ("hash", "commit_hash", "size", "task", "_client", "_data")
+    __slots__ = ("hash", "commit_hash", "size", "task", "_client", "_data", "_raw")
 
-    def __init__(self, client: "Client", commit_hash: str, digest: str, size: int, task: str, data: bytes | None):
+    def __init__(self, client: "Client", commit_hash: str, digest: str, size: int, task: str, data: bytes | None,
+                 raw: bool = False):
         self._client = client
         self.commit_hash = commit_hash
         self.hash = digest
         self.size = size
         self.task = task
         self._data = data
+        self._raw = raw  # `data` is the result itself (a `bytes` result), not its serialization
 
     def load(self) -> T:
         data = self._data
         if data is None:
-            data = self._client._vault.run_bytes(self.commit_hash)
-            if data is None:
+            got = self._client._vault.run_bytes(self.commit_hash)
+            if got is None:
                 raise TaskError(f"the stored result of {self.task} (run {self.commit_hash[:12]}) failed verification")
+            data, self._raw = got
             self._data = data
+        if self._raw:
+            return data  # type: ignore[return-value]
         return self._client._serializer.loads(data)
 
     def __repr__(self) -> str:
@@ -321,7 +326,7 @@ class Client:
             return self._compute(key, func, args, kwargs, bound, options, None, refs)
         status, payload = self._vault.get_or_claim(key)
         if status == "hit":
-            return ResultRef(self, payload[0], payload[1], payload[2], key.task, payload[3])
+            return ResultRef(self, payload[0], payload[1], payload[2], key.task, payload[3], payload[4])
         if status == "failed":
             msg, _, tb = payload.partition("\n\n")
             raise TaskError(msg, tb)
@@ -348,7 +353,10 @@ class Client:
         started = time.monotonic()
         try:
             value = self._attempts(func, args, kwargs, options, refs)
-            data = self._serializer.dumps(value)
+            # A `bytes` result is stored as it is under the pickle serializers (their `loads`
+            # would give the same bytes back): no pickling, and a hit is the bytes read once.
+            raw = type(value) is bytes and type(self._serializer) in _RAW_BYTES_SERIALIZERS
+            data = value if raw else self._serializer.dumps(value)
         except BaseException as e:
             if claim is not None:
                 if isinstance(e, TaskError):
@@ -364,7 +372,7 @@ class Client:
                 _parents(kwargs, parents)
             args_shown = {k: _short(v) for k, v in _display_args(bound).items()}
             details = (self._plan(func).details_head(func, self) + ',"args":' + json.dumps(args_shown)
-                       + ',"parents":' + json.dumps(parents) + "}")
+                       + ',"parents":' + json.dumps(parents) + (',"result":"bytes"}' if raw else "}"))
             try:
                 # With the claim: a small result is committed in a batch shortly after, and the
                 # claim released then (waiters elsewhere get it from the vault).
@@ -375,11 +383,11 @@ class Client:
             except _native.TooLargeError as e:
                 # The work is done; losing its result to a policy would be worse than not caching it.
                 warnings.warn(f"{key.task}: result not cached: {e}", stacklevel=3)
-                return ResultRef(self, "", "", len(data), key.task, data)
+                return ResultRef(self, "", "", len(data), key.task, data, raw)
         finally:
             if claim is not None:
                 claim.release()
-        return ResultRef(self, run_id, digest, size, key.task, data)
+        return ResultRef(self, run_id, digest, size, key.task, data, raw)
 
     def submit_many(self, tasks: Iterable[Any], max_workers: int | None = None,
                     executor: cf.Executor | None = None) -> list[ResultRef]:
@@ -457,10 +465,11 @@ class Client:
         return Entry(json.loads(self._vault.show(hash)))
 
     def get(self, hash: str) -> Any:
-        data = self._vault.run_bytes(hash)
-        if data is None:
+        got = self._vault.run_bytes(hash)
+        if got is None:
             raise TaskError(f"the stored result of {hash} failed verification")
-        return self._serializer.loads(data)
+        data, raw = got
+        return data if raw else self._serializer.loads(data)
 
     def history(self, hash: str) -> list[Entry]:
         return _entries(self._vault.history(hash))
@@ -505,6 +514,8 @@ class Client:
 
 
 _DEFAULT_OPTIONS = _TaskOptions()
+
+_RAW_BYTES_SERIALIZERS = (PickleSerializer, SafePickleSerializer)
 
 _PLAIN_ARGS = ~(inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
 

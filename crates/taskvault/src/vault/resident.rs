@@ -51,8 +51,9 @@ pub(crate) struct Queue {
     oldest: Option<Instant>,
 }
 
-/// Results larger than this are not kept in memory.
-pub(crate) const MEMO_MAX_BYTES: usize = 1 << 20;
+/// Results larger than this are not kept in memory (and are read into the caller's
+/// `Destination`, when it gives one).
+pub(crate) const MEMO_MAX_BYTES: usize = 4 << 20;
 /// The memory kept results may take, in total.
 const MEMO_BUDGET: usize = 64 << 20;
 /// Buffered records are written once there are this many...

@@ -339,6 +339,94 @@ impl Vault {
         self.node_bytes(node)
     }
 
+    /// Like [`Vault::read_bytes`], into `dest`, which must be exactly the output's size. What
+    /// `dest` holds after `None` (the blob failed verification, was quarantined and its entries
+    /// retired) must not be used.
+    pub(crate) fn read_bytes_into(&self, e: &Entry, dest: &mut [u8]) -> Result<Option<()>> {
+        if e.output_kind == OutputKind::Dir {
+            return Err(Error::Other(format!("entry {} holds a directory, not bytes", e.id)));
+        }
+        let node = e.outputs.first().ok_or_else(|| Error::Other("entry has no output".into()))?;
+        let digest = node.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
+        if node.size != dest.len() as u64 {
+            return Err(Error::Other(format!(
+                "entry {} holds {} bytes, not {}",
+                e.id,
+                node.size,
+                dest.len()
+            )));
+        }
+        match self.read_blob_into(&digest, dest)? {
+            Ok(()) => Ok(Some(())),
+            Err(msg) => {
+                self.corrupt(&digest, &msg, "get")?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Decodes blob `digest` straight into `dest` (its expected size), then hashes `dest` with
+    /// all cores: one pass over memory the caller owns, instead of a buffer and a copy.
+    fn read_blob_into(&self, digest: &Digest, dest: &mut [u8]) -> Result<Verified> {
+        let Some(info) = self.blob_info(digest)? else {
+            return Ok(Err("no metadata row for the blob".into()));
+        };
+        if info.size != dest.len() as u64 {
+            return Ok(Err(format!(
+                "blob is {} bytes, the entry expects {}",
+                info.size,
+                dest.len()
+            )));
+        }
+        if let Some(data) = &info.inline {
+            let plain = match verify_inline(&info, data) {
+                Ok(p) => p,
+                Err(msg) => return Ok(Err(msg)),
+            };
+            dest.copy_from_slice(plain.as_deref().unwrap_or(data));
+            return Ok(Ok(()));
+        }
+        let file = match self.blob_store().open(digest)? {
+            Some(BlobReader::File(f)) => {
+                let len = f.metadata()?.len();
+                if len != info.stored_size {
+                    return Ok(Err(format!(
+                        "blob file is {len} bytes, expected {} (truncated?)",
+                        info.stored_size
+                    )));
+                }
+                Box::new(f) as Box<dyn Read + Send>
+            }
+            Some(BlobReader::Stream(s)) => s,
+            None => return Ok(Err("blob file is missing".into())),
+        };
+        let mut src: Box<dyn Read + Send> = match info.codec {
+            Codec::Raw => file,
+            Codec::Zstd => match zstd::stream::Decoder::new(file) {
+                Ok(d) => Box::new(d),
+                Err(e) => return Ok(Err(format!("zstd: {e}"))),
+            },
+        };
+        let mut filled = 0;
+        while filled < dest.len() {
+            match src.read(&mut dest[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Ok(Err(format!("reading blob: {e}"))),
+            }
+            self.report_progress(filled as u64);
+        }
+        if filled == dest.len() {
+            let mut probe = [0u8; 1];
+            if matches!(src.read(&mut probe), Ok(n) if n > 0) {
+                return Ok(Err(format!("blob holds more than the {} bytes recorded", info.size)));
+            }
+        }
+        let found = info.digest.algorithm().digest(&dest[..filled]);
+        Ok(check(&info, &found, filled as u64))
+    }
+
     /// The verified bytes of a file node; `None` if its blob failed verification (it has been
     /// quarantined and its entries retired).
     pub(crate) fn node_bytes(&self, node: &Node) -> Result<Option<Vec<u8>>> {

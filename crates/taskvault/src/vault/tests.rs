@@ -1,7 +1,7 @@
 use super::*;
 use crate::OutputKind;
 use crate::entry::Filter;
-use crate::{Claim, Fetched};
+use crate::{Claim, Destination, Fetched};
 use base64::Engine as _;
 use std::os::unix::fs::PermissionsExt;
 use taskvault_testkit::noise;
@@ -1045,23 +1045,37 @@ fn fetch_or_claim_serves_claims_and_recomputes_what_fails_verification() {
     let r = resident(&f);
     let key = f.key("t", b"in");
     // Nothing there: the claim, and a miss counted.
-    let Fetched::Compute(g) = r.fetch_or_claim(&key).unwrap() else { panic!("nothing is stored") };
+    let Fetched::Compute(g) = r.fetch_or_claim(&key, None).unwrap() else {
+        panic!("nothing is stored")
+    };
     // Another caller waits for it, then gets the result saved under it.
     std::thread::scope(|s| {
-        let waiter = s.spawn(|| match f.vault.fetch_or_claim(&key).unwrap() {
+        let waiter = s.spawn(|| match f.vault.fetch_or_claim(&key, None).unwrap() {
             Fetched::Hit(got) => got.bytes.to_vec(),
             other => panic!("the waiter must get the saved result, got {other:?}"),
         });
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(!waiter.is_finished(), "the claim is held");
-        r.save(&key, Output::Bytes(&noise(1 << 20, 3)), &SaveOptions::default()).unwrap();
+        r.save(&key, Output::Bytes(&noise(5 << 20, 3)), &SaveOptions::default()).unwrap();
         drop(g);
-        assert_eq!(waiter.join().unwrap(), noise(1 << 20, 3));
+        assert_eq!(waiter.join().unwrap(), noise(5 << 20, 3));
     });
-    // Read from the vault (not kept in memory: one other vault wrote it), then from memory.
+    // Too large to keep in memory: read straight into the caller's buffer when it gives one.
+    struct Buf(Vec<u8>);
+    impl Destination for Buf {
+        fn buffer(&mut self, len: usize) -> Result<&mut [u8]> {
+            self.0 = vec![0xAA; len];
+            Ok(&mut self.0)
+        }
+    }
     let fresh = resident(&f);
-    let Fetched::Hit(s) = fresh.fetch_or_claim(&key).unwrap() else { panic!("stored") };
-    assert_eq!(&s.bytes[..], &noise(1 << 20, 3)[..]);
+    let mut buf = Buf(Vec::new());
+    let Fetched::Written(e) = fresh.fetch_or_claim(&key, Some(&mut buf)).unwrap() else {
+        panic!("stored, and over the memory limit")
+    };
+    assert_eq!((e.size, &buf.0), (5 << 20, &noise(5 << 20, 3)));
+    let Fetched::Hit(s) = fresh.fetch_or_claim(&key, None).unwrap() else { panic!("stored") };
+    assert_eq!(&s.bytes[..], &noise(5 << 20, 3)[..]);
     // A blob that fails verification is never served: the caller gets the claim instead.
     let blob = f.blob_files().pop().unwrap();
     make_writable(&blob);
@@ -1069,7 +1083,8 @@ fn fetch_or_claim_serves_claims_and_recomputes_what_fails_verification() {
     b[1000] ^= 1;
     std::fs::write(&blob, b).unwrap();
     let other = resident(&f);
-    assert!(matches!(other.fetch_or_claim(&key).unwrap(), Fetched::Compute(_)));
+    let got = other.fetch_or_claim(&key, Some(&mut buf)).unwrap();
+    assert!(matches!(got, Fetched::Compute(_)), "never served: {got:?}");
     drop((r, fresh, other)); // they write the hits and misses they buffered
     let c = f.vault.stats().unwrap().counters;
     assert_eq!((c.misses, c.corrupt), (2, 1));

@@ -1,9 +1,10 @@
 //! Claims: among concurrent workers that miss the same key, one computes while the others block
 //! (in the kernel, not in a polling loop) until it saves or fails. A claim is an
 //! open-file-description lock (`F_OFD_SETLKW`) on one byte of `locks/claims`, at an offset taken
-//! from the key digest: the kernel releases it when the claimant closes the file or dies, nothing
-//! is created or deleted per claim, and each claim opens its own description, so threads of one
-//! process exclude each other as processes do.
+//! from the key digest: the kernel releases it when the claimant unlocks it, closes the file or
+//! dies, nothing is created or deleted per claim, and each held claim has a description of its
+//! own (opened, or reused from an earlier claim of this process that released it), so threads of
+//! one process exclude each other as processes do.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -93,11 +94,12 @@ impl Vault {
         // Our own deferred save of this key holds its claim until it commits.
         self.commit_deferred_of(&hex)?;
         let started = now_ms();
-        let (lock, waited) = match ClaimLock::acquire(&self.claims_path(), key.digest().as_bytes())?
-        {
-            Acquired::Immediately(l) => (l, false),
-            Acquired::AfterWaiting(l) => (l, true),
-        };
+        let files = self.claim_files();
+        let (lock, waited) =
+            match ClaimLock::acquire(&self.claims_path(), key.digest().as_bytes(), files)? {
+                Acquired::Immediately(l) => (l, false),
+                Acquired::AfterWaiting(l) => (l, true),
+            };
         if let Some(e) = self.peek(key)? {
             return Ok(Claim::Ready(Box::new(e)));
         }
@@ -124,7 +126,59 @@ pub(crate) fn lock_file(path: &Path, exclusive: bool) -> Result<File> {
 /// A held claim on a key. Dropping it releases the claim and wakes one waiter.
 #[derive(Debug)]
 pub struct ClaimLock {
-    _file: File,
+    file: Option<File>,
+    offset: i64,
+    files: Arc<ClaimFiles>,
+}
+
+impl Drop for ClaimLock {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.take() {
+            // Unlocked, the description can serve the next claim; if unlocking fails, closing
+            // it (the last descriptor of its description) releases the lock.
+            if ofd_unlock(&f, self.offset).is_ok() {
+                self.files.put(f);
+            }
+        }
+    }
+}
+
+/// Open descriptions of the claims file holding no lock: a claim takes one instead of opening
+/// the file (and closing it after). Each claim still uses a description no other held claim
+/// uses, so threads of one process exclude each other. A forked child inherits the
+/// descriptions, which its parent shares, and so never uses them.
+#[derive(Debug, Default)]
+pub(crate) struct ClaimFiles {
+    /// (the process the descriptions belong to, the descriptions)
+    free: std::sync::Mutex<(u32, Vec<File>)>,
+}
+
+/// At most this many unlocked descriptions are kept.
+const CLAIM_FILES_KEPT: usize = 16;
+
+impl ClaimFiles {
+    fn take(&self) -> Option<File> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        Self::own(&mut free);
+        free.1.pop()
+    }
+
+    fn put(&self, f: File) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        Self::own(&mut free);
+        if free.1.len() < CLAIM_FILES_KEPT {
+            free.1.push(f);
+        }
+    }
+
+    /// Drops descriptions inherited through fork.
+    fn own(free: &mut (u32, Vec<File>)) {
+        let pid = std::process::id();
+        if free.0 != pid {
+            free.1.clear();
+            free.0 = pid;
+        }
+    }
 }
 
 /// How a claim attempt went.
@@ -138,14 +192,18 @@ pub(crate) enum Acquired {
 impl ClaimLock {
     /// Locks the byte of `path` that `digest` names, blocking while another claimant (a process,
     /// or another claim of this process) holds it.
-    pub(crate) fn acquire(path: &Path, digest: &[u8]) -> Result<Acquired> {
-        let file = open_or_create(path)?;
+    pub(crate) fn acquire(path: &Path, digest: &[u8], files: &Arc<ClaimFiles>) -> Result<Acquired> {
+        let file = match files.take() {
+            Some(f) => f,
+            None => open_or_create(path)?,
+        };
         let offset = claim_offset(digest);
+        let held = |file| ClaimLock { file: Some(file), offset, files: Arc::clone(files) };
         if ofd_lock(&file, offset, false).at(path)? {
-            return Ok(Acquired::Immediately(ClaimLock { _file: file }));
+            return Ok(Acquired::Immediately(held(file)));
         }
         ofd_lock(&file, offset, true).at(path)?;
-        Ok(Acquired::AfterWaiting(ClaimLock { _file: file }))
+        Ok(Acquired::AfterWaiting(held(file)))
     }
 }
 
@@ -166,6 +224,21 @@ fn claim_offset(digest: &[u8]) -> i64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&digest[..8]);
     (u64::from_le_bytes(b) >> 2) as i64
+}
+
+/// Releases the lock `f`'s description holds on the byte at `offset`.
+fn ofd_unlock(f: &File, offset: i64) -> std::io::Result<()> {
+    let fl = libc::flock {
+        l_type: libc::F_UNLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: offset,
+        l_len: 1,
+        l_pid: 0,
+    };
+    // SAFETY: as in `ofd_lock`.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl as *const libc::flock) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Takes a write lock on one byte of `f` for its open file description: `Ok(false)` if another

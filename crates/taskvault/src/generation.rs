@@ -1,6 +1,6 @@
 //! The vault generation: a counter in shared memory (`generation`, 8 bytes, mapped by every
-//! process that uses it) that is bumped before any removal commits and after any save that
-//! replaced a live run. A resident process (the Python SDK) keeps served results in memory and
+//! process that uses it) that is bumped before and after any removal commits and after any save
+//! that replaced a live run. A resident process (the Python SDK) keeps served results in memory and
 //! serves them again only while the generation is the one it saw before reading them, so a
 //! result removed or replaced by any process is never served from memory afterwards. Reading it
 //! is one atomic load: no system call.

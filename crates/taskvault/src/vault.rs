@@ -86,6 +86,8 @@ pub struct Vault {
     resident: Option<resident::Resident>,
     /// The generation counter, mapped on first use by a vault that is not resident.
     generation: std::sync::OnceLock<crate::generation::Generation>,
+    /// Descriptions of the claims file that hold no lock, for the next claims.
+    claim_files: Arc<crate::claim::ClaimFiles>,
 }
 
 impl Drop for Vault {
@@ -148,6 +150,7 @@ impl Vault {
             progress: None,
             resident: None,
             generation: std::sync::OnceLock::new(),
+            claim_files: Arc::default(),
         })
     }
 
@@ -404,9 +407,7 @@ impl Vault {
         {
             // Read before the entry can be seen: see `fetch`.
             let generation = r.generation.current();
-            if !self.hot.removal_pending() {
-                r.keep(&Served { entry: Arc::new(entry.clone()), bytes: b.into() }, generation);
-            }
+            r.keep(&Served { entry: Arc::new(entry.clone()), bytes: b.into() }, generation);
             let full =
                 r.defer(resident::Deferred { entry: entry.clone(), blobs, _claim: claim.take() });
             *defer = None;
@@ -420,15 +421,14 @@ impl Vault {
         // Read before the commit: see `fetch`.
         let kept_at = match (&self.resident, output) {
             (Some(r), Output::Bytes(b)) if b.len() <= resident::MEMO_MAX_BYTES => {
-                Some((r.generation.current(), !self.hot.removal_pending()))
+                Some(r.generation.current())
             }
             _ => None,
         };
         let committed = self.commit(&entry, staging.blobs())?;
         drop(staging);
         entry.parent = committed.superseded;
-        if let (Some(r), Some((generation, true)), Output::Bytes(b)) =
-            (&self.resident, kept_at, output)
+        if let (Some(r), Some(generation), Output::Bytes(b)) = (&self.resident, kept_at, output)
             && entry.parent.is_none()
         {
             r.keep(&Served { entry: Arc::new(entry.clone()), bytes: b.into() }, generation);
@@ -776,13 +776,11 @@ impl Vault {
         Ok(Some(s))
     }
 
-    /// Taken before a read: the generation a resident vault may keep what it reads under.
-    /// `None` when nothing read now may be kept (not resident, or a removal is under way and
-    /// may commit after the read).
+    /// Taken before a read: the generation a resident vault may keep what it reads under
+    /// (`None` if it is not resident). A removal bumps the generation before and after its
+    /// commit, so what is read in between is never served under the generation after it.
     fn keep_mark(&self) -> Option<u64> {
-        let r = self.resident.as_ref()?;
-        let generation = r.generation.current();
-        (!self.hot.removal_pending()).then_some(generation)
+        Some(self.resident.as_ref()?.generation.current())
     }
 
     /// `e` and its verified bytes as served, kept in memory under `mark` (see `keep_mark`).
@@ -832,6 +830,10 @@ impl Vault {
     /// The file claims lock bytes of (see `claim`).
     pub(crate) fn claims_path(&self) -> PathBuf {
         self.locks.join("claims")
+    }
+
+    pub(crate) fn claim_files(&self) -> &Arc<crate::claim::ClaimFiles> {
+        &self.claim_files
     }
 
     pub(crate) fn blob_store(&self) -> &dyn BlobStore {

@@ -264,15 +264,7 @@ class Client:
         """Runs ``func(*args, **kwargs)``, or returns its stored result if an equal call ran
         before. ``_cache``, ``_force``, ``_tags``, ``_retries``, ``_timeout``, ``_ttl`` and
         ``_on_unencodable`` are options, not arguments."""
-        over = {}
-        if kwargs:
-            for k in [k for k in kwargs if k in _CALL_OPTIONS]:
-                over[_CALL_OPTIONS[k]] = kwargs.pop(k)
-        if isinstance(func, _Task):
-            options = func.options.merged(over) if over else func.options
-            func = func.fn
-        else:
-            options = _TaskOptions().merged(over) if over else _DEFAULT_OPTIONS
+        func, options = _options(func, kwargs)
         return self._submit(func, args, kwargs, options)
 
     def _plan(self, func: Callable) -> "_Plan":
@@ -286,14 +278,9 @@ class Client:
             plan = self._plans[func] = _Plan(func)
         return plan
 
-    def _bound(self, func: Callable, args: tuple, kwargs: dict) -> Any:
-        """The call's arguments bound to the signature with defaults applied: a dict in the
-        signature's order, or ``(args, kwargs)`` for a callable without a signature."""
-        return self._plan(func).bind(func, args, kwargs)
-
-    def _key(self, func: Callable, bound: Any, options: _TaskOptions) -> tuple[Any, bool]:
+    def _key(self, func: Callable, plan: "_Plan", bound: Any, options: _TaskOptions) -> tuple[Any, bool]:
         """The call's key, and whether its arguments hold ``ResultRef``s."""
-        task = options.name or display_name(func)
+        task = options.name or plan.name
         h = hashlib.blake2b(digest_size=32, person=b"tv-args")
         enc = Encoder(h.update, ResultRef, self._identity.of)
         if type(bound) is dict:
@@ -312,9 +299,10 @@ class Client:
         return self._vault.key(task, ingredients), enc.saw_ref
 
     def _submit(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> ResultRef:
-        bound = self._bound(func, args, kwargs)
+        plan = self._plan(func)
+        bound = plan.bind(func, args, kwargs)
         try:
-            key, refs = self._key(func, bound, options)
+            key, refs = self._key(func, plan, bound, options)
         except Unencodable as e:
             if options.on_unencodable == "raise":
                 raise
@@ -323,14 +311,14 @@ class Client:
             data = self._serializer.dumps(value)
             return ResultRef(self, "", "", len(data), display_name(func), data)
         if options.force or not options.cache:
-            return self._compute(key, func, args, kwargs, bound, options, None, refs)
+            return self._compute(key, func, plan, args, kwargs, bound, options, None, refs)
         status, payload = self._vault.get_or_claim(key)
         if status == "hit":
             return ResultRef(self, payload[0], payload[1], payload[2], key.task, payload[3], payload[4])
         if status == "failed":
             msg, _, tb = payload.partition("\n\n")
             raise TaskError(msg, tb)
-        return self._compute(key, func, args, kwargs, bound, options, payload, refs)
+        return self._compute(key, func, plan, args, kwargs, bound, options, payload, refs)
 
     def _attempts(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions, refs: bool) -> Any:
         call_args = _resolve_refs(args) if refs else args
@@ -348,8 +336,8 @@ class Client:
                     raise TaskError(f"{name} failed{tries}: {type(e).__name__}: {e}", tb) from e
                 time.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
 
-    def _compute(self, key: Any, func: Callable, args: tuple, kwargs: dict, bound: Any, options: _TaskOptions,
-                 claim: Any, refs: bool) -> ResultRef:
+    def _compute(self, key: Any, func: Callable, plan: "_Plan", args: tuple, kwargs: dict, bound: Any,
+                 options: _TaskOptions, claim: Any, refs: bool) -> ResultRef:
         started = time.monotonic()
         try:
             value = self._attempts(func, args, kwargs, options, refs)
@@ -371,8 +359,9 @@ class Client:
                 _parents(args, parents)
                 _parents(kwargs, parents)
             args_shown = {k: _short(v) for k, v in _display_args(bound).items()}
-            details = (self._plan(func).details_head(func, self) + ',"args":' + json.dumps(args_shown)
-                       + ',"parents":' + json.dumps(parents) + (',"result":"bytes"}' if raw else "}"))
+            details = (plan.details_head(func, self) + ',"args":' + json.dumps(args_shown)
+                       + (',"parents":' + json.dumps(parents) if parents else ',"parents":[]')
+                       + (',"result":"bytes"}' if raw else "}"))
             try:
                 # With the claim: a small result is committed in a batch shortly after, and the
                 # claim released then (waiters elsewhere get it from the vault).
@@ -441,9 +430,10 @@ class Client:
     def map(self, func: Callable[..., T], items: Iterable[Any], *args: Any, executor: cf.Executor | None = None,
             max_workers: int | None = None, **kwargs: Any) -> list[ResultRef[T]]:
         """``submit(func, item, *args, **kwargs)`` for each item, cached per item."""
-        batch = [(func, (item, *args), kwargs) for item in items]
         if executor is None and (max_workers or self.max_workers) == 1:
-            return [self.submit(f, *a, **k) for f, a, k in batch]
+            fn, options = _options(func, kwargs)
+            return [self._submit(fn, (item, *args), kwargs, options) for item in items]
+        batch = [(func, (item, *args), kwargs) for item in items]
         return self.submit_many(batch, max_workers=max_workers, executor=executor)
 
     # -- inspection and maintenance (the CLI's commands) ------------------------------------
@@ -515,6 +505,18 @@ class Client:
 
 _DEFAULT_OPTIONS = _TaskOptions()
 
+
+def _options(func: Callable, kwargs: dict) -> tuple[Callable, _TaskOptions]:
+    """The function to call and its options: a registered task's, overridden by the call's
+    option arguments (removed from `kwargs`)."""
+    over = {}
+    if kwargs:
+        for k in [k for k in kwargs if k in _CALL_OPTIONS]:
+            over[_CALL_OPTIONS[k]] = kwargs.pop(k)
+    if isinstance(func, _Task):
+        return func.fn, func.options.merged(over) if over else func.options
+    return func, _TaskOptions().merged(over) if over else _DEFAULT_OPTIONS
+
 _RAW_BYTES_SERIALIZERS = (PickleSerializer, SafePickleSerializer)
 
 _PLAIN_ARGS = ~(inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
@@ -524,12 +526,13 @@ class _Plan:
     """What every call of one callable shares: how its arguments bind to its signature, and the
     part of a run's recorded details that does not depend on the arguments."""
 
-    __slots__ = ("sig", "names", "_state", "_head")
+    __slots__ = ("sig", "names", "name", "_state", "_head")
 
     def __init__(self, func: Callable):
         # A function's code and defaults can be reassigned: the plan holds only while they
         # are the ones it was made from.
         self._state = _function_state(func)
+        self.name = display_name(func)
         try:
             self.sig: inspect.Signature | None = inspect.signature(func)
         except (TypeError, ValueError):

@@ -188,6 +188,9 @@ pub(crate) fn truncate_wal(conn: &Connection) {
     let _ = conn.busy_timeout(BUSY_TIMEOUT);
 }
 
+/// The page cache of a long-lived process's writer, in KiB.
+const LONG_LIVED_CACHE_KIB: i64 = 32 * 1024;
+
 /// How often, at most, the checkpoint thread of a long-lived process checkpoints.
 const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -432,8 +435,13 @@ impl MetaStore for SqliteMeta {
             return Ok(());
         }
         let c = Checkpointer::start(open_database(&self.path, SCHEMA_VERSION, migrate)?)?;
-        // Writers no longer checkpoint (and wait for its fsyncs) themselves.
-        self.with(|conn| conn.pragma_update(None, "wal_autocheckpoint", 0))?;
+        // Writers no longer checkpoint (and wait for its fsyncs) themselves. Batches of saves
+        // get a page cache that holds them (2 MiB, the default, spills pages to the WAL in the
+        // middle of a batch).
+        self.with(|conn| {
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            conn.pragma_update(None, "cache_size", -LONG_LIVED_CACHE_KIB)
+        })?;
         let reader = open_database(&self.path, SCHEMA_VERSION, migrate)?;
         let _ = self.reader.set(Mutex::new(reader));
         let _ = self.checkpointer.set(c);

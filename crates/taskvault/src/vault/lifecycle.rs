@@ -120,6 +120,9 @@ impl Vault {
         self.bump_generation()?;
         let lock = self.blob_lock(true)?;
         let r = f(&*self.meta)?;
+        // And after the commit: a resident process that read the generation between the first
+        // bump and the commit may have read what was just removed (see `vault::resident`).
+        self.bump_generation()?;
         for e in &r.entries {
             self.hot.remove(&e.key)?;
         }

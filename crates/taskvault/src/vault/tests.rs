@@ -1089,3 +1089,31 @@ fn fetch_or_claim_serves_claims_and_recomputes_what_fails_verification() {
     let c = f.vault.stats().unwrap().counters;
     assert_eq!((c.misses, c.corrupt), (2, 1));
 }
+
+#[test]
+fn reused_claim_descriptions_still_exclude_threads_and_are_unlocked_when_released() {
+    let f = fx();
+    // Claims taken and released leave their descriptions for the next claims.
+    for i in 0..4u8 {
+        let Claim::Compute(g) = f.vault.claim(&f.key("warm", &[i])).unwrap() else { panic!() };
+        drop(g);
+    }
+    let key = f.key("t", b"in");
+    let Claim::Compute(first) = f.vault.claim(&key).unwrap() else { panic!("nobody holds it") };
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| matches!(f.vault.claim(&key).unwrap(), Claim::Compute(_)));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "a second claim of the same key waits");
+        drop(first);
+        assert!(waiter.join().unwrap(), "handed over once released");
+    });
+    // Another vault (as another process would) can claim it: the released byte is unlocked
+    // although its description stays open for reuse.
+    let other = Vault::open(f.vault.settings.clone()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| tx.send(matches!(other.claim(&key).unwrap(), Claim::Compute(_))).unwrap());
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(got, Ok(true), "the claim was not left locked");
+    });
+}

@@ -375,6 +375,24 @@ def test_the_cli_sees_python_runs(client, counter, cli, vault_dir):
     assert tv("get", b.commit_hash[:12], "-o", os.path.join(vault_dir, "..", "out.pickle")) == ""
 
 
+def test_the_cli_diffs_python_runs_by_argument_and_source(client, cli, vault_dir, make_module):
+    m1 = make_module("tv_diffed", "def scale(x, k=2):\n    y = x * k\n    return y\n")
+    a = client.submit(m1.scale, 5)
+    m2 = make_module("tv_diffed", "def scale(x, k=2):\n    y = x * k\n    return y + 1\n")
+    b = client.submit(m2.scale, 5, k=3)
+    client.close()  # commits the saves waiting for their batch
+    env = {**os.environ, "TASKVAULT_DIR": vault_dir, "NO_COLOR": "1"}
+    out = subprocess.run([cli, "diff", a.commit_hash[:12], b.commit_hash[:12]], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert "argument k:\n  - 2\n  + 3" in out
+    assert "argument x" not in out, "equal arguments are not listed"
+    assert "-    return y\n" in out and "+    return y + 1\n" in out and "     y = x * k" in out
+    js = json.loads(subprocess.run([cli, "diff", "--json", a.commit_hash, b.commit_hash], env=env,
+                                   capture_output=True, text=True, check=True).stdout)
+    fields = {x["field"] for x in js["differences"]}
+    assert {"argument k", "source", "key"} <= fields and "function" not in fields
+
+
 def test_store_dir_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TASKVAULT_DIR", str(tmp_path / "env-vault"))
     assert Client().store_dir == str(tmp_path / "env-vault")

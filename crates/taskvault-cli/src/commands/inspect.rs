@@ -166,6 +166,9 @@ struct Difference {
     field: String,
     a: String,
     b: String,
+    /// For multi-line values (a Python function's source): a line diff, in unified form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lines: Option<Vec<String>>,
 }
 
 pub fn diff(cli: &Cli, v: &Vault, a: &str, b: &str) -> Result<Outcome> {
@@ -173,7 +176,7 @@ pub fn diff(cli: &Cli, v: &Vault, a: &str, b: &str) -> Result<Outcome> {
     let mut d = Vec::new();
     let mut cmp = |field: &str, x: String, y: String| {
         if x != y {
-            d.push(Difference { field: field.to_owned(), a: x, b: y });
+            d.push(Difference { field: field.to_owned(), a: x, b: y, lines: None });
         }
     };
     cmp("task", ea.task.clone(), eb.task.clone());
@@ -219,6 +222,17 @@ pub fn diff(cli: &Cli, v: &Vault, a: &str, b: &str) -> Result<Outcome> {
     cmp("duration", dur(&ea), dur(&eb));
     cmp("host", ea.host.clone(), eb.host.clone());
     cmp("tags", tags(&ea), tags(&eb));
+    python_diff(&ea.details, &eb.details, &mut cmp);
+    let (sa, sb) = (python_text(&ea.details, "source"), python_text(&eb.details, "source"));
+    if sa != sb {
+        let lines = similar::TextDiff::from_lines(&sa, &sb)
+            .unified_diff()
+            .context_radius(2)
+            .iter_hunks()
+            .flat_map(|h| h.to_string().lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        d.push(Difference { field: "source".into(), a: sa, b: sb, lines: Some(lines) });
+    }
     if cli.json {
         human::json(&serde_json::json!({"a": ea.id, "b": eb.id, "differences": d}))?;
     } else if d.is_empty() {
@@ -226,10 +240,67 @@ pub fn diff(cli: &Cli, v: &Vault, a: &str, b: &str) -> Result<Outcome> {
     } else {
         human::out(format!("--- {}\n+++ {}", ea.id, eb.id))?;
         for x in d {
-            human::out(format!("{}:\n  - {}\n  + {}", x.field, x.a, x.b))?;
+            match &x.lines {
+                Some(lines) => {
+                    human::out(format!("{}:", x.field))?;
+                    for l in lines {
+                        human::out(format!("  {l}"))?;
+                    }
+                }
+                None => human::out(format!("{}:\n  - {}\n  + {}", x.field, x.a, x.b))?,
+            }
         }
     }
     Ok(Outcome::Ok)
+}
+
+/// A field of a Python SDK run's details (empty for other runs).
+fn python_text(d: &serde_json::Value, field: &str) -> String {
+    if d.get("kind").and_then(|k| k.as_str()) != Some("python") {
+        return String::new();
+    }
+    d.get(field).and_then(|v| v.as_str()).unwrap_or_default().to_owned()
+}
+
+/// What differs between two Python SDK runs besides their keys' digests: the function, each
+/// argument (as displayed), the runs they consumed, the serializer and the Python version. The
+/// source is compared line by line by the caller.
+fn python_diff(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    cmp: &mut impl FnMut(&str, String, String),
+) {
+    let is_python =
+        |d: &serde_json::Value| d.get("kind").and_then(|k| k.as_str()) == Some("python");
+    if !is_python(a) && !is_python(b) {
+        return;
+    }
+    let function = |d: &serde_json::Value| {
+        format!("{}.{}", python_text(d, "module"), python_text(d, "function"))
+    };
+    cmp("function", function(a), function(b));
+    let args = |d: &serde_json::Value| {
+        d.get("args").and_then(|v| v.as_object()).cloned().unwrap_or_default()
+    };
+    let (aa, ab) = (args(a), args(b));
+    let names: std::collections::BTreeSet<&String> = aa.keys().chain(ab.keys()).collect();
+    for name in names {
+        let shown = |m: &serde_json::Map<String, serde_json::Value>| {
+            m.get(name).map_or("(none)".to_owned(), |v| v.as_str().unwrap_or_default().to_owned())
+        };
+        cmp(&format!("argument {name}"), shown(&aa), shown(&ab));
+    }
+    let parents = |d: &serde_json::Value| {
+        let ids: Vec<&str> = d
+            .get("parents")
+            .and_then(|p| p.as_array())
+            .map(|p| p.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        if ids.is_empty() { "(none)".to_owned() } else { ids.join(" ") }
+    };
+    cmp("parents", parents(a), parents(b));
+    cmp("serializer", python_text(a, "serializer"), python_text(b, "serializer"));
+    cmp("python", python_text(a, "python"), python_text(b, "python"));
 }
 
 /// A Python SDK run: the function, its arguments (as displayed, never part of the key), the runs

@@ -162,6 +162,27 @@ def test_map_on_a_process_pool(client):
     assert client.stats()["entries"] == 6
 
 
+def plus_where(x, file):
+    bump(file)
+    return x + 1, os.getpid()
+
+
+def test_map_on_a_dask_cluster_lands_results_in_the_vault(client, counter, monkeypatch):
+    from dask.distributed import Client as DaskClient, LocalCluster
+
+    # The workers import this module by name, as they would a user's package.
+    monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.abspath(__file__)))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            DaskClient(cluster) as dask:
+        refs = client.map(plus_where, range(4), counter.file, executor=dask.get_executor())
+        got = [r.load() for r in refs]
+    assert [v for v, _ in got] == [1, 2, 3, 4] and counter.n == 4
+    assert os.getpid() not in {pid for _, pid in got}, "the calls ran on the cluster's workers"
+    # Here, the same calls are hits on what the workers saved.
+    again = client.map(plus_where, range(4), counter.file)
+    assert [r.commit_hash for r in again] == [r.commit_hash for r in refs] and counter.n == 4
+
+
 def test_concurrent_threads_run_once(client, counter):
     def slow(file):
         bump(file)

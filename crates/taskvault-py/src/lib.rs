@@ -140,10 +140,11 @@ impl taskvault::Destination for NewBytes {
         })
         .map_err(|e| taskvault::Error::Other(format!("allocating {len} bytes: {e}")))?;
         // SAFETY: `PyBytes_AsString` of a `bytes` object is its data (`len` bytes, plus a
-        // trailing NUL): valid for as long as the object lives, which `self` ensures for the
-        // borrow returned. Nobody else has seen the object: we hold its only reference, so
-        // this is the only access, with or without the GIL. The bytes are zeroed before the
-        // slice is made, so it is initialized.
+        // trailing NUL), valid for as long as the object lives, which `self` ensures for the
+        // borrow returned. CPython allows writing it only into an object just created by
+        // `PyBytes_FromStringAndSize(NULL, size)`, as this one was; nobody else has seen it (we
+        // hold its only reference), so this is the only access, with or without the GIL. The
+        // bytes are zeroed before the slice is made, so it is initialized.
         #[allow(unsafe_code)]
         let buf = unsafe {
             let data = ffi::PyBytes_AsString(obj.as_ptr()).cast::<u8>();

@@ -213,12 +213,6 @@ impl Vault {
         Ok(Key { inner })
     }
 
-    /// The result of `key`, or `None` on a miss (a corrupt blob is a miss).
-    fn get<'py>(&self, py: Python<'py>, key: &Key) -> PyResult<Option<Hit<'py>>> {
-        let got = py.detach(|| self.inner.fetch(&key.inner)).map_err(to_py)?;
-        Ok(got.map(|s| hit(py, &s.entry, &s.bytes)))
-    }
-
     /// Commits deferred saves and writes the hits and audit lines buffered so far (also done
     /// when the vault is dropped).
     fn flush(&self, py: Python<'_>) -> PyResult<()> {

@@ -405,7 +405,7 @@ impl Vault {
         if let (Some(r), Output::Bytes(b), Some(claim)) = (&self.resident, output, defer.as_mut())
             && let Some(blobs) = staging.take_if_inline()
         {
-            // Read before the entry can be seen: see `fetch`.
+            // Read before the entry can be seen: see `keep_mark`.
             let generation = r.generation.current();
             r.keep(&Served { entry: Arc::new(entry.clone()), bytes: b.into() }, generation);
             let full =
@@ -418,7 +418,7 @@ impl Vault {
         }
         // Saves of one key commit in the order they were made.
         self.commit_deferred_of(&entry.key)?;
-        // Read before the commit: see `fetch`.
+        // Read before the commit: see `keep_mark`.
         let kept_at = match (&self.resident, output) {
             (Some(r), Output::Bytes(b)) if b.len() <= resident::MEMO_MAX_BYTES => {
                 Some(r.generation.current())

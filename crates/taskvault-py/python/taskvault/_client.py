@@ -517,6 +517,7 @@ def _options(func: Callable, kwargs: dict) -> tuple[Callable, _TaskOptions]:
         return func.fn, func.options.merged(over) if over else func.options
     return func, _TaskOptions().merged(over) if over else _DEFAULT_OPTIONS
 
+
 _RAW_BYTES_SERIALIZERS = (PickleSerializer, SafePickleSerializer)
 
 _PLAIN_ARGS = ~(inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)

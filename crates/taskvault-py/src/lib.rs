@@ -296,11 +296,12 @@ impl Vault {
                 let c = h.claim.lock().map_err(|_| poisoned())?.take();
                 py.detach(|| self.inner.save_deferred(&key.inner, data, &opts, c))
             }
-            None => py.detach(|| self.inner.save(&key.inner, Output::Bytes(data), &opts)),
+            None => {
+                py.detach(|| self.inner.save(&key.inner, Output::Bytes(data), &opts).map(Arc::new))
+            }
         }
         .map_err(to_py)?;
-        let digest = output_digest(&e);
-        Ok((e.id, digest, e.size))
+        Ok((e.id.clone(), output_digest(&e), e.size))
     }
 
     /// Entries as JSON text (newest first).

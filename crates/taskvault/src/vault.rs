@@ -256,11 +256,12 @@ impl Vault {
     /// Stores `output` as the result of `key`. The previous entry of the key, if any, becomes
     /// history. Refused with [`Error::TooLarge`] if over the task's `max_size_bytes`.
     pub fn save(&self, key: &TaskKey, output: Output<'_>, opts: &SaveOptions) -> Result<Entry> {
-        match self.save_staged(key, output, opts, true, &mut None) {
+        let saved = match self.save_staged(key, output, opts, true, &mut None) {
             // A stored blob we meant to reuse was evicted meanwhile: store the bytes after all.
             Err(Error::BlobVanished(_)) => self.save_staged(key, output, opts, false, &mut None),
             other => other,
-        }
+        };
+        saved.map(Arc::unwrap_or_clone)
     }
 
     /// Saves `data` as the result of `key`, whose claim is `claim`. In a resident vault a result
@@ -274,7 +275,7 @@ impl Vault {
         data: &[u8],
         opts: &SaveOptions,
         claim: Option<DetachedClaim>,
-    ) -> Result<Entry> {
+    ) -> Result<Arc<Entry>> {
         let mut claim = Some(claim);
         // Not deferred: the claim (still in `claim`) is released when it drops, after the save.
         self.save_staged(key, Output::Bytes(data), opts, false, &mut claim)
@@ -324,7 +325,7 @@ impl Vault {
         opts: &SaveOptions,
         reuse_stored: bool,
         defer: &mut Option<Option<DetachedClaim>>,
-    ) -> Result<Entry> {
+    ) -> Result<Arc<Entry>> {
         let policy = self.settings.policy(&key.task);
         let (kind, walked) = stage::inspect(output)?;
         let size: u64 = match output {
@@ -407,11 +408,12 @@ impl Vault {
         {
             // Read before the entry can be seen: see `keep_mark`.
             let generation = r.generation.current();
-            r.keep(&Served { entry: Arc::new(entry.clone()), bytes: b.into() }, generation);
-            let full =
-                r.defer(resident::Deferred { entry: entry.clone(), blobs, _claim: claim.take() });
+            let entry = Arc::new(entry);
+            r.keep(&Served { entry: Arc::clone(&entry), bytes: b.into() }, generation);
+            let queued =
+                resident::Deferred { entry: Arc::clone(&entry), blobs, _claim: claim.take() };
             *defer = None;
-            if full {
+            if r.defer(queued) {
                 self.commit_deferred()?;
             }
             return Ok(entry);
@@ -428,10 +430,11 @@ impl Vault {
         let committed = self.commit(&entry, staging.blobs())?;
         drop(staging);
         entry.parent = committed.superseded;
+        let entry = Arc::new(entry);
         if let (Some(r), Some(generation), Output::Bytes(b)) = (&self.resident, kept_at, output)
             && entry.parent.is_none()
         {
-            r.keep(&Served { entry: Arc::new(entry.clone()), bytes: b.into() }, generation);
+            r.keep(&Served { entry: Arc::clone(&entry), bytes: b.into() }, generation);
         }
         self.audit_save(&entry);
         self.enforce_cap()?;

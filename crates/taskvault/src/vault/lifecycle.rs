@@ -37,7 +37,7 @@ impl Vault {
     pub(crate) fn commit_batch(&self, batch: Vec<super::resident::Deferred>) -> Result<()> {
         let lock = self.blob_lock(false)?;
         let saves: Vec<(&Entry, &[StagedBlob])> =
-            batch.iter().map(|d| (&d.entry, d.blobs.as_slice())).collect();
+            batch.iter().map(|d| (&*d.entry, d.blobs.as_slice())).collect();
         let committed = self.meta.commit_saves(&saves, &mut |b| {
             let staged = b.staged.as_deref().expect("only staged blobs are placed");
             self.blobs.put(&b.info.digest, staged)

@@ -36,7 +36,8 @@ pub(crate) const DEFER_FOR: Duration = Duration::from_millis(5);
 /// A save staged and waiting for its commit.
 #[derive(Debug)]
 pub(crate) struct Deferred {
-    pub(crate) entry: Entry,
+    /// Shared with the copy kept in memory.
+    pub(crate) entry: Arc<Entry>,
     pub(crate) blobs: Vec<StagedBlob>,
     /// Held until the commit (released when the batch is dropped after it).
     pub(crate) _claim: Option<DetachedClaim>,

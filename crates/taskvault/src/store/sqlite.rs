@@ -348,11 +348,26 @@ fn remove_key(
 }
 
 /// Records one save in an open transaction (see [`MetaStore::commit_save`]).
+/// What the saves of one transaction add to the counters, written once at its end.
+#[derive(Default)]
+struct Tally {
+    saves: i64,
+    stored_bytes: i64,
+}
+
+impl Tally {
+    fn write(&self, tx: &Connection) -> rusqlite::Result<()> {
+        bump(tx, "saves", self.saves)?;
+        bump(tx, "stored_bytes", self.stored_bytes)
+    }
+}
+
 fn save_in(
     tx: &Connection,
     entry: &Entry,
     blobs: &[StagedBlob],
     place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
+    tally: &mut Tally,
 ) -> Result<Committed> {
     let mut unreferenced = Vec::new();
     for b in blobs {
@@ -379,7 +394,7 @@ fn save_in(
             b.info.codec.name(),
             b.info.inline
         ])?;
-        bump(tx, "stored_bytes", b.info.stored_size as i64)?;
+        tally.stored_bytes += b.info.stored_size as i64;
     }
 
     let old = live_entry(tx, &entry.key)?;
@@ -419,7 +434,7 @@ fn save_in(
         doc
     ])?;
     tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([&entry.key])?;
-    bump(tx, "saves", 1)?;
+    tally.saves += 1;
     Ok(Committed { superseded: old.map(|o| o.id), unreferenced })
 }
 
@@ -474,7 +489,12 @@ impl MetaStore for SqliteMeta {
         blobs: &[StagedBlob],
         place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
     ) -> Result<Committed> {
-        self.write(|tx| save_in(tx, entry, blobs, place))
+        self.write(|tx| {
+            let mut tally = Tally::default();
+            let committed = save_in(tx, entry, blobs, place, &mut tally)?;
+            tally.write(tx)?;
+            Ok(committed)
+        })
     }
 
     fn commit_saves(
@@ -482,7 +502,15 @@ impl MetaStore for SqliteMeta {
         saves: &[(&Entry, &[StagedBlob])],
         place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
     ) -> Result<Vec<Committed>> {
-        self.write(|tx| saves.iter().map(|(e, b)| save_in(tx, e, b, place)).collect())
+        self.write(|tx| {
+            let mut tally = Tally::default();
+            let committed = saves
+                .iter()
+                .map(|(e, b)| save_in(tx, e, b, place, &mut tally))
+                .collect::<Result<Vec<_>>>()?;
+            tally.write(tx)?;
+            Ok(committed)
+        })
     }
 
     fn apply_accesses(&self, accesses: &[Access]) -> Result<()> {

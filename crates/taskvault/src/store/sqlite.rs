@@ -62,6 +62,9 @@ pub struct SqliteMeta {
     /// Set by `long_lived`: lookups read on a connection of their own, so that they never wait
     /// for this process's commits (WAL readers see the last commit and do not block writers).
     reader: std::sync::OnceLock<Mutex<Connection>>,
+    /// Held by this process's write transactions, and by the checkpoint thread when the WAL
+    /// must start over (see `Checkpointer`).
+    write_gate: Arc<Mutex<()>>,
 }
 
 /// Wakes the checkpoint thread; dropping it ends the thread.
@@ -72,7 +75,14 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(conn: Connection) -> Result<Checkpointer> {
+    /// Checkpoints on a thread of its own, woken after commits, at most once per
+    /// `CHECKPOINT_PAUSE`. A PASSIVE checkpoint never takes the writers' lock, so writers never
+    /// wait for its fsyncs; but while commits keep coming, the WAL is never entirely copied at
+    /// the moment the next one starts, so it never starts over and grows without end. Once it
+    /// holds `WAL_RESTART_PAGES`, the thread checkpoints once more holding `gate` (this
+    /// process's writers wait, for the few pages committed since): the next commit then starts
+    /// the WAL from its beginning.
+    fn start(conn: Connection, gate: Arc<Mutex<()>>) -> Result<Checkpointer> {
         let state = Arc::new((Mutex::new((false, false)), Condvar::new()));
         let s = Arc::clone(&state);
         std::thread::Builder::new()
@@ -89,9 +99,14 @@ impl Checkpointer {
                     }
                     st.0 = false;
                     drop(st);
-                    // PASSIVE never takes the writers' lock, so writers never wait for it; the
-                    // next writer after a complete checkpoint starts the WAL over.
-                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    let passive = || -> rusqlite::Result<i64> {
+                        // (busy, pages in the WAL, pages copied)
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+                    };
+                    if matches!(passive(), Ok(pages) if pages >= WAL_RESTART_PAGES) {
+                        let _writers = gate.lock().unwrap_or_else(|p| p.into_inner());
+                        let _ = passive();
+                    }
                     // At most one checkpoint per pause, however many commits woke us.
                     std::thread::sleep(CHECKPOINT_PAUSE);
                 }
@@ -123,6 +138,7 @@ impl SqliteMeta {
             conn: std::sync::OnceLock::new(),
             checkpointer: std::sync::OnceLock::new(),
             reader: std::sync::OnceLock::new(),
+            write_gate: Arc::default(),
         })
     }
 
@@ -157,6 +173,7 @@ impl SqliteMeta {
     /// Runs `f` in an IMMEDIATE transaction. `f` returns our error type so that callbacks (blob
     /// placement) can fail it; the transaction rolls back on any error.
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let gate = self.write_gate.lock().unwrap_or_else(|p| p.into_inner());
         let mut conn = self.conn()?;
         let out = (|| {
             let tx = conn
@@ -172,6 +189,7 @@ impl SqliteMeta {
             other => other,
         });
         drop(conn);
+        drop(gate);
         if let Some(c) = self.checkpointer.get() {
             c.wake();
         }
@@ -190,6 +208,10 @@ pub(crate) fn truncate_wal(conn: &Connection) {
 
 /// The page cache of a long-lived process's writer, in KiB.
 const LONG_LIVED_CACHE_KIB: i64 = 32 * 1024;
+
+/// The WAL size (in 4 KiB pages) at which the checkpoint thread of a long-lived process makes
+/// it start over (see `Checkpointer`).
+const WAL_RESTART_PAGES: i64 = 4096;
 
 /// How often, at most, the checkpoint thread of a long-lived process checkpoints.
 const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
@@ -449,13 +471,18 @@ impl MetaStore for SqliteMeta {
         if self.checkpointer.get().is_some() {
             return Ok(());
         }
-        let c = Checkpointer::start(open_database(&self.path, SCHEMA_VERSION, migrate)?)?;
+        let c = Checkpointer::start(
+            open_database(&self.path, SCHEMA_VERSION, migrate)?,
+            Arc::clone(&self.write_gate),
+        )?;
         // Writers no longer checkpoint (and wait for its fsyncs) themselves. Batches of saves
         // get a page cache that holds them (2 MiB, the default, spills pages to the WAL in the
         // middle of a batch).
         self.with(|conn| {
             conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-            conn.pragma_update(None, "cache_size", -LONG_LIVED_CACHE_KIB)
+            conn.pragma_update(None, "cache_size", -LONG_LIVED_CACHE_KIB)?;
+            // A WAL that grew past this is cut back to it when it starts over.
+            conn.pragma_update(None, "journal_size_limit", WAL_RESTART_PAGES * 4096)
         })?;
         let reader = open_database(&self.path, SCHEMA_VERSION, migrate)?;
         let _ = self.reader.set(Mutex::new(reader));

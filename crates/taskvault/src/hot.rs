@@ -61,6 +61,15 @@ impl HotRecords {
         HotRecords { pending: dir.join(".pending"), dir }
     }
 
+    /// Whether any record may exist (a listing, so that a batch of saves by a resident vault,
+    /// which writes none, deletes none when there is none; errors answer yes).
+    pub(crate) fn any_record(&self) -> bool {
+        match std::fs::read_dir(&self.dir) {
+            Ok(mut items) => items.any(|i| i.map_or(true, |i| i.file_name() != ".pending")),
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
+    }
+
     /// Whether a removal is (or was, before a crash) in progress.
     pub(crate) fn removal_pending(&self) -> bool {
         std::fs::metadata(&self.pending).is_ok_and(|m| m.nlink() > 2)

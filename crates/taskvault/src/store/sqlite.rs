@@ -371,13 +371,21 @@ fn remove_key(
 
 /// Records one save in an open transaction (see [`MetaStore::commit_save`]).
 /// What the saves of one transaction add to the counters, written once at its end.
-#[derive(Default)]
 struct Tally {
     saves: i64,
     stored_bytes: i64,
+    /// Whether `failures` may hold rows (saves clear their key's).
+    failures: bool,
 }
 
 impl Tally {
+    fn new(tx: &Connection) -> rusqlite::Result<Tally> {
+        let failures = tx
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM failures)")?
+            .query_row([], |r| r.get(0))?;
+        Ok(Tally { saves: 0, stored_bytes: 0, failures })
+    }
+
     fn write(&self, tx: &Connection) -> rusqlite::Result<()> {
         bump(tx, "saves", self.saves)?;
         bump(tx, "stored_bytes", self.stored_bytes)
@@ -394,28 +402,34 @@ fn save_in(
     let mut unreferenced = Vec::new();
     for b in blobs {
         let d = b.info.digest.to_string();
-        let known: bool = tx
-            .prepare_cached("SELECT EXISTS(SELECT 1 FROM blobs WHERE digest = ?1)")?
-            .query_row([&d], |r| r.get(0))?;
-        if known {
-            continue;
+        if b.staged.is_none() && b.info.inline.is_none() {
+            // A reference to a stored blob: it must still be there.
+            let known: bool = tx
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM blobs WHERE digest = ?1)")?
+                .query_row([&d], |r| r.get(0))?;
+            if known {
+                continue;
+            }
+            return Err(Error::BlobVanished(d));
         }
-        match (&b.staged, &b.info.inline) {
-            (Some(_), _) => place(b)?,
-            (None, Some(_)) => {}
-            // A reference to a stored blob that has been dropped since it was checked.
-            (None, None) => return Err(Error::BlobVanished(d)),
+        let added = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO blobs(digest, size, stored_size, codec, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                d,
+                b.info.size as i64,
+                b.info.stored_size as i64,
+                b.info.codec.name(),
+                b.info.inline
+            ])?;
+        if added == 0 {
+            continue; // stored already
         }
-        tx.prepare_cached(
-            "INSERT INTO blobs(digest, size, stored_size, codec, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![
-            d,
-            b.info.size as i64,
-            b.info.stored_size as i64,
-            b.info.codec.name(),
-            b.info.inline
-        ])?;
+        if b.staged.is_some() {
+            place(b)?;
+        }
         tally.stored_bytes += b.info.stored_size as i64;
     }
 
@@ -455,7 +469,9 @@ fn save_in(
         entry.expires_ms,
         doc
     ])?;
-    tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([&entry.key])?;
+    if tally.failures {
+        tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([&entry.key])?;
+    }
     tally.saves += 1;
     Ok(Committed { superseded: old.map(|o| o.id), unreferenced })
 }
@@ -517,7 +533,7 @@ impl MetaStore for SqliteMeta {
         place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
     ) -> Result<Committed> {
         self.write(|tx| {
-            let mut tally = Tally::default();
+            let mut tally = Tally::new(tx)?;
             let committed = save_in(tx, entry, blobs, place, &mut tally)?;
             tally.write(tx)?;
             Ok(committed)
@@ -530,7 +546,7 @@ impl MetaStore for SqliteMeta {
         place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
     ) -> Result<Vec<Committed>> {
         self.write(|tx| {
-            let mut tally = Tally::default();
+            let mut tally = Tally::new(tx)?;
             let committed = saves
                 .iter()
                 .map(|(e, b)| save_in(tx, e, b, place, &mut tally))

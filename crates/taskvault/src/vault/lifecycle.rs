@@ -45,8 +45,11 @@ impl Vault {
         // On an error the claims go with the batch: waiters find no entry and compute
         // themselves; the caller reports the error.
         let committed = committed?;
-        for d in &batch {
-            self.hot.remove(&d.entry.key)?;
+        // Listed after the commit: a record written later comes from a later commit.
+        if self.hot.any_record() {
+            for d in &batch {
+                self.hot.remove(&d.entry.key)?;
+            }
         }
         drop(lock);
         if committed.iter().any(|c| c.superseded.is_some()) {

@@ -1037,6 +1037,13 @@ fn a_resident_vault_never_leaves_a_stale_hot_record() {
     r.save(&key, Output::Bytes(b"new"), &SaveOptions::default()).unwrap();
     assert!(f.vault.hot.read(&key.digest().hex()).is_none(), "the old record went");
     assert_eq!(f.vault.get_bytes(&key).unwrap().unwrap().1, b"new");
+    // Deferred saves, committed in a batch, too.
+    f.vault.save(&key, Output::Bytes(b"old"), &SaveOptions::default()).unwrap();
+    assert!(f.vault.hot.read(&key.digest().hex()).is_some());
+    r.save_deferred(&key, b"newer", &SaveOptions::default(), None).unwrap();
+    r.commit_deferred().unwrap();
+    assert!(f.vault.hot.read(&key.digest().hex()).is_none(), "the old record went");
+    assert_eq!(f.vault.get_bytes(&key).unwrap().unwrap().1, b"newer");
 }
 
 #[test]

@@ -94,12 +94,12 @@ impl Vault {
         // Our own deferred save of this key holds its claim until it commits.
         self.commit_deferred_of(&hex)?;
         let started = now_ms();
-        let files = self.claim_files();
-        let (lock, waited) =
-            match ClaimLock::acquire(&self.claims_path(), key.digest().as_bytes(), files)? {
-                Acquired::Immediately(l) => (l, false),
-                Acquired::AfterWaiting(l) => (l, true),
-            };
+        let acquired =
+            ClaimLock::acquire(&self.claims_path(), key.digest().as_bytes(), self.claim_files())?;
+        let (lock, waited) = match acquired {
+            Acquired::Immediately(l) => (l, false),
+            Acquired::AfterWaiting(l) => (l, true),
+        };
         if let Some(e) = self.peek(key)? {
             return Ok(Claim::Ready(Box::new(e)));
         }
@@ -153,8 +153,16 @@ pub(crate) struct ClaimFiles {
     free: std::sync::Mutex<(u32, Vec<File>)>,
 }
 
-/// At most this many unlocked descriptions are kept.
-const CLAIM_FILES_KEPT: usize = 16;
+/// How many claims a process holds at most while their saves wait for a batch, and how many
+/// unlocked descriptions it keeps: each is an open descriptor, so together at most a quarter
+/// of the process's descriptor limit (and between 16 and 1024 each).
+pub(crate) fn claims_held_max() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        (limit.unwrap_or(u64::MAX) / 8).clamp(16, 1024) as usize
+    })
+}
 
 impl ClaimFiles {
     fn take(&self) -> Option<File> {
@@ -166,7 +174,7 @@ impl ClaimFiles {
     fn put(&self, f: File) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         Self::own(&mut free);
-        if free.1.len() < CLAIM_FILES_KEPT {
+        if free.1.len() < claims_held_max() {
             free.1.push(f);
         }
     }

@@ -11,7 +11,7 @@
 //!   [`Vault::flush`] and when the vault is dropped. A process killed meanwhile loses those
 //!   counts and audit lines, never an entry.
 //! - Saves of results small enough to live in the database ([`Vault::save_deferred`]) are
-//!   staged at once and committed in batches: by the saver when `DEFER_AT` are waiting, and by
+//!   staged at once and committed in batches: by the saver when `claims_held_max` are waiting, and by
 //!   [`Vault::commit_deferred_when_due`] (the front end's thread) once the oldest has waited
 //!   `DEFER_FOR`. The claim of each key is held until its commit, so other processes wait for
 //!   it and then find the result; this process serves it from memory meanwhile. A process
@@ -28,10 +28,10 @@ use crate::entry::Entry;
 use crate::generation::Generation;
 use crate::store::{Access, StagedBlob};
 
-/// A batch of deferred saves is committed once this many wait...
-pub(crate) const DEFER_AT: usize = 256;
-/// ...or once the oldest has waited this long.
-pub(crate) const DEFER_FOR: Duration = Duration::from_millis(5);
+/// A batch of deferred saves is committed once the oldest has waited this long, or by the saver
+/// once as many wait as the process may hold claims (`claim::claims_held_max`): each holds its
+/// claim, an open descriptor.
+pub(crate) const DEFER_FOR: Duration = Duration::from_millis(20);
 
 /// A save staged and waiting for its commit.
 #[derive(Debug)]
@@ -129,7 +129,7 @@ impl Resident {
         q.saves.push(d);
         q.oldest.get_or_insert_with(Instant::now);
         self.queued.notify_one();
-        q.saves.len() >= DEFER_AT
+        q.saves.len() >= crate::claim::claims_held_max()
     }
 
     /// Whether a save of `key` is waiting.

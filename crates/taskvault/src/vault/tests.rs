@@ -1124,3 +1124,27 @@ fn reused_claim_descriptions_still_exclude_threads_and_are_unlocked_when_release
         assert_eq!(got, Ok(true), "the claim was not left locked");
     });
 }
+
+#[test]
+fn waiting_saves_never_hold_more_claims_than_the_descriptor_limit_allows() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    // Lowers this process's limit to a few dozen more descriptors than are open now, before
+    // anything sizes itself on it: only where the test has the process to itself (nextest).
+    if std::env::var("NEXTEST_EXECUTION_MODE").as_deref() != Ok("process-per-test") {
+        eprintln!("skipped: changes a process-wide limit; run it with cargo nextest");
+        return;
+    }
+    let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = Some(open_now + 48);
+    setrlimit(Resource::Nofile, limit).unwrap();
+    let f = fx();
+    let r = resident(&f);
+    for i in 0..300u32 {
+        let key = f.key("t", &i.to_le_bytes());
+        let Claim::Compute(g) = r.claim(&key).unwrap() else { panic!("nobody else claims") };
+        r.save_deferred(&key, b"out", &SaveOptions::default(), Some(g.detach())).unwrap();
+    }
+    r.commit_deferred().unwrap();
+    assert_eq!(f.vault.stats().unwrap().entries, 300);
+}

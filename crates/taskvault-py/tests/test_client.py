@@ -239,14 +239,18 @@ def big(n):
     return b"x" * n + os.urandom(16)
 
 
-def test_a_corrupt_blob_is_recomputed(client, vault_dir):
-    r = client.submit(big, 200_000)
+def flip_a_byte_of_the_only_blob(vault_dir):
     blobs = [p for p in pathlib.Path(vault_dir, "blobs").rglob("*") if p.is_file()]
     assert len(blobs) == 1
     data = bytearray(blobs[0].read_bytes())
     data[len(data) // 2] ^= 1
     blobs[0].chmod(0o644)
     blobs[0].write_bytes(bytes(data))
+
+
+def test_a_corrupt_blob_is_recomputed(client, vault_dir):
+    r = client.submit(big, 200_000)
+    flip_a_byte_of_the_only_blob(vault_dir)
     # This client keeps the result it saved, verified, in memory: it is never worse than the
     # blob, so it goes on serving it. Any other client (another process, say) reads the blob.
     assert client.submit(big, 200_000).commit_hash == r.commit_hash
@@ -282,12 +286,7 @@ def test_bytes_results_are_stored_as_they_are_and_large_ones_verified(client, va
     assert again.commit_hash == r.commit_hash and again.load() == value
     assert other.get(r.commit_hash) == value
     # A damaged blob is never served: a third client computes the result again.
-    blobs = [p for p in pathlib.Path(vault_dir, "blobs").rglob("*") if p.is_file()]
-    assert len(blobs) == 1
-    data = bytearray(blobs[0].read_bytes())
-    data[len(data) // 2] ^= 1
-    blobs[0].chmod(0o644)
-    blobs[0].write_bytes(bytes(data))
+    flip_a_byte_of_the_only_blob(vault_dir)
     third = Client(store_dir=vault_dir)
     fresh = third.submit(maker, *args)
     assert fresh.commit_hash != r.commit_hash and len(fresh.load()) == len(value)

@@ -234,15 +234,20 @@ fn claim_offset(digest: &[u8]) -> i64 {
     (u64::from_le_bytes(b) >> 2) as i64
 }
 
-/// Releases the lock `f`'s description holds on the byte at `offset`.
-fn ofd_unlock(f: &File, offset: i64) -> std::io::Result<()> {
-    let fl = libc::flock {
-        l_type: libc::F_UNLCK as libc::c_short,
+/// A lock request (`F_WRLCK`, `F_UNLCK`) for the byte at `offset`.
+fn one_byte(l_type: libc::c_int, offset: i64) -> libc::flock {
+    libc::flock {
+        l_type: l_type as libc::c_short,
         l_whence: libc::SEEK_SET as libc::c_short,
         l_start: offset,
         l_len: 1,
         l_pid: 0,
-    };
+    }
+}
+
+/// Releases the lock `f`'s description holds on the byte at `offset`.
+fn ofd_unlock(f: &File, offset: i64) -> std::io::Result<()> {
+    let fl = one_byte(libc::F_UNLCK, offset);
     // SAFETY: as in `ofd_lock`.
     #[allow(unsafe_code)]
     let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl as *const libc::flock) };
@@ -252,13 +257,7 @@ fn ofd_unlock(f: &File, offset: i64) -> std::io::Result<()> {
 /// Takes a write lock on one byte of `f` for its open file description: `Ok(false)` if another
 /// description holds it and `wait` is false.
 fn ofd_lock(f: &File, offset: i64, wait: bool) -> std::io::Result<bool> {
-    let fl = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: offset,
-        l_len: 1,
-        l_pid: 0,
-    };
+    let fl = one_byte(libc::F_WRLCK, offset);
     let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
     loop {
         // SAFETY: `fl` is a valid, initialized `struct flock` that outlives the call, and the

@@ -225,8 +225,10 @@ def test_closures_and_global_values_are_part_of_the_key(client, make_module):
 
 def test_an_unencodable_global_is_named_in_a_warning(client, make_module):
     m = make_module("tv_warn", "import threading\nLOCK = threading.Lock()\n\ndef f(x):\n    with LOCK:\n        return x\n")
-    with pytest.warns(KeyWarning, match="LOCK"):
+    with pytest.warns(KeyWarning, match="LOCK") as caught:
         assert client.submit(m.f, 1).load() == 1
+    # It names the user's call, not a line inside the package.
+    assert [w.filename for w in caught] == [__file__]
 
 
 def test_functions_without_source_use_their_bytecode(client):

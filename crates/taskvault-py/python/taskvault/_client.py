@@ -27,7 +27,7 @@ from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 from . import _native
 from ._encode import Encoder, Unencodable
-from ._identity import Identity, SCHEME, display_name, module_of
+from ._identity import Identity, SCHEME, caller_stacklevel, display_name, module_of
 from ._serializers import PickleSerializer, SafePickleSerializer, serializer_name
 
 __all__ = ["Client", "ResultRef", "TaskRef", "TaskError", "Entry"]
@@ -306,7 +306,7 @@ class Client:
         except Unencodable as e:
             if options.on_unencodable == "raise":
                 raise
-            warnings.warn(f"{display_name(func)}: not cached ({e})", stacklevel=3)
+            warnings.warn(f"{display_name(func)}: not cached ({e})", stacklevel=caller_stacklevel())
             value = self._attempts(func, args, kwargs, options, True)
             data = self._serializer.dumps(value)
             return ResultRef(self, "", "", len(data), display_name(func), data)
@@ -371,7 +371,7 @@ class Client:
                 )
             except _native.TooLargeError as e:
                 # The work is done; losing its result to a policy would be worse than not caching it.
-                warnings.warn(f"{key.task}: result not cached: {e}", stacklevel=3)
+                warnings.warn(f"{key.task}: result not cached: {e}", stacklevel=caller_stacklevel())
                 return ResultRef(self, "", "", len(data), key.task, data, raw)
         finally:
             if claim is not None:

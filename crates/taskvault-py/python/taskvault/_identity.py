@@ -113,6 +113,17 @@ def _library_prefixes() -> tuple[str, ...]:
 
 _LIBRARY = _library_prefixes()
 _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
+_PACKAGE_FILES = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def caller_stacklevel() -> int:
+    """The `stacklevel` that makes a warning raised here name the user's line that called into
+    this package (however deep inside it the warning is raised)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith((_PACKAGE_FILES, _PACKAGE_DIR)):
+        level += 1
+        frame = frame.f_back
+    return level
 
 
 @functools.lru_cache(maxsize=1024)
@@ -306,7 +317,7 @@ class Identity:
             warnings.warn(
                 f"{where}: {name!r} is not part of the cache key ({why}); pass it as an argument if the result depends on it",
                 KeyWarning,
-                stacklevel=4,
+                stacklevel=caller_stacklevel(),
             )
 
     # Each step below appends to `w` the witnesses of what it read (see `_holds`), or

@@ -14,6 +14,7 @@ pub mod config;
 pub mod digest;
 pub mod entry;
 pub mod error;
+mod fork;
 mod generation;
 mod hot;
 pub mod key;

@@ -71,6 +71,7 @@ impl StatCache {
 
     /// The recorded digest of `path` if its stamp is unchanged and it was not racily clean.
     pub(crate) fn get(&self, path: &str, alg: Algorithm, stamp: &Stamp) -> Result<Option<Digest>> {
+        let _busy = crate::fork::busy();
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let row = conn
             .prepare_cached(
@@ -113,6 +114,7 @@ impl StatCache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
+        let _busy = crate::fork::busy();
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx =
             conn.transaction().map_err(|source| Error::Db { path: self.path.clone(), source })?;

@@ -100,6 +100,7 @@ impl Checkpointer {
                     st.0 = false;
                     drop(st);
                     let passive = || -> rusqlite::Result<i64> {
+                        let _busy = crate::fork::busy();
                         // (busy, pages in the WAL, pages copied)
                         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
                     };
@@ -142,6 +143,7 @@ impl SqliteMeta {
         })
     }
 
+    /// The writer connection (callers hold a `fork::busy` token while they use it).
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
         let m = match self.conn.get() {
             Some(m) => m,
@@ -158,12 +160,14 @@ impl SqliteMeta {
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let _busy = crate::fork::busy();
         let conn = self.conn()?;
         f(&conn).map_err(|e| self.err(e))
     }
 
     /// Runs the read-only `f` on the reader connection, if there is one.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let _busy = crate::fork::busy();
         match self.reader.get() {
             Some(r) => f(&r.lock().unwrap_or_else(|p| p.into_inner())).map_err(|e| self.err(e)),
             None => self.with(f),
@@ -174,6 +178,7 @@ impl SqliteMeta {
     /// placement) can fail it; the transaction rolls back on any error.
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
         let gate = self.write_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let busy = crate::fork::busy();
         let mut conn = self.conn()?;
         let out = (|| {
             let tx = conn
@@ -189,6 +194,7 @@ impl SqliteMeta {
             other => other,
         });
         drop(conn);
+        drop(busy);
         drop(gate);
         if let Some(c) = self.checkpointer.get() {
             c.wake();
@@ -233,6 +239,7 @@ pub(crate) fn open_database(
     migrate: fn(&Connection) -> rusqlite::Result<()>,
 ) -> Result<Connection> {
     let db = |source| Error::Db { path: path.to_owned(), source };
+    let _busy = crate::fork::busy();
     let conn = Connection::open(path).map_err(db)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;

@@ -1148,3 +1148,76 @@ fn waiting_saves_never_hold_more_claims_than_the_descriptor_limit_allows() {
     r.commit_deferred().unwrap();
     assert_eq!(f.vault.stats().unwrap().entries, 300);
 }
+
+#[test]
+fn a_process_forked_while_another_thread_is_in_sqlite_can_use_the_vault() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // A process pool's workers are forked while the parent's threads commit: the child must
+    // not inherit SQLite's global locks held (it would hang at its first allocation). Forking
+    // is only sound where the test has the process to itself (nextest).
+    if std::env::var("NEXTEST_EXECUTION_MODE").as_deref() != Ok("process-per-test") {
+        eprintln!("skipped: forks the test process; run it with cargo nextest");
+        return;
+    }
+    let f = fx();
+    let r = resident(&f);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let k = f.key("busy", &i.to_le_bytes());
+                r.save_deferred(&k, &i.to_le_bytes(), &SaveOptions::default(), None).unwrap();
+                r.commit_deferred().unwrap();
+                i += 1;
+            }
+        });
+        for n in 0..60u32 {
+            let key = f.key("child", &n.to_le_bytes());
+            // SAFETY: the child opens a vault, saves and leaves with `_exit`, never returning
+            // into the test harness; the parent only waits for it.
+            #[allow(unsafe_code)]
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let ok = std::panic::catch_unwind(|| {
+                    let v = Vault::open(f.vault.settings.clone()).unwrap();
+                    v.save(&key, Output::Bytes(b"from the child"), &SaveOptions::default())
+                        .unwrap();
+                })
+                .is_ok();
+                #[allow(unsafe_code)]
+                // SAFETY: ends the child without running the parent's destructors or harness.
+                unsafe {
+                    libc::_exit(if ok { 0 } else { 1 })
+                };
+            }
+            assert!(pid > 0, "fork failed");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let status = loop {
+                let mut status = 0;
+                #[allow(unsafe_code)]
+                // SAFETY: waits for our own child, with a valid pointer to `status`.
+                let w = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                if w == pid {
+                    break Some(status);
+                }
+                if std::time::Instant::now() > deadline {
+                    #[allow(unsafe_code)]
+                    // SAFETY: kills and reaps our own child.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, &mut status, 0);
+                    }
+                    break None;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            };
+            if status != Some(0) {
+                stop.store(true, Ordering::Relaxed);
+                panic!("child {n} {}", if status.is_none() { "hung" } else { "failed" });
+            }
+            assert!(f.vault.peek(&key).unwrap().is_some(), "the child's save is there");
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}

@@ -1,0 +1,93 @@
+//! Fork safety for SQLite. A process forked while one of its threads is inside SQLite gives the
+//! child SQLite's global mutexes (its allocator's, its file-list's) locked by a thread the child
+//! does not have: the child hangs at its first allocation in SQLite. That happens to a Python
+//! worker forked (a process pool) while the parent's commit or checkpoint thread is committing.
+//!
+//! So every call into SQLite holds a [`Busy`] token, and `fork()` (through `pthread_atfork`)
+//! waits until no token is held and lets no new one be taken until it is done. Tokens nest within
+//! a thread; a thread already holding one is never made to wait.
+
+use std::cell::Cell;
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Tokens held, in all threads.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+/// Set while a fork is under way.
+static FORKING: AtomicBool = AtomicBool::new(false);
+static INSTALL: Once = Once::new();
+
+thread_local! {
+    /// Tokens held by this thread.
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Held while a thread is inside SQLite.
+#[derive(Debug)]
+pub(crate) struct Busy(());
+
+/// Takes a token; waits while a fork is under way (unless this thread already holds one).
+pub(crate) fn busy() -> Busy {
+    INSTALL.call_once(install);
+    if DEPTH.get() == 0 {
+        loop {
+            while FORKING.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+            HELD.fetch_add(1, Ordering::AcqRel);
+            if !FORKING.load(Ordering::Acquire) {
+                break;
+            }
+            // A fork started meanwhile: let it go first.
+            HELD.fetch_sub(1, Ordering::AcqRel);
+        }
+    } else {
+        HELD.fetch_add(1, Ordering::AcqRel);
+    }
+    DEPTH.set(DEPTH.get() + 1);
+    Busy(())
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        DEPTH.set(DEPTH.get() - 1);
+        HELD.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+extern "C" fn before_fork() {
+    FORKING.store(true, Ordering::SeqCst);
+    // The forking thread's own tokens (if it forks from inside a call, which nothing here does)
+    // must not be waited for.
+    let own = DEPTH.get();
+    while HELD.load(Ordering::SeqCst) > own {
+        std::thread::yield_now();
+    }
+}
+
+extern "C" fn after_fork_in_parent() {
+    FORKING.store(false, Ordering::SeqCst);
+}
+
+extern "C" fn after_fork_in_child() {
+    // Only the forking thread lives on in the child: only its tokens are held.
+    HELD.store(DEPTH.get(), Ordering::SeqCst);
+    FORKING.store(false, Ordering::SeqCst);
+}
+
+fn install() {
+    // SAFETY: the three handlers are `extern "C"` functions with no arguments that live for the
+    // whole program; they only touch atomics and a thread-local counter, which is allowed
+    // between fork and exec.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork_in_parent),
+            Some(after_fork_in_child),
+        )
+    };
+    if r != 0 {
+        tracing::warn!("pthread_atfork failed ({r}): a process forked mid-commit may hang");
+    }
+}

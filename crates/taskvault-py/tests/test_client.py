@@ -183,6 +183,49 @@ def test_map_on_a_dask_cluster_lands_results_in_the_vault(client, counter, monke
     assert [r.commit_hash for r in again] == [r.commit_hash for r in refs] and counter.n == 4
 
 
+def test_a_forked_child_uses_its_parents_client_while_the_parent_commits(client, counter):
+    # The parent's commit thread is busy when the child is forked; the child must neither hang on
+    # what that thread held nor lose its own results.
+    stop = threading.Event()
+
+    def churn():
+        i = 0
+        while not stop.is_set():
+            client.submit(square, i)
+            i += 1
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for n in range(20):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    code = 0 if client.submit(add, counter.file, n, 1000).load() == n + 1000 else 2
+                    client.close()
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    pytest.fail(f"child {n} hung")
+                time.sleep(0.005)
+            assert os.waitstatus_to_exitcode(status) == 0, f"child {n} failed"
+    finally:
+        stop.set()
+        t.join()
+    assert counter.n == 20
+    # What the children saved is in the vault: the parent hits it.
+    assert [client.submit(add, counter.file, n, 1000).load() for n in range(20)] == [n + 1000 for n in range(20)]
+    assert counter.n == 20
+
+
 def test_concurrent_threads_run_once(client, counter):
     def slow(file):
         bump(file)

@@ -110,6 +110,25 @@ def _flush_all() -> None:
             pass
 
 
+_clients_alive: "weakref.WeakSet[Client]" = weakref.WeakSet()
+# A forked child never touches the native vaults it inherited: their locks may be held by
+# threads of the parent that the child does not have (their commit thread, say). It keeps them
+# (dropping one would wait on those locks) and gives each client a vault of its own.
+_inherited: list[Any] = []
+
+
+def _reopen_after_fork() -> None:
+    for c in list(_clients_alive):
+        old = c._vault
+        _inherited.append(old)
+        _open_vaults.discard(old)
+        c._vault = _native.Vault(os.fspath(old.dir), c._config)
+        _open_vaults.add(c._vault)
+
+
+os.register_at_fork(after_in_child=_reopen_after_fork)
+
+
 def _client_for(store_dir: str, serializer: Any) -> "Client":
     k = (store_dir, serializer_name(serializer))
     c = _clients.get(k)
@@ -220,9 +239,10 @@ class Client:
                  config: str | os.PathLike | None = None):
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
-        self._vault = _native.Vault(os.fspath(store_dir) if store_dir is not None else None,
-                                    os.fspath(config) if config is not None else None)
+        self._config = os.fspath(config) if config is not None else None
+        self._vault = _native.Vault(os.fspath(store_dir) if store_dir is not None else None, self._config)
         _open_vaults.add(self._vault)
+        _clients_alive.add(self)
         self._serializer = serializer if serializer is not None else PickleSerializer()
         for m in ("dumps", "loads"):
             if not callable(getattr(self._serializer, m, None)):

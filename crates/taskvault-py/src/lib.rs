@@ -101,8 +101,8 @@ fn poisoned() -> PyErr {
 /// result itself (a `bytes` result stored as it is), not its serialization.
 type Hit<'py> = (String, String, u64, Bound<'py, PyBytes>, bool);
 
-fn hit<'py>(py: Python<'py>, e: &taskvault::Entry, bytes: &[u8]) -> Hit<'py> {
-    (e.id.clone(), output_digest(e), e.size, PyBytes::new(py, bytes), is_raw(e))
+fn hit<'py>(e: &taskvault::Entry, bytes: Bound<'py, PyBytes>) -> Hit<'py> {
+    (e.id.clone(), output_digest(e), e.size, bytes, is_raw(e))
 }
 
 /// Whether the client stored the result as it is (see `_client.py`, `details.result`).
@@ -244,7 +244,8 @@ impl Vault {
             .map_err(to_py)?;
         Ok(match got {
             Got::Hit(s) => {
-                ("hit", hit(py, &s.entry, &s.bytes).into_pyobject(py)?.into_any().unbind())
+                let h = hit(&s.entry, PyBytes::new(py, &s.bytes));
+                ("hit", h.into_pyobject(py)?.into_any().unbind())
             }
             Got::Written(e) => {
                 let bytes = large.obj.take().ok_or_else(|| {
@@ -252,7 +253,7 @@ impl Vault {
                         "the engine wrote a result it never asked for a buffer for",
                     )
                 })?;
-                let h = (e.id.clone(), output_digest(&e), e.size, bytes.into_bound(py), is_raw(&e));
+                let h = hit(&e, bytes.into_bound(py));
                 ("hit", h.into_pyobject(py)?.into_any().unbind())
             }
             Got::Compute(c) => {

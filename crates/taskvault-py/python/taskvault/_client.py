@@ -540,7 +540,7 @@ def _options(func: Callable, kwargs: dict) -> tuple[Callable, _TaskOptions]:
 
 _RAW_BYTES_SERIALIZERS = (PickleSerializer, SafePickleSerializer)
 
-_PLAIN_ARGS = ~(inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
+_STAR_ARGS = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
 
 
 class _Plan:
@@ -564,7 +564,7 @@ class _Plan:
         code = getattr(func, "__code__", None)
         custom = hasattr(func, "__wrapped__") or hasattr(func, "__signature__")  # what `signature` follows
         if type(func) is types.FunctionType and code is not None and self.sig is not None and not custom:
-            plain = code.co_posonlyargcount == 0 and code.co_kwonlyargcount == 0 and code.co_flags & _PLAIN_ARGS == code.co_flags
+            plain = code.co_posonlyargcount == 0 and code.co_kwonlyargcount == 0 and not code.co_flags & _STAR_ARGS
             if plain:
                 self.names = tuple(code.co_varnames[: code.co_argcount])
         self._head: str | None = None

@@ -388,9 +388,9 @@ class Identity:
                 self._class(base, h, seen, w)
 
     def _function(self, fn: types.FunctionType, h: Any, seen: set[int], w: list) -> None:
-        wrapped = getattr(fn, "__wrapped__", None)
-        w.append(("attr", fn, "__wrapped__", getattr(fn, "__wrapped__", _MISSING)))
-        if wrapped is not None:
+        wrapped = getattr(fn, "__wrapped__", _MISSING)
+        w.append(("attr", fn, "__wrapped__", wrapped))
+        if wrapped is not _MISSING and wrapped is not None:
             # A Python decorator's wrapper: its own code (below), and the function it wraps.
             h.update(b"decorated")
             self._callable(wrapped, h, seen, w)

@@ -22,6 +22,9 @@ const KERNEL_COPY_MIN: u64 = 1 << 20;
 pub(crate) enum Sink<'a> {
     File(&'a mut File, &'a Path),
     Buf(&'a mut Vec<u8>),
+    /// Memory the caller owns, exactly the blob's size: stored blobs are decoded straight into
+    /// it and then hashed with all cores, instead of going through a buffer.
+    Memory(&'a mut [u8]),
     /// Verification only.
     Discard,
 }
@@ -32,6 +35,11 @@ impl Sink<'_> {
             Sink::File(f, p) => f.write_all(b).at(*p),
             Sink::Buf(v) => {
                 v.extend_from_slice(b);
+                Ok(())
+            }
+            // Only whole inline blobs come here, already checked against the blob's size.
+            Sink::Memory(m) => {
+                m.copy_from_slice(b);
                 Ok(())
             }
             Sink::Discard => Ok(()),
@@ -68,21 +76,28 @@ impl Vault {
             Some(r) => r,
             None => return Ok(Err("blob file is missing".into())),
         };
+        if let BlobReader::File(f) = &reader {
+            let len = f.metadata()?.len();
+            if len != info.stored_size {
+                return Ok(Err(format!(
+                    "blob file is {len} bytes, expected {} (truncated?)",
+                    info.stored_size
+                )));
+            }
+        }
         match (reader, info.codec) {
+            (BlobReader::File(f), _) if matches!(sink, Sink::Memory(_)) => {
+                self.read_stream(Box::new(f), &info, sink)
+            }
             (BlobReader::File(f), Codec::Raw) => self.read_raw_file(f, &info, sink),
             (BlobReader::File(f), Codec::Zstd) => self.read_stream(Box::new(f), &info, sink),
             (BlobReader::Stream(s), _) => self.read_stream(s, &info, sink),
         }
     }
 
+    /// A raw blob file (its length checked): large ones copied by the kernel into a file sink.
     fn read_raw_file(&self, mut f: File, info: &BlobInfo, sink: &mut Sink<'_>) -> Result<Verified> {
-        let len = f.metadata()?.len();
-        if len != info.stored_size {
-            return Ok(Err(format!(
-                "blob file is {len} bytes, expected {} (truncated?)",
-                info.stored_size
-            )));
-        }
+        let len = info.stored_size;
         match sink {
             Sink::File(out, out_path) if len >= KERNEL_COPY_MIN => {
                 // The kernel copies (copy_file_range, a reflink where the filesystem can), then
@@ -113,6 +128,9 @@ impl Vault {
                 Err(e) => return Ok(Err(format!("zstd: {e}"))),
             },
         };
+        if let Sink::Memory(dest) = sink {
+            return Ok(self.fill(&mut *src, info, dest));
+        }
         let mut hasher = info.digest.algorithm().hasher();
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
@@ -133,6 +151,28 @@ impl Vault {
             self.report_progress(total);
         }
         Ok(check(info, &hasher.finish(), total))
+    }
+
+    /// Decodes all of `src` straight into `dest` (the blob's size), then hashes `dest` with all
+    /// cores: one pass over the caller's memory, instead of a buffer and a copy.
+    fn fill(&self, src: &mut dyn Read, info: &BlobInfo, dest: &mut [u8]) -> Verified {
+        let mut filled = 0;
+        while filled < dest.len() {
+            match src.read(&mut dest[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("reading blob: {e}")),
+            }
+            self.report_progress(filled as u64);
+        }
+        if filled == dest.len() {
+            let mut probe = [0u8; 1];
+            if matches!(src.read(&mut probe), Ok(n) if n > 0) {
+                return Err(format!("blob holds more than the {} bytes recorded", info.size));
+            }
+        }
+        check(info, &info.digest.algorithm().digest(&dest[..filled]), filled as u64)
     }
 
     /// Restores an entry's output to `dest`; `None` if a blob failed verification (it has been
@@ -332,22 +372,14 @@ impl Vault {
 
     /// The verified bytes of a file or bytes entry; `None` if its blob failed verification.
     pub(crate) fn read_bytes(&self, e: &Entry) -> Result<Option<Vec<u8>>> {
-        if e.output_kind == OutputKind::Dir {
-            return Err(Error::Other(format!("entry {} holds a directory, not bytes", e.id)));
-        }
-        let node = e.outputs.first().ok_or_else(|| Error::Other("entry has no output".into()))?;
-        self.node_bytes(node)
+        self.node_bytes(bytes_node(e)?)
     }
 
     /// Like [`Vault::read_bytes`], into `dest`, which must be exactly the output's size. What
     /// `dest` holds after `None` (the blob failed verification, was quarantined and its entries
     /// retired) must not be used.
     pub(crate) fn read_bytes_into(&self, e: &Entry, dest: &mut [u8]) -> Result<Option<()>> {
-        if e.output_kind == OutputKind::Dir {
-            return Err(Error::Other(format!("entry {} holds a directory, not bytes", e.id)));
-        }
-        let node = e.outputs.first().ok_or_else(|| Error::Other("entry has no output".into()))?;
-        let digest = node.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
+        let node = bytes_node(e)?;
         if node.size != dest.len() as u64 {
             return Err(Error::Other(format!(
                 "entry {} holds {} bytes, not {}",
@@ -356,7 +388,21 @@ impl Vault {
                 dest.len()
             )));
         }
-        match self.read_blob_into(&digest, dest)? {
+        self.node_to(node, &mut Sink::Memory(dest))
+    }
+
+    /// The verified bytes of a file node; `None` if its blob failed verification (it has been
+    /// quarantined and its entries retired).
+    pub(crate) fn node_bytes(&self, node: &Node) -> Result<Option<Vec<u8>>> {
+        let mut buf = Vec::with_capacity(node.size as usize);
+        Ok(self.node_to(node, &mut Sink::Buf(&mut buf))?.map(|()| buf))
+    }
+
+    /// Writes the verified bytes of a file node to `sink`; `None` if its blob failed
+    /// verification (it has been quarantined and its entries retired).
+    fn node_to(&self, node: &Node, sink: &mut Sink<'_>) -> Result<Option<()>> {
+        let digest = node.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
+        match self.read_blob(&digest, node.size, sink)? {
             Ok(()) => Ok(Some(())),
             Err(msg) => {
                 self.corrupt(&digest, &msg, "get")?;
@@ -364,82 +410,14 @@ impl Vault {
             }
         }
     }
+}
 
-    /// Decodes blob `digest` straight into `dest` (its expected size), then hashes `dest` with
-    /// all cores: one pass over memory the caller owns, instead of a buffer and a copy.
-    fn read_blob_into(&self, digest: &Digest, dest: &mut [u8]) -> Result<Verified> {
-        let Some(info) = self.blob_info(digest)? else {
-            return Ok(Err("no metadata row for the blob".into()));
-        };
-        if info.size != dest.len() as u64 {
-            return Ok(Err(format!(
-                "blob is {} bytes, the entry expects {}",
-                info.size,
-                dest.len()
-            )));
-        }
-        if let Some(data) = &info.inline {
-            let plain = match verify_inline(&info, data) {
-                Ok(p) => p,
-                Err(msg) => return Ok(Err(msg)),
-            };
-            dest.copy_from_slice(plain.as_deref().unwrap_or(data));
-            return Ok(Ok(()));
-        }
-        let file = match self.blob_store().open(digest)? {
-            Some(BlobReader::File(f)) => {
-                let len = f.metadata()?.len();
-                if len != info.stored_size {
-                    return Ok(Err(format!(
-                        "blob file is {len} bytes, expected {} (truncated?)",
-                        info.stored_size
-                    )));
-                }
-                Box::new(f) as Box<dyn Read + Send>
-            }
-            Some(BlobReader::Stream(s)) => s,
-            None => return Ok(Err("blob file is missing".into())),
-        };
-        let mut src: Box<dyn Read + Send> = match info.codec {
-            Codec::Raw => file,
-            Codec::Zstd => match zstd::stream::Decoder::new(file) {
-                Ok(d) => Box::new(d),
-                Err(e) => return Ok(Err(format!("zstd: {e}"))),
-            },
-        };
-        let mut filled = 0;
-        while filled < dest.len() {
-            match src.read(&mut dest[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Ok(Err(format!("reading blob: {e}"))),
-            }
-            self.report_progress(filled as u64);
-        }
-        if filled == dest.len() {
-            let mut probe = [0u8; 1];
-            if matches!(src.read(&mut probe), Ok(n) if n > 0) {
-                return Ok(Err(format!("blob holds more than the {} bytes recorded", info.size)));
-            }
-        }
-        let found = info.digest.algorithm().digest(&dest[..filled]);
-        Ok(check(&info, &found, filled as u64))
+/// The one output node of a file or bytes entry.
+fn bytes_node(e: &Entry) -> Result<&Node> {
+    if e.output_kind == OutputKind::Dir {
+        return Err(Error::Other(format!("entry {} holds a directory, not bytes", e.id)));
     }
-
-    /// The verified bytes of a file node; `None` if its blob failed verification (it has been
-    /// quarantined and its entries retired).
-    pub(crate) fn node_bytes(&self, node: &Node) -> Result<Option<Vec<u8>>> {
-        let digest = node.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
-        let mut buf = Vec::with_capacity(node.size as usize);
-        match self.read_blob(&digest, node.size, &mut Sink::Buf(&mut buf))? {
-            Ok(()) => Ok(Some(buf)),
-            Err(msg) => {
-                self.corrupt(&digest, &msg, "get")?;
-                Ok(None)
-            }
-        }
-    }
+    e.outputs.first().ok_or_else(|| Error::Other("entry has no output".into()))
 }
 
 /// Puts the verified `tmp` in place of `dest` atomically. An existing destination is swapped out

@@ -64,6 +64,11 @@ pub fn note(line: impl AsRef<str>) {
     eprintln!("{}", line.as_ref());
 }
 
+/// A warning for people, on stderr: something was left out or degraded, and the command went on.
+pub fn warn(line: &str) {
+    eprintln!("{} {line}", paint("33", "warning:"));
+}
+
 pub fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }

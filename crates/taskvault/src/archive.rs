@@ -13,6 +13,8 @@ use crate::vault::{Vault, unique_name};
 
 const MANIFEST: &str = "taskvault-export.json";
 const FORMAT: u32 = 1;
+/// The largest manifest an import reads (about 100,000 entries' worth).
+const MANIFEST_MAX: u64 = 64 << 20;
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Manifest {
@@ -25,6 +27,9 @@ struct Manifest {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ExportReport {
     pub entries: u64,
+    /// Entries left out because they were saved before entries recorded their key's
+    /// ingredients: no importer could check the key they claim.
+    pub unverifiable: u64,
     pub blobs: u64,
     pub bytes: u64,
 }
@@ -49,16 +54,21 @@ impl Drop for TempFiles {
 
 impl Vault {
     /// Writes `entries` (live runs) and their blobs to `archive`, atomically.
+    /// Entries saved before entries recorded their key's ingredients are left out (counted in
+    /// the report): an importer could not check the key they claim.
     pub fn export(&self, entries: &[Entry], archive: &Path) -> Result<ExportReport> {
+        let (entries, unverifiable): (Vec<&Entry>, Vec<&Entry>) =
+            entries.iter().partition(|e| e.recomputed_key().is_some_and(|k| k.hex() == e.key));
+        let entries: Vec<Entry> = entries.into_iter().cloned().collect();
         let mut blobs = BTreeMap::new();
-        for e in entries {
+        for e in &entries {
             for n in &e.outputs {
                 if let Some(d) = n.digest {
                     blobs.insert(d, n.size);
                 }
             }
         }
-        let manifest = Manifest { format: FORMAT, entries: entries.to_vec(), blobs };
+        let manifest = Manifest { format: FORMAT, entries, blobs };
         let parent =
             archive.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !parent.is_dir() {
@@ -74,7 +84,11 @@ impl Vault {
         let mut tar = tar::Builder::new(enc);
         let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
         append(&mut tar, MANIFEST, json.len() as u64, &mut &json[..]).at(&tmp_archive)?;
-        let mut report = ExportReport { entries: entries.len() as u64, ..Default::default() };
+        let mut report = ExportReport {
+            entries: manifest.entries.len() as u64,
+            unverifiable: unverifiable.len() as u64,
+            ..Default::default()
+        };
         for (d, size) in &manifest.blobs {
             let tmp = self.tmp_dir().join(unique_name("export-"));
             temps.0.push(tmp.clone());
@@ -122,9 +136,15 @@ impl Vault {
                 if manifest.is_some() {
                     return Err(bad("two manifests".into()));
                 }
+                let declared = item.header().size().map_err(|e| bad(e.to_string()))?;
+                if declared > MANIFEST_MAX {
+                    return Err(bad(format!(
+                        "the manifest is {declared} bytes, over the {MANIFEST_MAX} this format allows"
+                    )));
+                }
                 let mut text = Vec::new();
                 item.by_ref()
-                    .take(256 << 20)
+                    .take(MANIFEST_MAX)
                     .read_to_end(&mut text)
                     .map_err(|e| bad(e.to_string()))?;
                 let m: Manifest =
@@ -132,6 +152,9 @@ impl Vault {
                 if m.format != FORMAT {
                     return Err(bad(format!("unsupported export format {}", m.format)));
                 }
+                let total = m.blobs.values().try_fold(0u64, |t, s| t.checked_add(*s));
+                let total = total.ok_or_else(|| bad("blob sizes overflow".into()))?;
+                check_room(self.tmp_dir(), total).map_err(bad)?;
                 manifest = Some(m);
                 continue;
             }
@@ -144,6 +167,14 @@ impl Vault {
                 .ok_or_else(|| bad(format!("blob {digest} is not in the manifest")))?;
             if staged.contains_key(&digest) {
                 return Err(bad(format!("blob {digest} appears twice")));
+            }
+            // A member larger than the manifest says is refused before a byte of it is
+            // written, and a decompression never runs past the declared size.
+            let member = item.header().size().map_err(|e| bad(e.to_string()))?;
+            if member != size {
+                return Err(bad(format!(
+                    "blob {digest} is {member} bytes in the archive, {size} in the manifest"
+                )));
             }
             let tmp = self.tmp_dir().join(unique_name("import-"));
             temps.0.push(tmp.clone());
@@ -159,26 +190,21 @@ impl Vault {
             }
             staged.insert(digest, tmp);
         }
-        let m = manifest.ok_or_else(|| bad("no manifest".into()))?;
-        for e in &m.entries {
-            if e.output_kind == crate::entry::OutputKind::Dir {
-                crate::vault::validate_tree(&e.outputs)
-                    .map_err(|msg| bad(format!("entry {}: {msg}", e.id)))?;
-            }
-            for d in e.blob_digests() {
-                if !staged.contains_key(&d) {
-                    return Err(bad(format!("entry {} needs blob {d}, which is missing", e.id)));
-                }
-            }
-            if e.key.len() != 64 || !e.key.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad(format!("entry {} has an invalid key", e.id)));
-            }
+        let mut m = manifest.ok_or_else(|| bad("no manifest".into()))?;
+        for e in &mut m.entries {
+            check_entry(e, &m.blobs, &staged).map_err(|msg| bad(format!("entry {}: {msg}", e.id)))?;
+            // What the archive says of the run's standing here is not trusted: it becomes the
+            // live run of its key, with fresh counters.
+            e.status = crate::entry::Status::Live;
+            e.parent = None;
+            e.access_count = 0;
         }
 
         let mut report = ImportReport::default();
         let mut committed_blobs = BTreeSet::new();
         for e in &m.entries {
-            if self.meta().lookup(&e.key)?.is_some() {
+            // A damaged live row is replaced by the imported run.
+            if matches!(self.meta().lookup(&e.key), Ok(Some(_))) {
                 report.skipped += 1;
                 continue;
             }
@@ -193,6 +219,79 @@ impl Vault {
         report.blobs = committed_blobs.len() as u64;
         Ok(report)
     }
+}
+
+/// Refuses an import whose blobs would not fit on the filesystem of `dir` (with 64 MiB to
+/// spare), before anything is staged.
+fn check_room(dir: &Path, bytes: u64) -> std::result::Result<(), String> {
+    let Ok(fs) = rustix::fs::statvfs(dir) else { return Ok(()) };
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    if bytes.saturating_add(64 << 20) > free {
+        return Err(format!(
+            "its blobs need {bytes} bytes and {} has {free} bytes free",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an archived entry may be imported: it answers exactly the key it claims (recomputed
+/// from its recorded ingredients), its outputs form a valid manifest of the right shape, and
+/// every blob it needs is in the archive at the size it expects.
+fn check_entry(
+    e: &mut Entry,
+    sizes: &BTreeMap<Digest, u64>,
+    staged: &BTreeMap<Digest, PathBuf>,
+) -> std::result::Result<(), String> {
+    use crate::entry::OutputKind;
+    use crate::tree::NodeKind;
+    if e.key.len() != 64 || !e.key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err("invalid key".into());
+    }
+    if e.ingredients.is_none() {
+        return Err("it does not record its key's ingredients (exported by an older taskvault), \
+                    so the key it claims cannot be checked"
+            .into());
+    }
+    match e.recomputed_key() {
+        Some(k) if k.hex() == e.key => {}
+        Some(k) => {
+            return Err(format!(
+                "it claims key {} but its ingredients make key {} (tampered)",
+                e.key,
+                k.hex()
+            ));
+        }
+        None => return Err("its recorded key ingredients do not form a key".into()),
+    }
+    match e.output_kind {
+        OutputKind::Dir => crate::vault::validate_tree(&e.outputs)?,
+        OutputKind::File | OutputKind::Bytes => {
+            if !matches!(&e.outputs[..], [n] if n.kind == NodeKind::File && n.path.is_empty()) {
+                return Err("a file output must be exactly one file node".into());
+            }
+        }
+    }
+    let nodes = e.outputs.iter_mut().chain(e.console.as_mut());
+    for n in nodes {
+        // Permission bits only: never setuid, setgid or sticky from an archive.
+        n.mode &= 0o777;
+        if n.kind != NodeKind::File {
+            continue;
+        }
+        let d = n.digest.ok_or_else(|| format!("file node {:?} has no digest", n.path))?;
+        if !staged.contains_key(&d) {
+            return Err(format!("it needs blob {d}, which is missing"));
+        }
+        if sizes.get(&d) != Some(&n.size) {
+            return Err(format!("node {:?} expects blob {d} to be {} bytes", n.path, n.size));
+        }
+    }
+    let total: u64 = e.outputs.iter().map(|n| n.size).sum();
+    if total != e.size {
+        return Err(format!("its outputs add up to {total} bytes, not {}", e.size));
+    }
+    Ok(())
 }
 
 fn blob_name(d: &Digest) -> String {

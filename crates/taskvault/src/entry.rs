@@ -76,6 +76,43 @@ pub struct Entry {
     /// The exit code of a wrapped command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// What the key was built from beyond the fields above, so that the key can be recomputed
+    /// from the entry alone (an import does, before it trusts `key`). `None` in entries saved
+    /// before TaskVault recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingredients: Option<Ingredients>,
+}
+
+/// The key ingredients an entry does not otherwise hold: the algorithm and the raw labelled
+/// extras (`namespace`, `task` and `inputs` are fields of the entry itself).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ingredients {
+    pub algorithm: crate::digest::Algorithm,
+    /// (label, value) in key order; values base64 in the document.
+    #[serde(with = "b64_pairs")]
+    pub extras: Vec<(String, Vec<u8>)>,
+}
+
+mod b64_pairs {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[(String, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
+        let pairs: Vec<(&str, String)> =
+            v.iter().map(|(l, b)| (l.as_str(), STANDARD.encode(b))).collect();
+        pairs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<u8>)>, D::Error> {
+        let pairs: Vec<(String, String)> = Vec::deserialize(d)?;
+        pairs
+            .into_iter()
+            .map(|(l, b)| {
+                STANDARD.decode(b).map(|b| (l, b)).map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
 }
 
 impl Entry {
@@ -91,6 +128,42 @@ impl Entry {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// The key digest recomputed from the entry's own ingredients (`None` if it lacks them, or
+    /// they do not form a key). An entry whose `key` differs from this answers another key.
+    pub fn recomputed_key(&self) -> Option<Digest> {
+        let ing = self.ingredients.as_ref()?;
+        let key = crate::key::TaskKey::new(
+            ing.algorithm,
+            &self.namespace,
+            &self.task,
+            self.inputs.clone(),
+            ing.extras.clone(),
+        )
+        .ok()?;
+        Some(key.digest())
+    }
+
+    /// Whether this entry was saved for `key`: the same key digest, and, where the entry records
+    /// them, the same ingredients. A row or hot record that fails this is never served.
+    pub fn answers(&self, key: &crate::key::TaskKey) -> bool {
+        let same_inputs = || {
+            self.inputs.len() == key.inputs.len()
+                && self
+                    .inputs
+                    .iter()
+                    .zip(&key.inputs)
+                    .all(|(a, b)| a.kind == b.kind && a.digest == b.digest)
+        };
+        self.key == key.digest().hex()
+            && self.task == key.task
+            && self.namespace == key.namespace
+            && same_inputs()
+            && self
+                .ingredients
+                .as_ref()
+                .is_none_or(|i| i.algorithm == key.algorithm && i.extras == key.extras)
     }
 
     pub fn is_expired(&self, now_ms: i64) -> bool {

@@ -27,7 +27,7 @@ pub use archive::{ExportReport, ImportReport};
 pub use claim::{Claim, ClaimGuard, Destination, DetachedClaim, Fetched};
 pub use config::{ConfigFile, Policy, Settings};
 pub use digest::{Algorithm, Digest};
-pub use entry::{Entry, Filter, OutputKind, Status};
+pub use entry::{Entry, Filter, Ingredients, OutputKind, Status};
 pub use error::{Error, Result};
 pub use key::{Input, InputKind, InputRecord, TaskKey};
 pub use vault::GcReport;

@@ -39,6 +39,15 @@ pub struct Removed {
     pub unreferenced: Vec<Digest>,
 }
 
+/// Rows of the metadata store that cannot be read back.
+#[derive(Debug, Default)]
+pub struct Damaged {
+    /// (key, whether it is the key's live run, why) of entry rows.
+    pub entries: Vec<(String, bool, String)>,
+    /// (digest as stored, why) of blob rows.
+    pub blobs: Vec<(String, String)>,
+}
+
 /// One served lookup, as recorded in the access journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
@@ -125,8 +134,15 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn evict(&self, now_ms: i64, target_bytes: Option<u64>) -> Result<Removed>;
     fn counters(&self) -> Result<Counters>;
     fn live_entries(&self) -> Result<i64>;
-    /// Every blob row (for verification).
+    /// Every blob row that can be read (for verification).
     fn blobs(&self) -> Result<Vec<BlobInfo>>;
+    /// Rows that cannot be read back, for `verify`.
+    fn damaged(&self) -> Result<Damaged>;
+    /// Retires the live run of `key` as corrupt without reading it (its row is damaged), and
+    /// drops its references; counted as corrupt.
+    fn retire_damaged(&self, key: &str) -> Result<Removed>;
+    /// Deletes a blob row that cannot be read (no entry can name it).
+    fn drop_damaged_blob(&self, digest: &str) -> Result<()>;
     /// Removes every entry and blob row.
     fn clear(&self) -> Result<Removed>;
     /// Records that the computation for `key` failed (for claim waiters).

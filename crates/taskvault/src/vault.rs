@@ -402,6 +402,10 @@ impl Vault {
             details: opts.details.clone(),
             console,
             exit_code: opts.exit_code,
+            ingredients: Some(crate::entry::Ingredients {
+                algorithm: key.algorithm,
+                extras: key.extras.clone(),
+            }),
         };
         if let (Some(r), Output::Bytes(b), Some(claim)) = (&self.resident, output, defer.as_mut())
             && let Some(blobs) = staging.take_if_inline()
@@ -526,7 +530,7 @@ impl Vault {
     /// The live, unexpired entry of a key, without counting a hit or a miss.
     pub fn peek(&self, key: &TaskKey) -> Result<Option<Entry>> {
         let now = now_ms();
-        Ok(self.meta.lookup(&key.digest().hex())?.filter(|e| !self.expired(e, now)))
+        Ok(self.stored_entry(key, "get")?.filter(|e| !self.expired(e, now)))
     }
 
     /// Looks `key` up, handling expiry: from its hot record when `hot` allows and one is usable
@@ -537,6 +541,7 @@ impl Vault {
         if hot
             && self.resident.is_none()
             && let Some((e, infos)) = self.hot.read(&hex)
+            && e.answers(key)
             && !self.expired(&e, now)
         {
             // Only the entry being served: a long-lived vault must not accumulate blob rows.
@@ -548,7 +553,7 @@ impl Vault {
         if self.hot.removal_pending() {
             self.hot.repair()?;
         }
-        match self.meta.lookup(&hex)? {
+        match self.stored_entry(key, op)? {
             Some(e) if self.expired(&e, now) => {
                 let keys = [hex];
                 self.removed(Some(Event::Expire), op, |m| m.remove_keys(&keys, Some("expired")))?;
@@ -561,6 +566,42 @@ impl Vault {
                 Ok(None)
             }
         }
+    }
+
+    /// The live run of `key` in the metadata store, if it is sound and answers `key` (one that
+    /// is not is retired, and reads as none).
+    fn stored_entry(&self, key: &TaskKey, op: &str) -> Result<Option<Entry>> {
+        let hex = key.digest().hex();
+        match self.meta.lookup(&hex) {
+            Err(Error::DamagedRow { message, .. }) => {
+                self.retire_damaged(key, &message, op)?;
+                Ok(None)
+            }
+            Ok(Some(e)) if !e.answers(key) => {
+                let why = format!("run {} does not answer key {hex}", e.id);
+                self.retire_damaged(key, &why, op)?;
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Retires the live run of `key`, whose row is damaged or answers another key: it is
+    /// never served, counted as corrupt and audited; the next save of the key replaces it.
+    pub(crate) fn retire_damaged(&self, key: &TaskKey, why: &str, op: &str) -> Result<()> {
+        tracing::warn!("{why}; the entry is retired (a new save of the key restores it)");
+        let hex = key.digest().hex();
+        self.removed(None, op, |m| m.retire_damaged(&hex))?;
+        self.hot.remove(&hex)?;
+        self.audit.record(&Record {
+            event: Event::Corrupt,
+            op,
+            task: &key.task,
+            hash: &hex,
+            size: None,
+            detail: Some(why),
+        });
+        Ok(())
     }
 
     /// A blob's row: from the hot record being served, else from the database.
@@ -857,14 +898,18 @@ impl Vault {
         }
     }
 
-    /// Quarantines a blob that failed verification and retires every entry using it.
-    pub(crate) fn corrupt(&self, digest: &Digest, message: &str, op: &str) -> Result<()> {
-        // A reader can lose a race with a removal: the row is dropped first, then the file. That
-        // is a miss, not corruption; so is a blob that a new save has put back meanwhile.
+    /// Quarantines a blob that failed verification and retires every entry using it. `false`
+    /// when a second look finds nothing wrong: a reader can lose a race with a removal (the row
+    /// is dropped first, then the file), or a save may have put the blob back meanwhile. The
+    /// second look holds the shared blob lock, so no removal runs under it.
+    pub(crate) fn corrupt(&self, digest: &Digest, message: &str, op: &str) -> Result<bool> {
         self.clear_overlay();
-        let Some(info) = self.meta.blob(digest)? else { return Ok(()) };
-        if self.read_blob(digest, info.size, &mut Sink::Discard)?.is_ok() {
-            return Ok(());
+        {
+            let _lock = self.blob_lock(false)?;
+            let Some(info) = self.meta.blob(digest)? else { return Ok(false) };
+            if self.read_blob(digest, info.size, &mut Sink::Discard)?.is_ok() {
+                return Ok(false);
+            }
         }
         tracing::warn!("blob {digest} failed verification ({message}); quarantined, entry dropped");
         self.blobs.quarantine(digest)?;
@@ -890,7 +935,7 @@ impl Vault {
                 detail: Some(&format!("blob {hash}: {message}")),
             });
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -116,8 +116,11 @@ pub fn verify(cli: &Cli, v: &Vault) -> Result<Outcome> {
         for (d, why) in &r.corrupt {
             human::out(format!("corrupt {d}: {why} (quarantined)"))?;
         }
+        for (what, why) in &r.damaged_rows {
+            human::out(format!("damaged row {what}: {why} (retired)"))?;
+        }
     }
-    Ok(if r.corrupt.is_empty() { Outcome::Ok } else { Outcome::Miss })
+    Ok(if r.corrupt.is_empty() && r.damaged_rows.is_empty() { Outcome::Ok } else { Outcome::Miss })
 }
 
 pub fn export(cli: &Cli, v: &Vault, archive: &Path, select: &Select) -> Result<Outcome> {
@@ -127,6 +130,13 @@ pub fn export(cli: &Cli, v: &Vault, archive: &Path, select: &Select) -> Result<O
     filter.status = None;
     let entries = v.list(&filter)?;
     let r = v.export(&entries, archive)?;
+    if r.unverifiable > 0 {
+        human::warn(&format!(
+            "left out {} entries saved by an older taskvault: they do not record their key's \
+             ingredients, so no import could check them (run them again to re-save them)",
+            r.unverifiable
+        ));
+    }
     if cli.json {
         human::json(&r)?;
     } else {

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::digest::Digest;
 use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
 use crate::error::{Error, Result};
-use crate::store::{Access, Committed, MetaStore, Removed, StagedBlob};
+use crate::store::{Access, Committed, Damaged, MetaStore, Removed, StagedBlob};
 
 /// The schema version this build writes. Older databases are migrated on open.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -291,22 +291,80 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-const ENTRY_COLS: &str = "doc, status, last_access_ms, access_count";
+const ENTRY_COLS: &str = "doc, status, last_access_ms, access_count, id, key";
 
-fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
-    let doc: String = row.get(0)?;
-    let mut e: Entry = serde_json::from_str(&doc).map_err(|err| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(err))
-    })?;
-    let status: String = row.get(1)?;
-    e.status = match status.as_str() {
-        "live" => Status::Live,
-        "superseded" => Status::Superseded,
+/// A row read back: its entry, or why the row is damaged (its document does not decode, or
+/// names another run or key than its columns). A damaged row is never served.
+type Decoded = std::result::Result<Entry, String>;
+
+fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
+    let id: String = row.get(4)?;
+    let key: String = row.get(5)?;
+    // Any column may hold anything in a damaged database: read them all as values.
+    let doc = match row.get_ref(0)? {
+        rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+        _ => None,
+    };
+    let Some(doc) = doc else { return Ok(Err(format!("run {id}: its document is not text"))) };
+    let mut e: Entry = match serde_json::from_str(doc) {
+        Ok(e) => e,
+        Err(err) => return Ok(Err(format!("run {id}: its document does not decode: {err}"))),
+    };
+    if e.id != id || e.key != key {
+        return Ok(Err(format!("run {id}: its document describes run {} of key {}", e.id, e.key)));
+    }
+    let status: Option<String> = row.get(1).ok();
+    e.status = match status.as_deref() {
+        Some("live") => Status::Live,
+        Some("superseded") => Status::Superseded,
         _ => Status::Corrupt,
     };
-    e.last_access_ms = row.get(2)?;
-    e.access_count = row.get(3)?;
-    Ok(e)
+    e.last_access_ms = row.get(2).unwrap_or(e.last_access_ms);
+    e.access_count = row.get(3).unwrap_or(e.access_count);
+    Ok(Ok(e))
+}
+
+/// The entries of decoded rows; damaged ones are left out with a warning (`verify` reports and
+/// retires them).
+fn sound(rows: Vec<Decoded>) -> Vec<Entry> {
+    rows.into_iter()
+        .filter_map(|r| r.map_err(|why| tracing::warn!("damaged metadata row skipped: {why}")).ok())
+        .collect()
+}
+
+fn blob_row(
+    c: &Connection,
+    digest: &Digest,
+) -> rusqlite::Result<Option<std::result::Result<BlobInfo, (String, String)>>> {
+    c.prepare_cached("SELECT digest, size, stored_size, codec, data FROM blobs WHERE digest = ?1")?
+        .query_row([digest.to_string()], |r| Ok(blob_from_row(r)))
+        .optional()
+}
+
+/// A blob row, or (its digest as stored, why it cannot be used).
+fn blob_from_row(r: &rusqlite::Row<'_>) -> std::result::Result<BlobInfo, (String, String)> {
+    use rusqlite::types::ValueRef;
+    let text = |i: usize| match r.get_ref(i) {
+        Ok(ValueRef::Text(t)) => std::str::from_utf8(t).ok().map(str::to_owned),
+        _ => None,
+    };
+    let int = |i: usize| match r.get_ref(i) {
+        Ok(ValueRef::Integer(n)) if n >= 0 => Some(n as u64),
+        _ => None,
+    };
+    let shown = text(0).unwrap_or_else(|| "(not text)".into());
+    let bad = |why: &str| (shown.clone(), why.to_owned());
+    let digest: Digest =
+        text(0).and_then(|d| d.parse().ok()).ok_or_else(|| bad("the digest does not parse"))?;
+    let size = int(1).ok_or_else(|| bad("the size is not a count of bytes"))?;
+    let stored_size = int(2).ok_or_else(|| bad("the stored size is not a count of bytes"))?;
+    let codec = text(3).and_then(|c| Codec::parse(&c)).ok_or_else(|| bad("unknown codec"))?;
+    let inline = match r.get_ref(4) {
+        Ok(ValueRef::Null) => None,
+        Ok(ValueRef::Blob(b)) => Some(b.to_vec()),
+        _ => return Err(bad("the inline data is not a blob")),
+    };
+    Ok(BlobInfo { digest, size, stored_size, codec, inline })
 }
 
 fn status_name(s: Status) -> &'static str {
@@ -323,9 +381,16 @@ fn bump(tx: &Connection, name: &str, by: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn live_entry(tx: &Connection, key: &str) -> rusqlite::Result<Option<Entry>> {
+fn live_entry(tx: &Connection, key: &str) -> rusqlite::Result<Option<Decoded>> {
     tx.prepare_cached(&format!("SELECT {ENTRY_COLS} FROM entries WHERE key = ?1 AND live = 1"))?
         .query_row([key], entry_from_row)
+        .optional()
+}
+
+/// The id of the live run of `key` (read without decoding it, so a damaged row is replaced).
+fn live_id(tx: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    tx.prepare_cached("SELECT id FROM entries WHERE key = ?1 AND live = 1")?
+        .query_row([key], |r| r.get(0))
         .optional()
 }
 
@@ -370,7 +435,7 @@ fn remove_key(
     key: &str,
     unlink: &mut Vec<Digest>,
 ) -> Result<(Option<Entry>, u64)> {
-    let live = live_entry(tx, key)?;
+    let live = live_entry(tx, key)?.and_then(|d| sound(vec![d]).pop());
     let freed = unref_key(tx, key, unlink)?;
     tx.prepare_cached("DELETE FROM entries WHERE key = ?1")?.execute([key])?;
     Ok((live, freed))
@@ -409,15 +474,22 @@ fn save_in(
     let mut unreferenced = Vec::new();
     for b in blobs {
         let d = b.info.digest.to_string();
+        let existing = blob_row(tx, &b.info.digest)?;
         if b.staged.is_none() && b.info.inline.is_none() {
             // A reference to a stored blob: it must still be there.
-            let known: bool = tx
-                .prepare_cached("SELECT EXISTS(SELECT 1 FROM blobs WHERE digest = ?1)")?
-                .query_row([&d], |r| r.get(0))?;
-            if known {
+            if matches!(existing, Some(Ok(_))) {
                 continue;
             }
             return Err(Error::BlobVanished(d));
+        }
+        if let Some(Err(_)) = existing {
+            // A damaged row is replaced by what this save brings.
+            tracing::warn!("replacing the damaged metadata row of blob {d}");
+            let stored: Option<i64> = tx
+                .prepare_cached("DELETE FROM blobs WHERE digest = ?1 RETURNING stored_size")?
+                .query_row([&d], |r| r.get(0))
+                .ok();
+            bump(tx, "stored_bytes", -stored.unwrap_or(0).max(0))?;
         }
         let added = tx
             .prepare_cached(
@@ -440,7 +512,7 @@ fn save_in(
         tally.stored_bytes += b.info.stored_size as i64;
     }
 
-    let old = live_entry(tx, &entry.key)?;
+    let old = live_id(tx, &entry.key)?;
     // New references first, so blobs shared by the old and new run are never dropped.
     let old_refs: Vec<String> = tx
         .prepare_cached("DELETE FROM refs WHERE key = ?1 RETURNING digest")?
@@ -455,10 +527,10 @@ fn save_in(
     }
     if let Some(old) = &old {
         tx.prepare_cached("UPDATE entries SET live = 0, status = 'superseded' WHERE id = ?1")?
-            .execute([&old.id])?;
+            .execute([old])?;
     }
     let mut entry = entry.clone();
-    entry.parent = old.as_ref().map(|o| o.id.clone());
+    entry.parent = old.clone();
     entry.status = Status::Live;
     let doc = serde_json::to_string(&entry).expect("entries serialize");
     tx.prepare_cached(
@@ -480,7 +552,7 @@ fn save_in(
         tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([&entry.key])?;
     }
     tally.saves += 1;
-    Ok(Committed { superseded: old.map(|o| o.id), unreferenced })
+    Ok(Committed { superseded: old, unreferenced })
 }
 
 impl From<rusqlite::Error> for Error {
@@ -514,23 +586,16 @@ impl MetaStore for SqliteMeta {
     }
 
     fn lookup(&self, key: &str) -> Result<Option<Entry>> {
-        self.read(|c| live_entry(c, key))
+        match self.read(|c| live_entry(c, key))? {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(e)),
+            Some(Err(message)) => Err(Error::DamagedRow { key: key.to_owned(), message }),
+        }
     }
 
     fn blob(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
-        self.read(|c| {
-            c.prepare_cached("SELECT size, stored_size, codec, data FROM blobs WHERE digest = ?1")?
-                .query_row([digest.to_string()], |r| {
-                    Ok(BlobInfo {
-                        digest: *digest,
-                        size: r.get::<_, i64>(0)? as u64,
-                        stored_size: r.get::<_, i64>(1)? as u64,
-                        codec: Codec::parse(&r.get::<_, String>(2)?).unwrap_or(Codec::Raw),
-                        inline: r.get(3)?,
-                    })
-                })
-                .optional()
-        })
+        // A damaged row is no row: what used it reads as corrupt, and a save replaces it.
+        self.read(|c| Ok(blob_row(c, digest)?.and_then(|r| r.ok())))
     }
 
     fn commit_save(
@@ -614,12 +679,12 @@ impl MetaStore for SqliteMeta {
                 .query_map([&d], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for k in keys {
-                if let Some(e) = live_entry(tx, &k)? {
+                if let Some(row) = live_entry(tx, &k)? {
                     tx.prepare_cached(
-                        "UPDATE entries SET live = 0, status = 'corrupt' WHERE id = ?1",
+                        "UPDATE entries SET live = 0, status = 'corrupt' WHERE key = ?1 AND live = 1",
                     )?
-                    .execute([&e.id])?;
-                    r.entries.push(e);
+                    .execute([&k])?;
+                    r.entries.extend(sound(vec![row]));
                 }
                 unref_key(tx, &k, &mut r.unreferenced)?;
             }
@@ -663,12 +728,12 @@ impl MetaStore for SqliteMeta {
                 Some(v) => {
                     args.push(v.clone().into());
                     sql.push_str(&format!(
-                        " AND EXISTS(SELECT 1 FROM json_each(entries.doc, '$.tags') WHERE key = ?{kn} AND value = ?{})",
+                        " AND json_valid(entries.doc) AND EXISTS(SELECT 1 FROM json_each(entries.doc, '$.tags') WHERE key = ?{kn} AND value = ?{})",
                         args.len()
                     ));
                 }
                 None => sql.push_str(&format!(
-                    " AND EXISTS(SELECT 1 FROM json_each(entries.doc, '$.tags') WHERE key = ?{kn})"
+                    " AND json_valid(entries.doc) AND EXISTS(SELECT 1 FROM json_each(entries.doc, '$.tags') WHERE key = ?{kn})"
                 )),
             }
         }
@@ -677,9 +742,10 @@ impl MetaStore for SqliteMeta {
         if let Some(l) = f.limit {
             sql.push_str(&format!(" LIMIT {l}"));
         }
-        self.with(|c| {
+        let rows = self.with(|c| {
             c.prepare(&sql)?.query_map(rusqlite::params_from_iter(args), entry_from_row)?.collect()
-        })
+        })?;
+        Ok(sound(rows))
     }
 
     fn resolve_prefix(&self, prefix: &str) -> Result<(Vec<String>, Vec<String>)> {
@@ -700,21 +766,27 @@ impl MetaStore for SqliteMeta {
     }
 
     fn run(&self, id: &str) -> Result<Option<Entry>> {
-        self.with(|c| {
+        let row = self.with(|c| {
             c.prepare_cached(&format!("SELECT {ENTRY_COLS} FROM entries WHERE id = ?1"))?
                 .query_row([id], entry_from_row)
                 .optional()
-        })
+        })?;
+        match row {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(e)),
+            Some(Err(message)) => Err(Error::DamagedRow { key: id.to_owned(), message }),
+        }
     }
 
     fn history(&self, key: &str) -> Result<Vec<Entry>> {
-        self.with(|c| {
+        let rows = self.with(|c| {
             c.prepare_cached(&format!(
                 "SELECT {ENTRY_COLS} FROM entries WHERE key = ?1 ORDER BY created_ms, rowid"
             ))?
             .query_map([key], entry_from_row)?
             .collect()
-        })
+        })?;
+        Ok(sound(rows))
     }
 
     fn evict(&self, now_ms: i64, target_bytes: Option<u64>) -> Result<Removed> {
@@ -797,32 +869,70 @@ impl MetaStore for SqliteMeta {
     }
 
     fn blobs(&self) -> Result<Vec<BlobInfo>> {
-        type Row = (String, i64, i64, String, Option<Vec<u8>>);
-        let rows: Vec<Row> = self.with(|c| {
+        let rows: Vec<std::result::Result<BlobInfo, (String, String)>> = self.with(|c| {
             c.prepare("SELECT digest, size, stored_size, codec, data FROM blobs ORDER BY digest")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                .query_map([], |r| Ok(blob_from_row(r)))?
                 .collect()
         })?;
-        rows.into_iter()
-            .map(|(d, size, stored, codec, data)| {
-                Ok(BlobInfo {
-                    digest: d.parse()?,
-                    size: size as u64,
-                    stored_size: stored as u64,
-                    codec: Codec::parse(&codec).unwrap_or(Codec::Raw),
-                    inline: data,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().filter_map(|r| r.ok()).collect())
+    }
+
+    fn damaged(&self) -> Result<Damaged> {
+        self.with(|c| {
+            let mut out = Damaged::default();
+            let mut stmt = c.prepare(&format!("SELECT {ENTRY_COLS}, live FROM entries"))?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                if let Err(why) = entry_from_row(row)? {
+                    let key: String = row.get(5)?;
+                    let live = row.get::<_, i64>(6).unwrap_or(0) == 1;
+                    out.entries.push((key, live, why));
+                }
+            }
+            let mut stmt =
+                c.prepare("SELECT digest, size, stored_size, codec, data FROM blobs")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                if let Err(bad) = blob_from_row(row) {
+                    out.blobs.push(bad);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn retire_damaged(&self, key: &str) -> Result<Removed> {
+        self.write(|tx| {
+            let mut r = Removed::default();
+            let n = tx
+                .prepare_cached(
+                    "UPDATE entries SET live = 0, status = 'corrupt' WHERE key = ?1 AND live = 1",
+                )?
+                .execute([key])?;
+            if n > 0 {
+                unref_key(tx, key, &mut r.unreferenced)?;
+                bump(tx, "corrupt", n as i64)?;
+            }
+            Ok(r)
+        })
+    }
+
+    fn drop_damaged_blob(&self, digest: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM blobs WHERE digest = ?1")?.execute([digest])?;
+            tx.prepare_cached("DELETE FROM refs WHERE digest = ?1")?.execute([digest])?;
+            Ok(())
+        })
     }
 
     fn clear(&self) -> Result<Removed> {
         self.write(|tx| {
             let mut r = Removed {
-                entries: tx
-                    .prepare(&format!("SELECT {ENTRY_COLS} FROM entries WHERE live = 1"))?
-                    .query_map([], entry_from_row)?
-                    .collect::<rusqlite::Result<_>>()?,
+                entries: sound(
+                    tx.prepare(&format!("SELECT {ENTRY_COLS} FROM entries WHERE live = 1"))?
+                        .query_map([], entry_from_row)?
+                        .collect::<rusqlite::Result<_>>()?,
+                ),
                 unreferenced: Vec::new(),
             };
             let files: Vec<String> = tx

@@ -771,6 +771,7 @@ fn a_reused_blob_that_vanishes_before_commit_is_stored_again() {
         details: serde_json::Value::Null,
         console: None,
         exit_code: None,
+        ingredients: None,
     };
     let err = f.vault.commit(&e, staging.blobs()).unwrap_err();
     assert!(matches!(err, Error::BlobVanished(_)), "{err}");

@@ -77,7 +77,7 @@ pub enum Command {
         #[arg(long, value_parser = parse_duration)]
         older_than: Option<std::time::Duration>,
         /// Also evict least recently used entries until stored bytes fit (e.g. 5GB, 500MiB).
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_cap)]
         max_size: Option<u64>,
     },
     /// Remove every entry and blob.
@@ -233,15 +233,27 @@ pub struct Select {
     pub all: bool,
 }
 
-/// Seconds as a bare number, or a humantime duration (`90s`, `15m`, `2h`, `7d`).
+/// The longest duration accepted anywhere: 100 years, so that every time computed from one
+/// fits (a TTL past it would wrap into the past).
+pub const MAX_DURATION_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// Seconds as a bare number, or a humantime duration (`90s`, `15m`, `2h`, `7d`), at most
+/// 100 years.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    if let Ok(n) = s.parse::<f64>() {
+    let d = if let Ok(n) = s.parse::<f64>() {
         if n < 0.0 || !n.is_finite() {
-            return Err(format!("{s:?} must not be negative"));
+            return Err(format!("{s:?} must be a number of seconds, 0 or more"));
         }
-        return Ok(std::time::Duration::from_secs_f64(n));
+        std::time::Duration::try_from_secs_f64(n.min(MAX_DURATION_SECS as f64 + 1.0))
+            .map_err(|e| format!("{s:?}: {e}"))?
+    } else {
+        humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?}: {e} (examples: 30, 90s, 15m, 2h, 7d)"))?
+    };
+    if d.as_secs() > MAX_DURATION_SECS {
+        return Err(format!("{s:?} is longer than the 100 years allowed"));
     }
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 30, 90s, 15m, 2h, 7d)"))
+    Ok(d)
 }
 
 /// Bytes as a number or with a unit: KB/MB/GB (powers of 1000) or KiB/MiB/GiB (powers of 1024).
@@ -250,6 +262,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 500MB, 2GiB)"))?;
+    if !n.is_finite() {
+        return Err(format!("{s:?} is not a size (examples: 500MB, 2GiB)"));
+    }
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -262,7 +277,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "tib" => 1024.0f64.powi(4),
         other => return Err(format!("unknown size unit {other:?} in {s:?}")),
     };
-    Ok((n * mult).round() as u64)
+    let bytes = n * mult;
+    if bytes >= u64::MAX as f64 {
+        return Err(format!("{s:?} is larger than the {} bytes a size can be", u64::MAX));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// A size cap: like [`parse_size`], but never 0, which in the config means "no cap" and here
+/// would mean "evict everything".
+pub fn parse_cap(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err(format!(
+            "{s:?} would evict every entry; use `taskvault clear --yes` for that \
+             (max_size_gb: 0 in the config means no cap)"
+        )),
+        n => Ok(n),
+    }
 }
 
 pub fn parse_tag(s: &str) -> Result<(String, String), String> {

@@ -57,7 +57,7 @@ pub fn resolve(o: &Overrides) -> Result<Resolved> {
     let mut settings = file.settings(&root);
     settings.vault_dir = match o.dir.clone().or_else(|| env_path("TASKVAULT_DIR")) {
         Some(d) => absolute(&cwd, &d),
-        None => expand_home(&file.cache_dir).map_or(settings.vault_dir, |p| absolute(&root, &p)),
+        None => absolute(&root, &expand_home(&file.cache_dir)?),
     };
     if o.identity {
         settings.host = hostname();
@@ -97,11 +97,19 @@ fn project_root(config: &Path) -> PathBuf {
     }
 }
 
-/// `~/x` in a config value means the user's home directory (the seed's example uses it).
-fn expand_home(p: &str) -> Option<PathBuf> {
-    match p.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(rest)),
-        None => Some(PathBuf::from(p)),
+/// `~` or `~/x` in a config value means the user's home directory (the seed's example uses
+/// it); without `HOME` that is an error, never a directory named `~`.
+fn expand_home(p: &str) -> Result<PathBuf> {
+    let rest = match p.strip_prefix("~/") {
+        Some(rest) => rest,
+        None if p == "~" => "",
+        None => return Ok(PathBuf::from(p)),
+    };
+    match env_path("HOME") {
+        Some(h) => Ok(h.join(rest)),
+        None => anyhow::bail!(
+            "cache_dir {p:?} starts with ~ but HOME is not set; set HOME, TASKVAULT_DIR or --dir"
+        ),
     }
 }
 

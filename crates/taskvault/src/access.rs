@@ -4,7 +4,7 @@
 //! whenever the journal passes `FOLD_AT` bytes.
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::io::{BufRead, Seek, Write};
 use std::path::PathBuf;
 
 use crate::error::{IoContext, Result};
@@ -69,10 +69,22 @@ impl AccessJournal {
             Err(e) => return Err(e).at(&self.path),
         };
         f.lock().at(&self.path)?;
-        let mut text = String::new();
         f.rewind().at(&self.path)?;
-        f.read_to_string(&mut text).at(&self.path)?;
-        let accesses: Vec<Access> = text.lines().filter_map(parse).collect();
+        // Line by line, as bytes: a damaged line (torn by a crash, or not UTF-8) is skipped and
+        // counted, and never stops the fold.
+        let mut accesses = Vec::new();
+        let mut damaged = 0u64;
+        for line in std::io::BufReader::new(&f).split(b'\n') {
+            let line = line.at(&self.path)?;
+            match std::str::from_utf8(&line).ok().and_then(parse) {
+                Some(a) => accesses.push(a),
+                None if line.is_empty() => {}
+                None => damaged += 1,
+            }
+        }
+        if damaged > 0 {
+            tracing::warn!("{}: skipped {damaged} damaged lines", self.path.display());
+        }
         apply(&accesses)?;
         f.set_len(0).at(&self.path)?;
         Ok(())
@@ -102,7 +114,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_fold_once_and_skip_torn_lines() {
+    fn records_fold_once_and_skip_torn_and_non_utf8_lines() {
         let dir = tempfile::tempdir().unwrap();
         let j = AccessJournal::new(dir.path().join("access.log"));
         let id = "a".repeat(64);
@@ -113,7 +125,7 @@ mod tests {
             .append(true)
             .open(dir.path().join("access.log"))
             .unwrap()
-            .write_all(b"h abc")
+            .write_all(b"h \xff\xfe 1 2\nm\nh abc")
             .unwrap();
         let mut seen = Vec::new();
         j.fold(|a| {
@@ -127,6 +139,7 @@ mod tests {
                 Access::Hit { id: id.clone(), at_ms: 5, duration_ms: Some(7) },
                 Access::Miss,
                 Access::Hit { id, at_ms: 6, duration_ms: None },
+                Access::Miss,
             ]
         );
         j.fold(|a| {

@@ -77,6 +77,10 @@ impl Vault {
                 message: "directory does not exist".into(),
             });
         }
+        self.outside_vault(parent, archive)?;
+        if let Ok(m) = std::fs::symlink_metadata(archive) {
+            crate::vault::check_replaceable(archive, m.file_type(), crate::vault::Want::File)?;
+        }
         let tmp_archive = parent.join(format!(".{}", unique_name("taskvault-export-")));
         let mut temps = TempFiles(vec![tmp_archive.clone()]);
         let file = std::fs::File::create(&tmp_archive).at(&tmp_archive)?;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use admin::{GcReport, Stats, VerifyReport};
 pub use resident::Served;
-pub(crate) use restore::{Sink, validate_tree};
+pub(crate) use restore::{Sink, Want, check_replaceable, validate_tree};
 pub(crate) use stage::Staging as StagingHandle;
 
 use crate::access::AccessJournal;
@@ -392,7 +392,7 @@ impl Vault {
             created_ms: now,
             last_access_ms: now,
             access_count: 0,
-            expires_ms: ttl.map(|t| now.saturating_add((t as i64).saturating_mul(1000))),
+            expires_ms: ttl.map(|t| now.saturating_add(secs_to_ms(t))),
             ttl_explicit: opts.ttl_seconds.is_some(),
             duration_ms: opts.duration_ms,
             host: self.settings.host.clone(),
@@ -524,7 +524,7 @@ impl Vault {
         self.settings
             .policy(&e.task)
             .ttl_seconds
-            .is_some_and(|t| now >= e.created_ms.saturating_add((t as i64).saturating_mul(1000)))
+            .is_some_and(|t| now >= e.created_ms.saturating_add(secs_to_ms(t)))
     }
 
     /// The live, unexpired entry of a key, without counting a hit or a miss.
@@ -937,6 +937,12 @@ impl Vault {
         }
         Ok(true)
     }
+}
+
+/// Seconds as milliseconds, saturating: a huge TTL means "far in the future", never a wrap
+/// into the past.
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 fn file_node(path: String, mode: u32, blob: &crate::store::StagedBlob) -> Node {

@@ -240,10 +240,8 @@ impl Vault {
         dest: &Path,
         link: bool,
     ) -> Result<Option<()>> {
-        let (tmp, existing) = prepare_dest(dest)?;
-        if existing.as_ref().is_some_and(|m| m.is_dir()) {
-            return Err(bad_dest(dest, "is a directory; the cached output is not"));
-        }
+        let want = if node.kind == NodeKind::Symlink { Want::Symlink } else { Want::File };
+        let (tmp, existing) = self.prepare_dest(dest, want)?;
         if node.kind == NodeKind::Symlink {
             let target = node.target.as_deref().unwrap_or_default();
             std::os::unix::fs::symlink(target, &tmp).at(&tmp)?;
@@ -285,13 +283,7 @@ impl Vault {
         dest: &Path,
         link: bool,
     ) -> Result<Option<()>> {
-        let (tmp, existing) = prepare_dest(dest)?;
-        if existing.as_ref().is_some_and(|m| !m.is_dir()) {
-            return Err(bad_dest(
-                dest,
-                "exists and is not a directory; the cached output is a directory",
-            ));
-        }
+        let (tmp, existing) = self.prepare_dest(dest, Want::Dir)?;
         validate_tree(nodes).map_err(|m| Error::Other(format!("entry {}: {m}", e.id)))?;
         let guard = Cleanup(Some(tmp.clone()));
         std::fs::create_dir(&tmp).at(&tmp)?;
@@ -502,22 +494,97 @@ fn check(info: &BlobInfo, digest: &Digest, n: u64) -> Verified {
     Ok(())
 }
 
-/// Checks a destination's directory and picks the temporary sibling to build in.
-fn prepare_dest(dest: &Path) -> Result<(PathBuf, Option<std::fs::Metadata>)> {
-    let parent = match dest.parent() {
-        Some(p) if p.as_os_str().is_empty() => Path::new("."),
-        Some(p) => p,
-        None => return Err(bad_dest(dest, "is not a file path")),
-    };
-    let name = dest.file_name().ok_or_else(|| bad_dest(dest, "is not a file path"))?;
-    match std::fs::metadata(parent) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(bad_dest(parent, "is not a directory")),
-        Err(_) => return Err(bad_dest(parent, "directory does not exist")),
+/// What a restore puts at its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl Vault {
+    /// Checks a destination and picks the temporary sibling to build in. Only a missing path,
+    /// a regular file (for a file or symlink), a directory (for a directory) or a symlink (for
+    /// a symlink) is ever replaced: never a device, a FIFO or a socket, and nothing inside the
+    /// vault's own directory.
+    pub(crate) fn prepare_dest(
+        &self,
+        dest: &Path,
+        want: Want,
+    ) -> Result<(PathBuf, Option<std::fs::Metadata>)> {
+        let parent = match dest.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => return Err(bad_dest(dest, "is not a file path")),
+        };
+        let name = dest.file_name().ok_or_else(|| bad_dest(dest, "is not a file path"))?;
+        match std::fs::metadata(parent) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(bad_dest(parent, "is not a directory")),
+            Err(_) => return Err(bad_dest(parent, "directory does not exist")),
+        }
+        self.outside_vault(parent, dest)?;
+        let existing = std::fs::symlink_metadata(dest).ok();
+        if let Some(m) = &existing {
+            check_replaceable(dest, m.file_type(), want)?;
+        }
+        let tmp =
+            parent.join(format!(".{}.{}", name.to_string_lossy(), unique_name("taskvault-")));
+        Ok((tmp, existing))
     }
-    let existing = std::fs::symlink_metadata(dest).ok();
-    let tmp = parent.join(format!(".{}.{}", name.to_string_lossy(), unique_name("taskvault-")));
-    Ok((tmp, existing))
+
+    /// Refuses a destination whose directory `parent` is the vault's or inside it.
+    pub(crate) fn outside_vault(&self, parent: &Path, dest: &Path) -> Result<()> {
+        let vault = std::fs::canonicalize(&self.settings.vault_dir).ok();
+        let parent = std::fs::canonicalize(parent).ok();
+        if let (Some(v), Some(p)) = (vault, parent)
+            && p.starts_with(&v)
+        {
+            return Err(bad_dest(dest, "is inside the vault's own directory; choose another path"));
+        }
+        Ok(())
+    }
+}
+
+/// Whether an existing path of type `t` may be replaced by a `want`.
+pub(crate) fn check_replaceable(dest: &Path, t: std::fs::FileType, want: Want) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    };
+    let ok = match want {
+        Want::File => t.is_file(),
+        Want::Dir => t.is_dir(),
+        Want::Symlink => t.is_file() || t.is_symlink(),
+    };
+    if ok {
+        return Ok(());
+    }
+    let message = match want {
+        Want::File if t.is_dir() => "is a directory; the cached output is not".to_owned(),
+        Want::Dir if t.is_file() => {
+            "exists and is not a directory; the cached output is a directory".to_owned()
+        }
+        Want::Dir => format!("is {what}; only a directory or a missing path is replaced"),
+        Want::File | Want::Symlink => {
+            format!("is {what}; only a regular file or a missing path is replaced")
+        }
+    };
+    Err(bad_dest(dest, &message))
 }
 
 fn bad_dest(path: &Path, message: &str) -> Error {

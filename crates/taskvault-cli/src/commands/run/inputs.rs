@@ -56,6 +56,120 @@ fn found(abs: &Path) -> Result<Found> {
     Ok(Found { abs: abs.to_owned(), kind, mode: meta.permissions().mode() & 0o7777, target })
 }
 
+/// The paths a glob matches, as the `glob` crate matches them (`*`, `?` and `[...]` within a
+/// component, dot files included; `**` as a whole component is any number of directories, and
+/// alone at the end means every directory below), sorted. Symlinked directories are followed,
+/// except into a directory already on the way down, so a link to `.` or a parent never loops.
+fn expand(pattern: &Path) -> Result<Vec<PathBuf>> {
+    let mut base = PathBuf::new();
+    let mut comps: Vec<String> = Vec::new();
+    for c in pattern.components() {
+        let text = c.as_os_str().to_str().context("not UTF-8")?;
+        if comps.is_empty() && !has_glob(text) {
+            base.push(c);
+        } else {
+            comps.push(text.to_owned());
+        }
+    }
+    comps.dedup_by(|a, b| a == "**" && b == "**");
+    let comps = comps
+        .iter()
+        .map(|c| match c.as_str() {
+            "**" => Ok(Comp::Any),
+            c if has_glob(c) => glob::Pattern::new(c).map(Comp::Glob).context("bad glob"),
+            c => Ok(Comp::Literal(c.to_owned())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = std::collections::BTreeSet::new();
+    let mut ancestors = Vec::new();
+    if std::fs::metadata(&base).is_ok_and(|m| m.is_dir()) {
+        expand_in(&base, &comps, &mut ancestors, &mut out)?;
+    }
+    Ok(out.into_iter().collect())
+}
+
+enum Comp {
+    Literal(String),
+    Glob(glob::Pattern),
+    /// `**`
+    Any,
+}
+
+/// Matches `comps` below the directory `dir`; `ancestors` holds (device, inode) of every
+/// directory on the way down to it, itself included once entered.
+fn expand_in(
+    dir: &Path,
+    comps: &[Comp],
+    ancestors: &mut Vec<(u64, u64)>,
+    out: &mut std::collections::BTreeSet<PathBuf>,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((first, rest)) = comps.split_first() else {
+        out.insert(dir.to_owned());
+        return Ok(());
+    };
+    // The caller checked that `dir` is not among the ancestors (a `**` descends only then).
+    let meta = std::fs::metadata(dir).with_context(|| dir.display().to_string())?;
+    ancestors.push((meta.dev(), meta.ino()));
+    let result = (|| {
+        let is_dir = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_dir());
+        match first {
+            Comp::Literal(name) => {
+                let p = dir.join(name);
+                if rest.is_empty() {
+                    if std::fs::symlink_metadata(&p).is_ok() {
+                        out.insert(p);
+                    }
+                } else if is_dir(&p) {
+                    expand_in(&p, rest, ancestors, out)?;
+                }
+            }
+            Comp::Glob(_) | Comp::Any => {
+                if matches!(first, Comp::Any) && !rest.is_empty() {
+                    // Zero directories.
+                    expand_in(dir, rest, ancestors, out)?;
+                }
+                let items = std::fs::read_dir(dir).with_context(|| dir.display().to_string())?;
+                let mut names = Vec::new();
+                for item in items {
+                    names.push(item.with_context(|| dir.display().to_string())?.file_name());
+                }
+                names.sort();
+                for name in names {
+                    let p = dir.join(&name);
+                    match first {
+                        Comp::Glob(g) => {
+                            if !name.to_str().is_some_and(|n| g.matches(n)) {
+                                continue;
+                            }
+                            if rest.is_empty() {
+                                out.insert(p);
+                            } else if is_dir(&p) {
+                                expand_in(&p, rest, ancestors, out)?;
+                            }
+                        }
+                        _ if !is_dir(&p) => {}
+                        _ => {
+                            let id = std::fs::metadata(&p).map(|m| (m.dev(), m.ino()));
+                            if id.is_ok_and(|id| ancestors.contains(&id)) {
+                                continue;
+                            }
+                            if rest.is_empty() {
+                                out.insert(p.clone());
+                            }
+                            // One or more directories: keep `**` for the levels below.
+                            expand_in(&p, comps, ancestors, out)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    ancestors.pop();
+    result
+}
+
 /// Expands `--input` values and hashes every file (unchanged files come from the stat cache).
 pub fn collect(v: &Vault, cwd: &Path, patterns: &[String], allow_empty: bool) -> Result<Inputs> {
     let mut all: BTreeMap<String, Found> = BTreeMap::new();
@@ -74,10 +188,9 @@ pub fn collect(v: &Vault, cwd: &Path, patterns: &[String], allow_empty: bool) ->
     for p in patterns {
         if has_glob(p) {
             let full = cwd.join(p);
-            let pattern = full.to_str().with_context(|| format!("--input {p}: not UTF-8"))?;
+            full.to_str().with_context(|| format!("--input {p}: not UTF-8"))?;
             let mut matched = 0;
-            for m in glob::glob(pattern).with_context(|| format!("--input {p}: bad glob"))? {
-                let path = m.with_context(|| format!("--input {p}"))?;
+            for path in expand(&full).with_context(|| format!("--input {p}"))? {
                 let given = path.strip_prefix(cwd).map(Path::to_path_buf).unwrap_or(path.clone());
                 add(&given, &path)?;
                 matched += 1;

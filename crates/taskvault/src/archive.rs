@@ -196,7 +196,8 @@ impl Vault {
         }
         let mut m = manifest.ok_or_else(|| bad("no manifest".into()))?;
         for e in &mut m.entries {
-            check_entry(e, &m.blobs, &staged).map_err(|msg| bad(format!("entry {}: {msg}", e.id)))?;
+            check_entry(e, &m.blobs, &staged)
+                .map_err(|msg| bad(format!("entry {}: {msg}", e.id)))?;
             // What the archive says of the run's standing here is not trusted: it becomes the
             // live run of its key, with fresh counters.
             e.status = crate::entry::Status::Live;

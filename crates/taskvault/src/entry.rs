@@ -104,13 +104,13 @@ mod b64_pairs {
         pairs.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<u8>)>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(String, Vec<u8>)>, D::Error> {
         let pairs: Vec<(String, String)> = Vec::deserialize(d)?;
         pairs
             .into_iter()
-            .map(|(l, b)| {
-                STANDARD.decode(b).map(|b| (l, b)).map_err(serde::de::Error::custom)
-            })
+            .map(|(l, b)| STANDARD.decode(b).map(|b| (l, b)).map_err(serde::de::Error::custom))
             .collect()
     }
 }

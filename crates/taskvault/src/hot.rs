@@ -21,6 +21,8 @@ use crate::entry::{BlobInfo, Codec, Entry};
 use crate::error::{IoContext, Result};
 
 const FORMAT: u32 = 1;
+/// A larger record is not read (the lookup falls back to the database).
+const RECORD_MAX: u64 = 16 << 20;
 
 #[derive(Debug)]
 pub(crate) struct HotRecords {
@@ -80,7 +82,10 @@ impl HotRecords {
         if self.removal_pending() {
             return None;
         }
-        let bytes = std::fs::read(self.dir.join(key_hex)).ok()?;
+        // Never blocks on a FIFO or reads a device planted here; a record is small.
+        let f = crate::store::local::open_regular(&self.dir.join(key_hex)).ok()?.ok()?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, RECORD_MAX), &mut bytes).ok()?;
         let r: Record = serde_json::from_slice(&bytes).ok()?;
         if r.format != FORMAT || r.entry.key != key_hex {
             return None;

@@ -60,6 +60,9 @@ pub enum Access {
 pub enum BlobReader {
     File(File),
     Stream(Box<dyn ReadDebug>),
+    /// Something is stored under the digest that cannot be a blob (a FIFO, a device, a link):
+    /// why. It is never read, and is treated as corrupt.
+    Unusable(String),
 }
 
 pub trait ReadDebug: Read + Send + std::fmt::Debug {}

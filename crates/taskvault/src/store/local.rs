@@ -26,6 +26,40 @@ impl LocalBlobs {
     }
 }
 
+/// Opens a file of the vault for reading, without blocking and without following a symlink:
+/// `Ok(Err(why))` when it is not a regular file (a FIFO, a device or a link planted there),
+/// which is never read.
+pub(crate) fn open_regular(
+    p: &Path,
+) -> std::io::Result<std::result::Result<std::fs::File, String>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(p);
+    let f = match f {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Err("is a symbolic link, not a regular file".into()));
+        }
+        Err(e) => return Err(e),
+    };
+    let t = f.metadata()?.file_type();
+    if t.is_file() {
+        return Ok(Ok(f));
+    }
+    let what = if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    };
+    Ok(Err(format!("is {what}, not a regular file")))
+}
+
 /// Makes a directory entry (a rename or create) durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).at(dir)
@@ -52,8 +86,9 @@ impl BlobStore for LocalBlobs {
 
     fn open(&self, digest: &Digest) -> Result<Option<BlobReader>> {
         let p = self.path(digest);
-        match std::fs::File::open(&p) {
-            Ok(f) => Ok(Some(BlobReader::File(f))),
+        match open_regular(&p) {
+            Ok(Ok(f)) => Ok(Some(BlobReader::File(f))),
+            Ok(Err(why)) => Ok(Some(BlobReader::Unusable(why))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).at(p),
         }
@@ -81,6 +116,10 @@ impl BlobStore for LocalBlobs {
 
     fn link(&self, digest: &Digest, dest: &Path) -> Result<bool> {
         let p = self.path(digest);
+        // Only a regular file is linked; anything else is left to the copy, which refuses it.
+        if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file()) {
+            return Ok(false);
+        }
         match std::fs::hard_link(&p, dest) {
             Ok(()) => Ok(true),
             // Another filesystem, or one without hard links: copy instead.

@@ -889,8 +889,7 @@ impl MetaStore for SqliteMeta {
                     out.entries.push((key, live, why));
                 }
             }
-            let mut stmt =
-                c.prepare("SELECT digest, size, stored_size, codec, data FROM blobs")?;
+            let mut stmt = c.prepare("SELECT digest, size, stored_size, codec, data FROM blobs")?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 if let Err(bad) = blob_from_row(row) {

@@ -18,6 +18,10 @@ use crate::tree::{Node, NodeKind, is_safe_relative};
 /// streamed through a buffer.
 const KERNEL_COPY_MIN: u64 = 1 << 20;
 
+/// The mode bits a restore sets: permissions only. Setuid, setgid and sticky bits are recorded
+/// but never restored (a restored file must not gain privileges).
+const PERMISSION_BITS: u32 = 0o777;
+
 /// Where verified bytes go.
 pub(crate) enum Sink<'a> {
     File(&'a mut File, &'a Path),
@@ -73,6 +77,7 @@ impl Vault {
             return Ok(Ok(()));
         }
         let reader = match self.blob_store().open(digest)? {
+            Some(BlobReader::Unusable(why)) => return Ok(Err(format!("blob file {why}"))),
             Some(r) => r,
             None => return Ok(Err("blob file is missing".into())),
         };
@@ -92,6 +97,7 @@ impl Vault {
             (BlobReader::File(f), Codec::Raw) => self.read_raw_file(f, &info, sink),
             (BlobReader::File(f), Codec::Zstd) => self.read_stream(Box::new(f), &info, sink),
             (BlobReader::Stream(s), _) => self.read_stream(s, &info, sink),
+            (BlobReader::Unusable(why), _) => Ok(Err(why)),
         }
     }
 
@@ -321,7 +327,8 @@ impl Vault {
         }
         // Directory modes last, deepest first, so read-only directories could still be filled.
         for (p, mode) in dirs.into_iter().rev() {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o7777)).at(&p)?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & PERMISSION_BITS))
+                .at(&p)?;
         }
         Ok(Ok(()))
     }
@@ -336,7 +343,7 @@ impl Vault {
         path: &Path,
         link: bool,
     ) -> Result<Verified> {
-        let mode = mode.unwrap_or(node.mode & 0o7777);
+        let mode = mode.unwrap_or(node.mode) & PERMISSION_BITS;
         if link && self.linkable(digest)? && self.blob_store().link(digest, path)? {
             // The link's inode is the vault's: verify it, and keep it read-only so that writing
             // to the restored file cannot silently change what the vault serves.
@@ -528,8 +535,7 @@ impl Vault {
         if let Some(m) = &existing {
             check_replaceable(dest, m.file_type(), want)?;
         }
-        let tmp =
-            parent.join(format!(".{}.{}", name.to_string_lossy(), unique_name("taskvault-")));
+        let tmp = parent.join(format!(".{}.{}", name.to_string_lossy(), unique_name("taskvault-")));
         Ok((tmp, existing))
     }
 

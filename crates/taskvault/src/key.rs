@@ -18,6 +18,8 @@ pub enum Input {
     Path(PathBuf),
     /// In-memory bytes; hashed exactly like a file with the same content.
     Bytes(Vec<u8>),
+    /// An input already hashed (see [`InputRecord::hash_reader`], for a stream such as stdin).
+    Hashed(InputRecord),
 }
 
 /// How an input was fingerprinted.
@@ -54,7 +56,43 @@ impl InputRecord {
                 origin: None,
             }),
             Input::Path(p) => hash_path(algorithm, p),
+            Input::Hashed(r) if r.digest.algorithm() != algorithm => Err(Error::Other(format!(
+                "input digest {} does not use the key's algorithm {}",
+                r.digest,
+                algorithm.name()
+            ))),
+            Input::Hashed(r) => Ok(r.clone()),
         }
+    }
+
+    /// Hashes a stream (such as standard input) in bounded memory, exactly as a file with the
+    /// same content would be.
+    pub fn hash_reader(
+        algorithm: Algorithm,
+        src: &mut dyn std::io::Read,
+        origin: &str,
+    ) -> Result<InputRecord> {
+        let mut h = algorithm.hasher();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut size = 0u64;
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::BadInput { path: origin.into(), message: e.to_string() });
+                }
+            };
+            h.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(InputRecord {
+            kind: InputKind::Content,
+            digest: h.finish(),
+            size,
+            origin: Some(origin.to_owned()),
+        })
     }
 }
 

@@ -1,11 +1,10 @@
 //! `taskvault cache save|get|stats`: the seed's commands, with its output lines and honest exit
 //! codes (a miss exits 1).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use taskvault::{Input, Output, SaveOptions, Vault};
+use taskvault::{Input, InputRecord, Output, SaveOptions, Vault};
 
 use crate::Outcome;
 use crate::cli::{CacheCommand, Cli};
@@ -14,7 +13,7 @@ use crate::human;
 pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
     match c {
         CacheCommand::Save(a) => {
-            let key = v.key(&a.task, &inputs(&a.input, &a.more_inputs)?)?;
+            let key = v.key(&a.task, &inputs(v, &a.input, &a.more_inputs)?)?;
             let opts = SaveOptions {
                 ttl_seconds: a.ttl.map(|d| d.as_secs()),
                 duration_ms: a.duration.map(|d| d.as_millis() as i64),
@@ -39,7 +38,7 @@ pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
             Ok(Outcome::Ok)
         }
         CacheCommand::Get(a) => {
-            let key = v.key(&a.task, &inputs(&a.input, &a.more_inputs)?)?;
+            let key = v.key(&a.task, &inputs(v, &a.input, &a.more_inputs)?)?;
             match v.get(&key, &a.output)? {
                 Some(e) => {
                     if cli.json {
@@ -68,15 +67,18 @@ pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
     }
 }
 
-/// The positional input followed by `--input` ones; `-` reads standard input.
-fn inputs(first: &Path, more: &[PathBuf]) -> Result<Vec<Input>> {
+/// The positional input followed by `--input` ones; `-` reads standard input (streamed through
+/// the hasher, never held in memory).
+fn inputs(v: &Vault, first: &Path, more: &[PathBuf]) -> Result<Vec<Input>> {
+    let alg = v.settings().algorithm;
     std::iter::once(first)
         .chain(more.iter().map(PathBuf::as_path))
         .map(|p| {
             if p == Path::new("-") {
-                let mut buf = Vec::new();
-                std::io::stdin().read_to_end(&mut buf).context("reading the input from stdin")?;
-                Ok(Input::Bytes(buf))
+                let mut stdin = std::io::stdin().lock();
+                let record = InputRecord::hash_reader(alg, &mut stdin, "-")
+                    .context("reading the input from stdin")?;
+                Ok(Input::Hashed(record))
             } else {
                 Ok(Input::Path(p.to_owned()))
             }

@@ -241,8 +241,11 @@ pub const MAX_DURATION_SECS: u64 = 100 * 365 * 24 * 3600;
 /// 100 years.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let d = if let Ok(n) = s.parse::<f64>() {
-        if n < 0.0 || !n.is_finite() {
-            return Err(format!("{s:?} must be a number of seconds, 0 or more"));
+        if n < 0.0 {
+            return Err(format!("{s:?} must not be negative"));
+        }
+        if !n.is_finite() {
+            return Err(format!("{s:?} is not a number of seconds"));
         }
         std::time::Duration::try_from_secs_f64(n.min(MAX_DURATION_SECS as f64 + 1.0))
             .map_err(|e| format!("{s:?}: {e}"))?

@@ -42,8 +42,8 @@ pub struct Removed {
 /// Rows of the metadata store that cannot be read back.
 #[derive(Debug, Default)]
 pub struct Damaged {
-    /// (key, whether it is the key's live run, why) of entry rows.
-    pub entries: Vec<(String, bool, String)>,
+    /// (run id, key, whether it is the key's live run, why) of entry rows.
+    pub entries: Vec<(String, String, bool, String)>,
     /// (digest as stored, why) of blob rows.
     pub blobs: Vec<(String, String)>,
 }
@@ -141,11 +141,14 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn blobs(&self) -> Result<Vec<BlobInfo>>;
     /// Rows that cannot be read back, for `verify`.
     fn damaged(&self) -> Result<Damaged>;
-    /// Retires the live run of `key` as corrupt without reading it (its row is damaged), and
-    /// drops its references; counted as corrupt.
+    /// Deletes the live run of `key` without reading it (its row is damaged), and drops its
+    /// references; counted as corrupt.
     fn retire_damaged(&self, key: &str) -> Result<Removed>;
-    /// Deletes a blob row that cannot be read (no entry can name it).
-    fn drop_damaged_blob(&self, digest: &str) -> Result<()>;
+    /// Deletes a run whose row is damaged (dropping its key's references if it was live,
+    /// counted as corrupt).
+    fn drop_damaged_run(&self, id: &str) -> Result<Removed>;
+    /// Deletes a blob row that cannot be read, retiring the live entries that use it.
+    fn drop_damaged_blob(&self, digest: &str) -> Result<Removed>;
     /// Removes every entry and blob row.
     fn clear(&self) -> Result<Removed>;
     /// Records that the computation for `key` failed (for claim waiters).

@@ -117,7 +117,7 @@ pub fn verify(cli: &Cli, v: &Vault) -> Result<Outcome> {
             human::out(format!("corrupt {d}: {why} (quarantined)"))?;
         }
         for (what, why) in &r.damaged_rows {
-            human::out(format!("damaged row {what}: {why} (retired)"))?;
+            human::out(format!("damaged row {what}: {why} (removed)"))?;
         }
     }
     Ok(if r.corrupt.is_empty() && r.damaged_rows.is_empty() { Outcome::Ok } else { Outcome::Miss })

@@ -184,7 +184,7 @@ fn rm_invalidate_gc_clear() {
     let r = p.run(&["--json", "invalidate", "--tag", "k=odd"]).ok().json();
     assert_eq!(r.as_array().unwrap().len(), 2);
     assert_eq!(p.stats()["entries"], 1);
-    let r = p.run(&["--json", "gc", "--max-size", "0"]).ok().json();
+    let r = p.run(&["--json", "gc", "--max-size", "1"]).ok().json();
     assert_eq!(r["evicted"], 1);
     assert!(p.blob_files().is_empty());
     save(&p, &["x", "in", "o1"]);

@@ -884,9 +884,10 @@ impl MetaStore for SqliteMeta {
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 if let Err(why) = entry_from_row(row)? {
+                    let id: String = row.get(4)?;
                     let key: String = row.get(5)?;
                     let live = row.get::<_, i64>(6).unwrap_or(0) == 1;
-                    out.entries.push((key, live, why));
+                    out.entries.push((id, key, live, why));
                 }
             }
             let mut stmt = c.prepare("SELECT digest, size, stored_size, codec, data FROM blobs")?;
@@ -904,9 +905,7 @@ impl MetaStore for SqliteMeta {
         self.write(|tx| {
             let mut r = Removed::default();
             let n = tx
-                .prepare_cached(
-                    "UPDATE entries SET live = 0, status = 'corrupt' WHERE key = ?1 AND live = 1",
-                )?
+                .prepare_cached("DELETE FROM entries WHERE key = ?1 AND live = 1")?
                 .execute([key])?;
             if n > 0 {
                 unref_key(tx, key, &mut r.unreferenced)?;
@@ -916,11 +915,41 @@ impl MetaStore for SqliteMeta {
         })
     }
 
-    fn drop_damaged_blob(&self, digest: &str) -> Result<()> {
+    fn drop_damaged_run(&self, id: &str) -> Result<Removed> {
         self.write(|tx| {
+            let mut r = Removed::default();
+            let row: Option<(String, bool)> = tx
+                .prepare_cached("DELETE FROM entries WHERE id = ?1 RETURNING key, live = 1")?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((key, true)) = row {
+                unref_key(tx, &key, &mut r.unreferenced)?;
+                bump(tx, "corrupt", 1)?;
+            }
+            Ok(r)
+        })
+    }
+
+    fn drop_damaged_blob(&self, digest: &str) -> Result<Removed> {
+        self.write(|tx| {
+            let mut r = Removed::default();
+            let keys: Vec<String> = tx
+                .prepare_cached("SELECT key FROM refs WHERE digest = ?1")?
+                .query_map([digest], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for k in keys {
+                if let Some(row) = live_entry(tx, &k)? {
+                    tx.prepare_cached(
+                        "UPDATE entries SET live = 0, status = 'corrupt' WHERE key = ?1 AND live = 1",
+                    )?
+                    .execute([&k])?;
+                    r.entries.extend(sound(vec![row]));
+                    bump(tx, "corrupt", 1)?;
+                }
+                unref_key(tx, &k, &mut r.unreferenced)?;
+            }
             tx.prepare_cached("DELETE FROM blobs WHERE digest = ?1")?.execute([digest])?;
-            tx.prepare_cached("DELETE FROM refs WHERE digest = ?1")?.execute([digest])?;
-            Ok(())
+            Ok(r)
         })
     }
 

@@ -43,8 +43,9 @@ pub struct VerifyReport {
     pub corrupt: Vec<(String, String)>,
     /// Blob files that no entry referenced, removed.
     pub orphans_removed: u64,
-    /// (key or digest, reason) of metadata rows that could not be read back: entries are
-    /// retired (a new save of the key restores it), blob rows dropped.
+    /// (key or digest, reason) of metadata rows that could not be read back. They are
+    /// deleted: a damaged live run leaves its key a miss (a new save restores it), a damaged
+    /// blob row retires the entries using it.
     pub damaged_rows: Vec<(String, String)>,
 }
 
@@ -251,14 +252,15 @@ impl Vault {
         self.commit_deferred()?;
         let mut report = VerifyReport::default();
         let damaged = self.meta().damaged()?;
-        for (key, live, why) in damaged.entries {
+        for (id, key, live, why) in damaged.entries {
+            self.removed(None, "verify", |m| m.drop_damaged_run(&id))?;
             if live {
-                self.removed(None, "verify", |m| m.retire_damaged(&key))?;
+                self.hot.remove(&key)?;
             }
             report.damaged_rows.push((key, why));
         }
         for (digest, why) in damaged.blobs {
-            self.meta().drop_damaged_blob(&digest)?;
+            self.removed(None, "verify", |m| m.drop_damaged_blob(&digest))?;
             report.damaged_rows.push((digest, why));
         }
         for b in self.meta().blobs()? {

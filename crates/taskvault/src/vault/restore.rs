@@ -539,17 +539,29 @@ impl Vault {
         Ok((tmp, existing))
     }
 
-    /// Refuses a destination whose directory `parent` is the vault's or inside it.
+    /// Refuses a destination that is one of the vault's own files or lies inside one of its
+    /// directories (a vault directory may also hold other files: those are ordinary paths).
     pub(crate) fn outside_vault(&self, parent: &Path, dest: &Path) -> Result<()> {
         let vault = std::fs::canonicalize(&self.settings.vault_dir).ok();
         let parent = std::fs::canonicalize(parent).ok();
-        if let (Some(v), Some(p)) = (vault, parent)
-            && p.starts_with(&v)
-        {
-            return Err(bad_dest(dest, "is inside the vault's own directory; choose another path"));
+        let (Some(v), Some(p)) = (vault, parent) else { return Ok(()) };
+        let Ok(rel) = p.strip_prefix(&v) else { return Ok(()) };
+        let first = match rel.components().next() {
+            Some(c) => c.as_os_str().to_owned(),
+            None => dest.file_name().unwrap_or_default().to_owned(),
+        };
+        if is_vault_name(&first.to_string_lossy()) {
+            return Err(bad_dest(dest, "is one of the vault's own files; choose another path"));
         }
         Ok(())
     }
+}
+
+/// Whether `name`, directly in a vault directory, is the vault's own (see `docs/format.md`).
+fn is_vault_name(name: &str) -> bool {
+    const OWN: &[&str] =
+        &["blobs", "blobs.lock", "tmp", "locks", "generation", "quarantine", "access.log", "hot"];
+    OWN.contains(&name) || ["cache.db", "stat.db", "audit.log"].iter().any(|p| name.starts_with(p))
 }
 
 /// Whether an existing path of type `t` may be replaced by a `want`.

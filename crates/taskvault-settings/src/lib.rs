@@ -42,8 +42,10 @@ pub fn resolve(o: &Overrides) -> Result<Resolved> {
     let config_path = match explicit {
         Some(p) => {
             let p = absolute(&cwd, &p);
-            if !p.is_file() {
-                anyhow::bail!("config file {} does not exist", p.display());
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => anyhow::bail!("config file {} is not a regular file", p.display()),
+                Err(_) => anyhow::bail!("config file {} does not exist", p.display()),
             }
             Some(p)
         }

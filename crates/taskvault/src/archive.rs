@@ -121,7 +121,11 @@ impl Vault {
     /// error nothing is imported.
     pub fn import(&self, archive: &Path) -> Result<ImportReport> {
         let bad = |message: String| Error::BadArchive { path: archive.to_owned(), message };
-        let file = std::fs::File::open(archive).at(archive)?;
+        // Opened without blocking: a FIFO or a device is refused, never waited on or read.
+        let file = match crate::store::local::open_regular(archive).at(archive)? {
+            Ok(f) => f,
+            Err(why) => return Err(bad(format!("{why}; save the archive to a file first"))),
+        };
         let dec = zstd::stream::Decoder::new(file).at(archive)?;
         let mut tar = tar::Archive::new(dec);
         let mut manifest: Option<Manifest> = None;

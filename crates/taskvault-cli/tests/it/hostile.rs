@@ -184,6 +184,12 @@ fn devices_and_vault_files_are_never_replaced() {
         assert!(r.stderr().contains("the vault's own files"), "{}", r.stderr());
     }
     p.run(&["export", ".taskvault/cache/audit.log"]).code_is(2);
+    // Nor is a FIFO read as an archive (it would block until a writer came).
+    let mut c = p.cmd();
+    c.args(["import", "fifo"]);
+    let out = finishes_within(c, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a FIFO"));
     assert_eq!(std::fs::read(p.vault().join("cache.db")).unwrap(), before);
     p.run(&["cache", "get", "t", "in", "fine"]).ok();
 }

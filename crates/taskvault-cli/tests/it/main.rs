@@ -1,6 +1,7 @@
 //! Integration tests of the `taskvault` binary, run as whole processes.
 
 mod errors;
+mod fuzz;
 mod hostile;
 mod inspect;
 mod run;

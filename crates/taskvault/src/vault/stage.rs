@@ -25,7 +25,8 @@ pub(super) fn inspect(output: Output<'_>) -> Result<(OutputKind, Vec<Walked>)> {
         Output::Tree { root, parts } => return Ok((OutputKind::Dir, inspect_parts(root, parts)?)),
         Output::Path(p) => p,
     };
-    let bad = |message: &str| Error::BadInput { path: path.to_owned(), message: message.into() };
+    let bad =
+        |message: &str| Error::BadDestination { path: path.to_owned(), message: message.into() };
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => bad("output does not exist"),
         _ => Error::IoAt { path: path.to_owned(), source: e },

@@ -1,6 +1,7 @@
 //! Multi-process tests of the engine. A test re-runs its own test binary as worker processes
 //! (selected by `TASKVAULT_IT_ROLE`), so workers use the real engine with no extra binary.
 
+mod fuzz;
 mod procs;
 
 use std::path::Path;

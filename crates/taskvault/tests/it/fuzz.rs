@@ -431,7 +431,8 @@ proptest! {
             })
         });
         if let Err(e) = parsed {
-            prop_assert!(!e.to_string().is_empty());
+            let shown = e.to_string();
+            prop_assert!(!shown.is_empty() && !shown.contains('\n'), "one line: {shown:?}");
         }
     }
 }

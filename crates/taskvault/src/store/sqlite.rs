@@ -429,6 +429,28 @@ fn drop_if_unreferenced(tx: &Connection, digest: &str, unlink: &mut Vec<Digest>)
     Ok(stored as u64)
 }
 
+/// Marks the live entries using blob `digest` corrupt and drops their references; returns how
+/// many were live.
+fn retire_users(tx: &Connection, digest: &str, r: &mut Removed) -> Result<i64> {
+    let keys: Vec<String> = tx
+        .prepare_cached("SELECT key FROM refs WHERE digest = ?1")?
+        .query_map([digest], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut retired = 0;
+    for k in keys {
+        if let Some(row) = live_entry(tx, &k)? {
+            tx.prepare_cached(
+                "UPDATE entries SET live = 0, status = 'corrupt' WHERE key = ?1 AND live = 1",
+            )?
+            .execute([&k])?;
+            r.entries.extend(sound(vec![row]));
+            retired += 1;
+        }
+        unref_key(tx, &k, &mut r.unreferenced)?;
+    }
+    Ok(retired)
+}
+
 /// Removes every run of `key`; returns the live entry (if any) and bytes freed.
 fn remove_key(
     tx: &Connection,
@@ -674,20 +696,7 @@ impl MetaStore for SqliteMeta {
         let d = digest.to_string();
         self.write(|tx| {
             let mut r = Removed::default();
-            let keys: Vec<String> = tx
-                .prepare_cached("SELECT key FROM refs WHERE digest = ?1")?
-                .query_map([&d], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for k in keys {
-                if let Some(row) = live_entry(tx, &k)? {
-                    tx.prepare_cached(
-                        "UPDATE entries SET live = 0, status = 'corrupt' WHERE key = ?1 AND live = 1",
-                    )?
-                    .execute([&k])?;
-                    r.entries.extend(sound(vec![row]));
-                }
-                unref_key(tx, &k, &mut r.unreferenced)?;
-            }
+            retire_users(tx, &d, &mut r)?;
             // The corrupt blob itself is quarantined by the caller, not unlinked.
             r.unreferenced.retain(|x| x != digest);
             // The blob row goes even if no entry referenced it any more.
@@ -933,21 +942,8 @@ impl MetaStore for SqliteMeta {
     fn drop_damaged_blob(&self, digest: &str) -> Result<Removed> {
         self.write(|tx| {
             let mut r = Removed::default();
-            let keys: Vec<String> = tx
-                .prepare_cached("SELECT key FROM refs WHERE digest = ?1")?
-                .query_map([digest], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for k in keys {
-                if let Some(row) = live_entry(tx, &k)? {
-                    tx.prepare_cached(
-                        "UPDATE entries SET live = 0, status = 'corrupt' WHERE key = ?1 AND live = 1",
-                    )?
-                    .execute([&k])?;
-                    r.entries.extend(sound(vec![row]));
-                    bump(tx, "corrupt", 1)?;
-                }
-                unref_key(tx, &k, &mut r.unreferenced)?;
-            }
+            let retired = retire_users(tx, digest, &mut r)?;
+            bump(tx, "corrupt", retired)?;
             tx.prepare_cached("DELETE FROM blobs WHERE digest = ?1")?.execute([digest])?;
             Ok(r)
         })

@@ -496,25 +496,15 @@ fn save_in(
     let mut unreferenced = Vec::new();
     for b in blobs {
         let d = b.info.digest.to_string();
-        let existing = blob_row(tx, &b.info.digest)?;
         if b.staged.is_none() && b.info.inline.is_none() {
-            // A reference to a stored blob: it must still be there.
-            if matches!(existing, Some(Ok(_))) {
+            // A reference to a stored blob: it must still be there, and sound.
+            if matches!(blob_row(tx, &b.info.digest)?, Some(Ok(_))) {
                 continue;
             }
             return Err(Error::BlobVanished(d));
         }
-        if let Some(Err(_)) = existing {
-            // A damaged row is replaced by what this save brings.
-            tracing::warn!("replacing the damaged metadata row of blob {d}");
-            let stored: Option<i64> = tx
-                .prepare_cached("DELETE FROM blobs WHERE digest = ?1 RETURNING stored_size")?
-                .query_row([&d], |r| r.get(0))
-                .ok();
-            bump(tx, "stored_bytes", -stored.unwrap_or(0).max(0))?;
-        }
-        let added = tx
-            .prepare_cached(
+        let insert = |tx: &Connection| -> rusqlite::Result<usize> {
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO blobs(digest, size, stored_size, codec, data)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
@@ -524,7 +514,19 @@ fn save_in(
                 b.info.stored_size as i64,
                 b.info.codec.name(),
                 b.info.inline
-            ])?;
+            ])
+        };
+        let mut added = insert(tx)?;
+        if added == 0 && matches!(blob_row(tx, &b.info.digest)?, Some(Err(_))) {
+            // A damaged row is replaced by what this save brings.
+            tracing::warn!("replacing the damaged metadata row of blob {d}");
+            let stored: Option<i64> = tx
+                .prepare_cached("DELETE FROM blobs WHERE digest = ?1 RETURNING stored_size")?
+                .query_row([&d], |r| r.get(0))
+                .ok();
+            bump(tx, "stored_bytes", -stored.unwrap_or(0).max(0))?;
+            added = insert(tx)?;
+        }
         if added == 0 {
             continue; // stored already
         }

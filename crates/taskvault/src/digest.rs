@@ -171,7 +171,7 @@ impl Hasher {
 
 /// Hashes everything `reader` yields through a buffer of `buf_len` bytes; returns the digest and
 /// the byte count.
-fn hash_reader_sized(
+pub(crate) fn hash_reader_sized(
     algorithm: Algorithm,
     reader: &mut dyn Read,
     buf_len: usize,

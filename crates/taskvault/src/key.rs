@@ -72,27 +72,9 @@ impl InputRecord {
         src: &mut dyn std::io::Read,
         origin: &str,
     ) -> Result<InputRecord> {
-        let mut h = algorithm.hasher();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut size = 0u64;
-        loop {
-            let n = match src.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::BadInput { path: origin.into(), message: e.to_string() });
-                }
-            };
-            h.update(&buf[..n]);
-            size += n as u64;
-        }
-        Ok(InputRecord {
-            kind: InputKind::Content,
-            digest: h.finish(),
-            size,
-            origin: Some(origin.to_owned()),
-        })
+        let (digest, size) = crate::digest::hash_reader_sized(algorithm, src, 1 << 16)
+            .map_err(|e| Error::BadInput { path: origin.into(), message: e.to_string() })?;
+        Ok(InputRecord { kind: InputKind::Content, digest, size, origin: Some(origin.to_owned()) })
     }
 }
 

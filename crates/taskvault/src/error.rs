@@ -58,9 +58,10 @@ pub enum Error {
     #[error("archive {path}: {message}; nothing was imported")]
     BadArchive { path: PathBuf, message: String },
 
-    /// A metadata row cannot be read back (damaged outside TaskVault); it is never served.
-    #[error("damaged metadata row for {key}: {message}")]
-    DamagedRow { key: String, message: String },
+    /// The metadata row of a run cannot be read back (damaged outside TaskVault); it is never
+    /// served.
+    #[error("the metadata row of run {run} is damaged: {message}")]
+    DamagedRow { run: String, message: String },
 
     /// A stored blob failed verification (it has been quarantined).
     #[error("blob {digest} is corrupt: {message}")]

@@ -11,6 +11,7 @@
 //! - Anything wrong with a record (unreadable, expired, a blob that fails verification) sends the
 //!   lookup down the slow path, which is always correct.
 
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -85,7 +86,7 @@ impl HotRecords {
         // Never blocks on a FIFO or reads a device planted here; a record is small.
         let f = crate::store::local::open_regular(&self.dir.join(key_hex)).ok()?.ok()?;
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(f, RECORD_MAX), &mut bytes).ok()?;
+        f.take(RECORD_MAX).read_to_end(&mut bytes).ok()?;
         let r: Record = serde_json::from_slice(&bytes).ok()?;
         if r.format != FORMAT || r.entry.key != key_hex {
             return None;

@@ -141,9 +141,6 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn blobs(&self) -> Result<Vec<BlobInfo>>;
     /// Rows that cannot be read back, for `verify`.
     fn damaged(&self) -> Result<Damaged>;
-    /// Deletes the live run of `key` without reading it (its row is damaged), and drops its
-    /// references; counted as corrupt.
-    fn retire_damaged(&self, key: &str) -> Result<Removed>;
     /// Deletes a run whose row is damaged (dropping its key's references if it was live,
     /// counted as corrupt).
     fn drop_damaged_run(&self, id: &str) -> Result<Removed>;

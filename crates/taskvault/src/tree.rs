@@ -87,6 +87,28 @@ fn walk_into(root: &Path, dir: &Path, out: &mut Vec<Walked>) -> Result<()> {
     Ok(())
 }
 
+/// A file type in words, for messages: "a regular file", "a FIFO", "a character device", ...
+pub fn describe(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
 /// What a path is, from its `symlink_metadata`: a file, a directory, or a symlink with its target
 /// (read, never followed). Sockets, FIFOs, devices and non-UTF-8 link targets are refused.
 pub fn classify(abs: &Path, meta: &std::fs::Metadata) -> Result<(NodeKind, Option<String>)> {

@@ -88,6 +88,9 @@ pub struct Vault {
     generation: std::sync::OnceLock<crate::generation::Generation>,
     /// Descriptions of the claims file that hold no lock, for the next claims.
     claim_files: Arc<crate::claim::ClaimFiles>,
+    /// The vault directory with symlinks resolved, found on the first restore (destinations
+    /// must not be the vault's own files).
+    canonical_dir: std::sync::OnceLock<Option<PathBuf>>,
 }
 
 impl Drop for Vault {
@@ -151,6 +154,7 @@ impl Vault {
             resident: None,
             generation: std::sync::OnceLock::new(),
             claim_files: Arc::default(),
+            canonical_dir: std::sync::OnceLock::new(),
         })
     }
 
@@ -569,37 +573,44 @@ impl Vault {
     }
 
     /// The live run of `key` in the metadata store, if it is sound and answers `key` (one that
-    /// is not is retired, and reads as none).
+    /// is not has its row removed, and reads as none).
     fn stored_entry(&self, key: &TaskKey, op: &str) -> Result<Option<Entry>> {
         let hex = key.digest().hex();
         match self.meta.lookup(&hex) {
-            Err(Error::DamagedRow { message, .. }) => {
-                self.retire_damaged(key, &message, op)?;
+            Err(Error::DamagedRow { run, message }) => {
+                self.drop_damaged_run(&run, &hex, &key.task, &message, op)?;
                 Ok(None)
             }
             Ok(Some(e)) if !e.answers(key) => {
-                let why = format!("run {} does not answer key {hex}", e.id);
-                self.retire_damaged(key, &why, op)?;
+                let why = format!("it does not answer key {hex}");
+                self.drop_damaged_run(&e.id, &hex, &key.task, &why, op)?;
                 Ok(None)
             }
             other => other,
         }
     }
 
-    /// Retires the live run of `key`, whose row is damaged or answers another key: it is
-    /// never served, counted as corrupt and audited; the next save of the key replaces it.
-    pub(crate) fn retire_damaged(&self, key: &TaskKey, why: &str, op: &str) -> Result<()> {
-        tracing::warn!("{why}; the entry is retired (a new save of the key restores it)");
-        let hex = key.digest().hex();
-        self.removed(None, op, |m| m.retire_damaged(&hex))?;
-        self.hot.remove(&hex)?;
+    /// Deletes run `id` of key `key_hex`, whose row is damaged or answers another key: it is
+    /// never served; if it was live, its key is a miss until the next save, and it is counted
+    /// as corrupt. Audited.
+    pub(crate) fn drop_damaged_run(
+        &self,
+        id: &str,
+        key_hex: &str,
+        task: &str,
+        why: &str,
+        op: &str,
+    ) -> Result<()> {
+        tracing::warn!("run {id}: {why}; its row is removed (a new save of its key restores it)");
+        self.removed(None, op, |m| m.drop_damaged_run(id))?;
+        self.hot.remove(key_hex)?;
         self.audit.record(&Record {
             event: Event::Corrupt,
             op,
-            task: &key.task,
-            hash: &hex,
+            task,
+            hash: key_hex,
             size: None,
-            detail: Some(why),
+            detail: Some(&format!("damaged metadata row of run {id}: {why}")),
         });
         Ok(())
     }

@@ -32,7 +32,7 @@ impl LocalBlobs {
 pub(crate) fn open_regular(
     p: &Path,
 ) -> std::io::Result<std::result::Result<std::fs::File, String>> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
@@ -48,16 +48,7 @@ pub(crate) fn open_regular(
     if t.is_file() {
         return Ok(Ok(f));
     }
-    let what = if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_dir() {
-        "a directory"
-    } else {
-        "a special file"
-    };
-    Ok(Err(format!("is {what}, not a regular file")))
+    Ok(Err(format!("is {}, not a regular file", crate::tree::describe(t))))
 }
 
 /// Makes a directory entry (a rename or create) durable.

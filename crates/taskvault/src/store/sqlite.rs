@@ -293,9 +293,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 const ENTRY_COLS: &str = "doc, status, last_access_ms, access_count, id, key";
 
-/// A row read back: its entry, or why the row is damaged (its document does not decode, or
-/// names another run or key than its columns). A damaged row is never served.
-type Decoded = std::result::Result<Entry, String>;
+/// A row read back: its entry, or (its run id, why the row is damaged: its document does not
+/// decode, or names another run or key than its columns). A damaged row is never served.
+type Decoded = std::result::Result<Entry, (String, String)>;
+
+/// A blob row read back, or (its digest as stored, why it cannot be used).
+type BlobRow = std::result::Result<BlobInfo, (String, String)>;
 
 fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
     let id: String = row.get(4)?;
@@ -305,13 +308,14 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
         rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t).ok(),
         _ => None,
     };
-    let Some(doc) = doc else { return Ok(Err(format!("run {id}: its document is not text"))) };
+    let Some(doc) = doc else { return Ok(Err((id, "its document is not text".into()))) };
     let mut e: Entry = match serde_json::from_str(doc) {
         Ok(e) => e,
-        Err(err) => return Ok(Err(format!("run {id}: its document does not decode: {err}"))),
+        Err(err) => return Ok(Err((id, format!("its document does not decode: {err}")))),
     };
     if e.id != id || e.key != key {
-        return Ok(Err(format!("run {id}: its document describes run {} of key {}", e.id, e.key)));
+        let why = format!("its document describes run {} of key {}", e.id, e.key);
+        return Ok(Err((id, why)));
     }
     let status: Option<String> = row.get(1).ok();
     e.status = match status.as_deref() {
@@ -325,24 +329,28 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
 }
 
 /// The entries of decoded rows; damaged ones are left out with a warning (`verify` reports and
-/// retires them).
-fn sound(rows: Vec<Decoded>) -> Vec<Entry> {
+/// removes them).
+fn sound(rows: impl IntoIterator<Item = Decoded>) -> Vec<Entry> {
     rows.into_iter()
-        .filter_map(|r| r.map_err(|why| tracing::warn!("damaged metadata row skipped: {why}")).ok())
+        .filter_map(|r| {
+            r.map_err(|(id, why)| tracing::warn!("damaged metadata row of run {id} skipped: {why}"))
+                .ok()
+        })
         .collect()
 }
 
-fn blob_row(
-    c: &Connection,
-    digest: &Digest,
-) -> rusqlite::Result<Option<std::result::Result<BlobInfo, (String, String)>>> {
+/// A decoded row as the trait answers it: a damaged row is an error naming its run.
+fn decoded(row: Option<Decoded>) -> Result<Option<Entry>> {
+    row.transpose().map_err(|(run, message)| Error::DamagedRow { run, message })
+}
+
+fn blob_row(c: &Connection, digest: &Digest) -> rusqlite::Result<Option<BlobRow>> {
     c.prepare_cached("SELECT digest, size, stored_size, codec, data FROM blobs WHERE digest = ?1")?
         .query_row([digest.to_string()], |r| Ok(blob_from_row(r)))
         .optional()
 }
 
-/// A blob row, or (its digest as stored, why it cannot be used).
-fn blob_from_row(r: &rusqlite::Row<'_>) -> std::result::Result<BlobInfo, (String, String)> {
+fn blob_from_row(r: &rusqlite::Row<'_>) -> BlobRow {
     use rusqlite::types::ValueRef;
     let text = |i: usize| match r.get_ref(i) {
         Ok(ValueRef::Text(t)) => std::str::from_utf8(t).ok().map(str::to_owned),
@@ -443,7 +451,7 @@ fn retire_users(tx: &Connection, digest: &str, r: &mut Removed) -> Result<i64> {
                 "UPDATE entries SET live = 0, status = 'corrupt' WHERE key = ?1 AND live = 1",
             )?
             .execute([&k])?;
-            r.entries.extend(sound(vec![row]));
+            r.entries.extend(sound([row]));
             retired += 1;
         }
         unref_key(tx, &k, &mut r.unreferenced)?;
@@ -457,7 +465,7 @@ fn remove_key(
     key: &str,
     unlink: &mut Vec<Digest>,
 ) -> Result<(Option<Entry>, u64)> {
-    let live = live_entry(tx, key)?.and_then(|d| sound(vec![d]).pop());
+    let live = sound(live_entry(tx, key)?).pop();
     let freed = unref_key(tx, key, unlink)?;
     tx.prepare_cached("DELETE FROM entries WHERE key = ?1")?.execute([key])?;
     Ok((live, freed))
@@ -610,11 +618,7 @@ impl MetaStore for SqliteMeta {
     }
 
     fn lookup(&self, key: &str) -> Result<Option<Entry>> {
-        match self.read(|c| live_entry(c, key))? {
-            None => Ok(None),
-            Some(Ok(e)) => Ok(Some(e)),
-            Some(Err(message)) => Err(Error::DamagedRow { key: key.to_owned(), message }),
-        }
+        decoded(self.read(|c| live_entry(c, key))?)
     }
 
     fn blob(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
@@ -753,7 +757,7 @@ impl MetaStore for SqliteMeta {
         if let Some(l) = f.limit {
             sql.push_str(&format!(" LIMIT {l}"));
         }
-        let rows = self.with(|c| {
+        let rows: Vec<Decoded> = self.with(|c| {
             c.prepare(&sql)?.query_map(rusqlite::params_from_iter(args), entry_from_row)?.collect()
         })?;
         Ok(sound(rows))
@@ -782,15 +786,11 @@ impl MetaStore for SqliteMeta {
                 .query_row([id], entry_from_row)
                 .optional()
         })?;
-        match row {
-            None => Ok(None),
-            Some(Ok(e)) => Ok(Some(e)),
-            Some(Err(message)) => Err(Error::DamagedRow { key: id.to_owned(), message }),
-        }
+        decoded(row)
     }
 
     fn history(&self, key: &str) -> Result<Vec<Entry>> {
-        let rows = self.with(|c| {
+        let rows: Vec<Decoded> = self.with(|c| {
             c.prepare_cached(&format!(
                 "SELECT {ENTRY_COLS} FROM entries WHERE key = ?1 ORDER BY created_ms, rowid"
             ))?
@@ -880,7 +880,7 @@ impl MetaStore for SqliteMeta {
     }
 
     fn blobs(&self) -> Result<Vec<BlobInfo>> {
-        let rows: Vec<std::result::Result<BlobInfo, (String, String)>> = self.with(|c| {
+        let rows: Vec<BlobRow> = self.with(|c| {
             c.prepare("SELECT digest, size, stored_size, codec, data FROM blobs ORDER BY digest")?
                 .query_map([], |r| Ok(blob_from_row(r)))?
                 .collect()
@@ -894,8 +894,7 @@ impl MetaStore for SqliteMeta {
             let mut stmt = c.prepare(&format!("SELECT {ENTRY_COLS}, live FROM entries"))?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
-                if let Err(why) = entry_from_row(row)? {
-                    let id: String = row.get(4)?;
+                if let Err((id, why)) = entry_from_row(row)? {
                     let key: String = row.get(5)?;
                     let live = row.get::<_, i64>(6).unwrap_or(0) == 1;
                     out.entries.push((id, key, live, why));
@@ -909,20 +908,6 @@ impl MetaStore for SqliteMeta {
                 }
             }
             Ok(out)
-        })
-    }
-
-    fn retire_damaged(&self, key: &str) -> Result<Removed> {
-        self.write(|tx| {
-            let mut r = Removed::default();
-            let n = tx
-                .prepare_cached("DELETE FROM entries WHERE key = ?1 AND live = 1")?
-                .execute([key])?;
-            if n > 0 {
-                unref_key(tx, key, &mut r.unreferenced)?;
-                bump(tx, "corrupt", n as i64)?;
-            }
-            Ok(r)
         })
     }
 
@@ -957,7 +942,7 @@ impl MetaStore for SqliteMeta {
                 entries: sound(
                     tx.prepare(&format!("SELECT {ENTRY_COLS} FROM entries WHERE live = 1"))?
                         .query_map([], entry_from_row)?
-                        .collect::<rusqlite::Result<_>>()?,
+                        .collect::<rusqlite::Result<Vec<_>>>()?,
                 ),
                 unreferenced: Vec::new(),
             };

@@ -252,11 +252,8 @@ impl Vault {
         self.commit_deferred()?;
         let mut report = VerifyReport::default();
         let damaged = self.meta().damaged()?;
-        for (id, key, live, why) in damaged.entries {
-            self.removed(None, "verify", |m| m.drop_damaged_run(&id))?;
-            if live {
-                self.hot.remove(&key)?;
-            }
+        for (id, key, _live, why) in damaged.entries {
+            self.drop_damaged_run(&id, &key, "", &why, "verify")?;
             report.damaged_rows.push((key, why));
         }
         for (digest, why) in damaged.blobs {
@@ -267,13 +264,10 @@ impl Vault {
             match self.read_blob(&b.digest, b.size, &mut Sink::Discard)? {
                 Ok(()) => {}
                 // Only what a second look confirms: a blob removed meanwhile is not corrupt.
-                Err(msg) => {
-                    if self.corrupt(&b.digest, &msg, "verify")? {
-                        report.corrupt.push((b.digest.to_string(), msg));
-                    } else {
-                        continue;
-                    }
+                Err(msg) if self.corrupt(&b.digest, &msg, "verify")? => {
+                    report.corrupt.push((b.digest.to_string(), msg));
                 }
+                Err(_) => continue,
             }
             report.blobs_checked += 1;
             report.bytes_checked += b.size;

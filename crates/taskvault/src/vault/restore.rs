@@ -542,10 +542,11 @@ impl Vault {
     /// Refuses a destination that is one of the vault's own files or lies inside one of its
     /// directories (a vault directory may also hold other files: those are ordinary paths).
     pub(crate) fn outside_vault(&self, parent: &Path, dest: &Path) -> Result<()> {
-        let vault = std::fs::canonicalize(&self.settings.vault_dir).ok();
+        let vault =
+            self.canonical_dir.get_or_init(|| std::fs::canonicalize(&self.settings.vault_dir).ok());
         let parent = std::fs::canonicalize(parent).ok();
         let (Some(v), Some(p)) = (vault, parent) else { return Ok(()) };
-        let Ok(rel) = p.strip_prefix(&v) else { return Ok(()) };
+        let Ok(rel) = p.strip_prefix(v) else { return Ok(()) };
         let first = match rel.components().next() {
             Some(c) => c.as_os_str().to_owned(),
             None => dest.file_name().unwrap_or_default().to_owned(),
@@ -566,24 +567,7 @@ fn is_vault_name(name: &str) -> bool {
 
 /// Whether an existing path of type `t` may be replaced by a `want`.
 pub(crate) fn check_replaceable(dest: &Path, t: std::fs::FileType, want: Want) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let what = if t.is_file() {
-        "a regular file"
-    } else if t.is_dir() {
-        "a directory"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "a special file"
-    };
+    let what = crate::tree::describe(t);
     let ok = match want {
         Want::File => t.is_file(),
         Want::Dir => t.is_dir(),

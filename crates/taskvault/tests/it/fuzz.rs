@@ -2,7 +2,8 @@
 //! 0 hangs (every case runs on a thread with a deadline), and the checked-in corpus of hostile
 //! archives in `tests/fixtures/hostile-archives`, each of which import must refuse whole.
 //!
-//! `TASKVAULT_WRITE_FIXTURES=1` rewrites the corpus from the recipes below.
+//! `TASKVAULT_WRITE_FIXTURES=1` rewrites the corpus from the recipes below (see
+//! `every_hostile_archive_in_the_corpus_is_refused`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -199,24 +200,14 @@ fn hostile() -> Vec<(&'static str, Vec<u8>)> {
     out.push(("traversal-member", named("blobs/blake3/../../../../tmp/x", b"x".to_vec())));
     out.push(("absolute-member", named("/tmp/taskvault-fuzz-x", b"x".to_vec())));
     out.push(("unknown-member", named("README", b"x".to_vec())));
-    let mut all = with_manifest(&m, &members);
-    all.push(Member {
-        name: "blobs/link".into(),
-        data: vec![],
-        kind: tar::EntryType::Symlink,
-        claimed: Some(0),
-        link: Some("/etc/passwd".into()),
-    });
-    out.push(("symlink-member", pack(&all)));
-    let mut all = with_manifest(&m, &members);
-    all.push(Member {
-        name: "hard".into(),
-        data: vec![],
-        kind: tar::EntryType::Link,
-        claimed: Some(0),
-        link: Some("/etc/passwd".into()),
-    });
-    out.push(("hardlink-member", pack(&all)));
+    let linked = |name: &str, kind: tar::EntryType| {
+        let mut all = with_manifest(&m, &members);
+        let link = Some("/etc/passwd".into());
+        all.push(Member { name: name.into(), data: vec![], kind, claimed: Some(0), link });
+        pack(&all)
+    };
+    out.push(("symlink-member", linked("blobs/link", tar::EntryType::Symlink)));
+    out.push(("hardlink-member", linked("hard", tar::EntryType::Link)));
     let mut all = with_manifest(&m, &members);
     all[1].data = vec![0u8; 8 << 20]; // a bomb: compresses to almost nothing
     out.push(("bomb-member", pack(&all)));
@@ -252,36 +243,45 @@ fn hostile() -> Vec<(&'static str, Vec<u8>)> {
     out
 }
 
-#[test]
-fn write_fixtures_when_asked() {
-    if std::env::var_os("TASKVAULT_WRITE_FIXTURES").is_none() {
-        return;
-    }
-    let dir = fixtures();
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in hostile() {
-        std::fs::write(dir.join(format!("{name}.tar.zst")), bytes).unwrap();
-    }
-}
-
-/// Every archive of the corpus is refused with a clear error, nothing is imported, nothing is
-/// left in `tmp/`, and nothing is written outside the vault.
+/// Every archive of the corpus, checked in and made afresh from the recipes, is refused with a
+/// one-line error: nothing is imported, nothing is left in `tmp/`, nothing is written outside
+/// the vault. `TASKVAULT_WRITE_FIXTURES=1` writes the fresh ones over the checked-in corpus.
 #[test]
 fn every_hostile_archive_in_the_corpus_is_refused() {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(fixtures())
+    let dir = fixtures();
+    let fresh = hostile();
+    if std::env::var_os("TASKVAULT_WRITE_FIXTURES").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in &fresh {
+            std::fs::write(dir.join(format!("{name}.tar.zst")), bytes).unwrap();
+        }
+    }
+    let mut checked_in: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.strip_suffix(".tar.zst")?.to_owned();
+            Some((name, std::fs::read(&p).unwrap()))
+        })
         .collect();
+    checked_in.sort();
+    let mut names: Vec<&str> = checked_in.iter().map(|(n, _)| n.as_str()).collect();
+    let mut recipes: Vec<&str> = fresh.iter().map(|(n, _)| *n).collect();
     names.sort();
-    assert!(names.len() >= 25, "the corpus is checked in: {names:?}");
-    for path in names {
-        let shown = path.file_name().unwrap().to_string_lossy().into_owned();
+    recipes.sort();
+    assert_eq!(names, recipes, "the checked-in corpus matches the recipes");
+    let all = checked_in
+        .iter()
+        .map(|(n, b)| (format!("checked-in {n}"), b.clone()))
+        .chain(fresh.into_iter().map(|(n, b)| (format!("fresh {n}"), b)));
+    for (shown, bytes) in all {
         let dir = tempfile::tempdir().unwrap();
         let vault = dir.path().join("v");
-        let p = path.clone();
+        let archive = dir.path().join("a.tar.zst");
+        std::fs::write(&archive, bytes).unwrap();
         let vd = vault.clone();
-        let result = within_deadline(&shown, move || open(&vd).import(&p).map(|r| r.imported));
+        let result =
+            within_deadline(&shown, move || open(&vd).import(&archive).map(|r| r.imported));
         match result {
             Err(taskvault::Error::BadArchive { message, .. }) => {
                 assert!(!message.contains('\n'), "{shown}: one line: {message}");

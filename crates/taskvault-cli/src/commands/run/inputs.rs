@@ -103,71 +103,78 @@ fn expand_in(
     ancestors: &mut Vec<(u64, u64)>,
     out: &mut std::collections::BTreeSet<PathBuf>,
 ) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
     let Some((first, rest)) = comps.split_first() else {
         out.insert(dir.to_owned());
         return Ok(());
     };
     // The caller checked that `dir` is not among the ancestors (a `**` descends only then).
-    let meta = std::fs::metadata(dir).with_context(|| dir.display().to_string())?;
-    ancestors.push((meta.dev(), meta.ino()));
-    let result = (|| {
-        let is_dir = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_dir());
-        match first {
-            Comp::Literal(name) => {
-                let p = dir.join(name);
-                if rest.is_empty() {
-                    if std::fs::symlink_metadata(&p).is_ok() {
-                        out.insert(p);
-                    }
-                } else if is_dir(&p) {
-                    expand_in(&p, rest, ancestors, out)?;
-                }
-            }
-            Comp::Glob(_) | Comp::Any => {
-                if matches!(first, Comp::Any) && !rest.is_empty() {
-                    // Zero directories.
-                    expand_in(dir, rest, ancestors, out)?;
-                }
-                let items = std::fs::read_dir(dir).with_context(|| dir.display().to_string())?;
-                let mut names = Vec::new();
-                for item in items {
-                    names.push(item.with_context(|| dir.display().to_string())?.file_name());
-                }
-                names.sort();
-                for name in names {
-                    let p = dir.join(&name);
-                    match first {
-                        Comp::Glob(g) => {
-                            if !name.to_str().is_some_and(|n| g.matches(n)) {
-                                continue;
-                            }
-                            if rest.is_empty() {
-                                out.insert(p);
-                            } else if is_dir(&p) {
-                                expand_in(&p, rest, ancestors, out)?;
-                            }
-                        }
-                        _ if !is_dir(&p) => {}
-                        _ => {
-                            let id = std::fs::metadata(&p).map(|m| (m.dev(), m.ino()));
-                            if id.is_ok_and(|id| ancestors.contains(&id)) {
-                                continue;
-                            }
+    let Some(id) = dir_id(dir) else { return Ok(()) };
+    ancestors.push(id);
+    let result = match first {
+        Comp::Literal(name) => matched(dir.join(name), rest, ancestors, out),
+        Comp::Glob(g) => names(dir).and_then(|names| {
+            names
+                .into_iter()
+                .filter(|n| n.to_str().is_some_and(|n| g.matches(n)))
+                .try_for_each(|n| matched(dir.join(n), rest, ancestors, out))
+        }),
+        Comp::Any => {
+            // Zero directories, then one or more: `**` stays for the levels below.
+            let zero = if rest.is_empty() { Ok(()) } else { expand_in(dir, rest, ancestors, out) };
+            zero.and_then(|()| names(dir)).and_then(|names| {
+                names.into_iter().try_for_each(|n| {
+                    let p = dir.join(n);
+                    match dir_id(&p) {
+                        Some(id) if !ancestors.contains(&id) => {
                             if rest.is_empty() {
                                 out.insert(p.clone());
                             }
-                            // One or more directories: keep `**` for the levels below.
-                            expand_in(&p, comps, ancestors, out)?;
+                            expand_in(&p, comps, ancestors, out)
                         }
+                        _ => Ok(()),
                     }
-                }
-            }
+                })
+            })
         }
-        Ok(())
-    })();
+    };
     ancestors.pop();
     result
+}
+
+/// A path that matched one component: the result if it was the last, else a directory to
+/// match the rest in.
+fn matched(
+    p: PathBuf,
+    rest: &[Comp],
+    ancestors: &mut Vec<(u64, u64)>,
+    out: &mut std::collections::BTreeSet<PathBuf>,
+) -> Result<()> {
+    if rest.is_empty() {
+        if std::fs::symlink_metadata(&p).is_ok() {
+            out.insert(p);
+        }
+        Ok(())
+    } else if dir_id(&p).is_some() {
+        expand_in(&p, rest, ancestors, out)
+    } else {
+        Ok(())
+    }
+}
+
+/// (device, inode) of `p` if it is a directory (through symlinks).
+fn dir_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let mut names = Vec::new();
+    for item in std::fs::read_dir(dir).with_context(|| dir.display().to_string())? {
+        names.push(item.with_context(|| dir.display().to_string())?.file_name());
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Expands `--input` values and hashes every file (unchanged files come from the stat cache).

@@ -1,7 +1,14 @@
 """Code and argument identity: what makes two calls share an entry, and what does not."""
 
+import datetime
+import decimal
+import enum
+import fractions
 import functools
+import pathlib
+import re
 import subprocess
+import uuid
 import sys
 import warnings
 
@@ -43,6 +50,15 @@ def ident(x):
     return x
 
 
+def ignore(x):
+    return None
+
+
+class Color(enum.Enum):
+    RED = 1
+    GREEN = 2
+
+
 @pytest.mark.parametrize(
     "a,b",
     [
@@ -58,11 +74,35 @@ def ident(x):
         (None, 0),
         (0.0, -0.0),
         ([[1], 2], [1, [2]]),
+        (range(2), range(3)),
+        (range(0, 4, 2), range(0, 4, 1)),
+        (range(2), [0, 1]),
+        (slice(1, 2), slice(1, 3)),
+        (slice(None, 2), slice(0, 2)),
+        (Ellipsis, None),
+        (NotImplemented, None),
+        (Ellipsis, NotImplemented),
+        (1j, 2j),
+        (complex(1, 0), 1.0),
+        (memoryview(b"ab"), memoryview(b"ac")),
+        (memoryview(b"abcd"), memoryview(b"abcd").cast("H")),
+        (re.compile("a+"), re.compile("a*")),
+        (re.compile("a"), re.compile("a", re.I)),
+        (re.compile("a"), re.compile(b"a")),
+        (int, float),
+        (Color.RED, Color.GREEN),
+        (decimal.Decimal("1.0"), decimal.Decimal("1.00")),
+        (fractions.Fraction(1, 2), fractions.Fraction(1, 3)),
+        (uuid.UUID(int=1), uuid.UUID(int=2)),
+        (pathlib.PurePosixPath("a"), pathlib.PurePosixPath("b")),
+        (pathlib.PurePosixPath("a"), "a"),
+        (datetime.date(2020, 1, 1), datetime.date(2020, 1, 2)),
+        (datetime.timedelta(seconds=1), datetime.timedelta(seconds=2)),
         ("ab", ["a", "b"]),
     ],
 )
 def test_unequal_values_never_collide(client, a, b):
-    assert client.submit(ident, a).commit_hash != client.submit(ident, b).commit_hash
+    assert client.submit(ignore, a).commit_hash != client.submit(ignore, b).commit_hash
 
 
 def test_sets_and_dicts_are_order_independent(client):
@@ -157,11 +197,56 @@ def test_unencodable_arguments_raise_or_skip(client, counter):
     assert r.load() == "lock"
     client.submit(type_name, counter.file, lock, _on_unencodable="skip")
     assert counter.n == 2  # never cached
-    # A self-containing list is refused, not looped on.
-    x = []
-    x.append(x)
-    with pytest.raises(Unencodable, match="contains itself"):
-        client.submit(ident, x)
+
+
+def test_self_containing_containers_are_keyed_by_back_references(client):
+    a = []
+    a.append(a)
+    b = []
+    b.append(b)
+    assert client.submit(len, a).commit_hash == client.submit(len, b).commit_hash
+    # The same shape one level down is another value.
+    c = [[]]
+    c[0].append(c)
+    assert client.submit(len, c).commit_hash != client.submit(len, a).commit_hash
+    d = {"k": 1}
+    d["self"] = d
+    e = {"k": 2}
+    e["self"] = e
+    assert client.submit(len, d).commit_hash != client.submit(len, e).commit_hash
+    # A value met twice side by side is not a cycle.
+    x = [1]
+    assert client.submit(len, [x, x]).commit_hash == client.submit(len, [[1], [1]]).commit_hash
+
+
+class Box(list):
+    pass
+
+
+def test_a_self_containing_subclass_of_a_builtin_is_keyed(client):
+    b = Box()
+    b.append(b)
+    assert client.submit(len, b).load() == 1
+
+
+def test_a_changed_range_or_slice_global_is_never_served_stale(client):
+    # The regression: these were left out of the key, and the second call got [0, 1].
+    ns = {"W": range(2)}
+    exec("def f():\n    return list(W)", ns)
+    assert client.submit(ns["f"]).load() == [0, 1]
+    ns["W"] = range(3)
+    assert client.submit(ns["f"]).load() == [0, 1, 2]
+    ns = {"S": slice(0, 1)}
+    exec("def g(x):\n    return x[S]", ns)
+    assert client.submit(ns["g"], [5, 6, 7]).load() == [5]
+    ns["S"] = slice(0, 2)
+    assert client.submit(ns["g"], [5, 6, 7]).load() == [5, 6]
+    # As a closure value too.
+    def make(w):
+        return lambda: list(w)
+
+    assert client.submit(make(range(1))).load() == [0]
+    assert client.submit(make(range(2))).load() == [0, 1]
 
 
 def test_helper_changed_through_module_attribute_invalidates(client, make_module):
@@ -223,12 +308,47 @@ def test_closures_and_global_values_are_part_of_the_key(client, make_module):
     assert (r1.load(), r2.load()) == (10, 15)
 
 
-def test_an_unencodable_global_is_named_in_a_warning(client, make_module):
-    m = make_module("tv_warn", "import threading\nLOCK = threading.Lock()\n\ndef f(x):\n    with LOCK:\n        return x\n")
-    with pytest.warns(KeyWarning, match="LOCK") as caught:
-        assert client.submit(m.f, 1).load() == 1
+def test_an_unencodable_global_makes_the_call_uncached_and_says_so(client, make_module, counter):
+    m = make_module(
+        "tv_warn",
+        "import threading\nLOCK = threading.Lock()\nfrom conftest import bump\n\n"
+        "def f(file, x):\n    bump(file)\n    with LOCK:\n        return x\n",
+    )
+    with pytest.warns(KeyWarning, match="not cached.*'LOCK'") as caught:
+        assert client.submit(m.f, counter.file, 1).load() == 1
     # It names the user's call, not a line inside the package.
     assert [w.filename for w in caught] == [__file__]
+    with pytest.warns(KeyWarning, match="not cached"):
+        client.submit(m.f, counter.file, 1)
+    assert counter.n == 2  # run both times: nothing was stored or served
+    assert client.log("f") == []
+    # Even `_on_unencodable="raise"` (the default, for arguments) runs it: the call is fine,
+    # only its caching is not.
+    with pytest.warns(KeyWarning):
+        assert client.submit(m.f, counter.file, 2, _on_unencodable="raise").load() == 2
+
+
+def test_an_unencodable_closure_value_or_helper_default_makes_the_call_uncached(client):
+    import threading
+
+    lock = threading.Lock()
+
+    def reads_closure():
+        with lock:
+            return 1
+
+    with pytest.warns(KeyWarning, match="not cached.*'lock'"):
+        assert client.submit(reads_closure).load() == 1
+
+    def helper(x, guard=lock):
+        return x
+
+    def uses_helper(x):
+        return helper(x)
+
+    with pytest.warns(KeyWarning, match="not cached.*default arguments"):
+        assert client.submit(uses_helper, 3).load() == 3
+    assert client.log() == []
 
 
 def test_functions_without_source_use_their_bytecode(client):

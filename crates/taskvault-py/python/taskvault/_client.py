@@ -27,7 +27,7 @@ from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 from . import _native
 from ._encode import Encoder, Unencodable
-from ._identity import Identity, SCHEME, caller_stacklevel, display_name, module_of
+from ._identity import Identity, KeyWarning, SCHEME, UnencodableContext, caller_stacklevel, display_name, module_of
 from ._serializers import PickleSerializer, SafePickleSerializer, serializer_name
 
 __all__ = ["Client", "ResultRef", "TaskRef", "TaskError", "Entry"]
@@ -324,9 +324,14 @@ class Client:
         try:
             key, refs = self._key(func, plan, bound, options)
         except Unencodable as e:
-            if options.on_unencodable == "raise":
+            # An argument that cannot be keyed raises unless the call asked to skip; a value the
+            # function reads besides its arguments always makes the call run uncached (the
+            # warning says which). Either way no stored result is served for it.
+            if options.on_unencodable == "raise" and not isinstance(e, UnencodableContext):
                 raise
-            warnings.warn(f"{display_name(func)}: not cached ({e})", stacklevel=caller_stacklevel())
+            how = "pass the value as an argument" if isinstance(e, UnencodableContext) else "pass encodable arguments"
+            warnings.warn(f"{display_name(func)}: not cached: {e}; {how} to cache this call", KeyWarning,
+                          stacklevel=caller_stacklevel())
             value = self._attempts(func, args, kwargs, options, True)
             data = self._serializer.dumps(value)
             return ResultRef(self, "", "", len(data), display_name(func), data)

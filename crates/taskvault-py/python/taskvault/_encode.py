@@ -18,6 +18,7 @@ import decimal
 import enum
 import fractions
 import pathlib
+import re
 import struct
 import sys
 import uuid
@@ -47,7 +48,9 @@ class Encoder:
         self.update = update
         self.ref_type = ref_type
         self.fn_identity = fn_identity
-        self._active: set[int] = set()
+        # The containers being encoded, outermost first: id -> depth (a value met again inside
+        # itself is encoded as a back-reference to its depth).
+        self._active: dict[int, int] = {}
         #: Whether a ``ResultRef`` was encoded (the call then has parents to resolve).
         self.saw_ref = False
 
@@ -90,17 +93,26 @@ class Encoder:
         else:
             self._other(v, t)
 
-    def _guard(self, v: Any) -> None:
-        if id(v) in self._active:
-            raise Unencodable(f"a {type(v).__name__} that contains itself cannot be encoded")
-        self._active.add(id(v))
+    def _enter(self, v: Any) -> bool:
+        """Marks ``v`` as being encoded; if it already is (it contains itself), writes a
+        back-reference to the depth where it started instead and returns ``False``."""
+        depth = self._active.get(id(v))
+        if depth is not None:
+            self.update(b"@" + _pack_len(depth))
+            return False
+        self._active[id(v)] = len(self._active)
+        return True
+
+    def _leave(self, v: Any) -> None:
+        del self._active[id(v)]
 
     def _seq(self, tag: bytes, v: Any) -> None:
-        self._guard(v)
+        if not self._enter(v):
+            return
         self.update(tag + _pack_len(len(v)))
         for x in v:
             self.encode(x)
-        self._active.discard(id(v))
+        self._leave(v)
 
     def _sub(self, v: Any) -> bytes:
         """The encoding of ``v`` on its own (to sort the elements of sets and dicts)."""
@@ -112,21 +124,23 @@ class Encoder:
         return b"".join(parts)
 
     def _set(self, tag: bytes, v: Any) -> None:
-        self._guard(v)
+        if not self._enter(v):
+            return
         items = sorted(self._sub(x) for x in v)
         self.update(tag + _pack_len(len(items)))
         for x in items:
             self._bytes(b"e", x)
-        self._active.discard(id(v))
+        self._leave(v)
 
     def _mapping(self, tag: bytes, v: Any) -> None:
-        self._guard(v)
+        if not self._enter(v):
+            return
         items = sorted((self._sub(k), self._sub(x)) for k, x in v.items())
         self.update(tag + _pack_len(len(items)))
         for k, x in items:
             self._bytes(b"k", k)
             self._bytes(b"v", x)
-        self._active.discard(id(v))
+        self._leave(v)
 
     def _name(self, tag: bytes, cls: type) -> None:
         self._bytes(tag, f"{cls.__module__}.{cls.__qualname__}".encode())
@@ -138,8 +152,30 @@ class Encoder:
         pd = sys.modules.get("pandas")
         if pd is not None and isinstance(v, (pd.DataFrame, pd.Series, pd.Index)):
             return self._pandas(pd, v)
-        if t is bytearray or t is memoryview:
+        if t is bytearray:
             self._bytes(b"B", bytes(v))
+        elif t is memoryview:
+            # Its items' format and shape, then its bytes (two views of the same bytes that
+            # differ in format are different values).
+            self._bytes(b"M", v.format.encode())
+            self.update(_pack_len(v.ndim) + b"".join(_pack_len(n) for n in v.shape or ()))
+            self._bytes(b"b", v.tobytes())
+        elif t is range:
+            self.update(b"r")
+            for n in (v.start, v.stop, v.step):
+                self._bytes(b"i", str(n).encode())
+        elif t is slice:
+            self.update(b"l")
+            self.encode(v.start)
+            self.encode(v.stop)
+            self.encode(v.step)
+        elif v is Ellipsis:
+            self.update(b".")
+        elif v is NotImplemented:
+            self.update(b"!")
+        elif t is re.Pattern:
+            self.update(b"p" + _pack_len(v.flags))
+            self.encode(v.pattern)
         elif t is complex:
             self.update(b"c" + _pack_f64(v.real) + _pack_f64(v.imag))
         elif isinstance(v, enum.Enum):
@@ -167,11 +203,14 @@ class Encoder:
             self._bytes(b"C", self.fn_identity(v))
         elif isinstance(v, _LEAVES + (tuple, list, dict, set, frozenset)):
             # A subclass of a builtin: its class, then its builtin value, then any state.
+            if not self._enter(v):
+                return
             self._name(b"S", t)
             base = next(b for b in t.__mro__ if b in _LEAVES + (tuple, list, dict, set, frozenset))
             self.encode(base(v))
             state = getattr(v, "__dict__", None)
             self.encode(state or None)
+            self._leave(v)
         else:
             self._object(v, t)
 
@@ -188,10 +227,11 @@ class Encoder:
                 f"cannot encode a {t.__module__}.{t.__qualname__} for the cache key: it exposes no state "
                 "(pass the values it is built from instead)"
             )
-        self._guard(v)
+        if not self._enter(v):
+            return
         self._name(b"O", t)
         self.encode(state)
-        self._active.discard(id(v))
+        self._leave(v)
 
     def _numpy(self, np: Any, v: Any) -> None:
         if isinstance(v, np.generic):

@@ -11,7 +11,9 @@ For a Python function that is:
 - its closure's values.
 
 Library code (the standard library, site-packages) and builtins count by name only. A global or
-closure value that cannot be encoded is left out, and a ``KeyWarning`` names it once.
+closure value that cannot be encoded raises ``UnencodableContext``: the client then runs the call
+without the cache and says so in a ``KeyWarning`` (a result must never be served for a value the
+key did not see).
 
 Bound methods add their object's state; ``functools.partial`` adds its frozen arguments;
 decorated callables (``__wrapped__``, ``lru_cache``) count as the function they wrap plus the
@@ -37,15 +39,14 @@ import sys
 import sysconfig
 import textwrap
 import types
-import warnings
 from typing import Any
 
 from ._encode import Encoder, Unencodable
 
-__all__ = ["KeyWarning", "Identity", "SCHEME"]
+__all__ = ["KeyWarning", "UnencodableContext", "Identity", "SCHEME"]
 
 #: Bumped whenever what goes into a code identity or an argument digest changes.
-SCHEME = b"taskvault.py/2"
+SCHEME = b"taskvault.py/3"
 
 _MISSING = object()
 #: Appended to a witness list: what was computed must not be reused.
@@ -91,7 +92,17 @@ def _holds(checks: list) -> bool:
 
 
 class KeyWarning(UserWarning):
-    """Part of a function's context could not be made part of its cache key."""
+    """A call could not be keyed completely, so it was run without the cache."""
+
+
+class UnencodableContext(Unencodable):
+    """A value a function reads besides its arguments (a global, a closure cell, a module
+    attribute) has no canonical encoding. The call cannot be keyed, so it is run uncached: a
+    result that depends on that value must never be served for another one."""
+
+    def __init__(self, where: str, name: str, why: str):
+        super().__init__(f"it reads {name!r}, which cannot be part of the cache key ({why})")
+        self.where, self.name, self.why = where, name, why
 
 
 def _library_prefixes() -> tuple[str, ...]:
@@ -266,11 +277,10 @@ def _static(code: types.CodeType) -> _Static:
 
 
 class Identity:
-    """Computes code identities, warning once per unencodable value."""
+    """Computes code identities (raising ``UnencodableContext`` for a value it cannot key)."""
 
     def __init__(self, ref_type: type):
         self.ref_type = ref_type
-        self._warned: set[tuple[str, str]] = set()
         # Plain functions: (digest, checks) while the checks hold.
         self._known: dict[Any, tuple[bytes, list]] = {}
 
@@ -310,15 +320,6 @@ class Identity:
         if not _frozen(v):
             w.append(_UNSTABLE)
         self._encoder(h, w).encode(v)
-
-    def _warn(self, where: str, name: str, why: str) -> None:
-        if (where, name) not in self._warned:
-            self._warned.add((where, name))
-            warnings.warn(
-                f"{where}: {name!r} is not part of the cache key ({why}); pass it as an argument if the result depends on it",
-                KeyWarning,
-                stacklevel=caller_stacklevel(),
-            )
 
     # Each step below appends to `w` the witnesses of what it read (see `_holds`), or
     # `_UNSTABLE` when what it read may change without any of them changing.
@@ -413,7 +414,7 @@ class Identity:
             self._encode_value(h, w, defaults)
             self._encode_value(h, w, kwdefaults)
         except Unencodable as e:
-            raise Unencodable(f"default argument of {where}: {e}") from None
+            raise UnencodableContext(where, "its default arguments", str(e)) from None
         if fn.__closure__:
             for name, cell in zip(code.co_freevars, fn.__closure__):
                 try:
@@ -450,19 +451,19 @@ class Identity:
             self._callable(v, h, seen, w)
             return
         if type(v).__module__ == "typing" or isinstance(v, type(Any)):
-            h.update(b"typing")
+            # Type annotations (`Optional[int]`, a `TypeVar`): by their text.
+            h.update(b"typing:" + repr(v).encode())
             return
         if not _frozen(v):
             w.append(_UNSTABLE)
         try:
-            parts: list[bytes] = []
-            self._encoder(types.SimpleNamespace(update=parts.append), w).encode(v)
-        except (Unencodable, RecursionError) as e:
-            h.update(b"unencodable")
-            self._warn(where, name, str(e))
-            return
-        for p in parts:
-            h.update(p)
+            self._encoder(h, w).encode(v)
+        except RecursionError:
+            raise UnencodableContext(where, name, "it is nested too deeply to encode") from None
+        except UnencodableContext:
+            raise
+        except Unencodable as e:
+            raise UnencodableContext(where, name, str(e)) from None
 
 
 def _unwrap(fn: Any) -> Any:

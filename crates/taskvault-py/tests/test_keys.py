@@ -459,3 +459,77 @@ def test_a_remembered_code_identity_is_not_reused_once_anything_it_read_changes(
     # A closure cell rebound by `nonlocal`.
     step, bump = m.counter()
     assert changed(step, bump, 1) == (1, 2)
+
+
+LIBRARY_USERS = '''
+import math
+import os.path
+
+import numpy as np
+import pandas as pd
+
+import tv_own_helpers
+from tv_own_helpers import scale
+
+
+def with_numpy(xs):
+    {doc}return float(np.mean(xs))
+
+
+def with_pandas(xs):
+    {doc}return int(pd.Series(xs).sum())
+
+
+def with_math(x):
+    {doc}return math.floor(x) + 1
+
+
+def with_os_path(p):
+    {doc}return os.path.basename(p)
+
+
+def with_own_helper(x):
+    {doc}return scale(x) + tv_own_helpers.shift(x)
+'''
+
+
+def test_functions_calling_libraries_and_own_helpers_keep_their_source_identity(client, make_module):
+    # Reading an attribute of an imported module (`np.mean`, `math.floor`) compiles differently
+    # inside its module than alone; the identity must still be the source, not the bytecode.
+    pytest.importorskip("numpy")
+    pytest.importorskip("pandas")
+    make_module("tv_own_helpers", "def scale(x):\n    return x * 10\n\ndef shift(x):\n    return 1\n")
+    m = make_module("tv_libusers", LIBRARY_USERS.format(doc=""))
+    calls = {"with_numpy": [1, 2, 3], "with_pandas": [1, 2, 3], "with_math": 2.5,
+             "with_os_path": "/a/b.txt", "with_own_helper": 2}
+    expected = {"with_numpy": 2.0, "with_pandas": 6, "with_math": 3, "with_os_path": "b.txt",
+                "with_own_helper": 21}
+    first = {}
+    for name, arg in calls.items():
+        r = client.submit(getattr(m, name), arg)
+        assert r.load() == expected[name]
+        first[name] = r.commit_hash
+        details = client.show(r.commit_hash)["details"]
+        assert details["source"].startswith(f"def {name}("), details["source"]
+        assert details["module"] == "tv_libusers"
+    # A docstring and a comment: the same entries.
+    documented = LIBRARY_USERS.format(doc='"""Documented now."""\n    # and commented\n    ')
+    m = make_module("tv_libusers", documented)
+    for name, arg in calls.items():
+        assert client.submit(getattr(m, name), arg).commit_hash == first[name], name
+    # The code a function calls changes: it runs again.
+    changed = documented.replace("np.mean", "np.median").replace(".sum()", ".max()")
+    changed = changed.replace("math.floor", "math.ceil").replace("os.path.basename", "os.path.dirname")
+    m = make_module("tv_libusers", changed)
+    for name in ("with_numpy", "with_pandas", "with_math", "with_os_path"):
+        assert client.submit(getattr(m, name), calls[name]).commit_hash != first[name], name
+    helpers = make_module("tv_own_helpers", "def scale(x):\n    return x * 100\n\ndef shift(x):\n    return 1\n")
+    m.scale = helpers.scale
+    m.tv_own_helpers = helpers
+    r = client.submit(m.with_own_helper, 2)
+    assert r.commit_hash != first["with_own_helper"]
+    assert r.load() == 201
+    # Only the helper reached as a module attribute changes: it runs again as well.
+    helpers2 = make_module("tv_own_helpers", "def scale(x):\n    return x * 100\n\ndef shift(x):\n    return 2\n")
+    m.tv_own_helpers = helpers2
+    assert client.submit(m.with_own_helper, 2).load() == 202

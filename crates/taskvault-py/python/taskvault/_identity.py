@@ -34,6 +34,7 @@ import dis
 import functools
 import hashlib
 import inspect
+import linecache
 import os
 import sys
 import sysconfig
@@ -217,18 +218,41 @@ def _bytecode_digest(code: types.CodeType, h: Any) -> None:
             h.update(type(c).__name__.encode() + b":" + repr(c).encode() + b";")
 
 
-def _find_code(code: types.CodeType, name: str) -> types.CodeType | None:
+def _find_code(code: types.CodeType, name: str, line: int | None = None) -> types.CodeType | None:
+    """The code object nested in ``code`` named ``name`` (and starting at ``line``, if given)."""
     for c in code.co_consts:
         if isinstance(c, types.CodeType):
-            if c.co_name == name:
+            if c.co_name == name and (line is None or c.co_firstlineno == line):
                 return c
-            found = _find_code(c, name)
+            found = _find_code(c, name, line)
             if found is not None:
                 return found
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled_file(filename: str, text: str) -> types.CodeType | None:
+    try:
+        return compile(text, filename, "exec", dont_inherit=True, optimize=sys.flags.optimize)
+    except (SyntaxError, ValueError):
+        return None
+
+
 def _same_code(source: str, code: types.CodeType) -> bool:
+    """Whether the source found for ``code`` is what runs.
+
+    The whole file is compiled, as Python compiled it, and the code object starting on the same
+    line compared instruction by instruction: a function compiled on its own can differ from the
+    same text inside its module (a name bound by a module-level import compiles to other
+    instructions), so that comparison is the fallback, for text that is not a whole file."""
+    filename = code.co_filename
+    lines = linecache.getlines(filename)
+    if lines:
+        whole = _compiled_file(filename, "".join(lines))
+        if whole is not None:
+            found = _find_code(whole, code.co_name, code.co_firstlineno)
+            if found is not None:
+                return found.co_code == code.co_code
     try:
         compiled = compile(source, "<source>", "exec")
     except (SyntaxError, ValueError):

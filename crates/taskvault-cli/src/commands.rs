@@ -75,7 +75,10 @@ pub fn filter(s: &Select) -> Result<Filter> {
         Some("live") => Some(Status::Live),
         Some("superseded") => Some(Status::Superseded),
         Some("corrupt") => Some(Status::Corrupt),
-        Some(other) => anyhow::bail!("unknown status {other:?} (live, superseded or corrupt)"),
+        Some("failed") => Some(Status::Failed),
+        Some(other) => {
+            anyhow::bail!("unknown status {other:?} (live, superseded, corrupt or failed)")
+        }
     };
     Ok(Filter {
         task: s.task.clone(),

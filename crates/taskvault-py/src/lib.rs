@@ -274,19 +274,15 @@ impl Vault {
         py: Python<'_>,
         key: &Key,
         data: &[u8],
-        ttl: Option<u64>,
+        ttl: Option<f64>,
         tags: Option<BTreeMap<String, String>>,
         details: Option<&str>,
         duration_ms: Option<i64>,
         claim: Option<&ClaimHandle>,
     ) -> PyResult<(String, String, u64)> {
-        let details = match details {
-            Some(d) => serde_json::from_str(d)
-                .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?,
-            None => serde_json::Value::Null,
-        };
+        let details = parse_details(details)?;
         let opts = SaveOptions {
-            ttl_seconds: ttl,
+            ttl: ttl.map(ttl_duration).transpose()?,
             duration_ms,
             tags: tags.unwrap_or_default(),
             details,
@@ -303,6 +299,35 @@ impl Vault {
         }
         .map_err(to_py)?;
         Ok((e.id.clone(), output_digest(&e), e.size))
+    }
+
+    /// Records a failed run of `key` with `message` as its error (history, never served) and
+    /// hands the failure to the waiters of `claim`, then releases it. Returns the run as JSON.
+    #[pyo3(signature = (key, message, tags=None, details=None, duration_ms=None, claim=None))]
+    fn record_failure(
+        &self,
+        py: Python<'_>,
+        key: &Key,
+        message: &str,
+        tags: Option<BTreeMap<String, String>>,
+        details: Option<&str>,
+        duration_ms: Option<i64>,
+        claim: Option<&ClaimHandle>,
+    ) -> PyResult<String> {
+        let opts = SaveOptions {
+            duration_ms,
+            tags: tags.unwrap_or_default(),
+            details: parse_details(details)?,
+            ..SaveOptions::default()
+        };
+        let claim = match claim {
+            Some(h) => h.claim.lock().map_err(|_| poisoned())?.take(),
+            None => None,
+        };
+        let e = py
+            .detach(|| self.inner.record_failed_run(&key.inner, message, &opts, claim))
+            .map_err(to_py)?;
+        json(&e)
     }
 
     /// Entries as JSON text (newest first).
@@ -434,13 +459,31 @@ impl Vault {
     }
 }
 
+fn parse_details(details: Option<&str>) -> PyResult<serde_json::Value> {
+    match details {
+        Some(d) => serde_json::from_str(d)
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string())),
+        None => Ok(serde_json::Value::Null),
+    }
+}
+
+/// A TTL in seconds (fractions kept); `0` means never expires.
+fn ttl_duration(secs: f64) -> PyResult<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "ttl must be a finite number of seconds, 0 or more; got {secs}"
+        ))
+    })
+}
+
 fn parse_status(s: &str) -> PyResult<Status> {
     match s {
         "live" => Ok(Status::Live),
         "superseded" => Ok(Status::Superseded),
         "corrupt" => Ok(Status::Corrupt),
+        "failed" => Ok(Status::Failed),
         other => Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "unknown status {other:?} (live, superseded, corrupt)"
+            "unknown status {other:?} (live, superseded, corrupt, failed)"
         ))),
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::clock::now_ms;
-use crate::entry::Entry;
+use crate::entry::{Entry, Status};
 use crate::error::{IoContext, Result};
 use crate::key::TaskKey;
 use crate::vault::{Served, Vault};
@@ -82,6 +82,57 @@ impl Vault {
     /// Records the failure of a detached claim for every waiter, then releases it.
     pub fn fail_claim(&self, claim: DetachedClaim, message: &str) -> Result<()> {
         self.meta().record_failure(&claim.key, message, now_ms())
+    }
+
+    /// Records a failed run of `key`: history with `message` as its error (`details.error`,
+    /// beside `opts.details`), no outputs, never served; waiters on `claim` receive the
+    /// failure, then the claim is released. Returns the recorded run.
+    pub fn record_failed_run(
+        &self,
+        key: &TaskKey,
+        message: &str,
+        opts: &crate::SaveOptions,
+        claim: Option<DetachedClaim>,
+    ) -> Result<Entry> {
+        let now = now_ms();
+        let mut details = match &opts.details {
+            serde_json::Value::Object(m) => m.clone(),
+            serde_json::Value::Null => serde_json::Map::new(),
+            other => serde_json::Map::from_iter([("details".to_owned(), other.clone())]),
+        };
+        details.insert("error".to_owned(), serde_json::Value::String(message.to_owned()));
+        let entry = Entry {
+            id: self.run_id(key, now),
+            key: key.digest().hex(),
+            namespace: key.namespace.clone(),
+            task: key.task.clone(),
+            status: Status::Failed,
+            inputs: key.inputs.clone(),
+            extras: opts.extras_display.clone(),
+            output_kind: crate::entry::OutputKind::Bytes,
+            outputs: Vec::new(),
+            size: 0,
+            created_ms: now,
+            last_access_ms: now,
+            access_count: 0,
+            expires_ms: None,
+            ttl_explicit: false,
+            duration_ms: opts.duration_ms,
+            host: self.settings().host.clone(),
+            user: self.settings().user.clone(),
+            tags: opts.tags.clone(),
+            parent: None,
+            details: serde_json::Value::Object(details),
+            console: None,
+            exit_code: opts.exit_code,
+            ingredients: Some(crate::entry::Ingredients {
+                algorithm: key.algorithm,
+                extras: key.extras.clone(),
+            }),
+        };
+        let recorded = self.meta().record_failed_run(&entry, message);
+        drop(claim);
+        recorded
     }
 }
 

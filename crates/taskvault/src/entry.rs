@@ -31,6 +31,9 @@ pub enum Status {
     Superseded,
     /// One of its blobs failed verification; kept as history, never served.
     Corrupt,
+    /// The computation failed: recorded with its error (in `details.error`) as history, no
+    /// outputs, never served.
+    Failed,
 }
 
 /// A saved run: a key's output manifest and provenance.

@@ -150,6 +150,10 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn clear(&self) -> Result<Removed>;
     /// Records that the computation for `key` failed (for claim waiters).
     fn record_failure(&self, key: &str, message: &str, at_ms: i64) -> Result<()>;
+    /// Records the failed run `entry` (status [`Status::Failed`], no outputs) as history of
+    /// its key, and its failure for claim waiters, in one transaction. Its `parent` is set to
+    /// the key's latest run. The key's live entry, if any, stays live.
+    fn record_failed_run(&self, entry: &Entry, message: &str) -> Result<Entry>;
     /// The last recorded failure of `key`: (message, at_ms).
     fn failure(&self, key: &str) -> Result<Option<(String, i64)>>;
 }

@@ -49,8 +49,9 @@ pub enum Output<'a> {
 /// Options of one save. `Default` is a plain save under the task's policy.
 #[derive(Debug, Clone, Default)]
 pub struct SaveOptions {
-    /// Overrides the policy TTL for this entry; `Some(0)` means it never expires.
-    pub ttl_seconds: Option<u64>,
+    /// Overrides the policy TTL for this entry (kept to the millisecond, rounded up);
+    /// `Some(Duration::ZERO)` means it never expires.
+    pub ttl: Option<std::time::Duration>,
     /// How long the work took; each later hit adds it to "time saved".
     pub duration_ms: Option<i64>,
     pub tags: BTreeMap<String, String>,
@@ -381,7 +382,11 @@ impl Vault {
         }
 
         let now = now_ms();
-        let ttl = opts.ttl_seconds.or(policy.ttl_seconds).filter(|t| *t > 0);
+        let ttl_ms = match opts.ttl {
+            Some(t) => Some(ttl_to_ms(t)),
+            None => policy.ttl_seconds.map(secs_to_ms),
+        }
+        .filter(|t| *t > 0);
         let mut entry = Entry {
             id: self.run_id(key, now),
             key: key.digest().hex(),
@@ -396,8 +401,8 @@ impl Vault {
             created_ms: now,
             last_access_ms: now,
             access_count: 0,
-            expires_ms: ttl.map(|t| now.saturating_add(secs_to_ms(t))),
-            ttl_explicit: opts.ttl_seconds.is_some(),
+            expires_ms: ttl_ms.map(|t| now.saturating_add(t)),
+            ttl_explicit: opts.ttl.is_some(),
             duration_ms: opts.duration_ms,
             host: self.settings.host.clone(),
             user: self.settings.user.clone(),
@@ -460,7 +465,7 @@ impl Vault {
         });
     }
 
-    fn run_id(&self, key: &TaskKey, now: i64) -> String {
+    pub(crate) fn run_id(&self, key: &TaskKey, now: i64) -> String {
         let mut seed = key.digest().as_bytes().to_vec();
         seed.extend_from_slice(unique_name("").as_bytes());
         seed.extend_from_slice(&now.to_le_bytes());
@@ -969,3 +974,8 @@ fn file_node(path: String, mode: u32, blob: &crate::store::StagedBlob) -> Node {
 
 #[cfg(test)]
 mod tests;
+
+/// A TTL in whole milliseconds, rounded up: a TTL shorter than a millisecond still expires.
+fn ttl_to_ms(t: std::time::Duration) -> i64 {
+    i64::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i64::MAX)
+}

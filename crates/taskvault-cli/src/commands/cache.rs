@@ -15,7 +15,7 @@ pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
         CacheCommand::Save(a) => {
             let key = v.key(&a.task, &inputs(v, &a.input, &a.more_inputs)?)?;
             let opts = SaveOptions {
-                ttl_seconds: a.ttl.map(|d| d.as_secs()),
+                ttl: a.ttl,
                 duration_ms: a.duration.map(|d| d.as_millis() as i64),
                 tags: a.tags.iter().cloned().collect(),
                 details: serde_json::json!({

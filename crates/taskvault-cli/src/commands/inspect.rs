@@ -15,6 +15,7 @@ fn status(s: Status) -> &'static str {
         Status::Live => "live",
         Status::Superseded => "superseded",
         Status::Corrupt => "corrupt",
+        Status::Failed => "failed",
     }
 }
 

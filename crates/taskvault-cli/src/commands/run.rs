@@ -194,7 +194,7 @@ pub fn run(cli: &Cli, v: &Vault, a: &RunArgs) -> Result<Outcome> {
         return Ok(outcome);
     }
     let opts = SaveOptions {
-        ttl_seconds: a.ttl.map(|d| d.as_secs()),
+        ttl: a.ttl,
         duration_ms: Some(duration_ms),
         tags: a.tags.iter().cloned().collect(),
         details: serde_json::json!({

@@ -321,6 +321,7 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
     e.status = match status.as_deref() {
         Some("live") => Status::Live,
         Some("superseded") => Status::Superseded,
+        Some("failed") => Status::Failed,
         _ => Status::Corrupt,
     };
     e.last_access_ms = row.get(2).unwrap_or(e.last_access_ms);
@@ -380,6 +381,7 @@ fn status_name(s: Status) -> &'static str {
         Status::Live => "live",
         Status::Superseded => "superseded",
         Status::Corrupt => "corrupt",
+        Status::Failed => "failed",
     }
 }
 
@@ -968,6 +970,32 @@ impl MetaStore for SqliteMeta {
             )?
             .execute(params![key, message, at_ms])?;
             Ok(())
+        })
+    }
+
+    fn record_failed_run(&self, entry: &Entry, message: &str) -> Result<Entry> {
+        self.write(|tx| {
+            let latest: Option<String> = tx
+                .prepare_cached(
+                    "SELECT id FROM entries WHERE key = ?1 ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+                )?
+                .query_row([&entry.key], |r| r.get(0))
+                .optional()?;
+            let mut entry = entry.clone();
+            entry.parent = latest;
+            entry.status = Status::Failed;
+            let doc = serde_json::to_string(&entry).expect("entries serialize");
+            tx.prepare_cached(
+                "INSERT INTO entries(id, key, live, status, task, created_ms, last_access_ms,
+                        access_count, expires_ms, doc)
+                     VALUES (?1, ?2, 0, 'failed', ?3, ?4, ?4, 0, NULL, ?5)",
+            )?
+            .execute(params![entry.id, entry.key, entry.task, entry.created_ms, doc])?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO failures(key, message, at_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![entry.key, message, entry.created_ms])?;
+            Ok(entry)
         })
     }
 

@@ -215,7 +215,7 @@ fn resave_keeps_history_with_parent() {
 fn ttl_is_respected_on_lookup() {
     let f = fx();
     let key = f.key("t", b"i");
-    let opts = SaveOptions { ttl_seconds: Some(1), ..Default::default() };
+    let opts = SaveOptions { ttl: Some(std::time::Duration::from_secs(1)), ..Default::default() };
     let e = f.vault.save(&key, Output::Bytes(b"v"), &opts).unwrap();
     assert!(f.vault.get_bytes(&key).unwrap().is_some());
     // Pretend time passed by checking expiry at a later instant.
@@ -225,6 +225,63 @@ fn ttl_is_respected_on_lookup() {
     assert!(f.vault.get_bytes(&key).unwrap().is_none());
     let s = f.vault.stats().unwrap();
     assert_eq!((s.entries, s.counters.expired), (0, 1));
+}
+
+#[test]
+fn fractional_ttls_are_kept_to_the_millisecond() {
+    let f = fx();
+    let key = f.key("t", b"ms");
+    let ttl = |d| SaveOptions { ttl: Some(d), ..Default::default() };
+    let e = f
+        .vault
+        .save(&key, Output::Bytes(b"v"), &ttl(std::time::Duration::from_millis(50)))
+        .unwrap();
+    assert_eq!(e.expires_ms, Some(e.created_ms + 50));
+    assert!(e.ttl_explicit);
+    // Under a millisecond still expires (rounded up), and zero never does.
+    let e = f
+        .vault
+        .save(&key, Output::Bytes(b"v"), &ttl(std::time::Duration::from_micros(10)))
+        .unwrap();
+    assert_eq!(e.expires_ms, Some(e.created_ms + 1));
+    let e = f.vault.save(&key, Output::Bytes(b"v"), &ttl(std::time::Duration::ZERO)).unwrap();
+    assert_eq!(e.expires_ms, None);
+    let e = f
+        .vault
+        .save(&key, Output::Bytes(b"v"), &ttl(std::time::Duration::from_millis(30)))
+        .unwrap();
+    assert!(f.vault.get_bytes(&key).unwrap().is_some());
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    assert!(f.vault.get_bytes(&key).unwrap().is_none(), "{e:?} should have expired");
+}
+
+#[test]
+fn failed_runs_are_history_with_their_error_and_never_served() {
+    let f = fx();
+    let key = f.key("t", b"fails");
+    let opts = SaveOptions { details: serde_json::json!({"kind": "python"}), ..Default::default() };
+    let failed = f.vault.record_failed_run(&key, "boom", &opts, None).unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.details["error"], "boom");
+    assert_eq!(failed.details["kind"], "python");
+    assert!(failed.outputs.is_empty());
+    assert!(f.vault.get_bytes(&key).unwrap().is_none(), "a failure is never a result");
+    assert_eq!(f.vault.stats().unwrap().entries, 0);
+    let listed =
+        f.vault.list(&Filter { status: Some(Status::Failed), ..Filter::default() }).unwrap();
+    assert_eq!(listed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [failed.id.as_str()]);
+    assert!(f.vault.list(&Filter::default()).unwrap().is_empty(), "only live entries by default");
+    // A later success is live; the failure stays in the key's history, and the success's
+    // own failure record for waiters is cleared.
+    let ok = f.vault.save(&key, Output::Bytes(b"v"), &SaveOptions::default()).unwrap();
+    let history = f.vault.history(&ok).unwrap();
+    let statuses: Vec<Status> = history.iter().map(|e| e.status).collect();
+    assert_eq!(statuses, [Status::Failed, Status::Live]);
+    assert_eq!(f.vault.resolve(&failed.id).unwrap().status, Status::Failed);
+    // Failing again after a success leaves the success live, with the failure after it.
+    let again = f.vault.record_failed_run(&key, "boom again", &opts, None).unwrap();
+    assert_eq!(again.parent.as_deref(), Some(ok.id.as_str()));
+    assert_eq!(f.vault.get_bytes(&key).unwrap().unwrap().1, b"v");
 }
 
 #[test]
@@ -367,7 +424,7 @@ fn expired_entries_are_evicted_before_live_ones() {
     f.vault.save(&live, Output::Bytes(&noise(100_000, 1)), &SaveOptions::default()).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
     let short = f.key("t", b"expiring");
-    let opts = SaveOptions { ttl_seconds: Some(1), ..Default::default() };
+    let opts = SaveOptions { ttl: Some(std::time::Duration::from_secs(1)), ..Default::default() };
     f.vault.save(&short, Output::Bytes(&noise(100_000, 2)), &opts).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
     f.vault
@@ -856,7 +913,11 @@ fn every_removal_forgets_its_hot_record() {
     let (k1, k2, k3, k4) = (f.key("a", b"1"), f.key("a", b"2"), f.key("a", b"3"), f.key("a", b"4"));
     save(&k1, 1, &SaveOptions::default());
     save(&k2, 2, &tagged);
-    save(&k3, 3, &SaveOptions { ttl_seconds: Some(1), ..Default::default() });
+    save(
+        &k3,
+        3,
+        &SaveOptions { ttl: Some(std::time::Duration::from_secs(1)), ..Default::default() },
+    );
     save(&k4, 4, &SaveOptions::default());
     let e1 = f.vault.resolve(&k1.digest().hex()).unwrap();
     f.vault.remove(&[e1]).unwrap();

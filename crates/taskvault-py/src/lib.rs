@@ -304,6 +304,7 @@ impl Vault {
     /// Records a failed run of `key` with `message` as its error (history, never served) and
     /// hands the failure to the waiters of `claim`, then releases it. Returns the run as JSON.
     #[pyo3(signature = (key, message, tags=None, details=None, duration_ms=None, claim=None))]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
     fn record_failure(
         &self,
         py: Python<'_>,

@@ -14,6 +14,12 @@ create_exception!(
     TaskVaultError,
     "No entry matches the hash given (also a `KeyError` in spirit: check `taskvault log`)."
 );
+create_exception!(
+    _native,
+    AmbiguousError,
+    NotFoundError,
+    "A hash prefix names more than one run: give more of it."
+);
 create_exception!(_native, ConfigError, TaskVaultError, "The configuration file is not valid.");
 create_exception!(
     _native,
@@ -28,7 +34,8 @@ pub fn to_py(e: taskvault::Error) -> PyErr {
     let message = e.to_string();
     match e {
         E::Io(io) | E::IoAt { source: io, .. } => io_error(&io, message),
-        E::NotFound(_) | E::Ambiguous { .. } => NotFoundError::new_err(message),
+        E::NotFound(_) => NotFoundError::new_err(message),
+        E::Ambiguous { .. } => AmbiguousError::new_err(message),
         E::Config { .. } => ConfigError::new_err(message),
         E::TooLarge { .. } => TooLargeError::new_err(message),
         E::BadInput { .. } | E::BadDestination { .. } | E::BadDigest(_) => {

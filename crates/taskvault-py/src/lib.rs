@@ -497,6 +497,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("TaskVaultError", py.get_type::<error::TaskVaultError>())?;
     m.add("NotFoundError", py.get_type::<error::NotFoundError>())?;
+    m.add("AmbiguousError", py.get_type::<error::AmbiguousError>())?;
     m.add("ConfigError", py.get_type::<error::ConfigError>())?;
     m.add("TooLargeError", py.get_type::<error::TooLargeError>())?;
     m.add("KEY_VERSION", taskvault::key::KEY_VERSION)?;

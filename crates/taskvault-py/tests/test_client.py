@@ -68,14 +68,18 @@ def test_timeout_stops_waiting_and_fails(client):
 
 
 def test_cache_false_always_runs_and_force_overwrites(client, counter):
+    # Both run whatever is stored and record the run as the key's newest, linked to the one
+    # before it; a later cached call gets the newest.
     a = client.submit(add, counter.file, 1, 2, _cache=False)
     b = client.submit(add, counter.file, 1, 2, _cache=False)
     assert counter.n == 2 and a.commit_hash != b.commit_hash
+    assert client.show(b.commit_hash).parent_hash == a.commit_hash
     c = client.submit(add, counter.file, 1, 2)
+    assert counter.n == 2 and c.commit_hash == b.commit_hash
     d = client.submit(add, counter.file, 1, 2, _force=True)
-    assert counter.n == 4 and c.commit_hash != d.commit_hash
+    assert counter.n == 3 and c.commit_hash != d.commit_hash
     assert client.submit(add, counter.file, 1, 2).commit_hash == d.commit_hash
-    assert [e["id"] for e in client.history(d.commit_hash)] == [c.commit_hash, d.commit_hash]
+    assert [e.hash for e in client.history(d.commit_hash)] == [a.commit_hash, b.commit_hash, d.commit_hash]
 
 
 def test_task_decorator_with_options(client, counter):
@@ -362,8 +366,8 @@ def test_inspection_and_maintenance(client, counter, tmp_path):
     assert other.import_archive(archive) == 2
     assert other.get(a.commit_hash) == 3
     assert client.rm(a.commit_hash)
-    with pytest.raises(taskvault.NotFoundError):
-        client.show(a.commit_hash)
+    assert client.show(a.commit_hash) is None
+    assert not client.rm(a.commit_hash)
     assert client.gc(older_than=dt.timedelta(0)) >= 0
     assert client.clear() >= 0
     assert client.stats()["entries"] == 0
@@ -458,7 +462,7 @@ def test_the_cli_diffs_python_runs_by_argument_and_source(client, cli, vault_dir
 
 def test_store_dir_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TASKVAULT_DIR", str(tmp_path / "env-vault"))
-    assert Client().store_dir == str(tmp_path / "env-vault")
+    assert Client().store_dir == tmp_path / "env-vault"
 
 
 def test_a_result_reaches_other_processes_at_once_and_removals_reach_this_one(tmp_path, vault_dir, counter, cli):

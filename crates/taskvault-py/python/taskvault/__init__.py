@@ -12,19 +12,24 @@ encoding, never ``repr``) and the serializer. ``docs/keys.md`` in the repository
 
 from __future__ import annotations
 
-from ._native import ConfigError, NotFoundError, TaskVaultError, TooLargeError
+from ._native import AmbiguousError, ConfigError, NotFoundError, TaskVaultError, TooLargeError
 from ._native import Vault as _Vault
 from ._async import AsyncClient, AsyncResultRef
-from ._client import Client, Entry, ResultRef, TaskError, TaskRef
+from ._client import AmbiguousHashError, Client, Entry, HashNotFoundError, ResultRef, TaskError, TaskRef
 from ._encode import Unencodable
 from ._identity import KeyWarning
+from ._models import Commit, ImportResult, ObjectRef, StorageTier, TaskDef, TaskStatus
 from ._serializers import JsonSerializer, PickleSerializer, SafePickleSerializer
+
+#: cashet's name for the warning about a value that could not be part of a key.
+ClosureWarning = KeyWarning
 
 __all__ = [
     "Client", "AsyncClient", "ResultRef", "AsyncResultRef", "TaskRef", "TaskError", "Entry",
-    "PickleSerializer", "SafePickleSerializer", "JsonSerializer", "Unencodable", "KeyWarning",
-    "TaskVaultError", "NotFoundError", "ConfigError", "TooLargeError",
-    "cache_result", "get_cached_result",
+    "Commit", "TaskDef", "TaskStatus", "ObjectRef", "StorageTier", "ImportResult",
+    "PickleSerializer", "SafePickleSerializer", "JsonSerializer", "Unencodable", "KeyWarning", "ClosureWarning",
+    "TaskVaultError", "NotFoundError", "AmbiguousError", "HashNotFoundError", "AmbiguousHashError",
+    "ConfigError", "TooLargeError", "cache_result", "get_cached_result",
 ]
 
 _default: dict[str, _Vault] = {}

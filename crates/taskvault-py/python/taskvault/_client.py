@@ -7,6 +7,7 @@ A call's key is the task name plus three labelled ingredients: the code identity
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures as cf
 import datetime as _dt
@@ -15,6 +16,7 @@ import hashlib
 import inspect
 import json
 import os
+import pathlib
 import sys
 import threading
 import time
@@ -28,32 +30,51 @@ from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 from . import _native
 from ._encode import Encoder, Unencodable
 from ._identity import Identity, KeyWarning, SCHEME, UnencodableContext, caller_stacklevel, display_name, module_of
+from ._models import Commit, ImportResult, TaskStatus, commit_from_entry
 from ._serializers import PickleSerializer, SafePickleSerializer, serializer_name
 
-__all__ = ["Client", "ResultRef", "TaskRef", "TaskError", "Entry"]
+__all__ = ["Client", "ResultRef", "TaskRef", "TaskError", "Entry", "HashNotFoundError", "AmbiguousHashError"]
 
 T = TypeVar("T")
 
 
-class TaskError(Exception):
+class TaskError(RuntimeError):
     """A task failed (here, or in the worker this call waited for). ``traceback`` holds the
-    original traceback text; ``commit_hash`` is ``None`` (failures are not stored as results)."""
+    original traceback text; ``commit_hash`` names the failed run recorded in the vault
+    (``client.show(e.commit_hash).error``), or is ``None``."""
 
-    def __init__(self, message: str, traceback: str = ""):
+    def __init__(self, message: str, traceback: str = "", commit_hash: str | None = None):
         super().__init__(message if not traceback else f"{message}\n\n{traceback}")
         self.traceback = traceback
+        self.commit_hash = commit_hash
+
+
+class HashNotFoundError(_native.NotFoundError, KeyError):
+    """No run matches the hash given (a ``KeyError``, as in cashet)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class AmbiguousHashError(_native.AmbiguousError, ValueError):
+    """A hash prefix names more than one run (a ``ValueError``, as in cashet)."""
 
 
 class TaskRef:
-    """In ``submit_many``: the result of the task at ``index`` in the same batch."""
+    """In ``submit_many``: the result of another task of the same batch, by its index (a list
+    batch) or its name (a dict batch)."""
 
-    __slots__ = ("index",)
+    __slots__ = ("key",)
 
-    def __init__(self, index: int):
-        self.index = index
+    def __init__(self, key: int | str):
+        self.key = key
+
+    @property
+    def index(self) -> int | str:
+        return self.key
 
     def __repr__(self) -> str:
-        return f"TaskRef({self.index})"
+        return f"TaskRef({self.key!r})"
 
 
 class ResultRef(Generic[T]):
@@ -84,6 +105,11 @@ class ResultRef(Generic[T]):
             return data  # type: ignore[return-value]
         return self._client._serializer.loads(data)
 
+    @property
+    def short_hash(self) -> str:
+        """The first 12 characters of the output's digest (after its algorithm prefix)."""
+        return self.hash.partition(":")[2][:12] or self.hash[:12]
+
     def __repr__(self) -> str:
         return f"ResultRef(task={self.task!r}, commit_hash={self.commit_hash[:12]!r}, size={self.size})"
 
@@ -92,7 +118,7 @@ class ResultRef(Generic[T]):
         # must be committed before another process looks for it.
         c = self._client
         c._vault.flush()
-        return (_rebuild_ref, (c.store_dir, c._serializer, self.commit_hash, self.hash, self.size, self.task))
+        return (_rebuild_ref, (os.fspath(c.store_dir), c._serializer, self.commit_hash, self.hash, self.size, self.task))
 
 
 _clients: dict[tuple[str, str], "Client"] = {}
@@ -141,14 +167,13 @@ def _rebuild_ref(store_dir: str, serializer: Any, commit_hash: str, digest: str,
     return ResultRef(_client_for(store_dir, serializer), commit_hash, digest, size, task, None)
 
 
-class Entry(dict):
-    """An entry as the CLI shows it (a dict with attribute access for the common fields)."""
+#: A run as ``log`` / ``show`` / ``history`` return it (cashet's ``Commit``, with the entry
+#: document at ``.entry`` and by item access).
+Entry = Commit
 
-    __getattr__ = dict.get  # type: ignore[assignment]
 
-
-def _entries(text: str) -> list[Entry]:
-    return [Entry(e) for e in json.loads(text)]
+def _entries(text: str) -> list[Commit]:
+    return [commit_from_entry(e) for e in json.loads(text)]
 
 
 class _TaskOptions:
@@ -158,8 +183,7 @@ class _TaskOptions:
                  on_unencodable="raise"):
         if on_unencodable not in ("raise", "skip"):
             raise ValueError("on_unencodable must be 'raise' or 'skip'")
-        if retries < 0:
-            raise ValueError("retries must not be negative")
+        retries = max(0, retries)  # as cashet: a negative count means no retries
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive (seconds)")
         if ttl is not None and ttl < 0:
@@ -190,6 +214,7 @@ class _Task:
         self.fn = fn
         self.options = options
         functools.update_wrapper(self, fn)
+        self._cashet_wrapped_func = fn
 
     def __call__(self, *args: Any, **kwargs: Any) -> ResultRef:
         return self._client.submit(self, *args, **kwargs)
@@ -211,18 +236,6 @@ def _resolve_refs(v: Any) -> Any:
     return v
 
 
-def _parents(v: Any, out: list[str]) -> None:
-    t = type(v)
-    if t is ResultRef:
-        out.append(v.commit_hash)
-    elif t in (list, tuple, set, frozenset):
-        for x in v:
-            _parents(x, out)
-    elif t is dict:
-        for x in v.values():
-            _parents(x, out)
-
-
 def _short(v: Any, limit: int = 200) -> str:
     try:
         r = repr(v)
@@ -231,16 +244,51 @@ def _short(v: Any, limit: int = 200) -> str:
     return r if len(r) <= limit else r[: limit - 1] + "…"
 
 
-class Client:
-    """Memoizes calls in a TaskVault vault: the same vault the ``taskvault`` command uses here
-    (``store_dir`` beats ``TASKVAULT_DIR``, which beats ``.taskvault/config.yaml``)."""
+def _resolve_location(path: str | os.PathLike | None, config: str | os.PathLike | None) -> tuple[str | None, str | None]:
+    """(vault directory, config file) from ``Client``'s first argument: a YAML file is the
+    config (the vault is its ``cache_dir``), anything else a vault directory (made if missing).
+    Without either: ``TASKVAULT_DIR``, then cashet's ``CASHET_DIR``, then the config found here."""
+    if path is None:
+        if config is None and not os.environ.get("TASKVAULT_DIR") and os.environ.get("CASHET_DIR"):
+            return os.environ["CASHET_DIR"], None
+        return None, os.fspath(config) if config is not None else None
+    p = os.fspath(path)
+    is_yaml = p.lower().endswith((".yaml", ".yml"))
+    if os.path.isfile(p) or is_yaml:
+        if not is_yaml:
+            raise ValueError(f"{p} is a file: Client() expects a config file (.yaml or .yml) or a vault directory")
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{p}: no such config file (Client() expects a config file or a vault directory)")
+        if config is not None:
+            raise ValueError(f"give the config once: {p} and config={os.fspath(config)!r}")
+        return None, p
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise ValueError(f"{p} is neither a config file (.yaml) nor a vault directory")
+    return p, os.fspath(config) if config is not None else None
 
-    def __init__(self, store_dir: str | os.PathLike | None = None, serializer: Any = None, max_workers: int = 1,
-                 config: str | os.PathLike | None = None):
-        if max_workers < 1:
-            raise ValueError("max_workers must be at least 1")
-        self._config = os.fspath(config) if config is not None else None
-        self._vault = _native.Vault(os.fspath(store_dir) if store_dir is not None else None, self._config)
+
+class Client:
+    """Memoizes calls in a TaskVault vault: the same vault the ``taskvault`` command uses here.
+
+    ``Client(path)``: a path to a YAML file is the config to use (the vault is its
+    ``cache_dir``); any other path is the vault directory (cashet's ``store_dir``, made if
+    missing). Without one: ``TASKVAULT_DIR``, then ``CASHET_DIR``, then ``.taskvault/config.yaml``
+    found from here up. ``store`` takes only ``None`` today (the vault is local); ``executor``
+    is a ``concurrent.futures.Executor`` for ``submit_many`` and ``map``."""
+
+    def __init__(self, store_dir: str | os.PathLike | None = None, store: Any = None, executor: Any = None,
+                 serializer: Any = None, max_workers: int = 1, *, config: str | os.PathLike | None = None):
+        if not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers!r}")
+        if store is not None:
+            raise TypeError("Client(store=...) is not supported: the vault is a directory; pass store_dir "
+                            "(or a config file) instead")
+        if executor is not None and not isinstance(executor, cf.Executor):
+            raise TypeError("executor must be a concurrent.futures.Executor (a thread or process pool, "
+                            "Dask's or Ray's)")
+        self._executor = executor
+        vault_dir, self._config = _resolve_location(store_dir, config)
+        self._vault = _native.Vault(vault_dir, self._config)
         _open_vaults.add(self._vault)
         _clients_alive.add(self)
         self._serializer = serializer if serializer is not None else PickleSerializer()
@@ -251,6 +299,8 @@ class Client:
         self.max_workers = max_workers
         self._identity = Identity(ResultRef)
         self._plans: dict[Any, _Plan] = {}
+        #: Functions registered with ``@client.task``, by task name.
+        self._registered_tasks: dict[str, Callable] = {}
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> "Client":
@@ -265,18 +315,26 @@ class Client:
         self._vault.flush()
 
     @property
-    def store_dir(self) -> str:
-        return os.fspath(self._vault.dir)
+    def store_dir(self) -> pathlib.Path:
+        """The vault directory."""
+        return pathlib.Path(self._vault.dir)
+
+    @property
+    def serializer(self) -> Any:
+        return self._serializer
 
     # -- tasks ------------------------------------------------------------------------------
     def task(self, fn: Callable | None = None, *, name: str | None = None, cache: bool = True, force: bool = False,
              tags: Mapping[str, str] | None = None, retries: int = 0, timeout: float | None = None,
              ttl: float | None = None, on_unencodable: str = "raise") -> Any:
-        """Registers ``fn``; calling it returns a ``ResultRef`` (as ``client.submit(fn, ...)``)."""
+        """Registers ``fn``; calling it returns a ``ResultRef`` (as ``client.submit(fn, ...)``).
+        The wrapper keeps ``fn``'s name and docstring."""
         options = _TaskOptions(name, cache, force, tags, retries, timeout, ttl, on_unencodable)
 
         def wrap(f: Callable) -> _Task:
-            return _Task(self, f, options)
+            task = _Task(self, f, options)
+            self._registered_tasks[name or display_name(f)] = f
+            return task
 
         return wrap(fn) if fn is not None else wrap
 
@@ -298,8 +356,8 @@ class Client:
             plan = self._plans[func] = _Plan(func)
         return plan
 
-    def _key(self, func: Callable, plan: "_Plan", bound: Any, options: _TaskOptions) -> tuple[Any, bool]:
-        """The call's key, and whether its arguments hold ``ResultRef``s."""
+    def _key(self, func: Callable, plan: "_Plan", bound: Any, options: _TaskOptions) -> tuple[Any, list]:
+        """The call's key, and the ``ResultRef``s its arguments hold (anywhere, once each)."""
         task = options.name or plan.name
         h = hashlib.blake2b(digest_size=32, person=b"tv-args")
         enc = Encoder(h.update, ResultRef, self._identity.of)
@@ -313,10 +371,7 @@ class Client:
             ("py.args", h.digest()),
             ("py.serializer", self._serializer_name),
         ]
-        if not options.cache:
-            # Never served again: a fresh key per call, still recorded with its lineage.
-            ingredients.append(("py.nocache", uuid.uuid4().bytes))
-        return self._vault.key(task, ingredients), enc.saw_ref
+        return self._vault.key(task, ingredients), enc.refs
 
     def _submit(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> ResultRef:
         plan = self._plan(func)
@@ -336,13 +391,15 @@ class Client:
             data = self._serializer.dumps(value)
             return ResultRef(self, "", "", len(data), display_name(func), data)
         if options.force or not options.cache:
+            # Run now, whatever is stored; the run replaces the key's entry (the old one stays
+            # as its history), so a later cached call gets the newest result.
             return self._compute(key, func, plan, args, kwargs, bound, options, None, refs)
         status, payload = self._vault.get_or_claim(key)
         if status == "hit":
             return ResultRef(self, payload[0], payload[1], payload[2], key.task, payload[3], payload[4])
         if status == "failed":
             msg, _, tb = payload.partition("\n\n")
-            raise TaskError(msg, tb)
+            raise TaskError(msg, tb)  # the worker this call waited for failed
         return self._compute(key, func, plan, args, kwargs, bound, options, payload, refs)
 
     def _attempts(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions, refs: bool) -> Any:
@@ -355,43 +412,75 @@ class Client:
             except Exception as e:
                 attempt += 1
                 if attempt > options.retries:
-                    name = display_name(func)
-                    tb = "".join(traceback.format_exception(e))
-                    tries = f" after {attempt} attempts" if attempt > 1 else ""
-                    raise TaskError(f"{name} failed{tries}: {type(e).__name__}: {e}", tb) from e
-                time.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
+                    raise _failure(func, e, attempt) from e
+                time.sleep(_backoff(attempt))
+
+    def _details(self, func: Callable, plan: "_Plan", bound: Any, options: _TaskOptions, refs: list,
+                 extra: str = "") -> str:
+        """The run's provenance as JSON text: code, arguments shown, parents (each once),
+        their outputs' digests, options."""
+        parents: list[str] = []
+        inputs: list[str] = []
+        for r in refs:
+            if r.commit_hash and r.commit_hash not in parents:
+                parents.append(r.commit_hash)
+            if r.hash and r.hash not in inputs:
+                inputs.append(r.hash)
+        args_shown = {k: _short(v) for k, v in _display_args(bound).items()}
+        opts = {"cache": options.cache, "force": options.force, "retries": options.retries,
+                "timeout": options.timeout, "ttl": options.ttl}
+        return (plan.details_head(func, self) + ',"args":' + json.dumps(args_shown)
+                + ',"parents":' + json.dumps(parents) + ',"inputs":' + json.dumps(inputs)
+                + ',"options":' + json.dumps(opts) + extra + "}")
 
     def _compute(self, key: Any, func: Callable, plan: "_Plan", args: tuple, kwargs: dict, bound: Any,
-                 options: _TaskOptions, claim: Any, refs: bool) -> ResultRef:
+                 options: _TaskOptions, claim: Any, refs: list) -> ResultRef:
         started = time.monotonic()
         try:
-            value = self._attempts(func, args, kwargs, options, refs)
+            value = self._attempts(func, args, kwargs, options, bool(refs))
+        except TaskError as e:
+            self._record_failure(key, func, plan, bound, options, claim, refs, e, started)
+            raise
+        except BaseException:
+            if claim is not None:
+                claim.release()
+            raise
+        return self._store(key, func, plan, bound, options, claim, refs, value, started)
+
+    def _record_failure(self, key: Any, func: Callable, plan: "_Plan", bound: Any, options: _TaskOptions, claim: Any,
+                        refs: list, e: TaskError, started: float) -> None:
+        """Records ``e`` as a failed run (history, never served); waiters get the failure."""
+        duration_ms = int((time.monotonic() - started) * 1000)
+        message = e.args[0].partition("\n\n")[0]
+        error = f"{message}\n\n{e.traceback}" if e.traceback else message
+        try:
+            run = json.loads(self._vault.record_failure(
+                key, error, tags=options.tags or None, duration_ms=duration_ms, claim=claim,
+                details=self._details(func, plan, bound, options, refs),
+            ))
+            e.commit_hash = run["id"]
+        except _native.TaskVaultError as record_error:
+            warnings.warn(f"{key.task}: the failure could not be recorded: {record_error}",
+                          stacklevel=caller_stacklevel())
+        finally:
+            if claim is not None:
+                claim.release()
+
+    def _store(self, key: Any, func: Callable, plan: "_Plan", bound: Any, options: _TaskOptions, claim: Any,
+               refs: list, value: Any, started: float) -> ResultRef:
+        """Saves ``value`` as the result of ``key`` (then releases ``claim``)."""
+        try:
             # A `bytes` result is stored as it is under the pickle serializers (their `loads`
             # would give the same bytes back): no pickling, and a hit is the bytes read once.
             raw = type(value) is bytes and type(self._serializer) in _RAW_BYTES_SERIALIZERS
             data = value if raw else self._serializer.dumps(value)
-        except BaseException as e:
-            if claim is not None:
-                if isinstance(e, TaskError):
-                    claim.fail(f"{e.args[0].partition(chr(10) * 2)[0]}\n\n{e.traceback}")
-                else:
-                    claim.release()
-            raise
-        try:
             duration_ms = int((time.monotonic() - started) * 1000)
-            parents: list[str] = []
-            if refs:
-                _parents(args, parents)
-                _parents(kwargs, parents)
-            args_shown = {k: _short(v) for k, v in _display_args(bound).items()}
-            details = (plan.details_head(func, self) + ',"args":' + json.dumps(args_shown)
-                       + (',"parents":' + json.dumps(parents) if parents else ',"parents":[]')
-                       + (',"result":"bytes"}' if raw else "}"))
+            details = self._details(func, plan, bound, options, refs, ',"result":"bytes"' if raw else "")
             try:
                 # With the claim: a small result is committed in a batch shortly after, and the
                 # claim released then (waiters elsewhere get it from the vault).
                 run_id, digest, size = self._vault.save(
-                    key, data, ttl=None if options.ttl is None else int(options.ttl), tags=options.tags or None,
+                    key, data, ttl=None if options.ttl is None else float(options.ttl), tags=options.tags or None,
                     details=details, duration_ms=duration_ms, claim=claim,
                 )
             except _native.TooLargeError as e:
@@ -403,25 +492,46 @@ class Client:
                 claim.release()
         return ResultRef(self, run_id, digest, size, key.task, data, raw)
 
-    def submit_many(self, tasks: Iterable[Any], max_workers: int | None = None,
-                    executor: cf.Executor | None = None) -> list[ResultRef]:
-        """Submits a batch in dependency order: ``TaskRef(i)`` in an item's arguments stands for
-        the result of item ``i``. Items are ``func``, ``(func,)``, ``(func, args)`` or
-        ``(func, args, kwargs)``. Independent items run in parallel on ``executor`` (any
-        ``concurrent.futures.Executor``) or on ``max_workers`` threads."""
-        items = [_normalize_item(t, i) for i, t in enumerate(tasks)]
-        deps = [_task_refs((a, k)) for _, a, k in items]
+    def submit_many(self, tasks: Iterable[Any] | Mapping[str, Any], max_workers: int | None = None,
+                    executor: cf.Executor | None = None, **options: Any) -> Any:
+        """Submits a batch in dependency order. ``tasks`` is a list (``TaskRef(i)`` in an
+        item's arguments stands for the result of item ``i``; returns a list) or a dict of
+        named items (``TaskRef("name")``; returns a dict). Items are ``func``, ``(func,)``,
+        ``(func, args)`` or ``(func, args, kwargs)``; ``_cache``, ``_force``, ``_tags``,
+        ``_retries``, ``_timeout`` and ``_ttl`` apply to every item. Independent items run in
+        parallel on ``executor`` (any ``concurrent.futures.Executor``) or on ``max_workers``
+        threads."""
+        unknown = sorted(set(options) - set(_CALL_OPTIONS))
+        if unknown:
+            raise TypeError(f"submit_many() got unexpected keyword arguments: {', '.join(unknown)}")
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise ValueError(f"max_workers must be at least 1, got {max_workers!r}")
+        named = isinstance(tasks, Mapping)
+        names: list[Any] = list(tasks.keys()) if named else []
+        raw = list(tasks.values()) if named else list(tasks)
+        items = [_normalize_item(t, names[i] if named else i) for i, t in enumerate(raw)]
+        if options:
+            items = [(f, a, {**k, **options}) for f, a, k in items]
+        index = {n: i for i, n in enumerate(names)} if named else None
+        deps = []
         n = len(items)
-        for i, d in enumerate(deps):
-            for j in d:
-                if not 0 <= j < n:
-                    raise ValueError(f"task {i} refers to TaskRef({j}), but the batch has {n} tasks")
+        for i, (_, a, k) in enumerate(items):
+            d = set()
+            for ref in _task_refs((a, k)):
+                j = index.get(ref) if index is not None else ref
+                if j is None or not isinstance(j, int) or not 0 <= j < n:
+                    what = f"{n} tasks" if index is None else f"tasks {', '.join(map(repr, names))}"
+                    raise ValueError(f"task {names[i] if named else i!r} refers to TaskRef({ref!r}), but the batch has {what}")
+                d.add(j)
+            deps.append(d)
         order = _topological(deps)
         results: list[ResultRef | None] = [None] * n
         workers = max_workers or self.max_workers
+        executor = executor or self._executor
         own = executor is None
         ex = executor or cf.ThreadPoolExecutor(max_workers=workers)
         remote = not own and not isinstance(ex, cf.ThreadPoolExecutor)
+        by_key = (lambda key: results[index[key]]) if index is not None else (lambda key: results[key])
         try:
             pending: dict[cf.Future, int] = {}
             done_set: set[int] = set()
@@ -431,9 +541,9 @@ class Client:
                 for i in ready:
                     waiting.remove(i)
                     f, a, k = items[i]
-                    a, k = _substitute((a, k), results)
+                    a, k = _substitute((a, k), by_key)
                     if remote:
-                        fut = ex.submit(_remote_submit, self.store_dir, self._serializer, f, a, k)
+                        fut = ex.submit(_remote_submit, os.fspath(self.store_dir), self._serializer, f, a, k)
                     else:
                         fut = ex.submit(self.submit, f, *a, **k)
                     pending[fut] = i
@@ -450,7 +560,9 @@ class Client:
         finally:
             if own:
                 ex.shutdown(wait=True)
-        return results  # type: ignore[return-value]
+        if named:
+            return {name: results[i] for i, name in enumerate(names)}
+        return results
 
     def map(self, func: Callable[..., T], items: Iterable[Any], *args: Any, executor: cf.Executor | None = None,
             max_workers: int | None = None, **kwargs: Any) -> list[ResultRef[T]]:
@@ -462,61 +574,147 @@ class Client:
         return self.submit_many(batch, max_workers=max_workers, executor=executor)
 
     # -- inspection and maintenance (the CLI's commands) ------------------------------------
-    def log(self, func_name: str | None = None, limit: int | None = None, status: str | None = None,
-            tags: Mapping[str, str | None] | None = None, all: bool = False) -> list[Entry]:
-        tag = None
-        if tags:
-            if len(tags) > 1:
-                out = None
-                for k, v in tags.items():
-                    got = {e["id"]: e for e in self.log(func_name, None, status, {k: v}, all)}
-                    out = got if out is None else {i: e for i, e in out.items() if i in got}
-                res = sorted(out.values(), key=lambda e: e["created_ms"], reverse=True)
-                return res[:limit] if limit else res
-            tag = next(iter(tags.items()))
-        return _entries(self._vault.list(func_name, tag, status, None, limit, all))
+    def log(self, func_name: str | None = None, limit: int | None = 50, status: TaskStatus | str | None = None,
+            tags: Mapping[str, str | None] | None = None, all: bool = False) -> list[Commit]:
+        """Runs, newest first: live entries, or with ``status`` the runs in that state
+        (cashet's ``TaskStatus`` or its value, or ``"superseded"`` / ``"corrupt"``), or with
+        ``all`` every run. ``limit=None`` lists them all."""
+        engine_status, all = _engine_status(status, all)
+        if engine_status == "none":
+            return []
+        if tags and len(tags) > 1:
+            out: dict[str, Commit] | None = None
+            for k, v in tags.items():
+                got = {c.hash: c for c in self.log(func_name, None, status, {k: v}, all)}
+                out = got if out is None else {h: c for h, c in out.items() if h in got}
+            res = sorted((out or {}).values(), key=lambda c: c["created_ms"], reverse=True)
+            return res[:limit] if limit else res
+        tag = next(iter(tags.items())) if tags else None
+        if engine_status == "completed":
+            runs = _entries(self._vault.list(func_name, tag, None, None, None, True))
+            runs = [c for c in runs if c.status is TaskStatus.COMPLETED]
+            return runs[:limit] if limit else runs
+        return _entries(self._vault.list(func_name, tag, engine_status, None, limit, all))
 
-    def show(self, hash: str) -> Entry:
-        return Entry(json.loads(self._vault.show(hash)))
+    def _resolve(self, hash: str) -> Commit | None:
+        """The run ``hash`` names (a prefix of a run id or key), or ``None``; an ambiguous
+        prefix raises ``AmbiguousHashError`` (a ``ValueError``)."""
+        if not hash or not isinstance(hash, str):
+            return None
+        try:
+            return commit_from_entry(json.loads(self._vault.show(hash)))
+        except _native.AmbiguousError as e:
+            raise AmbiguousHashError(str(e)) from None
+        except _native.NotFoundError:
+            return None
+
+    def show(self, hash: str) -> Commit | None:
+        """The run ``hash`` names, or ``None`` if there is none."""
+        return self._resolve(hash)
 
     def get(self, hash: str) -> Any:
-        got = self._vault.run_bytes(hash)
+        """The result of the run ``hash`` names. ``KeyError`` if there is no such run,
+        ``ValueError`` if it has no result (it failed, or its result was removed)."""
+        run = self._resolve(hash)
+        if run is None:
+            raise HashNotFoundError(f"no run matches {hash!r}")
+        if run.status is not TaskStatus.COMPLETED or run.output_ref is None:
+            raise ValueError(f"run {run.short_hash()} of {run.task_def.func_name} has no result "
+                             f"({run.error or run['status']})")
+        got = self._vault.run_bytes(run.hash)
         if got is None:
             raise TaskError(f"the stored result of {hash} failed verification")
         data, raw = got
         return data if raw else self._serializer.loads(data)
 
-    def history(self, hash: str) -> list[Entry]:
+    def history(self, hash: str) -> list[Commit]:
+        """Every run of the key of the run ``hash`` names, oldest first (``[]`` if none)."""
+        if self._resolve(hash) is None:
+            return []
         return _entries(self._vault.history(hash))
 
     def diff(self, hash_a: str, hash_b: str) -> dict[str, Any]:
-        a, b = self.show(hash_a), self.show(hash_b)
-        da, db = a.get("details") or {}, b.get("details") or {}
-        return {
-            "func_changed": da.get("source") != db.get("source") or a["task"] != b["task"],
-            "args_changed": da.get("args") != db.get("args"),
-            "output_changed": [n.get("digest") for n in a["outputs"]] != [n.get("digest") for n in b["outputs"]],
+        """What differs between two runs: code, arguments and outputs (``KeyError`` if either
+        is missing). Outputs up to 10 MiB are loaded and compared; their reprs are included."""
+        runs = []
+        for h in (hash_a, hash_b):
+            run = self._resolve(h)
+            if run is None:
+                raise HashNotFoundError(f"no run matches {h!r}")
+            runs.append(run)
+        a, b = runs
+        out: dict[str, Any] = {
+            "a": {"hash": a.hash[:12], "func": a.task_def.func_name, "time": a.created_at.isoformat()},
+            "b": {"hash": b.hash[:12], "func": b.task_def.func_name, "time": b.created_at.isoformat()},
+            "func_changed": a.task_def.func_hash != b.task_def.func_hash or a.task_def.func_name != b.task_def.func_name,
+            "args_changed": a.task_def.args_hash != b.task_def.args_hash,
             "key_changed": a["key"] != b["key"],
             "size": (a["size"], b["size"]),
             "duration_ms": (a.get("duration_ms"), b.get("duration_ms")),
         }
+        if a.task_def.func_source != b.task_def.func_source:
+            out["source_diff"] = {"a_source": a.task_def.func_source, "b_source": b.task_def.func_source}
+        if a.task_def.args_snapshot != b.task_def.args_snapshot:
+            out["args_diff"] = {"a_args": a.task_def.args_snapshot.decode("utf-8", "replace"),
+                                "b_args": b.task_def.args_snapshot.decode("utf-8", "replace")}
+        if max(a["size"], b["size"]) > _DIFF_LOAD_LIMIT:
+            out["output_changed"] = "skipped_large_output"
+            out["a_output_size"], out["b_output_size"] = a["size"], b["size"]
+            return out
+        try:
+            va = self.get(a.hash) if a.output_ref else None
+            vb = self.get(b.hash) if b.output_ref else None
+            changed = bool(va != vb) if a.output_ref and b.output_ref else a.output_ref != b.output_ref
+        except Exception:  # noqa: BLE001 - an output that cannot be loaded or compared
+            out["output_changed"] = "unable_to_compare"
+            return out
+        out["output_changed"] = changed
+        if changed:
+            out["a_output_repr"], out["b_output_repr"] = _short(va, 1000), _short(vb, 1000)
+        return out
 
     def rm(self, hash: str) -> bool:
-        return self._vault.rm([hash]) > 0
+        """Removes the entry of the run ``hash`` names; ``False`` if there was none."""
+        run = self._resolve(hash)
+        if run is None:
+            return False
+        return self._vault.rm([run.hash]) > 0
 
     def gc(self, older_than: _dt.timedelta | None = None, max_size_bytes: int | None = None) -> int:
-        secs = None if older_than is None else older_than.total_seconds()
-        report = json.loads(self._vault.gc(secs, max_size_bytes))
+        """Removes expired entries, entries unused for ``older_than`` (cashet's default: 30
+        days) and, with ``max_size_bytes``, the least recently used beyond it. Returns how many
+        entries went."""
+        if older_than is None:
+            older_than = _dt.timedelta(days=30)
+        report = json.loads(self._vault.gc(older_than.total_seconds(), max_size_bytes))
         return int(sum(v for k, v in report.items() if isinstance(v, int) and k.endswith(("entries", "evicted", "expired", "removed"))))
 
     def clear(self) -> int:
+        """Removes every entry; returns how many there were."""
         return self._vault.clear()
 
     def invalidate(self, tags: Mapping[str, str | None]) -> int:
         return sum(self._vault.invalidate(k, v) for k, v in tags.items())
 
     def stats(self) -> dict[str, Any]:
-        return json.loads(self._vault.stats())
+        """The vault's counters, under TaskVault's names and cashet's."""
+        s = json.loads(self._vault.stats())
+        entries, stored = int(s.get("entries", 0)), int(s.get("stored_bytes", 0))
+        s.update({
+            "total_commits": entries + len(self.log(None, None, TaskStatus.FAILED)),
+            "completed_commits": entries,
+            "stored_objects": entries,
+            "disk_bytes": stored,
+            "blob_objects": entries,
+            "blob_bytes": int(s.get("total_bytes", 0)),
+            "inline_objects": 0,
+            "inline_bytes": 0,
+        })
+        return s
+
+    def get_stats(self) -> dict[str, Any]:
+        """The first seed's SDK name for ``stats()``."""
+        return self.stats()
 
     def verify(self) -> dict[str, Any]:
         return json.loads(self._vault.verify())
@@ -524,8 +722,36 @@ class Client:
     def export(self, path: str | os.PathLike, func_name: str | None = None) -> dict[str, Any]:
         return json.loads(self._vault.export(os.fspath(path), func_name))
 
-    def import_archive(self, path: str | os.PathLike) -> int:
-        return int(json.loads(self._vault.import_archive(os.fspath(path)))["imported"])
+    def import_archive(self, path: str | os.PathLike) -> ImportResult:
+        report = json.loads(self._vault.import_archive(os.fspath(path)))
+        return ImportResult(int(report.get("imported", 0)), int(report.get("skipped", 0)))
+
+    # -- the first seed's SDK ---------------------------------------------------------------
+    def cache_result(self, task: str, input_bytes: bytes, output_bytes: bytes) -> str:
+        """Stores ``output_bytes`` as the result of ``task`` on ``input_bytes``; returns the
+        run id."""
+        return self._vault.cache_result(task, bytes(input_bytes), bytes(output_bytes))
+
+    def get_cached_result(self, task: str, input_bytes: bytes) -> tuple[bytes | None, bool]:
+        """``(output_bytes, True)`` on a hit, ``(None, False)`` on a miss."""
+        return self._vault.get_cached_result(task, bytes(input_bytes))
+
+
+_DIFF_LOAD_LIMIT = 10 * 1024 * 1024
+
+_STATUS_NAMES = {"completed": "completed", "failed": "failed", "pending": "none", "running": "none",
+                 "cached": "none", "live": "live", "superseded": "superseded", "corrupt": "corrupt"}
+
+
+def _engine_status(status: TaskStatus | str | None, all: bool) -> tuple[str | None, bool]:
+    if status is None:
+        return None, all
+    name = status.value if isinstance(status, TaskStatus) else status
+    try:
+        return _STATUS_NAMES[name], True
+    except (KeyError, TypeError):
+        valid = ", ".join(s.value for s in TaskStatus)
+        raise ValueError(f"invalid status {status!r}: one of {valid} (or live, superseded, corrupt)") from None
 
 
 _DEFAULT_OPTIONS = _TaskOptions()
@@ -627,7 +853,35 @@ def _display_args(bound: Any) -> dict[str, Any]:
     return {**{f"arg{i}": a for i, a in enumerate(args)}, **kwargs}
 
 
+def _failure(func: Callable, e: BaseException, attempts: int) -> TaskError:
+    tb = "".join(traceback.format_exception(e))
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    if isinstance(e, (TimeoutError, asyncio.TimeoutError)) and not str(e):
+        e = TimeoutError("timed out")
+    return TaskError(f"{display_name(func)} failed{tries}: {type(e).__name__}: {e}", tb)
+
+
+def _backoff(attempt: int) -> float:
+    return min(0.1 * 2 ** (attempt - 1), 2.0)
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Runs an ``async def`` function's coroutine to completion from synchronous code (on a
+    thread of its own if this thread already runs an event loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with cf.ThreadPoolExecutor(max_workers=1) as ex:
+        return ex.submit(asyncio.run, coro).result()
+
+
 def _call(func: Callable, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+    if inspect.iscoroutinefunction(func):
+        async def bounded() -> Any:
+            return await asyncio.wait_for(func(*args, **kwargs), timeout)
+
+        return _run_coroutine(bounded())
     if timeout is None:
         return func(*args, **kwargs)
     box: dict[str, Any] = {}
@@ -649,23 +903,27 @@ def _call(func: Callable, args: tuple, kwargs: dict, timeout: float | None) -> A
     return box["value"]
 
 
-def _normalize_item(t: Any, i: int) -> tuple[Callable, tuple, dict]:
+def _normalize_item(t: Any, i: Any) -> tuple[Callable, tuple, dict]:
     if callable(t):
         return t, (), {}
     if isinstance(t, tuple) and 1 <= len(t) <= 3 and callable(t[0]):
         f = t[0]
-        a = tuple(t[1]) if len(t) > 1 else ()
+        if len(t) > 1 and not isinstance(t[1], tuple):
+            raise TypeError(f"task {i!r}: its arguments must be a tuple, got {type(t[1]).__name__}")
+        if len(t) > 2 and not isinstance(t[2], Mapping):
+            raise TypeError(f"task {i!r}: its keyword arguments must be a dict, got {type(t[2]).__name__}")
+        a = t[1] if len(t) > 1 else ()
         k = dict(t[2]) if len(t) > 2 else {}
         return f, a, k
-    raise TypeError(f"task {i}: expected func, (func, args) or (func, args, kwargs), got {t!r}")
+    raise TypeError(f"task {i!r}: expected func, (func, args) or (func, args, kwargs), got {t!r}")
 
 
-def _task_refs(v: Any) -> set[int]:
-    out: set[int] = set()
+def _task_refs(v: Any) -> set[Any]:
+    out: set[Any] = set()
 
     def walk(x: Any) -> None:
         if isinstance(x, TaskRef):
-            out.add(x.index)
+            out.add(x.key)
         elif isinstance(x, (list, tuple, set, frozenset)):
             for y in x:
                 walk(y)
@@ -677,16 +935,16 @@ def _task_refs(v: Any) -> set[int]:
     return out
 
 
-def _substitute(v: Any, results: list) -> Any:
+def _substitute(v: Any, result_of: Callable[[Any], Any]) -> Any:
     if isinstance(v, TaskRef):
-        return results[v.index]
+        return result_of(v.key)
     t = type(v)
     if t in (list, tuple):
-        return t(_substitute(x, results) for x in v)
+        return t(_substitute(x, result_of) for x in v)
     if t in (set, frozenset):
-        return t(_substitute(x, results) for x in v)
+        return t(_substitute(x, result_of) for x in v)
     if t is dict:
-        return {k: _substitute(x, results) for k, x in v.items()}
+        return {k: _substitute(x, result_of) for k, x in v.items()}
     return v
 
 

@@ -42,7 +42,7 @@ class Encoder:
     its code identity (bytes). Both are supplied by the client, which owns those concepts.
     """
 
-    __slots__ = ("update", "ref_type", "fn_identity", "_active", "saw_ref")
+    __slots__ = ("update", "ref_type", "fn_identity", "_active", "refs")
 
     def __init__(self, update: Callable[[bytes], Any], ref_type: type, fn_identity: Callable[[Any], bytes]):
         self.update = update
@@ -51,8 +51,8 @@ class Encoder:
         # The containers being encoded, outermost first: id -> depth (a value met again inside
         # itself is encoded as a back-reference to its depth).
         self._active: dict[int, int] = {}
-        #: Whether a ``ResultRef`` was encoded (the call then has parents to resolve).
-        self.saw_ref = False
+        #: The ``ResultRef``s encoded, in order (the call's parents, wherever they were held).
+        self.refs: list = []
 
     def encode_arguments(self, arguments: dict[str, Any]) -> None:
         """A call's arguments bound to its signature: (name, value) pairs in the signature's
@@ -88,7 +88,7 @@ class Encoder:
         elif t is set or t is frozenset:
             self._set(b"<" if t is set else b">", v)
         elif isinstance(v, self.ref_type):
-            self.saw_ref = True
+            self.refs.append(v)
             self._bytes(b"R", v.hash.encode())
         else:
             self._other(v, t)
@@ -120,7 +120,7 @@ class Encoder:
         sub = Encoder(parts.append, self.ref_type, self.fn_identity)
         sub._active = self._active
         sub.encode(v)
-        self.saw_ref |= sub.saw_ref
+        self.refs.extend(sub.refs)
         return b"".join(parts)
 
     def _set(self, tag: bytes, v: Any) -> None:

@@ -391,6 +391,19 @@ impl Vault {
         .map_err(to_py)
     }
 
+    /// Removes exactly the runs named (a live one takes its key's entry with it); returns how
+    /// many runs there were.
+    fn remove_runs(&self, py: Python<'_>, hashes: Vec<String>) -> PyResult<usize> {
+        py.detach(|| {
+            let runs = hashes
+                .iter()
+                .map(|h| self.inner.resolve(h))
+                .collect::<taskvault::Result<Vec<_>>>()?;
+            self.inner.remove_runs(&runs).map(|_| runs.len())
+        })
+        .map_err(to_py)
+    }
+
     /// Removes every live entry tagged `key` (with `value`, if not `None`).
     fn invalidate(&self, py: Python<'_>, key: &str, value: Option<&str>) -> PyResult<usize> {
         py.detach(|| self.inner.invalidate(key, value)).map(|r| r.len()).map_err(to_py)

@@ -140,7 +140,7 @@ def test_submit_many_orders_parallelizes_and_validates(client, counter):
     )
     assert [r.load() for r in refs] == [3, 2, 3, 4, 4]
     assert peak[0] >= 2
-    with pytest.raises(ValueError, match="cycle"):
+    with pytest.raises(ValueError, match="Circular dependency"):
         client.submit_many([(step, (TaskRef(1),)), (step, (TaskRef(0),))])
     with pytest.raises(ValueError, match="TaskRef\\(5\\)"):
         client.submit_many([(step, (TaskRef(5),))])

@@ -225,6 +225,19 @@ pub struct Counters {
     pub stored_bytes: i64,
 }
 
+/// What the metadata store holds, counted: runs of every status and blob rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Census {
+    /// Every recorded run: live entries, their history, failed runs.
+    pub runs: i64,
+    pub failed_runs: i64,
+    /// Distinct stored blobs (outputs are deduplicated by digest).
+    pub blobs: i64,
+    /// Blobs small enough to live in the database, and their stored bytes.
+    pub inline_blobs: i64,
+    pub inline_bytes: i64,
+}
+
 /// A selection of entries for `log`, `export`, `invalidate`.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {

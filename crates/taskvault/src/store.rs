@@ -121,6 +121,12 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Removes entries (all runs of their keys), dropping blobs nobody references any more.
     /// `count_as` names a counter to bump per live entry removed.
     fn remove_keys(&self, keys: &[String], count_as: Option<&str>) -> Result<Removed>;
+    /// Removes exactly the run `id`: a live run takes its key's entry (and the references to
+    /// its blobs) with it, a history or failed run only its row. Runs naming it as their
+    /// parent then have none. `Removed::entries` holds the run if it was live.
+    fn remove_run(&self, id: &str) -> Result<Removed>;
+    /// Counts of runs and blobs.
+    fn census(&self) -> Result<crate::entry::Census>;
     /// Marks every live entry that uses `digest` as corrupt and forgets the blob.
     fn forget_corrupt_blob(&self, digest: &Digest) -> Result<Removed>;
     /// Entries matching a filter, newest first.

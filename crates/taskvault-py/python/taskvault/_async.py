@@ -104,12 +104,15 @@ class AsyncClient:
                 return await self.submit(registered, *args, **kwargs)
 
             call._cashet_wrapped_func = f  # type: ignore[attr-defined]
+            call._taskvault_task = registered  # type: ignore[attr-defined]
             return call
 
         return wrap(fn) if fn is not None else wrap
 
     async def submit(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> AsyncResultRef[T]:
         args, kwargs = _unwrap(args), _unwrap(kwargs)
+        # A function registered with `@async_client.task` is submitted as what it registered.
+        func = getattr(func, "_taskvault_task", func)
         fn, options = _options(func, kwargs)
         if inspect.iscoroutinefunction(fn):
             return AsyncResultRef(await self._submit_coroutine(fn, args, kwargs, options))

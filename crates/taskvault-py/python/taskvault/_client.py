@@ -232,7 +232,10 @@ def _resolve_refs(v: Any) -> Any:
     if t is dict:
         return {k: _resolve_refs(x) for k, x in v.items()}
     if t is set or t is frozenset:
-        return t(_resolve_refs(x) for x in v)
+        try:
+            return t(_resolve_refs(x) for x in v)
+        except TypeError:  # a result that cannot be a set member: the set keeps its refs
+            return v
     return v
 
 
@@ -519,9 +522,12 @@ class Client:
             d = set()
             for ref in _task_refs((a, k)):
                 j = index.get(ref) if index is not None else ref
+                me = names[i] if named else i
                 if j is None or not isinstance(j, int) or not 0 <= j < n:
                     what = f"{n} tasks" if index is None else f"tasks {', '.join(map(repr, names))}"
-                    raise ValueError(f"task {names[i] if named else i!r} refers to TaskRef({ref!r}), but the batch has {what}")
+                    raise ValueError(f"task {me!r}: TaskRef({ref!r}) not found (the batch has {what})")
+                if j == i:
+                    raise ValueError(f"task {me!r} cannot depend on itself")
                 d.add(j)
             deps.append(d)
         order = _topological(deps)
@@ -575,10 +581,12 @@ class Client:
 
     # -- inspection and maintenance (the CLI's commands) ------------------------------------
     def log(self, func_name: str | None = None, limit: int | None = 50, status: TaskStatus | str | None = None,
-            tags: Mapping[str, str | None] | None = None, all: bool = False) -> list[Commit]:
-        """Runs, newest first: live entries, or with ``status`` the runs in that state
-        (cashet's ``TaskStatus`` or its value, or ``"superseded"`` / ``"corrupt"``), or with
-        ``all`` every run. ``limit=None`` lists them all."""
+            tags: Mapping[str, str | None] | None = None, all: bool = True) -> list[Commit]:
+        """Runs, newest first, as cashet lists its commits: every run (live entries, the runs
+        they replaced, failed runs), or with ``status`` the runs in that state (cashet's
+        ``TaskStatus`` or its value, or ``"live"`` / ``"superseded"`` / ``"corrupt"``);
+        ``all=False`` lists live entries only (as ``taskvault log``). ``limit=None`` lists
+        them all."""
         engine_status, all = _engine_status(status, all)
         if engine_status == "none":
             return []
@@ -599,12 +607,12 @@ class Client:
     def _resolve(self, hash: str) -> Commit | None:
         """The run ``hash`` names (a prefix of a run id or key), or ``None``; an ambiguous
         prefix raises ``AmbiguousHashError`` (a ``ValueError``)."""
-        if not hash or not isinstance(hash, str):
+        if not hash or not isinstance(hash, str) or any(ch not in _HEX for ch in hash.lower()):
             return None
         try:
             return commit_from_entry(json.loads(self._vault.show(hash)))
         except _native.AmbiguousError as e:
-            raise AmbiguousHashError(str(e)) from None
+            raise AmbiguousHashError(f"Ambiguous prefix {hash!r}: {e}") from None
         except _native.NotFoundError:
             return None
 
@@ -617,7 +625,7 @@ class Client:
         ``ValueError`` if it has no result (it failed, or its result was removed)."""
         run = self._resolve(hash)
         if run is None:
-            raise HashNotFoundError(f"no run matches {hash!r}")
+            raise HashNotFoundError(f"run {hash!r} not found")
         if run.status is not TaskStatus.COMPLETED or run.output_ref is None:
             raise ValueError(f"run {run.short_hash()} of {run.task_def.func_name} has no result "
                              f"({run.error or run['status']})")
@@ -640,7 +648,7 @@ class Client:
         for h in (hash_a, hash_b):
             run = self._resolve(h)
             if run is None:
-                raise HashNotFoundError(f"no run matches {h!r}")
+                raise HashNotFoundError(f"run {h!r} not found")
             runs.append(run)
         a, b = runs
         out: dict[str, Any] = {
@@ -674,11 +682,12 @@ class Client:
         return out
 
     def rm(self, hash: str) -> bool:
-        """Removes the entry of the run ``hash`` names; ``False`` if there was none."""
+        """Removes exactly the run ``hash`` names (the live one takes its key's entry with it;
+        an older run only leaves the history); ``False`` if there was none."""
         run = self._resolve(hash)
         if run is None:
             return False
-        return self._vault.rm([run.hash]) > 0
+        return self._vault.remove_runs([run.hash]) > 0
 
     def gc(self, older_than: _dt.timedelta | None = None, max_size_bytes: int | None = None) -> int:
         """Removes expired entries, entries unused for ``older_than`` (cashet's default: 30
@@ -686,8 +695,9 @@ class Client:
         entries went."""
         if older_than is None:
             older_than = _dt.timedelta(days=30)
-        report = json.loads(self._vault.gc(older_than.total_seconds(), max_size_bytes))
-        return int(sum(v for k, v in report.items() if isinstance(v, int) and k.endswith(("entries", "evicted", "expired", "removed"))))
+        before = json.loads(self._vault.stats())["runs"]
+        self._vault.gc(older_than.total_seconds(), max_size_bytes)
+        return max(0, before - json.loads(self._vault.stats())["runs"])
 
     def clear(self) -> int:
         """Removes every entry; returns how many there were."""
@@ -699,16 +709,15 @@ class Client:
     def stats(self) -> dict[str, Any]:
         """The vault's counters, under TaskVault's names and cashet's."""
         s = json.loads(self._vault.stats())
-        entries, stored = int(s.get("entries", 0)), int(s.get("stored_bytes", 0))
         s.update({
-            "total_commits": entries + len(self.log(None, None, TaskStatus.FAILED)),
-            "completed_commits": entries,
-            "stored_objects": entries,
-            "disk_bytes": stored,
-            "blob_objects": entries,
-            "blob_bytes": int(s.get("total_bytes", 0)),
-            "inline_objects": 0,
-            "inline_bytes": 0,
+            "total_commits": s["runs"],
+            "completed_commits": s["runs"] - s["failed_runs"],
+            "stored_objects": s["blobs"],
+            "disk_bytes": s["stored_bytes"],
+            "blob_objects": s["blobs"] - s["inline_blobs"],
+            "blob_bytes": s["stored_bytes"] - s["inline_bytes"],
+            "inline_objects": s["inline_blobs"],
+            "inline_bytes": s["inline_bytes"],
         })
         return s
 
@@ -738,6 +747,7 @@ class Client:
 
 
 _DIFF_LOAD_LIMIT = 10 * 1024 * 1024
+_HEX = frozenset("0123456789abcdef")
 
 _STATUS_NAMES = {"completed": "completed", "failed": "failed", "pending": "none", "running": "none",
                  "cached": "none", "live": "live", "superseded": "superseded", "corrupt": "corrupt"}
@@ -751,7 +761,7 @@ def _engine_status(status: TaskStatus | str | None, all: bool) -> tuple[str | No
         return _STATUS_NAMES[name], True
     except (KeyError, TypeError):
         valid = ", ".join(s.value for s in TaskStatus)
-        raise ValueError(f"invalid status {status!r}: one of {valid} (or live, superseded, corrupt)") from None
+        raise ValueError(f"Invalid status {status!r}: one of {valid} (or live, superseded, corrupt)") from None
 
 
 _DEFAULT_OPTIONS = _TaskOptions()
@@ -909,13 +919,13 @@ def _normalize_item(t: Any, i: Any) -> tuple[Callable, tuple, dict]:
     if isinstance(t, tuple) and 1 <= len(t) <= 3 and callable(t[0]):
         f = t[0]
         if len(t) > 1 and not isinstance(t[1], tuple):
-            raise TypeError(f"task {i!r}: its arguments must be a tuple, got {type(t[1]).__name__}")
+            raise TypeError(f"task {i!r}: expected args as tuple, got {type(t[1]).__name__}")
         if len(t) > 2 and not isinstance(t[2], Mapping):
-            raise TypeError(f"task {i!r}: its keyword arguments must be a dict, got {type(t[2]).__name__}")
+            raise TypeError(f"task {i!r}: expected kwargs as dict, got {type(t[2]).__name__}")
         a = t[1] if len(t) > 1 else ()
         k = dict(t[2]) if len(t) > 2 else {}
         return f, a, k
-    raise TypeError(f"task {i!r}: expected func, (func, args) or (func, args, kwargs), got {t!r}")
+    raise TypeError(f"task {i!r}: expected callable, (callable, args) or (callable, args, kwargs), got {t!r}")
 
 
 def _task_refs(v: Any) -> set[Any]:
@@ -965,7 +975,7 @@ def _topological(deps: list[set[int]]) -> list[int]:
                 state[node] = 2
                 order.append(node)
             elif state[nxt] == 1:
-                raise ValueError(f"the batch has a cycle through task {nxt}")
+                raise ValueError(f"Circular dependency in the batch, through task {nxt}")
             elif state[nxt] == 0:
                 state[nxt] = 1
                 stack.append((nxt, iter(sorted(deps[nxt]))))

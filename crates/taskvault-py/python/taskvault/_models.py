@@ -187,8 +187,9 @@ def commit_from_entry(entry: dict[str, Any]) -> Commit:
     status = _STATUS.get(entry.get("status", ""), TaskStatus.FAILED)
     output_ref = None
     if outputs and status is TaskStatus.COMPLETED:
+        # As `ResultRef.hash` shows it: hex, without the algorithm's prefix.
         digest = outputs[0].get("digest", "") if len(outputs) == 1 else entry.get("key", "")
-        output_ref = ObjectRef(digest, int(entry.get("size", 0)))
+        output_ref = ObjectRef(digest.rpartition(":")[2], int(entry.get("size", 0)))
     created = _time(entry.get("created_ms")) or _dt.datetime.now(_dt.timezone.utc)
     error = details.get("error")
     if entry.get("status") == "corrupt":

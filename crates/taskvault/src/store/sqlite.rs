@@ -877,6 +877,45 @@ impl MetaStore for SqliteMeta {
         })
     }
 
+    fn remove_run(&self, id: &str) -> Result<Removed> {
+        self.write(|tx| {
+            let mut r = Removed::default();
+            let row: Option<(String, bool)> = tx
+                .prepare_cached("SELECT key, live FROM entries WHERE id = ?1")?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((key, live)) = row else { return Ok(r) };
+            if live {
+                r.entries.extend(sound(live_entry(tx, &key)?));
+                unref_key(tx, &key, &mut r.unreferenced)?;
+            }
+            tx.prepare_cached("DELETE FROM entries WHERE id = ?1")?.execute([id])?;
+            tx.prepare_cached(
+                "UPDATE entries SET doc = json_set(doc, '$.parent', NULL)
+                 WHERE key = ?1 AND json_valid(doc) AND json_extract(doc, '$.parent') = ?2",
+            )?
+            .execute([&key, id])?;
+            Ok(r)
+        })
+    }
+
+    fn census(&self) -> Result<crate::entry::Census> {
+        self.with(|c| {
+            let (runs, failed_runs) = c.query_row(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'failed') FROM entries",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let (blobs, inline_blobs, inline_bytes) = c.query_row(
+                "SELECT count(*), count(data), coalesce(sum(stored_size) FILTER (WHERE data IS NOT NULL), 0)
+                 FROM blobs",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            Ok(crate::entry::Census { runs, failed_runs, blobs, inline_blobs, inline_bytes })
+        })
+    }
+
     fn live_entries(&self) -> Result<i64> {
         self.with(|c| c.query_row("SELECT count(*) FROM entries WHERE live = 1", [], |r| r.get(0)))
     }

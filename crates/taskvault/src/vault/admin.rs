@@ -32,6 +32,8 @@ pub struct Stats {
     pub hit_rate_percent: Option<f64>,
     #[serde(flatten)]
     pub counters: Counters,
+    #[serde(flatten)]
+    pub census: crate::entry::Census,
 }
 
 /// What `verify` found.
@@ -76,6 +78,7 @@ impl Vault {
                 .map(|l| c.stored_bytes as f64 * 100.0 / l as f64),
             hit_rate_percent: (lookups > 0).then(|| c.hits as f64 * 100.0 / lookups as f64),
             counters: c,
+            census: self.meta().census()?,
         })
     }
 
@@ -144,6 +147,20 @@ impl Vault {
     }
 
     /// Removes the keys of the given runs (every run of each key); returns the live entries removed.
+    /// Removes exactly the runs named (see [`MetaStore::remove_run`]); returns the live
+    /// entries that went with them.
+    pub fn remove_runs(&self, runs: &[Entry]) -> Result<Vec<Entry>> {
+        self.removed(Some(Event::Remove), "rm", |m| {
+            let mut all = crate::store::Removed::default();
+            for run in runs {
+                let r = m.remove_run(&run.id)?;
+                all.entries.extend(r.entries);
+                all.unreferenced.extend(r.unreferenced);
+            }
+            Ok(all)
+        })
+    }
+
     pub fn remove(&self, runs: &[Entry]) -> Result<Vec<Entry>> {
         let mut keys: Vec<String> = runs.iter().map(|e| e.key.clone()).collect();
         keys.dedup();
@@ -194,7 +211,7 @@ impl Vault {
             let old: Vec<Entry> = self
                 .list(&Filter::default())?
                 .into_iter()
-                .filter(|e| e.last_access_ms < cutoff)
+                .filter(|e| e.last_access_ms <= cutoff)
                 .collect();
             let keys = keys_of(&old);
             report.old = self

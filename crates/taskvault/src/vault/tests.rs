@@ -285,6 +285,40 @@ fn failed_runs_are_history_with_their_error_and_never_served() {
 }
 
 #[test]
+fn removing_one_run_removes_exactly_that_run() {
+    let f = fx();
+    let key = f.key("t", b"runs");
+    let first = f.vault.save(&key, Output::Bytes(b"one"), &SaveOptions::default()).unwrap();
+    let second = f.vault.save(&key, Output::Bytes(b"two"), &SaveOptions::default()).unwrap();
+    let third = f.vault.save(&key, Output::Bytes(b"three"), &SaveOptions::default()).unwrap();
+    assert_eq!(f.vault.stats().unwrap().census.runs, 3);
+    // A history run: only its row goes; the run that named it as parent has none now.
+    assert!(f.vault.remove_runs(&[first.clone()]).unwrap().is_empty());
+    assert!(f.vault.resolve(&first.id).is_err());
+    assert_eq!(f.vault.resolve(&second.id).unwrap().parent, None);
+    assert_eq!(f.vault.get_bytes(&key).unwrap().unwrap().1, b"three");
+    // The live run: the key is a miss, and its history stays.
+    let gone = f.vault.remove_runs(&[third.clone()]).unwrap();
+    assert_eq!(gone.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [third.id.as_str()]);
+    assert!(f.vault.get_bytes(&key).unwrap().is_none());
+    assert_eq!(f.vault.resolve(&second.id).unwrap().status, Status::Superseded);
+    let s = f.vault.stats().unwrap();
+    assert_eq!((s.entries, s.census.runs, s.census.blobs), (0, 1, 0));
+}
+
+#[test]
+fn the_census_counts_runs_failures_and_deduplicated_blobs() {
+    let f = fx();
+    let (a, b) = (f.key("t", b"a"), f.key("t", b"b"));
+    f.vault.save(&a, Output::Bytes(b"same"), &SaveOptions::default()).unwrap();
+    f.vault.save(&b, Output::Bytes(b"same"), &SaveOptions::default()).unwrap();
+    f.vault.record_failed_run(&f.key("t", b"c"), "no", &SaveOptions::default(), None).unwrap();
+    let c = f.vault.stats().unwrap().census;
+    assert_eq!((c.runs, c.failed_runs, c.blobs), (3, 1, 1));
+    assert_eq!((c.inline_blobs, c.inline_bytes), (1, 4));
+}
+
+#[test]
 fn policy_ttl_applies_to_existing_entries_unless_explicit() {
     let f = fx_with(|s| s.default_policy.ttl_seconds = Some(60));
     let key = f.key("t", b"i");

@@ -1,0 +1,1 @@
+from taskvault import AsyncClient  # noqa: F401

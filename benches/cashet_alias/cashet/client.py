@@ -1,0 +1,1 @@
+from taskvault import Client  # noqa: F401

@@ -187,16 +187,31 @@ def type_name(file, obj):
 
 
 def test_unencodable_arguments_raise_or_skip(client, counter):
+    gen = (i for i in range(3))
+    with pytest.raises(Unencodable, match="generator"):
+        client.submit(ident, gen)
+    with pytest.warns(UserWarning, match="not cached"):
+        r = client.submit(type_name, counter.file, gen, _on_unencodable="skip")
+    assert r.load() == "generator"
+    client.submit(type_name, counter.file, gen, _on_unencodable="skip")
+    assert counter.n == 2  # never cached
+
+
+def test_locks_count_by_type_so_guarded_functions_stay_cacheable(client, counter):
     import threading
 
-    lock = threading.Lock()
-    with pytest.raises(Unencodable, match="lock"):
-        client.submit(ident, lock)
-    with pytest.warns(UserWarning, match="not cached"):
-        r = client.submit(type_name, counter.file, lock, _on_unencodable="skip")
-    assert r.load() == "lock"
-    client.submit(type_name, counter.file, lock, _on_unencodable="skip")
-    assert counter.n == 2  # never cached
+    lock, rlock = threading.Lock(), threading.RLock()
+
+    def guarded(file, x):
+        with lock, rlock:
+            bump(file)
+            return x * 2
+
+    assert client.submit(guarded, counter.file, 4).load() == 8
+    with lock:  # held or not, the same key
+        assert client.submit(guarded, counter.file, 4).load() == 8
+    assert counter.n == 1
+    assert client.submit(ignore, lock).commit_hash != client.submit(ignore, rlock).commit_hash
 
 
 def test_self_containing_containers_are_keyed_by_back_references(client):
@@ -311,10 +326,10 @@ def test_closures_and_global_values_are_part_of_the_key(client, make_module):
 def test_an_unencodable_global_makes_the_call_uncached_and_says_so(client, make_module, counter):
     m = make_module(
         "tv_warn",
-        "import threading\nLOCK = threading.Lock()\nfrom conftest import bump\n\n"
-        "def f(file, x):\n    bump(file)\n    with LOCK:\n        return x\n",
+        "STREAM = open(__file__)\nfrom conftest import bump\n\n"
+        "def f(file, x):\n    bump(file)\n    STREAM.seek(0)\n    return x\n",
     )
-    with pytest.warns(KeyWarning, match="not cached.*'LOCK'") as caught:
+    with pytest.warns(KeyWarning, match="not cached.*'STREAM'") as caught:
         assert client.submit(m.f, counter.file, 1).load() == 1
     # It names the user's call, not a line inside the package.
     assert [w.filename for w in caught] == [__file__]
@@ -329,18 +344,17 @@ def test_an_unencodable_global_makes_the_call_uncached_and_says_so(client, make_
 
 
 def test_an_unencodable_closure_value_or_helper_default_makes_the_call_uncached(client):
-    import threading
-
-    lock = threading.Lock()
+    numbers = (i for i in range(10))
 
     def reads_closure():
-        with lock:
-            return 1
+        return next(numbers)
 
-    with pytest.warns(KeyWarning, match="not cached.*'lock'"):
-        assert client.submit(reads_closure).load() == 1
+    with pytest.warns(KeyWarning, match="not cached.*'numbers'"):
+        assert client.submit(reads_closure).load() == 0
+    with pytest.warns(KeyWarning, match="not cached.*'numbers'"):
+        assert client.submit(reads_closure).load() == 1  # never a stale 0
 
-    def helper(x, guard=lock):
+    def helper(x, source=numbers):
         return x
 
     def uses_helper(x):

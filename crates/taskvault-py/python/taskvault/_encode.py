@@ -21,6 +21,7 @@ import pathlib
 import re
 import struct
 import sys
+import threading
 import uuid
 from typing import Any, Callable
 
@@ -29,6 +30,9 @@ __all__ = ["Unencodable", "Encoder"]
 _pack_len = struct.Struct("<Q").pack
 _pack_f64 = struct.Struct("<d").pack
 _LEAVES = (type(None), bool, int, float, str, bytes)
+#: Locks hold no value a result can depend on (only whether some thread holds them right
+#: now): they count by type, so a function that guards its work with one stays cacheable.
+_LOCKS = (type(threading.Lock()), type(threading.RLock()))
 
 
 class Unencodable(TypeError):
@@ -152,7 +156,9 @@ class Encoder:
         pd = sys.modules.get("pandas")
         if pd is not None and isinstance(v, (pd.DataFrame, pd.Series, pd.Index)):
             return self._pandas(pd, v)
-        if t is bytearray:
+        if t in _LOCKS:
+            self._name(b"L", t)
+        elif t is bytearray:
             self._bytes(b"B", bytes(v))
         elif t is memoryview:
             # Its items' format and shape, then its bytes (two views of the same bytes that
@@ -215,8 +221,11 @@ class Encoder:
             self._object(v, t)
 
     def _object(self, v: Any, t: type) -> None:
-        """An object: its class and its state (``__getstate__``, as pickle sees it)."""
+        """An object: its class and its state (``__getstate__``, as pickle sees it). An object
+        pickle refuses (an open file, a socket, a generator) is refused too: what it stands
+        for is not in its state (a file object's state is its mode, not its path)."""
         try:
+            v.__reduce_ex__(4)
             state = v.__getstate__()
         except TypeError as e:
             raise Unencodable(f"cannot encode a {t.__module__}.{t.__qualname__} for the cache key: {e}") from None

@@ -293,12 +293,12 @@ fn removing_one_run_removes_exactly_that_run() {
     let third = f.vault.save(&key, Output::Bytes(b"three"), &SaveOptions::default()).unwrap();
     assert_eq!(f.vault.stats().unwrap().census.runs, 3);
     // A history run: only its row goes; the run that named it as parent has none now.
-    assert!(f.vault.remove_runs(&[first.clone()]).unwrap().is_empty());
+    assert!(f.vault.remove_runs(std::slice::from_ref(&first)).unwrap().is_empty());
     assert!(f.vault.resolve(&first.id).is_err());
     assert_eq!(f.vault.resolve(&second.id).unwrap().parent, None);
     assert_eq!(f.vault.get_bytes(&key).unwrap().unwrap().1, b"three");
     // The live run: the key is a miss, and its history stays.
-    let gone = f.vault.remove_runs(&[third.clone()]).unwrap();
+    let gone = f.vault.remove_runs(std::slice::from_ref(&third)).unwrap();
     assert_eq!(gone.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [third.id.as_str()]);
     assert!(f.vault.get_bytes(&key).unwrap().is_none());
     assert_eq!(f.vault.resolve(&second.id).unwrap().status, Status::Superseded);

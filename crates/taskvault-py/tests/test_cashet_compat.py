@@ -144,8 +144,10 @@ def test_task_error_is_a_runtime_error_and_failed_runs_are_recorded(client, coun
     # The CLI shows it too.
     out = subprocess.run([cli, "--dir", vault_dir, "log", "--status", "failed"], capture_output=True, text=True)
     assert out.returncode == 0 and failed.hash[:12] in out.stdout and "failed" in out.stdout
-    shown = subprocess.run([cli, "--dir", vault_dir, "show", failed.hash, "--json"], capture_output=True, text=True)
+    shown = subprocess.run([cli, "--dir", vault_dir, "--json", "show", failed.hash], capture_output=True, text=True)
     assert json.loads(shown.stdout)["details"]["error"].startswith("explode failed: ValueError: boom")
+    human = subprocess.run([cli, "--dir", vault_dir, "show", failed.hash], capture_output=True, text=True).stdout
+    assert "status:     failed" in human and "error:\n  explode failed: ValueError: boom" in human
 
 
 def test_cache_false_runs_are_linked_as_history(client, counter):

@@ -341,6 +341,7 @@ def test_an_unencodable_global_makes_the_call_uncached_and_says_so(client, make_
     # only its caching is not.
     with pytest.warns(KeyWarning):
         assert client.submit(m.f, counter.file, 2, _on_unencodable="raise").load() == 2
+    m.STREAM.close()
 
 
 def test_an_unencodable_closure_value_or_helper_default_makes_the_call_uncached(client):

@@ -68,6 +68,11 @@ pub fn show(cli: &Cli, v: &Vault, hash: &str) -> Result<Outcome> {
         format!("last used:  {} ({} hits)", human::time(e.last_access_ms), e.access_count),
         format!("expires:    {}", e.expires_ms.map_or("never".into(), human::time)),
     ];
+    if let Some(err) = e.details.get("error").and_then(|v| v.as_str()) {
+        // A failed run: what it raised (never served; the next call runs again).
+        lines.push("error:".into());
+        lines.extend(err.lines().map(|l| format!("  {l}")));
+    }
     if let Some(d) = e.duration_ms {
         lines.push(format!("duration:   {}", human::duration_ms(d)));
     }

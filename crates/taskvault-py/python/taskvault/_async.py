@@ -9,12 +9,9 @@ import functools
 import inspect
 import os
 import time
-import warnings
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 from ._client import Client, ResultRef, TaskError, _backoff, _failure, _options, _resolve_refs
-from ._encode import Unencodable
-from ._identity import KeyWarning, UnencodableContext, display_name
 
 __all__ = ["AsyncClient", "AsyncResultRef"]
 
@@ -125,15 +122,10 @@ class AsyncClient:
         c = self.sync
         plan = c._plan(fn)
         bound = plan.bind(fn, args, kwargs)
-        try:
-            key, refs = c._key(fn, plan, bound, options)
-        except Unencodable as e:
-            if options.on_unencodable == "raise" and not isinstance(e, UnencodableContext):
-                raise
-            warnings.warn(f"{display_name(fn)}: not cached: {e}", KeyWarning, stacklevel=2)
-            value = await self._attempts(fn, args, kwargs, options, True)
-            data = c._serializer.dumps(value)
-            return ResultRef(c, "", "", len(data), display_name(fn), data)
+        keyed = c._key_or_none(fn, plan, bound, options)
+        if keyed is None:
+            return c._uncached(fn, await self._attempts(fn, args, kwargs, options, True))
+        key, refs = keyed
         claim = None
         if not (options.force or not options.cache):
             status, payload = await asyncio.to_thread(c._vault.get_or_claim, key)

@@ -107,8 +107,8 @@ class ResultRef(Generic[T]):
 
     @property
     def short_hash(self) -> str:
-        """The first 12 characters of the output's digest (after its algorithm prefix)."""
-        return self.hash.partition(":")[2][:12] or self.hash[:12]
+        """The first 12 hex digits of the output's digest."""
+        return self.hash[:12]
 
     def __repr__(self) -> str:
         return f"ResultRef(task={self.task!r}, commit_hash={self.commit_hash[:12]!r}, size={self.size})"
@@ -376,23 +376,34 @@ class Client:
         ]
         return self._vault.key(task, ingredients), enc.refs
 
-    def _submit(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> ResultRef:
-        plan = self._plan(func)
-        bound = plan.bind(func, args, kwargs)
+    def _key_or_none(self, func: Callable, plan: "_Plan", bound: Any, options: _TaskOptions) -> tuple[Any, list] | None:
+        """``_key``, or ``None`` when the call cannot be keyed and must run uncached.
+
+        An argument that cannot be keyed raises unless the call asked to skip; a value the
+        function reads besides its arguments always makes the call run uncached (the warning
+        says which). Either way no stored result is served for it."""
         try:
-            key, refs = self._key(func, plan, bound, options)
+            return self._key(func, plan, bound, options)
         except Unencodable as e:
-            # An argument that cannot be keyed raises unless the call asked to skip; a value the
-            # function reads besides its arguments always makes the call run uncached (the
-            # warning says which). Either way no stored result is served for it.
             if options.on_unencodable == "raise" and not isinstance(e, UnencodableContext):
                 raise
             how = "pass the value as an argument" if isinstance(e, UnencodableContext) else "pass encodable arguments"
             warnings.warn(f"{display_name(func)}: not cached: {e}; {how} to cache this call", KeyWarning,
                           stacklevel=caller_stacklevel())
-            value = self._attempts(func, args, kwargs, options, True)
-            data = self._serializer.dumps(value)
-            return ResultRef(self, "", "", len(data), display_name(func), data)
+            return None
+
+    def _uncached(self, func: Callable, value: Any) -> ResultRef:
+        """A result that was computed but not stored."""
+        data = self._serializer.dumps(value)
+        return ResultRef(self, "", "", len(data), display_name(func), data)
+
+    def _submit(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions) -> ResultRef:
+        plan = self._plan(func)
+        bound = plan.bind(func, args, kwargs)
+        keyed = self._key_or_none(func, plan, bound, options)
+        if keyed is None:
+            return self._uncached(func, self._attempts(func, args, kwargs, options, True))
+        key, refs = keyed
         if options.force or not options.cache:
             # Run now, whatever is stored; the run replaces the key's entry (the old one stays
             # as its history), so a later cached call gets the newest result.

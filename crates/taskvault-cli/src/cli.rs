@@ -18,7 +18,8 @@ pub struct Cli {
     /// Config file (overrides TASKVAULT_CONFIG; default: .taskvault/config.yaml here or above).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print machine-readable JSON on stdout.
+    /// Print machine-readable JSON on stdout (`run` writes it on stderr instead of its status
+    /// line: stdout is the command's).
     #[arg(long, global = true)]
     pub json: bool,
     /// More logs on stderr (-v info, -vv debug); overrides TASKVAULT_LOG and log_level.
@@ -60,10 +61,15 @@ pub enum Command {
     History { hash: String },
     /// What differs between two runs: inputs, outputs, sizes, durations.
     Diff { a: String, b: String },
-    /// Remove entries (all runs of their keys).
+    /// Remove runs: exactly the runs named (removing a key's live run makes the key a miss and
+    /// keeps its history); with --key, every run of the keys named.
     Rm {
+        /// Run ids or keys, or unambiguous prefixes (a key names its live run).
         #[arg(required = true)]
         hashes: Vec<String>,
+        /// Remove every run of each named run's key: its live entry and all its history.
+        #[arg(long)]
+        key: bool,
     },
     /// Remove every entry carrying a tag.
     Invalidate {

@@ -36,7 +36,7 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
         Command::Get { hash, output } => inspect::get(cli, v, hash, output.as_deref()),
         Command::History { hash } => inspect::history(cli, v, hash),
         Command::Diff { a, b } => inspect::diff(cli, v, a, b),
-        Command::Rm { hashes } => admin::rm(cli, v, hashes),
+        Command::Rm { hashes, key } => admin::rm(cli, v, hashes, *key),
         Command::Invalidate { tag } => admin::invalidate(cli, v, tag),
         Command::Gc { older_than, max_size } => admin::gc(cli, v, *older_than, *max_size),
         Command::Clear { yes } => admin::clear(cli, v, *yes),
@@ -45,6 +45,21 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
         Command::Import { archive } => admin::import(cli, v, archive),
         Command::Stats => admin::stats(cli, v),
         Command::Run(a) => run::run(cli, v, a),
+    }
+}
+
+/// What a command does where there is no vault yet: `None` for the commands that save (they
+/// make it), the outcome for those with an answer without one (a lookup is a miss; `run
+/// --no-save` runs), and an error for the rest, which only read.
+pub fn without_vault(cli: &Cli, resolved: &Resolved) -> Result<Option<Outcome>> {
+    match &cli.command {
+        Command::Cache(crate::cli::CacheCommand::Save(_)) | Command::Import { .. } => Ok(None),
+        Command::Run(a) if !a.no_save => Ok(None),
+        Command::Run(a) => run::run_without_vault(cli, a, resolved).map(Some),
+        Command::Cache(crate::cli::CacheCommand::Get(a)) => {
+            cache::get_without_vault(cli, a, resolved).map(Some)
+        }
+        _ => Err(resolved.no_vault()),
     }
 }
 

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{} {e:#}", human::cross("error:"));
+            eprintln!("{} {}", human::cross("error:"), error_text(&e));
             ExitCode::from(2)
         }
     }
@@ -50,10 +50,54 @@ fn parse_with_clap(args: Vec<std::ffi::OsString>) -> Result<cli::Cli, ExitCode> 
         .try_get_matches_from_mut(args)
         .and_then(|m| <cli::Cli as clap::FromArgMatches>::from_arg_matches(&m))
         .map_err(|e| {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            ExitCode::from(code)
+            if !e.use_stderr() {
+                // --help and --version: clap's text, on stdout.
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            eprint!("{}", one_line_error(&e.render().to_string()));
+            ExitCode::from(2)
         })
+}
+
+/// An error and its causes on one line, each cause once: an error whose message already
+/// quotes its source (an I/O error's) does not repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// A clap error as one line, plus the usage line where clap gives one: clap's own rendering
+/// spreads one message over four to six lines.
+fn one_line_error(rendered: &str) -> String {
+    let mut message = Vec::new();
+    let mut usage = None;
+    for line in rendered.lines().map(str::trim) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.to_owned());
+        } else if line.starts_with("For more information") || line.is_empty() {
+            continue;
+        } else if line.starts_with("tip: ") {
+            message.push(format!("({line})"));
+        } else {
+            message.push(line.strip_prefix("error: ").unwrap_or(line).to_owned());
+        }
+    }
+    let mut out = format!("{} {}\n", human::cross("error:"), message.join(" "));
+    if let Some(u) = usage {
+        out.push_str(&format!("usage: {u} (--help for more)\n"));
+    }
+    out
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {
@@ -74,6 +118,13 @@ fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {
     })?;
     init_logging(&resolved.log_level);
     tracing::debug!(vault = %resolved.settings.vault_dir.display(), config = ?resolved.config_path);
+    if !resolved.vault_exists() {
+        // A command that only reads never makes a vault; one that saves may, where allowed.
+        match commands::without_vault(&cli, &resolved)? {
+            Some(outcome) => return Ok(outcome),
+            None => resolved.check_creatable()?,
+        }
+    }
     let progress = !cli.no_progress && std::io::stderr().is_terminal();
     commands::dispatch(&cli, resolved, progress)
 }

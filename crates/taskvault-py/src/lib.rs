@@ -192,7 +192,11 @@ impl Vault {
     #[pyo3(signature = (dir=None, config=None))]
     fn new(py: Python<'_>, dir: Option<PathBuf>, config: Option<PathBuf>) -> PyResult<Vault> {
         let o = taskvault_settings::Overrides { dir, config, verbose: 0, identity: true };
-        let resolved = py.detach(|| taskvault_settings::resolve(&o)).map_err(from_anyhow)?;
+        let resolved = py
+            .detach(|| {
+                taskvault_settings::resolve(&o).and_then(|r| r.check_creatable().map(|()| r))
+            })
+            .map_err(from_anyhow)?;
         let inner = py
             .detach(|| taskvault::Vault::open(resolved.settings).and_then(|v| v.resident()))
             .map_err(to_py)?;

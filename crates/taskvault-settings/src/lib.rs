@@ -30,6 +30,81 @@ pub struct Resolved {
     /// The config file used, if any.
     pub config_path: Option<PathBuf>,
     pub log_level: String,
+    /// Where the vault directory came from.
+    pub vault_source: VaultSource,
+    /// The project root: the directory holding `.taskvault/` (or the config file's own
+    /// directory), else the current directory.
+    pub root: PathBuf,
+}
+
+/// Where the vault directory of an invocation was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultSource {
+    /// `--dir` (or `Client(store_dir=)`).
+    Flag,
+    /// `TASKVAULT_DIR`.
+    Env,
+    /// `cache_dir` in this config file.
+    Config(PathBuf),
+    /// The default `cache_dir`, with no config file found.
+    Default,
+}
+
+impl VaultSource {
+    /// Whether the user named the vault directory themselves (its parents may then be made).
+    pub fn explicit(&self) -> bool {
+        matches!(self, VaultSource::Flag | VaultSource::Env)
+    }
+}
+
+impl std::fmt::Display for VaultSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VaultSource::Flag => f.write_str("from --dir"),
+            VaultSource::Env => f.write_str("from TASKVAULT_DIR"),
+            VaultSource::Config(p) => write!(f, "cache_dir in {}", p.display()),
+            VaultSource::Default => {
+                write!(f, "the default cache_dir; no {CONFIG_REL} here or above")
+            }
+        }
+    }
+}
+
+impl Resolved {
+    /// Whether a vault exists at the resolved directory (commands that only read never make
+    /// one).
+    pub fn vault_exists(&self) -> bool {
+        taskvault::Vault::exists(&self.settings.vault_dir)
+    }
+
+    /// The error of a command that only reads, run where there is no vault.
+    pub fn no_vault(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "no vault at {} ({}): nothing has been saved here yet",
+            self.settings.vault_dir.display(),
+            self.vault_source
+        )
+    }
+
+    /// Checks that a save may make the vault directory: it may when the directory was named
+    /// explicitly or lies inside the project; elsewhere (a `cache_dir` in a config file) its
+    /// parent must exist, so a mistyped path is an error, not a new tree.
+    pub fn check_creatable(&self) -> Result<()> {
+        let dir = &self.settings.vault_dir;
+        if self.vault_exists() || self.vault_source.explicit() || dir.starts_with(&self.root) {
+            return Ok(());
+        }
+        match dir.parent() {
+            Some(parent) if !parent.is_dir() => anyhow::bail!(
+                "no vault at {} ({}), and its parent {} does not exist: create it first, or \
+                 fix cache_dir",
+                dir.display(),
+                self.vault_source,
+                parent.display()
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Where `init` writes and discovery looks: `.taskvault/config.yaml`.
@@ -57,22 +132,33 @@ pub fn resolve(o: &Overrides) -> Result<Resolved> {
     };
     let root = config_path.as_deref().map_or(cwd.clone(), project_root);
     let mut settings = file.settings(&root);
-    settings.vault_dir = match o.dir.clone().or_else(|| env_path("TASKVAULT_DIR")) {
-        Some(d) => absolute(&cwd, &d),
-        None => absolute(&root, &expand_home(&file.cache_dir)?),
+    let (vault_dir, vault_source) = match (o.dir.clone(), env_path("TASKVAULT_DIR")) {
+        (Some(d), _) => (absolute(&cwd, &d), VaultSource::Flag),
+        (None, Some(d)) => (absolute(&cwd, &d), VaultSource::Env),
+        (None, None) => (
+            absolute(&root, &expand_home(&file.cache_dir)?),
+            config_path.clone().map_or(VaultSource::Default, VaultSource::Config),
+        ),
     };
+    settings.vault_dir = vault_dir;
     if o.identity {
         settings.host = hostname();
         settings.user =
             std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
     }
     let log_level = match o.verbose {
-        0 => std::env::var("TASKVAULT_LOG").unwrap_or_else(|_| file.log_level.clone()),
+        0 => match std::env::var("TASKVAULT_LOG") {
+            // The same values as the file's `log_level`, checked the same way.
+            Ok(v) => taskvault::config::check_log_level(&v)
+                .map(str::to_owned)
+                .map_err(|why| anyhow::anyhow!("TASKVAULT_LOG {why}"))?,
+            Err(_) => file.log_level.clone(),
+        },
         1 => "info".into(),
         2 => "debug".into(),
         _ => "trace".into(),
     };
-    Ok(Resolved { settings, config_path, log_level })
+    Ok(Resolved { settings, config_path, log_level, vault_source, root })
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {

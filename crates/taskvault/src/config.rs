@@ -136,7 +136,7 @@ impl ConfigFile {
             yaml_serde::from_str(text)
                 .map_err(|e| Error::Config { path: path.to_owned(), message: e.to_string() })?
         };
-        cfg.validate(path)?;
+        cfg.validate(path, text)?;
         Ok(cfg)
     }
 
@@ -146,37 +146,53 @@ impl ConfigFile {
         ConfigFile::parse(&text, path)
     }
 
-    fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |message: String| Err(Error::Config { path: path.to_owned(), message });
+    /// Checks values serde accepted; an error names the line and column of the value.
+    fn validate(&self, path: &Path, text: &str) -> Result<()> {
+        let bad = |keys: &[&str], message: String| {
+            let at = locate(text, keys)
+                .map_or(String::new(), |(l, c)| format!(" at line {l} column {c}"));
+            Err(Error::Config { path: path.to_owned(), message: format!("{message}{at}") })
+        };
         if !self.max_size_gb.is_finite() || self.max_size_gb < 0.0 {
-            return bad(format!("max_size_gb must be 0 or more, got {}", self.max_size_gb));
+            return bad(
+                &["max_size_gb"],
+                format!("max_size_gb must be 0 or more, got {}", self.max_size_gb),
+            );
         }
         if !(1..=100).contains(&self.low_water_percent) {
-            return bad(format!(
-                "low_water_percent must be between 1 and 100, got {}",
-                self.low_water_percent
-            ));
+            return bad(
+                &["low_water_percent"],
+                format!(
+                    "low_water_percent must be between 1 and 100, got {}",
+                    self.low_water_percent
+                ),
+            );
         }
-        if !["debug", "info", "warn", "error", "trace"].contains(&self.log_level.as_str()) {
-            return bad(format!(
-                "log_level must be debug, info, warn or error, got {:?}",
-                self.log_level
-            ));
+        if let Err(why) = check_log_level(&self.log_level) {
+            return bad(&["log_level"], format!("log_level {why}"));
         }
         if self.namespace.is_empty() {
-            return bad("namespace must not be empty".into());
+            return bad(&["namespace"], "namespace must not be empty".into());
         }
         for (task, p) in &self.policies {
+            let at = |key| ["policies", task.as_str(), key];
             if let Some(t) = p.ttl_seconds.filter(|t| *t < 0) {
-                return bad(format!("policies.{task}.ttl_seconds must be 0 or more, got {t}"));
+                return bad(
+                    &at("ttl_seconds"),
+                    format!("policies.{task}.ttl_seconds must be 0 or more, got {t}"),
+                );
             }
             if let Some(s) = p.max_size_bytes.filter(|s| *s < 0) {
-                return bad(format!("policies.{task}.max_size_bytes must be 0 or more, got {s}"));
+                return bad(
+                    &at("max_size_bytes"),
+                    format!("policies.{task}.max_size_bytes must be 0 or more, got {s}"),
+                );
             }
             if let Some(s) = p.strategy.as_deref().filter(|s| *s != "lru") {
-                return bad(format!(
-                    "policies.{task}.strategy {s:?} is not supported (supported: lru)"
-                ));
+                return bad(
+                    &at("strategy"),
+                    format!("policies.{task}.strategy {s:?} is not supported (supported: lru)"),
+                );
             }
         }
         Ok(())
@@ -266,3 +282,33 @@ impl Settings {
 
 #[cfg(test)]
 mod tests;
+
+/// The log levels a config file and `TASKVAULT_LOG` accept: `Ok(level)`, or why not.
+pub fn check_log_level(level: &str) -> std::result::Result<&str, String> {
+    match level {
+        "debug" | "info" | "warn" | "error" | "trace" => Ok(level),
+        other => Err(format!("must be debug, info, warn, error or trace, got {other:?}")),
+    }
+}
+
+/// The (line, column) of the value of a nested mapping key (`["policies", "t", "ttl_seconds"]`)
+/// in block-style YAML text, 1-based; `None` if it cannot be found.
+fn locate(text: &str, keys: &[&str]) -> Option<(usize, usize)> {
+    let mut lines = text.lines().enumerate();
+    let mut min_indent = 0;
+    let mut found = None;
+    for key in keys {
+        let (n, line) = lines.by_ref().find(|(_, l)| {
+            let body = l.trim_start();
+            let indent = l.len() - body.len();
+            indent >= min_indent
+                && body.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })?;
+        let indent = line.len() - line.trim_start().len();
+        let colon = line[indent..].find(':')? + indent;
+        let value = line[colon + 1..].len() - line[colon + 1..].trim_start().len();
+        found = Some((n + 1, colon + 2 + value));
+        min_indent = indent + 1;
+    }
+    found
+}

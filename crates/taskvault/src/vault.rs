@@ -46,6 +46,9 @@ pub enum Output<'a> {
     },
 }
 
+/// What a new vault's `.gitignore` says: ignore everything here.
+const VAULT_GITIGNORE: &str = "# Made by TaskVault: this directory is a cache, not source.\n*\n";
+
 /// Options of one save. `Default` is a plain save under the task's policy.
 #[derive(Debug, Clone, Default)]
 pub struct SaveOptions {
@@ -124,14 +127,27 @@ pub(crate) fn unique_name(prefix: &str) -> String {
 
 impl Vault {
     /// Opens (creating if needed) the vault at `settings.vault_dir`.
+    /// Whether `dir` holds a vault (its database); a command that only reads checks this
+    /// first, so that it never makes one.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("cache.db").is_file()
+    }
+
     pub fn open(settings: Settings) -> Result<Vault> {
         let dir = &settings.vault_dir;
         let tmp = dir.join("tmp");
         let locks = dir.join("locks");
         // The directories are created with the database; a vault that has one has them all.
-        if !dir.join("cache.db").exists() {
+        if !Vault::exists(dir) {
             for d in [dir, &tmp, &locks] {
                 std::fs::create_dir_all(d).at(d)?;
+            }
+            // A vault inside a repository is never committed by `git add .`.
+            let ignore = dir.join(".gitignore");
+            if !ignore.exists() {
+                let tmp = tmp.join(unique_name("gitignore-"));
+                std::fs::write(&tmp, VAULT_GITIGNORE).at(&tmp)?;
+                std::fs::rename(&tmp, &ignore).at(&ignore)?;
             }
         }
         let meta = SqliteMeta::open(&dir.join("cache.db"))?;
@@ -252,10 +268,21 @@ impl Vault {
         inputs: &[Input],
         extras: Vec<(String, Vec<u8>)>,
     ) -> Result<TaskKey> {
-        let alg = self.settings.algorithm;
+        Vault::key_in(&self.settings, task, inputs, extras)
+    }
+
+    /// The key [`Vault::key_with`] builds, from settings alone: a lookup where there is no
+    /// vault still knows what it would have looked for.
+    pub fn key_in(
+        settings: &Settings,
+        task: &str,
+        inputs: &[Input],
+        extras: Vec<(String, Vec<u8>)>,
+    ) -> Result<TaskKey> {
+        let alg = settings.algorithm;
         let records =
             inputs.iter().map(|i| InputRecord::hash(alg, i)).collect::<Result<Vec<_>>>()?;
-        TaskKey::new(alg, &self.settings.namespace, task, records, extras)
+        TaskKey::new(alg, &settings.namespace, task, records, extras)
     }
 
     /// Stores `output` as the result of `key`. The previous entry of the key, if any, becomes

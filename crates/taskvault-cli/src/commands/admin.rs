@@ -28,6 +28,15 @@ pub fn init(cli: &Cli, force: bool) -> Result<Outcome> {
     let tmp = path.with_extension("yaml.tmp");
     fs_err::write(&tmp, taskvault::config::INIT_TEMPLATE)?;
     fs_err::rename(&tmp, &path)?;
+    // `git add .` never commits the vault: the default one lives in .taskvault/cache (a vault
+    // elsewhere gets a .gitignore of its own when it is made).
+    let ignore = path.with_file_name(".gitignore");
+    if !ignore.exists() {
+        fs_err::write(
+            &ignore,
+            "# Made by `taskvault init`: the vault is a cache, not source.\ncache/\n",
+        )?;
+    }
     if cli.json {
         human::json(&serde_json::json!({"config": path}))?;
     } else {
@@ -36,18 +45,40 @@ pub fn init(cli: &Cli, force: bool) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-pub fn rm(cli: &Cli, v: &Vault, hashes: &[String]) -> Result<Outcome> {
+pub fn rm(cli: &Cli, v: &Vault, hashes: &[String], whole_keys: bool) -> Result<Outcome> {
     // Resolve everything first: one bad hash removes nothing.
     let runs = hashes.iter().map(|h| v.resolve(h)).collect::<Result<Vec<_>, _>>()?;
-    let removed = v.remove(&runs)?;
-    report_removed(cli, &removed, "Removed")
+    if whole_keys {
+        let removed = v.remove(&runs)?;
+        return report_removed(cli, &removed, "Removed (with all their history)");
+    }
+    v.remove_runs(&runs)?;
+    if cli.json {
+        human::json(&runs)?;
+        return Ok(Outcome::Ok);
+    }
+    for r in &runs {
+        let what = match r.status {
+            taskvault::Status::Live => "its live entry: the key is now a miss; its history stays",
+            _ => "history; the key's live entry, if any, stays",
+        };
+        human::note(human::check(&format!(
+            "Removed run {} of {} ({what})",
+            human::short(&r.id),
+            r.task
+        )));
+    }
+    Ok(Outcome::Ok)
 }
 
 fn report_removed(cli: &Cli, removed: &[taskvault::Entry], verb: &str) -> Result<Outcome> {
     if cli.json {
         human::json(&removed)?;
     } else {
-        human::note(human::check(&format!("{verb} {} entries", removed.len())));
+        human::note(human::check(&format!("{verb}: {} entries", removed.len())));
+        for e in removed {
+            human::note(format!("  {} {}", human::short(&e.id), e.task));
+        }
     }
     Ok(Outcome::Ok)
 }

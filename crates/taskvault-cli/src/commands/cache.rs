@@ -13,7 +13,7 @@ use crate::human;
 pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
     match c {
         CacheCommand::Save(a) => {
-            let key = v.key(&a.task, &inputs(v, &a.input, &a.more_inputs)?)?;
+            let key = v.key(&a.task, &inputs(v.settings(), &a.input, &a.more_inputs)?)?;
             let opts = SaveOptions {
                 ttl: a.ttl,
                 duration_ms: a.duration.map(|d| d.as_millis() as i64),
@@ -38,7 +38,7 @@ pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
             Ok(Outcome::Ok)
         }
         CacheCommand::Get(a) => {
-            let key = v.key(&a.task, &inputs(v, &a.input, &a.more_inputs)?)?;
+            let key = v.key(&a.task, &inputs(v.settings(), &a.input, &a.more_inputs)?)?;
             match v.get(&key, &a.output)? {
                 Some(e) => {
                     if cli.json {
@@ -67,10 +67,35 @@ pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
     }
 }
 
+/// `cache get` where there is no vault: a miss (after the inputs are hashed, so bad input is
+/// still an error and `--json` still names the key).
+pub fn get_without_vault(
+    cli: &Cli,
+    a: &crate::cli::GetArgs,
+    resolved: &taskvault_settings::Resolved,
+) -> Result<Outcome> {
+    let settings = &resolved.settings;
+    let key =
+        Vault::key_in(settings, &a.task, &inputs(settings, &a.input, &a.more_inputs)?, Vec::new())?;
+    if cli.json {
+        human::json(&serde_json::json!({
+            "hit": false, "task": a.task, "key": key.digest().hex(), "vault": null,
+        }))?;
+    } else {
+        human::note(human::cross(&format!(
+            "Cache miss for {} (no vault at {}, {})",
+            a.task,
+            settings.vault_dir.display(),
+            resolved.vault_source
+        )));
+    }
+    Ok(Outcome::Miss)
+}
+
 /// The positional input followed by `--input` ones; `-` reads standard input (streamed through
 /// the hasher, never held in memory).
-fn inputs(v: &Vault, first: &Path, more: &[PathBuf]) -> Result<Vec<Input>> {
-    let alg = v.settings().algorithm;
+fn inputs(settings: &taskvault::Settings, first: &Path, more: &[PathBuf]) -> Result<Vec<Input>> {
+    let alg = settings.algorithm;
     std::iter::once(first)
         .chain(more.iter().map(PathBuf::as_path))
         .map(|p| {

@@ -50,12 +50,14 @@ fn normalize_output(p: &str) -> Result<String> {
     Ok(rel)
 }
 
+/// The task name `run` uses without `--task`: the command's file name.
+fn default_task(command: &[OsString]) -> String {
+    let program = Path::new(&command[0]);
+    program.file_name().unwrap_or(program.as_os_str()).to_string_lossy().into_owned()
+}
+
 fn plan(v: &Vault, a: &RunArgs, cwd: &Path) -> Result<Plan> {
-    let program = Path::new(&a.command[0]);
-    let task = match &a.task {
-        Some(t) => t.clone(),
-        None => program.file_name().unwrap_or(program.as_os_str()).to_string_lossy().into_owned(),
-    };
+    let task = a.task.clone().unwrap_or_else(|| default_task(&a.command));
     let mut outputs = a.outputs.iter().map(|o| normalize_output(o)).collect::<Result<Vec<_>>>()?;
     outputs.sort();
     outputs.dedup();
@@ -98,8 +100,10 @@ fn plan(v: &Vault, a: &RunArgs, cwd: &Path) -> Result<Plan> {
 pub fn run(cli: &Cli, v: &Vault, a: &RunArgs) -> Result<Outcome> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let plan = plan(v, a, &cwd)?;
+    // One status line per run, on stderr (stdout is the command's); `--json` replaces it with
+    // the JSON summary, `--quiet` drops it.
     let say = |line: String| {
-        if !a.quiet {
+        if !a.quiet && !cli.json {
             human::note(format!("taskvault: {line}"));
         }
     };
@@ -124,6 +128,14 @@ pub fn run(cli: &Cli, v: &Vault, a: &RunArgs) -> Result<Outcome> {
 
     if a.no_save {
         let (outcome, captured) = execute(&a.command)?;
+        if let Some(c) = &captured {
+            say(format!(
+                "miss {} (ran, {}, {}; not saved: --no-save)",
+                plan.key.task,
+                exit_text(&c.ended),
+                human::duration_ms(c.duration.as_millis() as i64)
+            ));
+        }
         summary(
             cli,
             a,
@@ -231,6 +243,53 @@ pub fn run(cli: &Cli, v: &Vault, a: &RunArgs) -> Result<Outcome> {
     }
     drop(guard);
     Ok(outcome)
+}
+
+/// `run --no-save` where there is no vault: nothing to replay and nothing to save, so the
+/// command runs and the status line says so.
+pub fn run_without_vault(
+    cli: &Cli,
+    a: &RunArgs,
+    resolved: &taskvault_settings::Resolved,
+) -> Result<Outcome> {
+    let (outcome, captured) = execute(&a.command)?;
+    let task = a.task.clone().unwrap_or_else(|| default_task(&a.command));
+    let where_ = format!("no vault at {}", resolved.settings.vault_dir.display());
+    if let Some(c) = &captured {
+        let ms = c.duration.as_millis() as i64;
+        let s = serde_json::json!({
+            "task": task, "key": null, "hit": false, "exit_code": exit_code(outcome),
+            "duration_ms": ms, "run_id": null, "outputs": a.outputs,
+        });
+        if let Some(path) = &a.summary {
+            fs_err::write(path, format!("{s}\n"))?;
+        }
+        if cli.json {
+            human::note(s.to_string());
+        } else if !a.quiet {
+            human::note(format!(
+                "taskvault: miss {task} (ran, {}, {}; not saved: --no-save, {where_})",
+                exit_text(&c.ended),
+                human::duration_ms(ms)
+            ));
+        }
+    }
+    Ok(outcome)
+}
+
+fn exit_code(outcome: Outcome) -> i64 {
+    match outcome {
+        Outcome::Exit(c) => c as i64,
+        Outcome::Ok => 0,
+        Outcome::Miss => 1,
+    }
+}
+
+fn exit_text(ended: &exec::Ended) -> String {
+    match ended {
+        exec::Ended::Exited(c) => format!("exit {c}"),
+        exec::Ended::Signaled(s) => format!("killed by signal {s}"),
+    }
 }
 
 /// Runs the command; `None` if it could not even start (the outcome says how to exit).
@@ -352,16 +411,11 @@ fn summary(
     if !cli.json && a.summary.is_none() {
         return Ok(());
     }
-    let code = match outcome {
-        Outcome::Exit(c) => c as i64,
-        Outcome::Ok => 0,
-        Outcome::Miss => 1,
-    };
     let s = serde_json::json!({
         "task": plan.key.task,
         "key": plan.key.digest().hex(),
         "hit": hit,
-        "exit_code": code,
+        "exit_code": exit_code(outcome),
         "duration_ms": duration_ms,
         "run_id": run_id,
         "outputs": plan.outputs,

@@ -6,6 +6,7 @@ mod hostile;
 mod inspect;
 mod run;
 mod seed;
+mod ux;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -71,6 +72,14 @@ impl Project {
 
     pub fn stats(&self) -> serde_json::Value {
         self.run(&["stats", "--json"]).ok().json()
+    }
+
+    /// Live entries; 0 where nothing was ever saved (no vault: `stats` says so, and fails).
+    pub fn entries(&self) -> i64 {
+        if !self.vault().join("cache.db").exists() {
+            return 0;
+        }
+        self.stats()["entries"].as_i64().unwrap()
     }
 }
 

@@ -1,0 +1,189 @@
+//! A new user's first hour: what the CLI does where there is no vault yet, how `rm` and `run`
+//! report what they did, and how errors read.
+
+use crate::Project;
+
+fn saved(p: &Project, task: &str, input: &str, output: &[u8]) -> String {
+    p.write("in", input);
+    p.write("out", output);
+    p.run(&["--json", "cache", "save", task, "in", "out"]).ok().json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn rm_removes_exactly_the_run_named_and_rm_key_every_run() {
+    let p = Project::new();
+    let old = saved(&p, "t", "i", b"first");
+    let live = saved(&p, "t", "i", b"second");
+    // The older run only: the key still hits, with the newer result.
+    let r = p.run(&["rm", &old[..12]]).ok();
+    assert!(r.stderr().contains("history; the key's live entry, if any, stays"), "{}", r.stderr());
+    p.run(&["cache", "get", "t", "in", "got"]).ok();
+    assert_eq!(std::fs::read(p.path("got")).unwrap(), b"second");
+    assert!(p.run(&["show", &old]).code_is(2).stderr().contains("no entry matches"));
+    let history = p.run(&["--json", "history", &live]).ok().json();
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    // --key: the live run and all its history.
+    let newer = saved(&p, "t", "i", b"third");
+    let r = p.run(&["rm", "--key", &newer[..12]]).ok();
+    assert!(r.stderr().contains("with all their history"), "{}", r.stderr());
+    p.run(&["cache", "get", "t", "in", "got"]).code_is(1);
+    assert!(p.run(&["show", &live]).code_is(2).stderr().contains("no entry matches"));
+    // Removing a live run: a miss, its history kept and shown.
+    let a = saved(&p, "u", "j", b"one");
+    let b = saved(&p, "u", "j", b"two");
+    let r = p.run(&["rm", &b]).ok();
+    assert!(r.stderr().contains("the key is now a miss; its history stays"), "{}", r.stderr());
+    p.run(&["cache", "get", "u", "in", "got"]).code_is(1);
+    let shown = p.run(&["show", &a]).ok().stdout();
+    assert!(shown.contains("status:     superseded"), "{shown}");
+}
+
+#[test]
+fn commands_that_only_read_never_make_a_vault() {
+    let p = Project::new();
+    p.write("in", "i");
+    let readers: &[&[&str]] = &[
+        &["stats"],
+        &["cache", "stats"],
+        &["log"],
+        &["show", "abc"],
+        &["history", "abc"],
+        &["diff", "abc", "def"],
+        &["get", "abc"],
+        &["verify"],
+        &["gc"],
+        &["rm", "abc"],
+        &["invalidate", "--tag", "a"],
+        &["clear", "--yes"],
+        &["export", "x.tar.zst"],
+    ];
+    for args in readers {
+        let r = p.run(args).code_is(2);
+        let err = r.stderr();
+        assert!(err.contains("no vault at") && err.contains(".taskvault/cache"), "{args:?}: {err}");
+        assert!(err.contains("the default cache_dir"), "{args:?} says where it looked: {err}");
+    }
+    // A lookup is a miss, and says why.
+    let r = p.run(&["cache", "get", "t", "in", "got"]).code_is(1);
+    assert!(r.stderr().contains("Cache miss for t (no vault at"), "{}", r.stderr());
+    assert!(!p.path(".taskvault").exists(), "nothing was made");
+    // A save makes the default vault inside the project.
+    p.run(&["cache", "save", "t", "in", "in"]).ok();
+    assert!(p.path(".taskvault/cache/cache.db").exists());
+}
+
+#[test]
+fn a_mistyped_cache_dir_outside_the_project_is_an_error_not_a_new_tree() {
+    let p = Project::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let typo = elsewhere.path().join("cahce/deep/tree");
+    p.write(".taskvault/config.yaml", format!("cache_dir: {}\n", typo.display()));
+    p.write("in", "i");
+    let r = p.run(&["cache", "save", "t", "in", "in"]).code_is(2);
+    assert!(
+        r.stderr().contains("does not exist: create it first, or fix cache_dir"),
+        "{}",
+        r.stderr()
+    );
+    assert!(r.stderr().contains("config.yaml"), "it names the file: {}", r.stderr());
+    assert!(!elsewhere.path().join("cahce").exists());
+    // Given explicitly, the path is made.
+    let dir = typo.display().to_string();
+    p.run(&["--dir", &dir, "cache", "save", "t", "in", "in"]).ok();
+    assert!(typo.join("cache.db").exists());
+}
+
+#[test]
+fn init_and_new_vaults_keep_git_from_committing_the_vault() {
+    let p = Project::new();
+    p.run(&["init"]).ok();
+    let ignore = std::fs::read_to_string(p.path(".taskvault/.gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "cache/"), "{ignore}");
+    p.write("in", "i");
+    p.run(&["cache", "save", "t", "in", "in"]).ok();
+    // And a vault anywhere ignores itself.
+    let other = p.path("elsewhere/vault");
+    p.run(&["--dir", other.to_str().unwrap(), "cache", "save", "t", "in", "in"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(other.join(".gitignore")).unwrap().lines().last(),
+        Some("*")
+    );
+    let git = |args: &[&str]| {
+        std::process::Command::new("git").args(args).current_dir(p.dir.path()).output().unwrap()
+    };
+    if git(&["init", "-q"]).status.success() {
+        git(&["add", "."]);
+        let staged = String::from_utf8(git(&["ls-files"]).stdout).unwrap();
+        assert!(staged.contains(".taskvault/config.yaml"), "{staged}");
+        assert!(!staged.contains("cache.db") && !staged.contains("blobs/"), "{staged}");
+    }
+}
+
+#[test]
+fn run_says_what_happened_in_every_mode() {
+    let p = Project::new();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", "echo out"]);
+        p.run(&args)
+    };
+    let r = run(&["--no-save"]).ok();
+    assert_eq!(r.stdout(), "out\n");
+    assert!(r.stderr().contains("taskvault: miss sh (ran, exit 0,"), "{}", r.stderr());
+    assert!(r.stderr().contains("not saved: --no-save"), "{}", r.stderr());
+    run(&[]).ok();
+    let r = run(&["--no-save"]).ok();
+    assert!(r.stderr().contains("taskvault: hit sh"), "{}", r.stderr());
+    // --json: the JSON summary instead of the status line, on stderr (stdout is the command's).
+    let r = run(&["--json"]).ok();
+    assert_eq!(r.stdout(), "out\n");
+    let err = r.stderr();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let s: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(s["hit"], true);
+    let help = p.run(&["run", "--help"]).ok().stdout();
+    assert!(help.contains("on stderr"), "the help says where --json goes: {help}");
+}
+
+#[test]
+fn errors_are_one_line_and_say_each_thing_once() {
+    let p = Project::new();
+    for (args, needle) in [
+        (&["lgo"][..], "unrecognized subcommand 'lgo'"),
+        (&["show"][..], "the following required arguments were not provided: <HASH>"),
+        (&["log", "--limit", "x"][..], "invalid value 'x' for '--limit <LIMIT>'"),
+    ] {
+        let r = p.run(args).code_is(2);
+        let err = r.stderr();
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(lines[0].starts_with("✗ error: ") && lines[0].contains(needle), "{args:?}: {err}");
+        assert!(lines.len() <= 2, "{args:?}: one line and a usage hint at most: {err}");
+        if lines.len() == 2 {
+            assert!(lines[1].starts_with("usage: taskvault"), "{err}");
+        }
+    }
+    // An OS error is said once.
+    let err = p.run(&["import", "/nonexistent/a.tar.zst"]).code_is(2).stderr();
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // A config value that is wrong names its line and column, and the environment is held to
+    // the same rule as the file.
+    p.write(".taskvault/config.yaml", "max_size_gb: 1\nlog_level: chatty\n");
+    let err = p.run(&["stats"]).code_is(2).stderr();
+    assert!(err.contains("log_level must be debug, info, warn, error or trace"), "{err}");
+    assert!(err.contains("at line 2 column 12"), "{err}");
+    p.write(".taskvault/config.yaml", "policies:\n  t:\n    ttl_seconds: -5\n");
+    let err = p.run(&["stats"]).code_is(2).stderr();
+    assert!(err.contains("at line 3 column 18"), "{err}");
+    std::fs::remove_file(p.path(".taskvault/config.yaml")).unwrap();
+    let err = p.cmd().args(["stats"]).env("TASKVAULT_LOG", "chatty").output().unwrap();
+    assert_eq!(err.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        err.contains("TASKVAULT_LOG must be debug, info, warn, error or trace, got \"chatty\""),
+        "{err}"
+    );
+}

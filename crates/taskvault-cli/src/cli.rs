@@ -35,6 +35,9 @@ pub struct Cli {
 #[derive(Debug, PartialEq, Subcommand)]
 pub enum Command {
     /// Write .taskvault/config.yaml with the defaults.
+    #[command(
+        after_help = "Examples:\n  taskvault init             # .taskvault/config.yaml with the defaults, and a .gitignore"
+    )]
     Init {
         /// Overwrite an existing config file.
         #[arg(long)]
@@ -44,8 +47,14 @@ pub enum Command {
     #[command(subcommand)]
     Cache(CacheCommand),
     /// List entries (newest first).
+    #[command(
+        after_help = "Examples:\n  taskvault log -n 5\n  taskvault log --task build --since 1d\n  taskvault log --all --status failed"
+    )]
     Log(LogArgs),
     /// Show one entry: inputs, outputs, provenance.
+    #[command(
+        after_help = "Examples:\n  taskvault show 3f2a9c      # a prefix of a run id or key\n  taskvault --json show 3f2a9c"
+    )]
     Show {
         /// A run id or key, or an unambiguous prefix of one.
         hash: String,
@@ -60,9 +69,13 @@ pub enum Command {
     /// All runs of an entry's key, oldest first.
     History { hash: String },
     /// What differs between two runs: inputs, outputs, sizes, durations.
+    #[command(after_help = "Examples:\n  taskvault diff 3f2a9c 81b07d")]
     Diff { a: String, b: String },
     /// Remove runs: exactly the runs named (removing a key's live run makes the key a miss and
     /// keeps its history); with --key, every run of the keys named.
+    #[command(
+        after_help = "Examples:\n  taskvault rm 3f2a9c        # that run only\n  taskvault rm --key 3f2a9c  # the key: its live entry and all its history"
+    )]
     Rm {
         /// Run ids or keys, or unambiguous prefixes (a key names its live run).
         #[arg(required = true)]
@@ -78,6 +91,9 @@ pub enum Command {
         tag: String,
     },
     /// Remove expired entries, old or excess entries, and crash leftovers.
+    #[command(
+        after_help = "Examples:\n  taskvault gc\n  taskvault gc --older-than 30d --max-size 5GB"
+    )]
     Gc {
         /// Also remove entries not used for this long (e.g. 7d, 12h).
         #[arg(long, value_parser = parse_duration)]
@@ -103,9 +119,39 @@ pub enum Command {
     /// Import an archive made by `export`; every blob is verified first.
     Import { archive: PathBuf },
     /// Entries, size, usage, hits and misses, time saved.
-    Stats,
+    #[command(
+        after_help = "Examples:\n  taskvault stats\n  taskvault stats --by-task\n  taskvault stats --reset"
+    )]
+    Stats(StatsArgs),
     /// Run a command, or replay its cached outputs, console output and exit code.
+    #[command(
+        after_help = "Examples:\n  taskvault run -i 'src/**' -i package-lock.json -o dist -- npm run build\n  taskvault run -i 'src/**' -i 'tests/**' -- pytest -q\n  taskvault run --explain -i data.csv -o model.pkl -- python train.py"
+    )]
     Run(RunArgs),
+    /// Show the effective configuration and where each value came from.
+    Config,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  taskvault completions bash > ~/.local/share/bash-completion/completions/taskvault\n  taskvault completions zsh > \"${fpath[1]}/_taskvault\"\n  taskvault completions fish > ~/.config/fish/completions/taskvault.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), made from the same definitions as --help.
+    #[command(after_help = "Example:\n  taskvault man > ~/.local/share/man/man1/taskvault.1")]
+    Man,
+}
+
+#[derive(Debug, PartialEq, Default, Args)]
+pub struct StatsArgs {
+    /// One row per task: entries, bytes, hits, misses, hit rate and time saved.
+    #[arg(long)]
+    pub by_task: bool,
+    /// Zero the counters (hits, misses, saves, evictions, expired, corrupt, time saved; per
+    /// task too) and start counting afresh; entries and stored bytes stay.
+    #[arg(long, conflicts_with = "by_task")]
+    pub reset: bool,
 }
 
 /// `taskvault run [OPTIONS] -- COMMAND [ARGS]...`
@@ -170,8 +216,14 @@ pub struct RunArgs {
 #[derive(Debug, PartialEq, Subcommand)]
 pub enum CacheCommand {
     /// Save OUTPUT as the result of TASK on INPUT.
+    #[command(
+        after_help = "Examples:\n  taskvault cache save unit_tests package.json test-results.txt --ttl 1d"
+    )]
     Save(SaveArgs),
     /// Restore the result of TASK on INPUT to OUTPUT; exit 1 on a miss.
+    #[command(
+        after_help = "Examples:\n  taskvault cache get unit_tests package.json test-results.txt && echo hit"
+    )]
     Get(GetArgs),
     /// Cache statistics.
     Stats,

@@ -29,7 +29,9 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
     // off, and the kernel releases the file locks), so it is skipped on the hit path's clock.
     let v: &Vault = Box::leak(Box::new(vault));
     match &cli.command {
-        Command::Init { .. } => unreachable!("handled before settings are resolved"),
+        Command::Init { .. } | Command::Completions { .. } | Command::Man | Command::Config => {
+            unreachable!("handled before the vault is opened")
+        }
         Command::Cache(c) => cache::run(cli, v, c),
         Command::Log(a) => inspect::log(cli, v, &a.select),
         Command::Show { hash } => inspect::show(cli, v, hash),
@@ -43,9 +45,41 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
         Command::Verify => admin::verify(cli, v),
         Command::Export { archive, select } => admin::export(cli, v, archive, select),
         Command::Import { archive } => admin::import(cli, v, archive),
-        Command::Stats => admin::stats(cli, v),
+        Command::Stats(a) => admin::stats(cli, v, a),
         Command::Run(a) => run::run(cli, v, a),
     }
+}
+
+/// `taskvault completions SHELL`: the completion script, on stdout.
+pub fn completions(shell: clap_complete::Shell) -> Result<Outcome> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "taskvault", &mut std::io::stdout().lock());
+    Ok(Outcome::Ok)
+}
+
+/// `taskvault man`: the man page, on stdout.
+pub fn man() -> Result<Outcome> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cmd).render(&mut std::io::stdout().lock())?;
+    Ok(Outcome::Ok)
+}
+
+/// `taskvault config`: every setting in effect, and where it came from.
+pub fn config(cli: &Cli, resolved: &Resolved) -> Result<Outcome> {
+    let rows = taskvault_settings::explain(resolved)?;
+    if cli.json {
+        let map: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|r| (r.name.clone(), serde_json::json!({"value": r.value, "from": r.source})))
+            .collect();
+        crate::human::json(&map)?;
+        return Ok(Outcome::Ok);
+    }
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for r in &rows {
+        crate::human::out(format!("{:<width$}  {}  ({})", r.name, r.value, r.source))?;
+    }
+    Ok(Outcome::Ok)
 }
 
 /// What a command does where there is no vault yet: `None` for the commands that save (they

@@ -101,9 +101,13 @@ fn one_line_error(rendered: &str) -> String {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {
-    // `init` must work where the existing config is broken, so it resolves nothing else.
-    if let cli::Command::Init { force } = &cli.command {
-        return commands::init(&cli, *force);
+    // `init` must work where the existing config is broken, so it resolves nothing else; nor
+    // do the commands that print what the command line itself is.
+    match &cli.command {
+        cli::Command::Init { force } => return commands::init(&cli, *force),
+        cli::Command::Completions { shell } => return commands::completions(*shell),
+        cli::Command::Man => return commands::man(),
+        _ => {}
     }
     // Only saves record who and where (imports keep the exporter's); lookups skip it.
     let identity = matches!(
@@ -118,6 +122,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {
     })?;
     init_logging(&resolved.log_level);
     tracing::debug!(vault = %resolved.settings.vault_dir.display(), config = ?resolved.config_path);
+    if let cli::Command::Config = &cli.command {
+        return commands::config(&cli, &resolved);
+    }
     if !resolved.vault_exists() {
         // A command that only reads never makes a vault; one that saves may, where allowed.
         match commands::without_vault(&cli, &resolved)? {

@@ -32,6 +32,10 @@ pub struct Resolved {
     pub log_level: String,
     /// Where the vault directory came from.
     pub vault_source: VaultSource,
+    /// How the config file was found: `--config`, `TASKVAULT_CONFIG`, or discovered.
+    pub config_origin: &'static str,
+    /// Where the log level came from.
+    pub log_origin: &'static str,
     /// The project root: the directory holding `.taskvault/` (or the config file's own
     /// directory), else the current directory.
     pub root: PathBuf,
@@ -113,6 +117,11 @@ pub const CONFIG_REL: &str = ".taskvault/config.yaml";
 /// Resolves the settings for the current directory.
 pub fn resolve(o: &Overrides) -> Result<Resolved> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let config_origin = match (&o.config, env_path("TASKVAULT_CONFIG")) {
+        (Some(_), _) => "--config",
+        (None, Some(_)) => "TASKVAULT_CONFIG",
+        (None, None) => "found here or above",
+    };
     let explicit = o.config.clone().or_else(|| env_path("TASKVAULT_CONFIG"));
     let config_path = match explicit {
         Some(p) => {
@@ -146,6 +155,11 @@ pub fn resolve(o: &Overrides) -> Result<Resolved> {
         settings.user =
             std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
     }
+    let log_origin = match (o.verbose, std::env::var_os("TASKVAULT_LOG")) {
+        (1.., _) => "-v",
+        (0, Some(_)) => "TASKVAULT_LOG",
+        (0, None) => "config",
+    };
     let log_level = match o.verbose {
         0 => match std::env::var("TASKVAULT_LOG") {
             // The same values as the file's `log_level`, checked the same way.
@@ -158,7 +172,83 @@ pub fn resolve(o: &Overrides) -> Result<Resolved> {
         2 => "debug".into(),
         _ => "trace".into(),
     };
-    Ok(Resolved { settings, config_path, log_level, vault_source, root })
+    Ok(Resolved { settings, config_path, log_level, vault_source, root, config_origin, log_origin })
+}
+
+/// One setting as `taskvault config` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub name: String,
+    pub value: String,
+    /// Where the value came from: a flag, a variable, the config file (with its path), or the
+    /// default.
+    pub source: String,
+}
+
+/// Every setting in effect for `resolved`, with where each came from.
+pub fn explain(resolved: &Resolved) -> Result<Vec<Setting>> {
+    let (file, set) = match &resolved.config_path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            (ConfigFile::parse(&text, p)?, ConfigFile::keys_set(&text))
+        }
+        None => (ConfigFile::default(), Default::default()),
+    };
+    let from_file = |key: &str| match &resolved.config_path {
+        Some(p) if set.contains(key) => format!("{}", p.display()),
+        _ => "default".to_owned(),
+    };
+    let mut rows = vec![Setting {
+        name: "config".into(),
+        value: resolved.config_path.as_ref().map_or("none".into(), |p| p.display().to_string()),
+        source: match &resolved.config_path {
+            Some(_) => resolved.config_origin.into(),
+            None => format!("no {CONFIG_REL} here or above"),
+        },
+    }];
+    rows.push(Setting {
+        name: "cache_dir".into(),
+        value: resolved.settings.vault_dir.display().to_string(),
+        source: match &resolved.vault_source {
+            VaultSource::Flag => "--dir".into(),
+            VaultSource::Env => "TASKVAULT_DIR".into(),
+            VaultSource::Config(_) if set.contains("cache_dir") => from_file("cache_dir"),
+            _ => "default".into(),
+        },
+    });
+    let value = serde_json::to_value(&file).context("the config does not serialize")?;
+    for (key, v) in value.as_object().into_iter().flatten() {
+        match key.as_str() {
+            "cache_dir" | "policies" => continue,
+            "log_level" => rows.push(Setting {
+                name: key.clone(),
+                value: resolved.log_level.clone(),
+                source: match resolved.log_origin {
+                    "config" => from_file("log_level"),
+                    other => other.into(),
+                },
+            }),
+            _ => rows.push(Setting { name: key.clone(), value: show(v), source: from_file(key) }),
+        }
+    }
+    for (task, policy) in value["policies"].as_object().into_iter().flatten() {
+        for (field, v) in policy.as_object().into_iter().flatten() {
+            if v.is_null() {
+                continue;
+            }
+            let name = format!("policies.{task}.{field}");
+            rows.push(Setting { value: show(v), source: from_file(&name), name });
+        }
+    }
+    Ok(rows)
+}
+
+fn show(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {

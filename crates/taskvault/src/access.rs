@@ -50,7 +50,8 @@ impl AccessJournal {
                 Access::Hit { id, at_ms, duration_ms } => {
                     line.push_str(&format!("h {id} {at_ms} {}\n", duration_ms.map_or(-1, |d| d)))
                 }
-                Access::Miss => line.push_str("m\n"),
+                // The task hex-encoded: a task name may hold spaces or newlines.
+                Access::Miss { task } => line.push_str(&format!("m {}\n", hex(task.as_bytes()))),
             }
         }
         let mut f = self.open()?;
@@ -91,11 +92,28 @@ impl AccessJournal {
     }
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(h: &str) -> Option<Vec<u8>> {
+    if !h.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect()
+}
+
 /// Parses one journal line; a torn last line (a crash mid-append) is skipped.
 fn parse(line: &str) -> Option<Access> {
     let mut it = line.split(' ');
     match it.next()? {
-        "m" => Some(Access::Miss),
+        "m" => {
+            let task = match it.next() {
+                Some(h) => String::from_utf8(unhex(h)?).ok()?,
+                None => String::new(), // a journal written before misses named their task
+            };
+            Some(Access::Miss { task })
+        }
         "h" => {
             let id = it.next()?;
             if id.len() != 64 {
@@ -119,7 +137,7 @@ mod tests {
         let j = AccessJournal::new(dir.path().join("access.log"));
         let id = "a".repeat(64);
         j.record(&Access::Hit { id: id.clone(), at_ms: 5, duration_ms: Some(7) }).unwrap();
-        j.record(&Access::Miss).unwrap();
+        j.record(&Access::Miss { task: "t".into() }).unwrap();
         j.record(&Access::Hit { id: id.clone(), at_ms: 6, duration_ms: None }).unwrap();
         std::fs::OpenOptions::new()
             .append(true)
@@ -137,9 +155,9 @@ mod tests {
             seen,
             [
                 Access::Hit { id: id.clone(), at_ms: 5, duration_ms: Some(7) },
-                Access::Miss,
+                Access::Miss { task: "t".into() },
                 Access::Hit { id, at_ms: 6, duration_ms: None },
-                Access::Miss,
+                Access::Miss { task: String::new() }, // the old format
             ]
         );
         j.fold(|a| {
@@ -153,7 +171,7 @@ mod tests {
     fn a_failed_apply_keeps_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let j = AccessJournal::new(dir.path().join("access.log"));
-        j.record(&Access::Miss).unwrap();
+        j.record(&Access::Miss { task: "t".into() }).unwrap();
         let err = j.fold(|_| Err(crate::Error::Other("db down".into())));
         assert!(err.is_err());
         let mut n = 0;

@@ -2,7 +2,7 @@
 //! the engine runs with. Parsing is strict: unknown keys and impossible values are errors.
 //! Every key, with its default, is documented in `docs/config.md`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::digest::Algorithm;
@@ -138,6 +138,27 @@ impl ConfigFile {
         };
         cfg.validate(path, text)?;
         Ok(cfg)
+    }
+
+    /// The dotted names of the keys a config text sets (`max_size_gb`, `policies.t.ttl_seconds`):
+    /// what `taskvault config` reports as coming from the file rather than from the defaults.
+    pub fn keys_set(text: &str) -> BTreeSet<String> {
+        fn walk(v: &yaml_serde::Value, prefix: &str, out: &mut BTreeSet<String>) {
+            if let yaml_serde::Value::Mapping(m) = v {
+                for (k, v) in m {
+                    let Some(k) = k.as_str() else { continue };
+                    let name =
+                        if prefix.is_empty() { k.to_owned() } else { format!("{prefix}.{k}") };
+                    walk(v, &name, out);
+                    out.insert(name);
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        if let Ok(v) = yaml_serde::from_str::<yaml_serde::Value>(text) {
+            walk(&v, "", &mut out);
+        }
+        out
     }
 
     pub fn load(path: &Path) -> Result<ConfigFile> {

@@ -238,6 +238,18 @@ pub struct Census {
     pub inline_bytes: i64,
 }
 
+/// One task's share of the vault: its live entries and their bytes (uncompressed), and the
+/// lookups counted for it since the counters were last reset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TaskStats {
+    pub task: String,
+    pub entries: i64,
+    pub bytes: i64,
+    pub hits: i64,
+    pub misses: i64,
+    pub time_saved_ms: i64,
+}
+
 /// A selection of entries for `log`, `export`, `invalidate`.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {

@@ -51,8 +51,15 @@ pub struct Damaged {
 /// One served lookup, as recorded in the access journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
-    Hit { id: String, at_ms: i64, duration_ms: Option<i64> },
-    Miss,
+    Hit {
+        id: String,
+        at_ms: i64,
+        duration_ms: Option<i64>,
+    },
+    /// A lookup of `task` that found nothing (`""` in journals written before tasks were).
+    Miss {
+        task: String,
+    },
 }
 
 /// Reading a stored blob: a local file (which allows in-kernel copies) or any stream.
@@ -125,6 +132,11 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// its blobs) with it, a history or failed run only its row. Runs naming it as their
     /// parent then have none. `Removed::entries` holds the run if it was live.
     fn remove_run(&self, id: &str) -> Result<Removed>;
+    /// Per-task entries, bytes, hits, misses and time saved, by task name.
+    fn task_stats(&self) -> Result<Vec<crate::entry::TaskStats>>;
+    /// Zeroes the hit, miss, save, eviction, expiry, corruption and time-saved counters
+    /// (global and per task); stored bytes are state, not a counter, and stay.
+    fn reset_counters(&self) -> Result<()>;
     /// Counts of runs and blobs.
     fn census(&self) -> Result<crate::entry::Census>;
     /// Marks every live entry that uses `digest` as corrupt and forgets the blob.

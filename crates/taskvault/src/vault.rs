@@ -677,7 +677,7 @@ impl Vault {
             size: None,
             detail: None,
         };
-        self.record_access(crate::store::Access::Miss, &audit)
+        self.record_access(crate::store::Access::Miss { task: key.task.clone() }, &audit)
     }
 
     fn hit(&self, e: &Entry, op: &str) -> Result<()> {

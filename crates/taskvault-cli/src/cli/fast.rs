@@ -20,7 +20,7 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
         json: false,
         verbose: 0,
         no_progress: false,
-        command: Command::Stats,
+        command: Command::Stats(crate::cli::StatsArgs::default()),
     };
     let mut run = RunArgs {
         task: None,

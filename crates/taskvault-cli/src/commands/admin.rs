@@ -195,7 +195,53 @@ pub fn import(cli: &Cli, v: &Vault, archive: &Path) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-pub fn stats(cli: &Cli, v: &Vault) -> Result<Outcome> {
+fn stats_by_task(cli: &Cli, v: &Vault) -> Result<Outcome> {
+    let rows = v.task_stats()?;
+    if cli.json {
+        human::json(&rows)?;
+        return Ok(Outcome::Ok);
+    }
+    human::out(format!(
+        "{:<24}  {:>7}  {:>10}  {:>7}  {:>7}  {:>8}  {:>10}",
+        "TASK", "ENTRIES", "SIZE", "HITS", "MISSES", "HIT RATE", "TIME SAVED"
+    ))?;
+    for r in &rows {
+        let lookups = r.hits + r.misses;
+        let rate = if lookups > 0 {
+            format!("{:.1}%", r.hits as f64 * 100.0 / lookups as f64)
+        } else {
+            "-".into()
+        };
+        let task = if r.task.is_empty() { "(unknown)" } else { &r.task };
+        human::out(format!(
+            "{:<24}  {:>7}  {:>10}  {:>7}  {:>7}  {:>8}  {:>10}",
+            task,
+            r.entries,
+            human::size(r.bytes),
+            r.hits,
+            r.misses,
+            rate,
+            human::duration_ms(r.time_saved_ms)
+        ))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn stats(cli: &Cli, v: &Vault, a: &crate::cli::StatsArgs) -> Result<Outcome> {
+    if a.reset {
+        v.reset_counters()?;
+        if cli.json {
+            human::json(&v.stats()?)?;
+        } else {
+            human::note(human::check(
+                "Counters reset: hits, misses, saves, evictions, expired, corrupt and time saved start from 0",
+            ));
+        }
+        return Ok(Outcome::Ok);
+    }
+    if a.by_task {
+        return stats_by_task(cli, v);
+    }
     let s = v.stats()?;
     if cli.json {
         human::json(&s)?;

@@ -63,7 +63,7 @@ pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
                 }
             }
         }
-        CacheCommand::Stats => super::admin::stats(cli, v),
+        CacheCommand::Stats => super::admin::stats(cli, v, &crate::cli::StatsArgs::default()),
     }
 }
 

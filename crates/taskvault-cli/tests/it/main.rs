@@ -6,6 +6,7 @@ mod hostile;
 mod inspect;
 mod run;
 mod seed;
+mod snapshots;
 mod ux;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! Metadata in SQLite (WAL): entries, blob rows, blob references of live entries, counters and
 //! claim failures. Schema versions live in `PRAGMA user_version`; see `docs/format.md`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -12,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::store::{Access, Committed, Damaged, MetaStore, Removed, StagedBlob};
 
 /// The schema version this build writes. Older databases are migrated on open.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE entries(
@@ -49,6 +50,20 @@ INSERT INTO counters(name, value) VALUES
     ('hits', 0), ('misses', 0), ('saves', 0), ('evictions', 0), ('corrupt', 0),
     ('expired', 0), ('time_saved_ms', 0), ('stored_bytes', 0);
 CREATE TABLE failures(key TEXT PRIMARY KEY, message TEXT NOT NULL, at_ms INTEGER NOT NULL);
+";
+
+/// The version 1 schema, for migration tests.
+#[cfg(test)]
+pub(crate) const SCHEMA_V1_FOR_TESTS: &str = SCHEMA_V1;
+
+/// Version 2: hits, misses and time saved per task, kept with the global counters.
+const SCHEMA_V2: &str = "
+CREATE TABLE task_counters(
+    task TEXT PRIMARY KEY,
+    hits INTEGER NOT NULL DEFAULT 0,
+    misses INTEGER NOT NULL DEFAULT 0,
+    time_saved_ms INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 ";
 
 /// The SQLite metadata store. One connection behind a mutex (SQLite serializes writers anyway),
@@ -279,6 +294,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version < 1 {
             conn.execute_batch(SCHEMA_V1)?;
+        }
+        if version < 2 {
+            conn.execute_batch(SCHEMA_V2)?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
@@ -664,23 +682,42 @@ impl MetaStore for SqliteMeta {
         }
         self.write(|tx| {
             let (mut hits, mut misses, mut saved) = (0, 0, 0);
+            // Per task: (hits, misses, time saved), written once per task below.
+            let mut per_task: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
             for a in accesses {
                 match a {
                     Access::Hit { id, at_ms, duration_ms } => {
-                        tx.prepare_cached(
-                            "UPDATE entries SET last_access_ms = max(last_access_ms, ?2),
-                                access_count = access_count + 1 WHERE id = ?1",
-                        )?
-                        .execute(params![id, at_ms])?;
+                        let task: Option<String> = tx
+                            .prepare_cached(
+                                "UPDATE entries SET last_access_ms = max(last_access_ms, ?2),
+                                    access_count = access_count + 1 WHERE id = ?1 RETURNING task",
+                            )?
+                            .query_row(params![id, at_ms], |r| r.get(0))
+                            .optional()?;
                         hits += 1;
                         saved += duration_ms.unwrap_or(0);
+                        let t = per_task.entry(task.unwrap_or_default()).or_default();
+                        t.0 += 1;
+                        t.2 += duration_ms.unwrap_or(0);
                     }
-                    Access::Miss => misses += 1,
+                    Access::Miss { task } => {
+                        misses += 1;
+                        per_task.entry(task.clone()).or_default().1 += 1;
+                    }
                 }
             }
             bump(tx, "hits", hits)?;
             bump(tx, "misses", misses)?;
             bump(tx, "time_saved_ms", saved)?;
+            for (task, (h, m, s)) in per_task {
+                tx.prepare_cached(
+                    "INSERT INTO task_counters(task, hits, misses, time_saved_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(task) DO UPDATE SET hits = hits + excluded.hits,
+                        misses = misses + excluded.misses,
+                        time_saved_ms = time_saved_ms + excluded.time_saved_ms",
+                )?
+                .execute(params![task, h, m, s])?;
+            }
             Ok(())
         })
     }
@@ -896,6 +933,42 @@ impl MetaStore for SqliteMeta {
             )?
             .execute([&key, id])?;
             Ok(r)
+        })
+    }
+
+    fn task_stats(&self) -> Result<Vec<crate::entry::TaskStats>> {
+        self.with(|c| {
+            c.prepare(
+                "SELECT task, sum(entries), sum(bytes), sum(hits), sum(misses), sum(saved) FROM (
+                    SELECT task, count(*) AS entries,
+                           coalesce(sum(CASE WHEN json_valid(doc) THEN json_extract(doc, '$.size') END), 0) AS bytes,
+                           0 AS hits, 0 AS misses, 0 AS saved
+                      FROM entries WHERE live = 1 GROUP BY task
+                    UNION ALL
+                    SELECT task, 0, 0, hits, misses, time_saved_ms FROM task_counters
+                 ) GROUP BY task ORDER BY task",
+            )?
+            .query_map([], |r| {
+                Ok(crate::entry::TaskStats {
+                    task: r.get(0)?,
+                    entries: r.get(1)?,
+                    bytes: r.get(2)?,
+                    hits: r.get(3)?,
+                    misses: r.get(4)?,
+                    time_saved_ms: r.get(5)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn reset_counters(&self) -> Result<()> {
+        self.write(|tx| {
+            tx.execute_batch(
+                "UPDATE counters SET value = 0 WHERE name <> 'stored_bytes';
+                 DELETE FROM task_counters;",
+            )?;
+            Ok(())
         })
     }
 

@@ -82,6 +82,20 @@ impl Vault {
         })
     }
 
+    /// Per-task entries, bytes, hits, misses and time saved (see [`crate::entry::TaskStats`]).
+    pub fn task_stats(&self) -> Result<Vec<crate::entry::TaskStats>> {
+        self.fold_accesses()?;
+        self.meta().task_stats()
+    }
+
+    /// Zeroes the counters `stats` shows (hits, misses, saves, evictions, expired, corrupt,
+    /// time saved; per task too). Entries and stored bytes are untouched.
+    pub fn reset_counters(&self) -> Result<()> {
+        // Accesses journaled before the reset are counted before it.
+        self.fold_accesses()?;
+        self.meta().reset_counters()
+    }
+
     pub fn list(&self, filter: &Filter) -> Result<Vec<Entry>> {
         self.fold_accesses()?;
         self.meta().list(filter)

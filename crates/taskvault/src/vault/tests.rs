@@ -319,6 +319,68 @@ fn the_census_counts_runs_failures_and_deduplicated_blobs() {
 }
 
 #[test]
+fn hits_misses_and_time_saved_are_counted_per_task_and_can_be_reset() {
+    let f = fx();
+    let (a, b) = (f.key("build", b"x"), f.key("test", b"y"));
+    let opts = SaveOptions { duration_ms: Some(250), ..Default::default() };
+    assert!(f.vault.get_bytes(&a).unwrap().is_none());
+    f.vault.save(&a, Output::Bytes(b"built"), &opts).unwrap();
+    for _ in 0..3 {
+        f.vault.get_bytes(&a).unwrap().unwrap();
+    }
+    assert!(f.vault.get_bytes(&b).unwrap().is_none());
+    assert!(f.vault.get_bytes(&b).unwrap().is_none());
+    let by_task = f.vault.task_stats().unwrap();
+    let row = |t: &str| by_task.iter().find(|s| s.task == t).cloned().unwrap();
+    assert_eq!(
+        row("build"),
+        crate::entry::TaskStats {
+            task: "build".into(),
+            entries: 1,
+            bytes: 5,
+            hits: 3,
+            misses: 1,
+            time_saved_ms: 750
+        }
+    );
+    assert_eq!((row("test").entries, row("test").hits, row("test").misses), (0, 0, 2));
+    let s = f.vault.stats().unwrap();
+    assert_eq!((s.counters.hits, s.counters.misses, s.counters.time_saved_ms), (3, 3, 750));
+    f.vault.reset_counters().unwrap();
+    let s = f.vault.stats().unwrap();
+    assert_eq!((s.counters.hits, s.counters.misses, s.counters.saves), (0, 0, 0));
+    assert_eq!((s.entries, s.counters.stored_bytes > 0), (1, true), "state stays");
+    assert_eq!(
+        f.vault.task_stats().unwrap(),
+        [crate::entry::TaskStats {
+            task: "build".into(),
+            entries: 1,
+            bytes: 5,
+            ..Default::default()
+        }]
+    );
+}
+
+#[test]
+fn a_version_1_database_is_migrated_to_per_task_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault_dir = dir.path().join("vault");
+    std::fs::create_dir_all(&vault_dir).unwrap();
+    {
+        let c = rusqlite::Connection::open(vault_dir.join("cache.db")).unwrap();
+        c.execute_batch(crate::store::sqlite::SCHEMA_V1_FOR_TESTS).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+    }
+    let v = Vault::open(Settings::for_dir(vault_dir.clone())).unwrap();
+    let key = v.key("t", &[Input::Bytes(b"i".to_vec())]).unwrap();
+    assert!(v.get_bytes(&key).unwrap().is_none());
+    assert_eq!(v.task_stats().unwrap()[0].misses, 1);
+    let c = rusqlite::Connection::open(vault_dir.join("cache.db")).unwrap();
+    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, crate::store::sqlite::SCHEMA_VERSION);
+}
+
+#[test]
 fn policy_ttl_applies_to_existing_entries_unless_explicit() {
     let f = fx_with(|s| s.default_policy.ttl_seconds = Some(60));
     let key = f.key("t", b"i");

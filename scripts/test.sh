@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast
+cargo test --doc --locked -p taskvault    # the README's Rust example, compiled
 bash scripts/test-python.sh

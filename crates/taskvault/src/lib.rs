@@ -32,3 +32,8 @@ pub use error::{Error, Result};
 pub use key::{Input, InputKind, InputRecord, TaskKey};
 pub use vault::GcReport;
 pub use vault::{Output, Progress, SaveOptions, Served, Stats, Vault, VerifyReport};
+
+/// The README's Rust examples, compiled by `cargo test --doc -p taskvault` (scripts/test.sh).
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

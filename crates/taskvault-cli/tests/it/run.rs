@@ -341,3 +341,18 @@ fn sigterm_is_forwarded_to_the_command() {
     assert_eq!(rest, "got TERM\n");
     assert_eq!(p.stats()["entries"], 0);
 }
+
+#[test]
+fn a_trailing_double_star_takes_every_file_of_the_directory() {
+    // `--input 'src/**'` (the README's form) on a flat directory: its files are the inputs,
+    // so a change to one of them is a miss.
+    let p = Project::new();
+    p.write("src/a.js", "1");
+    let run = |p: &Project| p.run(&["run", "-i", "src/**", "--", "true"]);
+    run(&p).ok();
+    assert!(run(&p).ok().stderr().contains("taskvault: hit"));
+    p.write("src/a.js", "2");
+    assert!(!run(&p).ok().stderr().contains("taskvault: hit"));
+    p.write("src/sub/b.js", "3");
+    assert!(!run(&p).ok().stderr().contains("taskvault: hit"), "files below count too");
+}

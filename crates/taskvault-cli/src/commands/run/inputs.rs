@@ -58,7 +58,8 @@ fn found(abs: &Path) -> Result<Found> {
 
 /// The paths a glob matches, as the `glob` crate matches them (`*`, `?` and `[...]` within a
 /// component, dot files included; `**` as a whole component is any number of directories, and
-/// alone at the end means every directory below), sorted. Symlinked directories are followed,
+/// at the end means the directory itself and every directory below, so `src/**` is everything
+/// in `src`), sorted. Symlinked directories are followed,
 /// except into a directory already on the way down, so a link to `.` or a parent never loops.
 fn expand(pattern: &Path) -> Result<Vec<PathBuf>> {
     let mut base = PathBuf::new();
@@ -119,8 +120,14 @@ fn expand_in(
                 .try_for_each(|n| matched(dir.join(n), rest, ancestors, out))
         }),
         Comp::Any => {
-            // Zero directories, then one or more: `**` stays for the levels below.
-            let zero = if rest.is_empty() { Ok(()) } else { expand_in(dir, rest, ancestors, out) };
+            // Zero directories, then one or more: `**` stays for the levels below. A trailing
+            // `**` matches the directory itself (whose files are then all inputs).
+            let zero = if rest.is_empty() {
+                out.insert(dir.to_owned());
+                Ok(())
+            } else {
+                expand_in(dir, rest, ancestors, out)
+            };
             zero.and_then(|()| names(dir)).and_then(|names| {
                 names.into_iter().try_for_each(|n| {
                     let p = dir.join(n);

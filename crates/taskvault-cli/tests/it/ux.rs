@@ -187,3 +187,82 @@ fn errors_are_one_line_and_say_each_thing_once() {
         "{err}"
     );
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_same_definitions_as_help() {
+    let p = Project::new();
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let script = p.run(&["completions", shell]).ok().stdout();
+        assert!(script.contains("taskvault") && script.contains("invalidate"), "{shell}: {script}");
+    }
+    p.run(&["completions", "tcsh"]).code_is(2);
+    let man = p.run(&["man"]).ok().stdout();
+    assert!(man.contains(".TH taskvault 1") && man.contains("invalidate"), "{man}");
+    assert!(!p.path(".taskvault").exists(), "neither needs a vault");
+}
+
+#[test]
+fn config_shows_every_setting_and_where_it_came_from() {
+    let p = Project::new();
+    p.write(".taskvault/config.yaml", "max_size_gb: 2\npolicies:\n  ml:\n    ttl_seconds: 60\n");
+    let file = p.path(".taskvault/config.yaml").display().to_string();
+    let c = p.run(&["--json", "config"]).ok().json();
+    assert_eq!(c["config"]["from"], "found here or above");
+    assert_eq!(
+        (c["max_size_gb"]["value"].as_str(), c["max_size_gb"]["from"].as_str()),
+        (Some("2.0"), Some(&file[..]))
+    );
+    assert_eq!(c["policies.ml.ttl_seconds"]["from"], file.as_str());
+    assert_eq!(c["hash_algorithm"]["from"], "default");
+    assert_eq!(c["cache_dir"]["from"], "default");
+    let c = p
+        .cmd()
+        .args(["--json", "--dir", "elsewhere", "config"])
+        .env("TASKVAULT_LOG", "debug")
+        .output()
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    assert_eq!(c["cache_dir"]["from"], "--dir");
+    assert_eq!(
+        (c["log_level"]["value"].as_str(), c["log_level"]["from"].as_str()),
+        (Some("debug"), Some("TASKVAULT_LOG"))
+    );
+    let human = p.run(&["config"]).ok().stdout();
+    assert!(
+        human.lines().any(|l| l.starts_with("max_size_gb") && l.ends_with(&format!("({file})"))),
+        "{human}"
+    );
+    assert!(!p.path(".taskvault/cache").exists(), "config reads, it makes nothing");
+}
+
+#[test]
+fn stats_by_task_and_reset() {
+    let p = Project::new();
+    saved(&p, "build", "i", b"out");
+    p.run(&["cache", "get", "build", "in", "got"]).ok();
+    p.run(&["cache", "get", "build", "in", "got"]).ok();
+    p.write("other", "o");
+    p.run(&["cache", "get", "lint", "other", "got"]).code_is(1);
+    let rows = p.run(&["--json", "stats", "--by-task"]).ok().json();
+    let row = |t: &str| rows.as_array().unwrap().iter().find(|r| r["task"] == t).unwrap().clone();
+    assert_eq!(
+        (row("build")["hits"].as_i64(), row("build")["entries"].as_i64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        (row("lint")["misses"].as_i64(), row("lint")["entries"].as_i64()),
+        (Some(1), Some(0))
+    );
+    let r = p.run(&["stats", "--reset"]).ok();
+    assert!(r.stderr().contains("Counters reset"), "{}", r.stderr());
+    let s = p.stats();
+    assert_eq!(
+        (s["hits"].as_i64(), s["misses"].as_i64(), s["entries"].as_i64()),
+        (Some(0), Some(0), Some(1))
+    );
+    let rows = p.run(&["--json", "stats", "--by-task"]).ok().json();
+    assert_eq!(
+        rows.as_array().unwrap().iter().map(|r| r["hits"].as_i64().unwrap()).sum::<i64>(),
+        0
+    );
+}

@@ -80,6 +80,14 @@ pub fn show(cli: &Cli, v: &Vault, hash: &str) -> Result<Outcome> {
     if let Some(p) = &e.parent {
         lines.push(format!("parent:     {p}"));
     }
+    let runs = v.history(&e)?.len();
+    if runs > 1 {
+        // `rm` of this run removes only it; `rm --key` all of these.
+        lines.push(format!(
+            "history:    {runs} runs of this key (taskvault history {})",
+            human::short(&e.id)
+        ));
+    }
     if !e.tags.is_empty() {
         lines.push(format!("tags:       {}", tags(&e)));
     }

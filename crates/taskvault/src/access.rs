@@ -54,28 +54,27 @@ impl AccessJournal {
                 Access::Miss { task } => line.push_str(&format!("m {}\n", hex(task.as_bytes()))),
             }
         }
-        let mut f = self.open()?;
-        f.lock_shared().at(&self.path)?;
-        f.write_all(line.as_bytes()).at(&self.path)?;
+        let f = crate::claim::FileLock::take(self.open()?, false).at(&self.path)?;
+        (&*f).write_all(line.as_bytes()).at(&self.path)?;
         Ok(f.metadata().at(&self.path)?.len() >= FOLD_AT)
     }
 
     /// Hands every recorded access to `apply` and empties the journal once `apply` succeeded.
     /// A crash between the two can count a batch twice; it can never lose an entry.
     pub(crate) fn fold(&self, apply: impl FnOnce(&[Access]) -> Result<()>) -> Result<()> {
-        let mut f = match std::fs::metadata(&self.path) {
+        let f = match std::fs::metadata(&self.path) {
             Ok(m) if m.len() == 0 => return Ok(()),
             Ok(_) => self.open()?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e).at(&self.path),
         };
-        f.lock().at(&self.path)?;
-        f.rewind().at(&self.path)?;
+        let f = crate::claim::FileLock::take(f, true).at(&self.path)?;
+        (&*f).rewind().at(&self.path)?;
         // Line by line, as bytes: a damaged line (torn by a crash, or not UTF-8) is skipped and
         // counted, and never stops the fold.
         let mut accesses = Vec::new();
         let mut damaged = 0u64;
-        for line in std::io::BufReader::new(&f).split(b'\n') {
+        for line in std::io::BufReader::new(&*f).split(b'\n') {
             let line = line.at(&self.path)?;
             match std::str::from_utf8(&line).ok().and_then(parse) {
                 Some(a) => accesses.push(a),

@@ -150,6 +150,14 @@ impl AuditLog {
         if lock.try_lock().is_err() {
             return Ok(());
         }
+        // Released explicitly (see `claim::FileLock`): a forked child may hold a copy.
+        struct Unlock<'a>(&'a std::fs::File);
+        impl Drop for Unlock<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.unlock();
+            }
+        }
+        let _unlock = Unlock(&lock);
         // Another process may have rotated between our write and the lock.
         if std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0) <= self.max_bytes {
             return Ok(());

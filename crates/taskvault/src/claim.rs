@@ -165,13 +165,39 @@ impl Vault {
 }
 
 /// Opens (creating) `path` and takes an `flock` on it, blocking in the kernel until it is free.
-/// The lock lasts as long as the returned file. Each call opens a new descriptor: `flock` on a
+/// The lock lasts as long as the returned guard. Each call opens a new descriptor: `flock` on a
 /// shared descriptor would convert the lock instead of blocking.
-pub(crate) fn lock_file(path: &Path, exclusive: bool) -> Result<File> {
+pub(crate) fn lock_file(path: &Path, exclusive: bool) -> Result<FileLock> {
     let f =
         std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).at(path)?;
-    if exclusive { f.lock() } else { f.lock_shared() }.at(path)?;
-    Ok(f)
+    FileLock::take(f, exclusive).at(path)
+}
+
+/// An `flock` held on an open file, released explicitly when the guard drops. Closing the
+/// descriptor is not enough: a process forked while the lock was held has a copy of the
+/// descriptor, and an `flock` belongs to the open file description, so it would stay held until
+/// the child exits (and every other locker would wait for it).
+#[derive(Debug)]
+pub(crate) struct FileLock(File);
+
+impl FileLock {
+    pub(crate) fn take(f: File, exclusive: bool) -> std::io::Result<FileLock> {
+        if exclusive { f.lock() } else { f.lock_shared() }?;
+        Ok(FileLock(f))
+    }
+}
+
+impl std::ops::Deref for FileLock {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.0
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
 }
 
 /// A held claim on a key. Dropping it releases the claim and wakes one waiter.
@@ -324,5 +350,42 @@ fn ofd_lock(f: &File, offset: i64, wait: bool) -> std::io::Result<bool> {
             Some(libc::EAGAIN | libc::EACCES) if !wait => return Ok(false),
             _ => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hang a Python worker pool hit: a lock held by one thread while another forked stayed
+    /// held, after it was dropped, for as long as the child lived.
+    #[test]
+    fn a_dropped_lock_is_free_while_a_forked_child_still_has_the_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l");
+        let held = lock_file(&path, true).unwrap();
+        // SAFETY: the child only sleeps and exits, calling nothing that a fork of a
+        // multi-threaded process could have left locked.
+        #[allow(unsafe_code)]
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            #[allow(unsafe_code)]
+            // SAFETY: async-signal-safe calls only.
+            unsafe {
+                libc::sleep(5);
+                libc::_exit(0);
+            }
+        }
+        drop(held);
+        let other = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let free = other.try_lock().is_ok();
+        #[allow(unsafe_code)]
+        // SAFETY: `pid` is our child; reaping it with a valid status pointer.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        assert!(free, "the lock outlived its guard in the forked child");
     }
 }

@@ -83,7 +83,7 @@ impl Vault {
 
     /// Locks `blobs.lock`: shared by savers from placing a file to writing its hot record,
     /// exclusive while a removal commits, forgets hot records and unlinks files.
-    pub(crate) fn blob_lock(&self, exclusive: bool) -> Result<std::fs::File> {
+    pub(crate) fn blob_lock(&self, exclusive: bool) -> Result<crate::claim::FileLock> {
         crate::claim::lock_file(&self.settings.vault_dir.join("blobs.lock"), exclusive)
     }
 

@@ -15,8 +15,6 @@ host="$(rustc -vV | sed -n 's/^host: //p')"
 RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
     cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p taskvault-cli \
     --target "$host" >&2
-# Wherever cargo put it: CARGO_TARGET_DIR (relative or absolute) or build.target-dir win over
-# target/, and cargo itself says which applies.
-target_dir="$(cargo metadata --format-version 1 --no-deps --manifest-path "$repo/Cargo.toml" |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+# Wherever cargo put it (CARGO_TARGET_DIR, even relative, or a cargo config's target-dir).
+target_dir="$(bash "$repo/scripts/target-dir.sh")"
 echo "$target_dir/$host/release/taskvault"

@@ -12,9 +12,8 @@ rm -rf "$repo/target/wheels"
 (cd "$repo/crates/taskvault-py" && "$venv/bin/maturin" build --release --locked --quiet -o "$repo/target/wheels")
 "$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$repo"/target/wheels/taskvault-*.whl
 cargo build --locked --quiet --manifest-path "$repo/Cargo.toml" -p taskvault-cli
-# Wherever cargo put it (CARGO_TARGET_DIR may be relative, or set in a cargo config).
-target_dir="$(cargo metadata --format-version 1 --no-deps --manifest-path "$repo/Cargo.toml" |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+# Wherever cargo put it (CARGO_TARGET_DIR, even relative, or a cargo config's target-dir).
+target_dir="$(bash "$repo/scripts/target-dir.sh")"
 export TASKVAULT_BIN="$target_dir/debug/taskvault"
 # From the tests directory, so `import taskvault` finds the installed wheel, not the sources.
 cd "$repo/crates/taskvault-py/tests"

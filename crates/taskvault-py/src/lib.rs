@@ -383,18 +383,6 @@ impl Vault {
         Ok(b.map(|b| (PyBytes::new(py, &b), is_raw(&e))))
     }
 
-    /// Removes the keys of the runs named; returns how many live entries went.
-    fn rm(&self, py: Python<'_>, hashes: Vec<String>) -> PyResult<usize> {
-        py.detach(|| {
-            let runs = hashes
-                .iter()
-                .map(|h| self.inner.resolve(h))
-                .collect::<taskvault::Result<Vec<_>>>()?;
-            self.inner.remove(&runs).map(|r| r.len())
-        })
-        .map_err(to_py)
-    }
-
     /// Removes exactly the runs named (a live one takes its key's entry with it); returns how
     /// many runs there were.
     fn remove_runs(&self, py: Python<'_>, hashes: Vec<String>) -> PyResult<usize> {

@@ -1,0 +1,172 @@
+"""Benchmark (not a test): TaskVault's commands on vaults of 1,000 to 1,000,000 entries.
+
+Run it through benches/scale.sh, which builds the binary and the wheel and installs diskcache
+into the benchmark's own environment. For each size N it builds a vault of N small Python results
+(`client.map(g, range(N))`, cold) and, beside it, diskcache's memoize of the same calls, then times
+each command as a whole process and reads its peak memory (GNU time's maximum resident set size).
+
+    python scale.py SIZES...        # e.g. 1000 100000 1000000
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+TV = os.environ["TASKVAULT_BIN"]
+ROOT = tempfile.mkdtemp(prefix="tv-scale-", dir=os.environ.get("SCALE_DIR"))
+PY = sys.executable
+
+BUILD = r"""
+import sys, time
+from taskvault import Client
+from scale_tasks import g
+n = int(sys.argv[2])
+c = Client(store_dir=sys.argv[1])
+t = time.perf_counter()
+refs = c.map(g, range(n))
+c.close()
+print(time.perf_counter() - t)
+"""
+
+WARM_MAP = r"""
+import sys, time
+from taskvault import Client
+from scale_tasks import g
+c = Client(store_dir=sys.argv[1])
+t = time.perf_counter()
+vals = [r.load() for r in c.map(g, range(int(sys.argv[2])))]
+print(time.perf_counter() - t)
+"""
+
+DISKCACHE = r"""
+import sys, time
+import diskcache
+from scale_tasks import g
+cache = diskcache.Cache(sys.argv[1])
+f = cache.memoize()(g)
+n = int(sys.argv[2])
+t = time.perf_counter()
+for i in range(n):
+    f(i)
+build = time.perf_counter() - t
+t = time.perf_counter()
+for i in range(min(n, 10000)):
+    f(i)
+print(build, time.perf_counter() - t)
+"""
+
+FIRST_HIT = r"""
+from taskvault import Client
+from scale_tasks import g
+import sys
+assert Client(store_dir=sys.argv[1]).submit(g, 5).load() == 25
+"""
+
+
+def du(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def timed(argv: list[str], env: dict | None = None, repeat: int = 3) -> tuple[float, int]:
+    """Best wall time (s) of `repeat` runs, and the peak RSS (MiB) of the slowest."""
+    best, peak = float("inf"), 0
+    for _ in range(repeat):
+        out = tempfile.mktemp(dir=ROOT)
+        t = time.perf_counter()
+        r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out, *argv], capture_output=True,
+                           env={**os.environ, **(env or {})})
+        elapsed = time.perf_counter() - t
+        if r.returncode not in (0, 1):
+            raise SystemExit(f"{argv} failed: {r.stderr.decode()[-2000:]}")
+        rss = int(open(out).read().strip().splitlines()[-1]) / 1024
+        best, peak = min(best, elapsed), max(peak, rss)
+    return best, int(peak)
+
+
+def tv(vault: str, *args: str) -> list[str]:
+    return [TV, "--dir", vault, "--no-progress", *args]
+
+
+def run_size(n: int) -> dict:
+    vault = os.path.join(ROOT, f"tv-{n}")
+    res: dict = {"n": n}
+    build = subprocess.run([PY, "-c", BUILD, vault, str(n)], capture_output=True, text=True, check=True)
+    secs = float(build.stdout.split()[-1])
+    res["cold map µs/entry"] = round(secs / n * 1e6, 1)
+    res["bytes/entry (vault)"] = round(du(vault) / n)
+    db = sum(os.path.getsize(os.path.join(vault, f)) for f in os.listdir(vault) if f.startswith("cache.db"))
+    res["bytes/entry (metadata)"] = round(db / n)
+    dc = os.path.join(ROOT, f"dc-{n}")
+    out = subprocess.run([PY, "-c", DISKCACHE, dc, str(n)], capture_output=True, text=True, check=True).stdout.split()
+    res["diskcache bytes/entry"] = round(du(dc) / n)
+    res["diskcache 10k warm loop s"] = round(float(out[1]), 3)
+    warm = subprocess.run([PY, "-c", WARM_MAP, vault, str(min(n, 10000))], capture_output=True, text=True, check=True)
+    res["map 10k warm s"] = round(float(warm.stdout.split()[-1]), 3)
+    # A CLI entry to hit, and a run id for history.
+    src = os.path.join(ROOT, "in.txt")
+    with open(src, "w") as f:
+        f.write("input")
+    subprocess.run(tv(vault, "cache", "save", "cli", src, src), check=True, capture_output=True)
+    first = json.loads(subprocess.run(tv(vault, "--json", "log", "-n", "1"), capture_output=True, check=True).stdout)
+    run_id = first[0]["id"]
+    got = os.path.join(ROOT, "got")
+    for name, argv in [
+        ("log -n 5", tv(vault, "log", "-n", "5")),
+        ("log --task g -n 5", tv(vault, "log", "--task", "g", "-n", "5")),
+        ("stats", tv(vault, "stats")),
+        ("history", tv(vault, "history", run_id)),
+        ("CLI hit", tv(vault, "cache", "get", "cli", src, got)),
+        ("gc (nothing)", tv(vault, "gc")),
+        ("verify", tv(vault, "verify")),
+        ("export", tv(vault, "export", os.path.join(ROOT, f"x-{n}.tar.zst"))),
+    ]:
+        secs, rss = timed(argv, repeat=1 if name in ("verify", "export", "gc (nothing)") and n > 100000 else 3)
+        res[f"{name} s"] = round(secs, 4)
+        res[f"{name} MiB"] = rss
+    secs, rss = timed([PY, "-c", FIRST_HIT, vault], env={"PYTHONPATH": os.environ["PYTHONPATH"]})
+    res["Python first hit s"] = round(secs, 4)
+    res["Python first hit MiB"] = rss
+    stored = json.loads(subprocess.run(tv(vault, "--json", "stats"), capture_output=True, check=True).stdout)
+    cap = int(stored["total_bytes"] * 0.9)
+    secs, rss = timed(tv(vault, "gc", "--max-size", str(cap)), repeat=1)
+    res["gc --max-size (evict 10%) s"] = round(secs, 3)
+    res["gc --max-size MiB"] = rss
+    shutil.rmtree(vault, ignore_errors=True)
+    shutil.rmtree(dc, ignore_errors=True)
+    for f in os.listdir(ROOT):
+        if f.startswith("x-"):
+            os.remove(os.path.join(ROOT, f))
+    return res
+
+
+def main() -> None:
+    sizes = [int(a) for a in sys.argv[1:]] or [1000, 100000, 1000000]
+    rows = []
+    for n in sizes:
+        r = run_size(n)
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    keys = list(rows[0])
+    print()
+    print("| " + " | ".join(["what"] + [f"{r['n']:,}" for r in rows]) + " |")
+    print("|" + "---|" * (len(rows) + 1))
+    for k in keys[1:]:
+        print("| " + " | ".join([k] + [str(r[k]) for r in rows]) + " |")
+    shutil.rmtree(ROOT, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

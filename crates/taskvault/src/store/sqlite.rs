@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::store::{Access, Committed, Damaged, MetaStore, Removed, StagedBlob};
 
 /// The schema version this build writes. Older databases are migrated on open.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE entries(
@@ -64,6 +64,59 @@ CREATE TABLE task_counters(
     misses INTEGER NOT NULL DEFAULT 0,
     time_saved_ms INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+";
+
+/// Version 3: an index for every listing (newest first, by task, by status) and a census of
+/// runs and blobs kept by triggers in the transaction of every write, so `stats` reads a few
+/// rows whatever the size of the vault.
+const SCHEMA_V3: &str = "
+CREATE INDEX entries_created ON entries(created_ms);
+CREATE INDEX entries_live_created ON entries(created_ms) WHERE live = 1;
+CREATE INDEX entries_task_created ON entries(task, created_ms);
+CREATE INDEX entries_status_created ON entries(status, created_ms);
+CREATE TABLE census(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO census(name, value)
+    SELECT 'live', count(*) FROM entries WHERE live = 1
+    UNION ALL SELECT 'runs', count(*) FROM entries
+    UNION ALL SELECT 'failed_runs', count(*) FROM entries WHERE status = 'failed'
+    UNION ALL SELECT 'blobs', count(*) FROM blobs
+    UNION ALL SELECT 'inline_blobs', count(*) FROM blobs WHERE data IS NOT NULL
+    UNION ALL SELECT 'inline_bytes', coalesce(sum(stored_size), 0) FROM blobs WHERE data IS NOT NULL;
+CREATE TRIGGER census_entry_insert AFTER INSERT ON entries BEGIN
+    UPDATE census SET value = value + 1 WHERE name = 'runs';
+    UPDATE census SET value = value + 1 WHERE name = 'live' AND NEW.live = 1;
+    UPDATE census SET value = value + 1 WHERE name = 'failed_runs' AND NEW.status = 'failed';
+END;
+CREATE TRIGGER census_entry_delete AFTER DELETE ON entries BEGIN
+    UPDATE census SET value = value - 1 WHERE name = 'runs';
+    UPDATE census SET value = value - 1 WHERE name = 'live' AND OLD.live = 1;
+    UPDATE census SET value = value - 1 WHERE name = 'failed_runs' AND OLD.status = 'failed';
+END;
+CREATE TRIGGER census_entry_update AFTER UPDATE OF live, status ON entries BEGIN
+    UPDATE census SET value = value + (NEW.live = 1) - (OLD.live = 1) WHERE name = 'live';
+    UPDATE census SET value = value + (NEW.status = 'failed') - (OLD.status = 'failed')
+        WHERE name = 'failed_runs';
+END;
+CREATE TRIGGER census_blob_insert AFTER INSERT ON blobs BEGIN
+    UPDATE census SET value = value + 1 WHERE name = 'blobs';
+    UPDATE census SET value = value + 1 WHERE name = 'inline_blobs' AND NEW.data IS NOT NULL;
+    UPDATE census SET value = value + NEW.stored_size
+        WHERE name = 'inline_bytes' AND NEW.data IS NOT NULL;
+END;
+CREATE TRIGGER census_blob_delete AFTER DELETE ON blobs BEGIN
+    UPDATE census SET value = value - 1 WHERE name = 'blobs';
+    UPDATE census SET value = value - 1 WHERE name = 'inline_blobs' AND OLD.data IS NOT NULL;
+    UPDATE census SET value = value - OLD.stored_size
+        WHERE name = 'inline_bytes' AND OLD.data IS NOT NULL;
+END;
+CREATE TRIGGER census_blob_update AFTER UPDATE OF data, stored_size ON blobs BEGIN
+    UPDATE census SET value = value + (NEW.data IS NOT NULL) - (OLD.data IS NOT NULL)
+        WHERE name = 'inline_blobs';
+    UPDATE census SET value = value
+        + (CASE WHEN NEW.data IS NOT NULL THEN NEW.stored_size ELSE 0 END)
+        - (CASE WHEN OLD.data IS NOT NULL THEN OLD.stored_size ELSE 0 END)
+        WHERE name = 'inline_bytes';
+END;
 ";
 
 /// The SQLite metadata store. One connection behind a mutex (SQLite serializes writers anyway),
@@ -297,6 +350,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         }
         if version < 2 {
             conn.execute_batch(SCHEMA_V2)?;
+        }
+        if version < 3 {
+            conn.execute_batch(SCHEMA_V3)?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
@@ -974,23 +1030,25 @@ impl MetaStore for SqliteMeta {
 
     fn census(&self) -> Result<crate::entry::Census> {
         self.with(|c| {
-            let (runs, failed_runs) = c.query_row(
-                "SELECT count(*), count(*) FILTER (WHERE status = 'failed') FROM entries",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let (blobs, inline_blobs, inline_bytes) = c.query_row(
-                "SELECT count(*), count(data), coalesce(sum(stored_size) FILTER (WHERE data IS NOT NULL), 0)
-                 FROM blobs",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
-            Ok(crate::entry::Census { runs, failed_runs, blobs, inline_blobs, inline_bytes })
+            let mut out = crate::entry::Census::default();
+            let mut stmt = c.prepare_cached("SELECT name, value FROM census")?;
+            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (name, v) = row?;
+                match name.as_str() {
+                    "runs" => out.runs = v,
+                    "failed_runs" => out.failed_runs = v,
+                    "blobs" => out.blobs = v,
+                    "inline_blobs" => out.inline_blobs = v,
+                    "inline_bytes" => out.inline_bytes = v,
+                    _ => {}
+                }
+            }
+            Ok(out)
         })
     }
 
     fn live_entries(&self) -> Result<i64> {
-        self.with(|c| c.query_row("SELECT count(*) FROM entries WHERE live = 1", [], |r| r.get(0)))
+        self.with(|c| c.query_row("SELECT value FROM census WHERE name = 'live'", [], |r| r.get(0)))
     }
 
     fn blobs(&self) -> Result<Vec<BlobInfo>> {

@@ -380,6 +380,61 @@ fn a_version_1_database_is_migrated_to_per_task_counters() {
     assert_eq!(version, crate::store::sqlite::SCHEMA_VERSION);
 }
 
+/// The census as counted from the rows themselves.
+fn recount(f: &Fx) -> crate::entry::Census {
+    let c = rusqlite::Connection::open(f.vault.settings().vault_dir.join("cache.db")).unwrap();
+    let one = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    crate::entry::Census {
+        runs: one("SELECT count(*) FROM entries"),
+        failed_runs: one("SELECT count(*) FROM entries WHERE status = 'failed'"),
+        blobs: one("SELECT count(*) FROM blobs"),
+        inline_blobs: one("SELECT count(*) FROM blobs WHERE data IS NOT NULL"),
+        inline_bytes: one("SELECT coalesce(sum(stored_size), 0) FROM blobs WHERE data IS NOT NULL"),
+    }
+}
+
+#[test]
+fn the_census_stays_equal_to_a_recount_through_every_kind_of_write() {
+    let f = fx_with(|s| s.inline_max_bytes = 64);
+    let check = |f: &Fx, when: &str| {
+        f.vault.commit_deferred().unwrap();
+        let s = f.vault.stats().unwrap();
+        assert_eq!(s.census, recount(f), "after {when}");
+        let c = rusqlite::Connection::open(f.vault.settings().vault_dir.join("cache.db")).unwrap();
+        let live: i64 =
+            c.query_row("SELECT count(*) FROM entries WHERE live = 1", [], |r| r.get(0)).unwrap();
+        assert_eq!(s.entries, live, "after {when}");
+    };
+    let big = vec![7u8; 10_000];
+    let keys: Vec<TaskKey> = (0..6).map(|i| f.key("t", format!("k{i}").as_bytes())).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let out: &[u8] = if i % 2 == 0 { b"small" } else { &big };
+        f.vault.save(k, Output::Bytes(out), &SaveOptions::default()).unwrap();
+    }
+    check(&f, "saves, inline and on disk, deduplicated");
+    let e = f.vault.save(&keys[0], Output::Bytes(b"replaced"), &SaveOptions::default()).unwrap();
+    check(&f, "a save that supersedes");
+    f.vault.record_failed_run(&keys[1], "boom", &SaveOptions::default(), None).unwrap();
+    check(&f, "a failed run");
+    f.vault.remove_runs(std::slice::from_ref(&e)).unwrap();
+    check(&f, "rm of a live run");
+    let live = f.vault.list(&Filter::default()).unwrap();
+    f.vault.remove(&live[..1]).unwrap();
+    check(&f, "rm of a key");
+    f.vault.gc(None, Some(1)).unwrap();
+    check(&f, "eviction");
+    for k in &keys {
+        f.vault.save(k, Output::Bytes(&big), &SaveOptions::default()).unwrap();
+    }
+    let path = f.blob_files().pop().unwrap();
+    std::fs::write(&path, b"corrupted").unwrap();
+    let _ = f.vault.verify().unwrap();
+    check(&f, "verify quarantining a blob");
+    f.vault.clear().unwrap();
+    check(&f, "clear");
+    assert_eq!(recount(&f), crate::entry::Census::default());
+}
+
 #[test]
 fn policy_ttl_applies_to_existing_entries_unless_explicit() {
     let f = fx_with(|s| s.default_policy.ttl_seconds = Some(60));

@@ -39,6 +39,16 @@ pub struct Removed {
     pub unreferenced: Vec<Digest>,
 }
 
+/// Which live entries [`MetaStore::stale_keys`] selects.
+#[derive(Debug, Clone)]
+pub enum Stale {
+    /// Not used since this instant.
+    AccessedBefore(i64),
+    /// Saved before this instant without an explicit TTL, in `task` (or, with `None`, in any
+    /// task not in `except`): a policy TTL that has run out.
+    CreatedBefore { before_ms: i64, task: Option<String>, except: Vec<String> },
+}
+
 /// Rows of the metadata store that cannot be read back.
 #[derive(Debug, Default)]
 pub struct Damaged {
@@ -157,6 +167,15 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn live_entries(&self) -> Result<i64>;
     /// Every blob row that can be read (for verification).
     fn blobs(&self) -> Result<Vec<BlobInfo>>;
+    /// Up to `limit` sound blob rows whose digests sort after `after`, in digest order: a walk
+    /// over every blob in bounded memory.
+    fn blobs_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<BlobInfo>>;
+    /// Whether a blob row exists for `digest`.
+    fn has_blob(&self, digest: &Digest) -> Result<bool>;
+    /// Up to `limit` keys of live entries to remove as old: last used at or before
+    /// `accessed_before_ms`, or (with a task selection and a TTL) saved without an explicit TTL
+    /// at or before `created_before_ms`. Each call after a removal finds the next ones.
+    fn stale_keys(&self, stale: &Stale, limit: usize) -> Result<Vec<String>>;
     /// Rows that cannot be read back, for `verify`.
     fn damaged(&self) -> Result<Damaged>;
     /// Deletes a run whose row is damaged (dropping its key's references if it was live,

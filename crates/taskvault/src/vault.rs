@@ -984,7 +984,7 @@ impl Vault {
 
 /// Seconds as milliseconds, saturating: a huge TTL means "far in the future", never a wrap
 /// into the past.
-fn secs_to_ms(secs: u64) -> i64 {
+pub(crate) fn secs_to_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 

@@ -1060,6 +1060,58 @@ impl MetaStore for SqliteMeta {
         Ok(rows.into_iter().filter_map(|r| r.ok()).collect())
     }
 
+    fn blobs_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<BlobInfo>> {
+        let rows: Vec<BlobRow> = self.with(|c| {
+            c.prepare_cached(
+                "SELECT digest, size, stored_size, codec, data FROM blobs WHERE digest > ?1
+                 ORDER BY digest LIMIT ?2",
+            )?
+            .query_map(params![after.unwrap_or(""), limit as i64], |r| Ok(blob_from_row(r)))?
+            .collect()
+        })?;
+        Ok(rows.into_iter().filter_map(|r| r.ok()).collect())
+    }
+
+    fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        self.with(|c| {
+            c.prepare_cached("SELECT EXISTS(SELECT 1 FROM blobs WHERE digest = ?1)")?
+                .query_row([digest.to_string()], |r| r.get(0))
+        })
+    }
+
+    fn stale_keys(&self, stale: &crate::store::Stale, limit: usize) -> Result<Vec<String>> {
+        use crate::store::Stale;
+        self.with(|c| match stale {
+            Stale::AccessedBefore(ms) => c
+                .prepare_cached(
+                    "SELECT key FROM entries WHERE live = 1 AND last_access_ms <= ?1
+                     ORDER BY last_access_ms LIMIT ?2",
+                )?
+                .query_map(params![ms, limit as i64], |r| r.get(0))?
+                .collect(),
+            Stale::CreatedBefore { before_ms, task, except } => {
+                // Through the listing indexes: only rows old enough are looked at.
+                let explicit = "coalesce(json_extract(doc, '$.ttl_explicit'), 0) = 0";
+                let mut args: Vec<rusqlite::types::Value> = vec![(*before_ms).into()];
+                let mut sql = format!(
+                    "SELECT key FROM entries WHERE live = 1 AND created_ms <= ?1 AND json_valid(doc) AND {explicit}"
+                );
+                if let Some(t) = task {
+                    args.push(t.clone().into());
+                    sql.push_str(&format!(" AND task = ?{}", args.len()));
+                }
+                for t in except {
+                    args.push(t.clone().into());
+                    sql.push_str(&format!(" AND task <> ?{}", args.len()));
+                }
+                sql.push_str(&format!(" ORDER BY created_ms LIMIT {limit}"));
+                c.prepare(&sql)?
+                    .query_map(rusqlite::params_from_iter(args), |r| r.get(0))?
+                    .collect()
+            }
+        })
+    }
+
     fn damaged(&self) -> Result<Damaged> {
         self.with(|c| {
             let mut out = Damaged::default();

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::Vault;
 use super::restore::Sink;
+use super::{Vault, secs_to_ms};
 use crate::audit::Event;
 use crate::clock::now_ms;
-use crate::digest::Digest;
+
 use crate::entry::{Counters, Entry, Filter};
 use crate::error::{Error, IoContext, Result};
 
@@ -214,23 +214,30 @@ impl Vault {
         let now = now_ms();
         report.expired +=
             self.removed(Some(Event::Expire), "gc", |m| m.evict(now, None))?.len() as u64;
-        let expired_policy: Vec<Entry> =
-            self.list(&Filter::default())?.into_iter().filter(|e| self.expired(e, now)).collect();
-        let keys = keys_of(&expired_policy);
-        report.expired += self
-            .removed(Some(Event::Expire), "gc", |m| m.remove_keys(&keys, Some("expired")))?
-            .len() as u64;
+        // Entries whose task's policy TTL (as configured now) has run out, policy by policy,
+        // in bounded batches through the listing indexes.
+        let own: Vec<String> = self.settings.policies.keys().cloned().collect();
+        let mut policies: Vec<(Option<String>, Vec<String>, u64)> = self
+            .settings
+            .policies
+            .iter()
+            .filter_map(|(t, p)| p.ttl_seconds.map(|ttl| (Some(t.clone()), Vec::new(), ttl)))
+            .collect();
+        if let Some(ttl) = self.settings.default_policy.ttl_seconds {
+            policies.push((None, own, ttl));
+        }
+        for (task, except, ttl) in policies {
+            let stale = crate::store::Stale::CreatedBefore {
+                before_ms: now.saturating_sub(secs_to_ms(ttl)),
+                task,
+                except,
+            };
+            report.expired += self.remove_stale(&stale, Event::Expire, "expired")?;
+        }
         if let Some(age) = older_than {
             let cutoff = now - age.as_millis() as i64;
-            let old: Vec<Entry> = self
-                .list(&Filter::default())?
-                .into_iter()
-                .filter(|e| e.last_access_ms <= cutoff)
-                .collect();
-            let keys = keys_of(&old);
-            report.old = self
-                .removed(Some(Event::Evict), "gc", |m| m.remove_keys(&keys, Some("evictions")))?
-                .len() as u64;
+            let stale = crate::store::Stale::AccessedBefore(cutoff);
+            report.old = self.remove_stale(&stale, Event::Evict, "evictions")?;
         }
         if let Some(max) = max_size {
             report.evicted =
@@ -243,16 +250,38 @@ impl Vault {
         Ok(report)
     }
 
+    /// Removes the live entries `stale` selects, a batch at a time (memory stays bounded
+    /// whatever the size of the vault); returns how many went.
+    fn remove_stale(
+        &self,
+        stale: &crate::store::Stale,
+        event: Event,
+        count_as: &str,
+    ) -> Result<u64> {
+        const BATCH: usize = 10_000;
+        let mut removed = 0;
+        loop {
+            let keys = self.meta().stale_keys(stale, BATCH)?;
+            if keys.is_empty() {
+                return Ok(removed);
+            }
+            let went = self.removed(Some(event), "gc", |m| m.remove_keys(&keys, Some(count_as)))?;
+            removed += went.len() as u64;
+            if keys.len() < BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
     /// Blob files without a metadata row (left by a crash between placing and committing, or
     /// between committing a removal and unlinking). Under the exclusive blob lock no save is
-    /// between placing and committing, so every such file is garbage.
+    /// between placing and committing, so every such file is garbage. Each file is looked up
+    /// by its digest: nothing proportional to the vault is held in memory.
     fn remove_orphans(&self) -> Result<u64> {
         let _lock = self.blob_lock(true)?;
-        let known: std::collections::HashSet<Digest> =
-            self.meta().blobs()?.into_iter().map(|b| b.digest).collect();
         let mut removed = 0;
         for (d, _) in self.blob_store().list()? {
-            if !known.contains(&d) {
+            if !self.meta().has_blob(&d)? {
                 self.blob_store().remove(&d)?;
                 removed += 1;
             }
@@ -291,23 +320,26 @@ impl Vault {
             self.removed(None, "verify", |m| m.drop_damaged_blob(&digest))?;
             report.damaged_rows.push((digest, why));
         }
-        for b in self.meta().blobs()? {
-            match self.read_blob(&b.digest, b.size, &mut Sink::Discard)? {
-                Ok(()) => {}
-                // Only what a second look confirms: a blob removed meanwhile is not corrupt.
-                Err(msg) if self.corrupt(&b.digest, &msg, "verify")? => {
-                    report.corrupt.push((b.digest.to_string(), msg));
+        // A page of blob rows at a time, in digest order.
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.meta().blobs_after(after.as_deref(), 1000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.digest.to_string());
+            for b in page {
+                match self.read_blob(&b.digest, b.size, &mut Sink::Discard)? {
+                    Ok(()) => {}
+                    // Only what a second look confirms: a blob removed meanwhile is not corrupt.
+                    Err(msg) if self.corrupt(&b.digest, &msg, "verify")? => {
+                        report.corrupt.push((b.digest.to_string(), msg));
+                    }
+                    Err(_) => continue,
                 }
-                Err(_) => continue,
+                report.blobs_checked += 1;
+                report.bytes_checked += b.size;
             }
-            report.blobs_checked += 1;
-            report.bytes_checked += b.size;
         }
         report.orphans_removed = self.remove_orphans()?;
         Ok(report)
     }
-}
-
-fn keys_of(entries: &[Entry]) -> Vec<String> {
-    entries.iter().map(|e| e.key.clone()).collect()
 }

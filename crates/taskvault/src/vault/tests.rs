@@ -446,6 +446,45 @@ fn policy_ttl_applies_to_existing_entries_unless_explicit() {
     assert!(!f.vault.expired(&e, e.created_ms + 60_000));
 }
 
+#[test]
+fn gc_removes_what_a_shortened_policy_ttl_expired_policy_by_policy() {
+    // Saved under a long TTL, then the config shortens it: gc applies the TTL in force now,
+    // each task under its own policy, and never to an entry whose TTL was given explicitly.
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |default: u64, fast: u64| {
+        let mut s = Settings::for_dir(dir.path().join("vault"));
+        s.default_policy.ttl_seconds = Some(default);
+        s.policies.insert(
+            "fast".into(),
+            crate::config::Policy { ttl_seconds: Some(fast), max_size_bytes: None },
+        );
+        s
+    };
+    let v = Vault::open(settings(3600, 3600)).unwrap();
+    let key = |t: &str, i: &[u8]| v.key(t, &[Input::Bytes(i.to_vec())]).unwrap();
+    v.save(&key("slow", b"a"), Output::Bytes(b"a"), &SaveOptions::default()).unwrap();
+    v.save(&key("fast", b"b"), Output::Bytes(b"b"), &SaveOptions::default()).unwrap();
+    let keep = SaveOptions { ttl: Some(std::time::Duration::ZERO), ..Default::default() };
+    v.save(&key("slow", b"c"), Output::Bytes(b"c"), &keep).unwrap();
+    drop(v);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // Only `fast` is now past its TTL.
+    let v = Vault::open(settings(3600, 1)).unwrap();
+    assert_eq!(v.gc(None, None).unwrap().expired, 1);
+    let tasks: Vec<String> =
+        v.list(&Filter::default()).unwrap().into_iter().map(|e| e.task).collect();
+    assert_eq!(tasks, ["slow", "slow"]);
+    drop(v);
+    // Then the default: the entry saved with an explicit TTL stays.
+    let v = Vault::open(settings(1, 1)).unwrap();
+    assert_eq!(v.gc(None, None).unwrap().expired, 1);
+    let left = v.list(&Filter::default()).unwrap();
+    assert_eq!((left.len(), left[0].ttl_explicit), (1, true));
+    // And --older-than takes the rest.
+    assert_eq!(v.gc(Some(std::time::Duration::ZERO), None).unwrap().old, 1);
+    assert!(v.list(&Filter::default()).unwrap().is_empty());
+}
+
 fn corrupt_case(damage: impl Fn(&Path)) {
     let f = fx();
     let data = noise(1 << 20, 11);

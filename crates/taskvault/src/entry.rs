@@ -46,6 +46,9 @@ pub struct Entry {
     pub namespace: String,
     pub task: String,
     pub status: Status,
+    // Fields with `serde(default)` may be left out of a stored document when empty (see
+    // `store::sqlite::entry_doc`); every document written before reads as it did.
+    #[serde(default)]
     pub inputs: Vec<InputRecord>,
     /// Further key ingredients as (label, value) with values shown as UTF-8 where possible.
     #[serde(default)]
@@ -55,7 +58,9 @@ pub struct Entry {
     /// Uncompressed bytes of all output files.
     pub size: u64,
     pub created_ms: i64,
+    #[serde(default)]
     pub last_access_ms: i64,
+    #[serde(default)]
     pub access_count: i64,
     /// When the entry stops being served; `None` means never.
     pub expires_ms: Option<i64>,
@@ -64,7 +69,9 @@ pub struct Entry {
     pub ttl_explicit: bool,
     /// How long the original work took, when the saver said so; counted as time saved per hit.
     pub duration_ms: Option<i64>,
+    #[serde(default)]
     pub host: String,
+    #[serde(default)]
     pub user: String,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,

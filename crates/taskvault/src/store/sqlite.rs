@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::store::{Access, Committed, Damaged, MetaStore, Removed, StagedBlob};
 
 /// The schema version this build writes. Older databases are migrated on open.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE entries(
@@ -118,6 +118,95 @@ CREATE TRIGGER census_blob_update AFTER UPDATE OF data, stored_size ON blobs BEG
         WHERE name = 'inline_bytes';
 END;
 ";
+
+/// Version 4: provenance that repeats across runs (a function's source and code identity, a
+/// command line and its input manifest) is stored once, content-addressed, and referenced by the
+/// runs that share it. Rows written before keep it inline and are read as they were.
+const SCHEMA_V4: &str = "
+CREATE TABLE shared_details(digest TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
+ALTER TABLE entries ADD COLUMN shared TEXT;
+";
+
+/// The `details` keys that describe the code or the command rather than the call: the same
+/// for every run of it, so they live in `shared_details`.
+const SHARED_DETAIL_KEYS: &[&str] = &[
+    "kind",
+    "function",
+    "module",
+    "source",
+    "serializer",
+    "python",
+    "options",
+    "argv",
+    "cwd",
+    "outputs",
+    "ingredients",
+    "input_files",
+];
+
+/// Document fields left out when empty: each reads back as its default, and the columns hold
+/// the access time and count.
+const OMITTED_WHEN_EMPTY: &[&str] = &[
+    "inputs",
+    "extras",
+    "tags",
+    "parent",
+    "expires_ms",
+    "duration_ms",
+    "host",
+    "user",
+    "last_access_ms",
+    "access_count",
+    "console",
+    "exit_code",
+];
+
+/// An entry's document, with its shared details split off into `shared_details` (stored once
+/// per distinct body); returns the document and the digest it references. The columns hold the
+/// access time and count, so the document does not.
+fn entry_doc(tx: &Connection, entry: &Entry) -> rusqlite::Result<(String, Option<String>)> {
+    let mut entry = entry.clone();
+    entry.last_access_ms = 0;
+    entry.access_count = 0;
+    let mut shared_digest = None;
+    if let serde_json::Value::Object(details) = &mut entry.details {
+        // Empty lists a front end recorded say nothing.
+        details.retain(|_, v| !matches!(v, serde_json::Value::Array(a) if a.is_empty()));
+        let shared: serde_json::Map<String, serde_json::Value> = SHARED_DETAIL_KEYS
+            .iter()
+            .filter_map(|k| details.remove(*k).map(|v| ((*k).to_owned(), v)))
+            .collect();
+        if !shared.is_empty() {
+            let body = serde_json::Value::Object(shared).to_string();
+            let digest = blake3::hash(body.as_bytes()).to_hex().to_string();
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO shared_details(digest, body) VALUES (?1, ?2)",
+            )?
+            .execute(params![digest, body])?;
+            shared_digest = Some(digest);
+        }
+    }
+    let mut doc = serde_json::to_value(&entry).expect("entries serialize");
+    if let serde_json::Value::Object(m) = &mut doc {
+        for k in OMITTED_WHEN_EMPTY {
+            let empty = match m.get(*k) {
+                Some(serde_json::Value::Null) => true,
+                Some(serde_json::Value::Array(a)) => a.is_empty(),
+                Some(serde_json::Value::Object(o)) => o.is_empty(),
+                Some(serde_json::Value::String(s)) => s.is_empty(),
+                // The columns hold these two; any other number is kept as it is.
+                Some(serde_json::Value::Number(n)) => {
+                    matches!(*k, "last_access_ms" | "access_count") && n.as_i64() == Some(0)
+                }
+                _ => false,
+            };
+            if empty {
+                m.remove(*k);
+            }
+        }
+    }
+    Ok((doc.to_string(), shared_digest))
+}
 
 /// The SQLite metadata store. One connection behind a mutex (SQLite serializes writers anyway),
 /// opened on first use: a hit served from a hot record never opens the database.
@@ -354,6 +443,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         if version < 3 {
             conn.execute_batch(SCHEMA_V3)?;
         }
+        if version < 4 {
+            conn.execute_batch(SCHEMA_V4)?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
     match result {
@@ -365,7 +457,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-const ENTRY_COLS: &str = "doc, status, last_access_ms, access_count, id, key";
+const ENTRY_COLS: &str = "doc, status, last_access_ms, access_count, id, key,
+    (SELECT body FROM shared_details WHERE digest = entries.shared)";
 
 /// A row read back: its entry, or (its run id, why the row is damaged: its document does not
 /// decode, or names another run or key than its columns). A damaged row is never served.
@@ -400,6 +493,21 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
     };
     e.last_access_ms = row.get(2).unwrap_or(e.last_access_ms);
     e.access_count = row.get(3).unwrap_or(e.access_count);
+    if let Ok(Some(body)) = row.get::<_, Option<String>>(6) {
+        let shared = match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&body)
+        {
+            Ok(m) => m,
+            Err(err) => return Ok(Err((id, format!("its shared details do not decode: {err}")))),
+        };
+        match &mut e.details {
+            serde_json::Value::Object(details) => {
+                for (k, v) in shared {
+                    details.entry(k).or_insert(v);
+                }
+            }
+            other => *other = serde_json::Value::Object(shared),
+        }
+    }
     Ok(Ok(e))
 }
 
@@ -640,11 +748,11 @@ fn save_in(
     let mut entry = entry.clone();
     entry.parent = old.clone();
     entry.status = Status::Live;
-    let doc = serde_json::to_string(&entry).expect("entries serialize");
+    let (doc, shared) = entry_doc(tx, &entry)?;
     tx.prepare_cached(
         "INSERT INTO entries(id, key, live, status, task, created_ms, last_access_ms,
-                access_count, expires_ms, doc)
-             VALUES (?1, ?2, 1, 'live', ?3, ?4, ?5, ?6, ?7, ?8)",
+                access_count, expires_ms, doc, shared)
+             VALUES (?1, ?2, 1, 'live', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         entry.id,
@@ -654,7 +762,8 @@ fn save_in(
         entry.last_access_ms,
         entry.access_count,
         entry.expires_ms,
-        doc
+        doc,
+        shared
     ])?;
     if tally.failures {
         tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([&entry.key])?;
@@ -1120,7 +1229,7 @@ impl MetaStore for SqliteMeta {
             while let Some(row) = rows.next()? {
                 if let Err((id, why)) = entry_from_row(row)? {
                     let key: String = row.get(5)?;
-                    let live = row.get::<_, i64>(6).unwrap_or(0) == 1;
+                    let live = row.get::<_, i64>(7).unwrap_or(0) == 1;
                     out.entries.push((id, key, live, why));
                 }
             }
@@ -1206,13 +1315,13 @@ impl MetaStore for SqliteMeta {
             let mut entry = entry.clone();
             entry.parent = latest;
             entry.status = Status::Failed;
-            let doc = serde_json::to_string(&entry).expect("entries serialize");
+            let (doc, shared) = entry_doc(tx, &entry)?;
             tx.prepare_cached(
                 "INSERT INTO entries(id, key, live, status, task, created_ms, last_access_ms,
-                        access_count, expires_ms, doc)
-                     VALUES (?1, ?2, 0, 'failed', ?3, ?4, ?4, 0, NULL, ?5)",
+                        access_count, expires_ms, doc, shared)
+                     VALUES (?1, ?2, 0, 'failed', ?3, ?4, ?4, 0, NULL, ?5, ?6)",
             )?
-            .execute(params![entry.id, entry.key, entry.task, entry.created_ms, doc])?;
+            .execute(params![entry.id, entry.key, entry.task, entry.created_ms, doc, shared])?;
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO failures(key, message, at_ms) VALUES (?1, ?2, ?3)",
             )?

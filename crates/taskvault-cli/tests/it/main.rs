@@ -4,6 +4,7 @@ mod errors;
 mod fuzz;
 mod hostile;
 mod inspect;
+mod migration;
 mod readme;
 mod run;
 mod seed;

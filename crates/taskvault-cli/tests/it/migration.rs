@@ -1,0 +1,70 @@
+//! A vault written by an earlier TaskVault (schema 1, `tests/fixtures/vault-schema1`) opens,
+//! migrates, and serves the same hits: files, a directory, a blob on disk, a wrapped command.
+
+use std::path::Path;
+
+use crate::Project;
+
+fn copy_tree(from: &Path, to: &Path) {
+    for w in taskvault::tree::walk(from).unwrap() {
+        let dest = to.join(&w.rel);
+        match w.kind {
+            taskvault::tree::NodeKind::Dir => std::fs::create_dir_all(&dest).unwrap(),
+            _ => {
+                std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                std::fs::copy(&w.abs, &dest).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_schema_1_vault_migrates_and_serves_the_same_hits() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vault-schema1");
+    let p = Project::new();
+    copy_tree(&fixture.join("project"), p.dir.path());
+    copy_tree(&fixture.join("vault"), &p.vault());
+    let read = |rel: &str| std::fs::read(p.path(rel)).unwrap();
+
+    p.run(&["cache", "get", "small", "in1", "got1"]).ok();
+    assert_eq!(read("got1"), read("out1b"), "the newer of the key's two runs");
+    p.run(&["cache", "get", "big", "in2", "got2"]).ok();
+    assert_eq!(read("got2"), read("out2"), "a blob stored as a file");
+    p.run(&["cache", "get", "tree", "in1", "gotdir"]).ok();
+    assert_eq!(read("gotdir/sub/b.txt"), read("dirout/sub/b.txt"));
+    let r = p
+        .run(&[
+            "run",
+            "--task",
+            "build",
+            "-i",
+            "src/*.py",
+            "-o",
+            "report.txt",
+            "--",
+            "sh",
+            "-c",
+            "echo built; echo report > report.txt",
+        ])
+        .ok();
+    assert!(r.stderr().contains("taskvault: hit build"), "{}", r.stderr());
+    assert_eq!((r.stdout(), read("report.txt")), ("built\n".to_owned(), b"report\n".to_vec()));
+    p.run(&["cache", "get", "small", "in2", "nope"]).code_is(1);
+
+    // Listings, history and the census are what the old vault held.
+    let all = p.run(&["--json", "log", "--all"]).ok().json();
+    assert_eq!(all.as_array().unwrap().len(), 5);
+    let tags = p.run(&["--json", "log", "--tag", "kind=blob"]).ok().json();
+    assert_eq!(tags[0]["task"], "big");
+    let small = all.as_array().unwrap().iter().find(|e| e["task"] == "small").unwrap();
+    let history = p.run(&["--json", "history", small["id"].as_str().unwrap()]).ok().json();
+    assert_eq!(history.as_array().unwrap().len(), 2);
+    let s = p.stats();
+    let db = rusqlite::Connection::open(p.vault().join("cache.db")).unwrap();
+    let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(s["entries"].as_i64(), Some(4));
+    assert_eq!(s["runs"].as_i64(), Some(count("SELECT count(*) FROM entries")));
+    assert_eq!(s["blobs"].as_i64(), Some(count("SELECT count(*) FROM blobs")));
+    assert!(p.run(&["--json", "verify"]).ok().json()["corrupt"].as_array().unwrap().is_empty());
+    assert_eq!(count("PRAGMA user_version"), 4);
+}

@@ -567,6 +567,11 @@ fn status_name(s: Status) -> &'static str {
     }
 }
 
+/// The (name, value) rows of a table of counts (`counters`, `census`).
+fn named_values(c: &Connection, sql: &str) -> rusqlite::Result<Vec<(String, i64)>> {
+    c.prepare_cached(sql)?.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+}
+
 fn bump(tx: &Connection, name: &str, by: i64) -> rusqlite::Result<()> {
     tx.prepare_cached("UPDATE counters SET value = value + ?2 WHERE name = ?1")?
         .execute(params![name, by])?;
@@ -1059,10 +1064,7 @@ impl MetaStore for SqliteMeta {
     fn counters(&self) -> Result<Counters> {
         self.with(|c| {
             let mut out = Counters::default();
-            let mut stmt = c.prepare_cached("SELECT name, value FROM counters")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            for row in rows {
-                let (name, v) = row?;
+            for (name, v) in named_values(c, "SELECT name, value FROM counters")? {
                 match name.as_str() {
                     "hits" => out.hits = v,
                     "misses" => out.misses = v,
@@ -1140,9 +1142,7 @@ impl MetaStore for SqliteMeta {
     fn census(&self) -> Result<crate::entry::Census> {
         self.with(|c| {
             let mut out = crate::entry::Census::default();
-            let mut stmt = c.prepare_cached("SELECT name, value FROM census")?;
-            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-                let (name, v) = row?;
+            for (name, v) in named_values(c, "SELECT name, value FROM census")? {
                 match name.as_str() {
                     "runs" => out.runs = v,
                     "failed_runs" => out.failed_runs = v,

@@ -161,8 +161,9 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn history(&self, key: &str) -> Result<Vec<Entry>>;
     /// Evicts live entries (all runs of their keys): with a target, expired entries first and
     /// then least recently used ones until stored bytes are at most `target_bytes`; without one,
-    /// every expired entry. Returns the live entries removed.
-    fn evict(&self, now_ms: i64, target_bytes: Option<u64>) -> Result<Removed>;
+    /// every expired entry; at most `limit` entries per call (call again while it returns
+    /// `limit`). Returns the live entries removed.
+    fn evict(&self, now_ms: i64, target_bytes: Option<u64>, limit: usize) -> Result<Removed>;
     fn counters(&self) -> Result<Counters>;
     fn live_entries(&self) -> Result<i64>;
     /// Every blob row that can be read (for verification).
@@ -183,8 +184,9 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn drop_damaged_run(&self, id: &str) -> Result<Removed>;
     /// Deletes a blob row that cannot be read, retiring the live entries that use it.
     fn drop_damaged_blob(&self, digest: &str) -> Result<Removed>;
-    /// Removes every entry and blob row.
-    fn clear(&self) -> Result<Removed>;
+    /// Removes every entry and blob row; returns how many live entries there were. The blob
+    /// files are all orphans afterwards (the caller removes them, a file at a time).
+    fn clear(&self) -> Result<u64>;
     /// Records that the computation for `key` failed (for claim waiters).
     fn record_failure(&self, key: &str, message: &str, at_ms: i64) -> Result<()>;
     /// Records the failed run `entry` (status [`Status::Failed`], no outputs) as history of

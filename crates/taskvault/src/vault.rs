@@ -533,8 +533,28 @@ impl Vault {
         self.fold_accesses()?;
         let target = cap / 100 * self.settings.low_water_percent as u64
             + cap % 100 * self.settings.low_water_percent as u64 / 100;
-        self.removed(Some(Event::Evict), "evict", |m| m.evict(now_ms(), Some(target)))?;
+        self.evict_in_batches(Event::Evict, "evict", now_ms(), Some(target))?;
         Ok(())
+    }
+
+    /// `MetaStore::evict` a batch at a time until it is done, so the entries removed (kept for
+    /// the audit trail and the hot records) never fill memory; returns how many went.
+    pub(crate) fn evict_in_batches(
+        &self,
+        event: Event,
+        op: &str,
+        now: i64,
+        target: Option<u64>,
+    ) -> Result<u64> {
+        const BATCH: usize = 10_000;
+        let mut removed = 0;
+        loop {
+            let went = self.removed(Some(event), op, |m| m.evict(now, target, BATCH))?.len();
+            removed += went as u64;
+            if went == 0 {
+                return Ok(removed);
+            }
+        }
     }
 
     fn audit_entry(&self, event: Event, op: &str, e: &Entry) {

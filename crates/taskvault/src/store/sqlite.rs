@@ -1009,23 +1009,23 @@ impl MetaStore for SqliteMeta {
         Ok(sound(rows))
     }
 
-    fn evict(&self, now_ms: i64, target_bytes: Option<u64>) -> Result<Removed> {
+    fn evict(&self, now_ms: i64, target_bytes: Option<u64>, limit: usize) -> Result<Removed> {
         self.write(|tx| {
             let mut r = Removed::default();
             let mut stored: i64 = tx
                 .query_row("SELECT value FROM counters WHERE name = 'stored_bytes'", [], |r| r.get(0))?;
             let over = |stored: i64| target_bytes.is_none_or(|t| stored > t as i64);
-            let mut expired = 0;
-            let mut evicted = 0;
+            let mut expired: usize = 0;
+            let mut evicted: usize = 0;
             let expired_keys: Vec<String> = tx
                 .prepare(
                     "SELECT key FROM entries WHERE live = 1 AND expires_ms IS NOT NULL
-                     AND expires_ms <= ?1 ORDER BY expires_ms",
+                     AND expires_ms <= ?1 ORDER BY expires_ms LIMIT ?2",
                 )?
-                .query_map([now_ms], |r| r.get(0))?
+                .query_map(params![now_ms, limit as i64], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for k in expired_keys {
-                if !over(stored) {
+                if !over(stored) || expired >= limit {
                     break;
                 }
                 let (e, freed) = remove_key(tx, &k, &mut r.unreferenced)?;
@@ -1034,7 +1034,7 @@ impl MetaStore for SqliteMeta {
                 r.entries.extend(e);
             }
             if target_bytes.is_some() {
-                while over(stored) {
+                while over(stored) && expired + evicted < limit {
                     let batch: Vec<String> = tx
                         .prepare_cached(
                             "SELECT key FROM entries WHERE live = 1 ORDER BY last_access_ms, created_ms LIMIT 64",
@@ -1045,7 +1045,7 @@ impl MetaStore for SqliteMeta {
                         break;
                     }
                     for k in batch {
-                        if !over(stored) {
+                        if !over(stored) || expired + evicted >= limit {
                             break;
                         }
                         let (e, freed) = remove_key(tx, &k, &mut r.unreferenced)?;
@@ -1055,8 +1055,8 @@ impl MetaStore for SqliteMeta {
                     }
                 }
             }
-            bump(tx, "expired", expired)?;
-            bump(tx, "evictions", evicted)?;
+            bump(tx, "expired", expired as i64)?;
+            bump(tx, "evictions", evicted as i64)?;
             Ok(r)
         })
     }
@@ -1269,28 +1269,16 @@ impl MetaStore for SqliteMeta {
         })
     }
 
-    fn clear(&self) -> Result<Removed> {
+    fn clear(&self) -> Result<u64> {
         self.write(|tx| {
-            let mut r = Removed {
-                entries: sound(
-                    tx.prepare(&format!("SELECT {ENTRY_COLS} FROM entries WHERE live = 1"))?
-                        .query_map([], entry_from_row)?
-                        .collect::<rusqlite::Result<Vec<_>>>()?,
-                ),
-                unreferenced: Vec::new(),
-            };
-            let files: Vec<String> = tx
-                .prepare("SELECT digest FROM blobs WHERE data IS NULL")?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for d in files {
-                r.unreferenced.push(d.parse()?);
-            }
+            let live: i64 =
+                tx.query_row("SELECT value FROM census WHERE name = 'live'", [], |r| r.get(0))?;
             tx.execute_batch(
                 "DELETE FROM entries; DELETE FROM refs; DELETE FROM blobs; DELETE FROM failures;
+                 DELETE FROM shared_details;
                  UPDATE counters SET value = 0 WHERE name = 'stored_bytes';",
             )?;
-            Ok(r)
+            Ok(live.max(0) as u64)
         })
     }
 

@@ -192,8 +192,14 @@ impl Vault {
 
     /// Removes every entry and blob; returns how many entries there were.
     pub fn clear(&self) -> Result<u64> {
-        let n = self.removed(None, "clear", |m| m.clear())?.len() as u64;
+        let mut n = 0;
+        self.removed(None, "clear", |m| {
+            n = m.clear()?;
+            Ok(crate::store::Removed::default())
+        })?;
         self.hot.remove_all()?;
+        // Every blob file is an orphan now; removed a file at a time, in bounded memory.
+        self.remove_orphans()?;
         self.audit.record(&crate::audit::Record {
             event: Event::Remove,
             op: "clear",
@@ -212,8 +218,7 @@ impl Vault {
         let mut report =
             GcReport { bytes_before: self.meta().counters()?.stored_bytes, ..GcReport::default() };
         let now = now_ms();
-        report.expired +=
-            self.removed(Some(Event::Expire), "gc", |m| m.evict(now, None))?.len() as u64;
+        report.expired += self.evict_in_batches(Event::Expire, "gc", now, None)?;
         // Entries whose task's policy TTL (as configured now) has run out, policy by policy,
         // in bounded batches through the listing indexes.
         let own: Vec<String> = self.settings.policies.keys().cloned().collect();
@@ -240,8 +245,7 @@ impl Vault {
             report.old = self.remove_stale(&stale, Event::Evict, "evictions")?;
         }
         if let Some(max) = max_size {
-            report.evicted =
-                self.removed(Some(Event::Evict), "gc", |m| m.evict(now, Some(max)))?.len() as u64;
+            report.evicted = self.evict_in_batches(Event::Evict, "gc", now, Some(max))?;
         }
         report.orphans_removed = self.remove_orphans()?;
         self.hot.repair_older_than(STALE_MARK)?;

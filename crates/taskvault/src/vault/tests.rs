@@ -436,6 +436,24 @@ fn the_census_stays_equal_to_a_recount_through_every_kind_of_write() {
 }
 
 #[test]
+fn eviction_goes_a_bounded_batch_at_a_time_and_a_batch_loop_finishes_it() {
+    let f = fx();
+    for i in 0..5u8 {
+        f.vault.save(&f.key("t", &[i]), Output::Bytes(&[i; 100]), &SaveOptions::default()).unwrap();
+    }
+    // Two per call, least recently used first, down to the target.
+    let first = f.vault.meta().evict(now_ms(), Some(0), 2).unwrap();
+    assert_eq!(first.entries.len(), 2);
+    assert_eq!(f.vault.stats().unwrap().entries, 3);
+    assert_eq!(
+        f.vault.evict_in_batches(crate::audit::Event::Evict, "gc", now_ms(), Some(0)).unwrap(),
+        3
+    );
+    let s = f.vault.stats().unwrap();
+    assert_eq!((s.entries, s.counters.evictions, s.counters.stored_bytes), (0, 5, 0));
+}
+
+#[test]
 fn policy_ttl_applies_to_existing_entries_unless_explicit() {
     let f = fx_with(|s| s.default_policy.ttl_seconds = Some(60));
     let key = f.key("t", b"i");

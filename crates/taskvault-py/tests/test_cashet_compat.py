@@ -8,7 +8,6 @@ pass what the function depends on as arguments.
 import asyncio
 import datetime as dt
 import json
-import os
 import pathlib
 import subprocess
 import time

@@ -22,7 +22,6 @@ import threading
 import time
 import traceback
 import types
-import uuid
 import warnings
 import weakref
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar

@@ -16,6 +16,8 @@ pub use admin::init;
 
 /// Large transfers show a byte counter on stderr once they pass this size.
 const PROGRESS_MIN: u64 = 64 << 20;
+/// Walks over every blob show a bar from this many blobs.
+const ITEMS_MIN: u64 = 10_000;
 
 pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome> {
     let dir = resolved.settings.vault_dir.clone();
@@ -23,6 +25,7 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
         .with_context(|| format!("cannot open the vault at {}", dir.display()))?;
     if progress {
         vault.set_progress(progress_bar());
+        vault.set_item_progress(item_bar());
     }
     // The vault lives until the process exits. Everything it writes is committed or appended
     // before a command returns; closing SQLite would only free memory (checkpoints on close are
@@ -95,6 +98,28 @@ pub fn without_vault(cli: &Cli, resolved: &Resolved) -> Result<Option<Outcome>> 
         }
         _ => Err(resolved.no_vault()),
     }
+}
+
+/// A bar for walks over every blob, shown once there are enough of them to take a while.
+fn item_bar() -> Box<taskvault::ItemProgress> {
+    let bar = std::sync::OnceLock::<indicatif::ProgressBar>::new();
+    Box::new(move |done, total| {
+        if total < ITEMS_MIN {
+            return;
+        }
+        let pb = bar.get_or_init(|| {
+            let pb = indicatif::ProgressBar::new(total);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} blobs {eta}")
+                    .expect("valid template"),
+            );
+            pb
+        });
+        pb.set_position(done);
+        if done >= total {
+            pb.finish_and_clear();
+        }
+    })
 }
 
 fn progress_bar() -> Box<taskvault::Progress> {

@@ -71,6 +71,9 @@ pub struct SaveOptions {
 /// Called with the number of bytes processed so far while large files are hashed or copied.
 pub type Progress = dyn Fn(u64) + Send + Sync;
 
+/// Called with (items done, items in all) while a command walks every blob (`verify`).
+pub type ItemProgress = dyn Fn(u64, u64) + Send + Sync;
+
 /// A local vault: SQLite metadata and blobs on disk, under one directory.
 pub struct Vault {
     settings: Settings,
@@ -86,6 +89,7 @@ pub struct Vault {
     tmp: PathBuf,
     locks: PathBuf,
     progress: Option<Box<Progress>>,
+    item_progress: Option<Box<ItemProgress>>,
     /// Set by [`Vault::resident`].
     resident: Option<resident::Resident>,
     /// The generation counter, mapped on first use by a vault that is not resident.
@@ -168,6 +172,7 @@ impl Vault {
             tmp,
             locks,
             progress: None,
+            item_progress: None,
             resident: None,
             generation: std::sync::OnceLock::new(),
             claim_files: Arc::default(),
@@ -254,6 +259,11 @@ impl Vault {
     /// Reports bytes processed during long hashing and copying.
     pub fn set_progress(&mut self, progress: Box<Progress>) {
         self.progress = Some(progress);
+    }
+
+    /// Reports items done while a command walks every blob (`verify`).
+    pub fn set_item_progress(&mut self, progress: Box<ItemProgress>) {
+        self.item_progress = Some(progress);
     }
 
     /// Hashes the inputs and builds the key of `task` in this vault's namespace.
@@ -953,6 +963,12 @@ impl Vault {
 
     pub(crate) fn tmp_dir(&self) -> &Path {
         &self.tmp
+    }
+
+    pub(crate) fn report_items(&self, done: u64, total: u64) {
+        if let Some(p) = &self.item_progress {
+            p(done, total);
+        }
     }
 
     pub(crate) fn report_progress(&self, bytes: u64) {

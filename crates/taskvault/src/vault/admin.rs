@@ -325,11 +325,14 @@ impl Vault {
             report.damaged_rows.push((digest, why));
         }
         // A page of blob rows at a time, in digest order.
+        let total = self.meta().census()?.blobs.max(0) as u64;
+        let mut done = 0;
         let mut after: Option<String> = None;
         loop {
             let page = self.meta().blobs_after(after.as_deref(), 1000)?;
             let Some(last) = page.last() else { break };
             after = Some(last.digest.to_string());
+            let in_page = page.len() as u64;
             for b in page {
                 match self.read_blob(&b.digest, b.size, &mut Sink::Discard)? {
                     Ok(()) => {}
@@ -342,6 +345,8 @@ impl Vault {
                 report.blobs_checked += 1;
                 report.bytes_checked += b.size;
             }
+            done += in_page;
+            self.report_items(done.min(total), total);
         }
         report.orphans_removed = self.remove_orphans()?;
         Ok(report)

@@ -454,6 +454,20 @@ fn eviction_goes_a_bounded_batch_at_a_time_and_a_batch_loop_finishes_it() {
 }
 
 #[test]
+fn verify_reports_its_progress_through_every_blob() {
+    let mut f = fx();
+    for i in 0..2500u16 {
+        let key = f.key("t", &i.to_le_bytes());
+        f.vault.save(&key, Output::Bytes(&i.to_le_bytes()), &SaveOptions::default()).unwrap();
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = std::sync::Arc::clone(&seen);
+    f.vault.set_item_progress(Box::new(move |done, total| s.lock().unwrap().push((done, total))));
+    assert_eq!(f.vault.verify().unwrap().blobs_checked, 2500);
+    assert_eq!(*seen.lock().unwrap(), [(1000, 2500), (2000, 2500), (2500, 2500)]);
+}
+
+#[test]
 fn policy_ttl_applies_to_existing_entries_unless_explicit() {
     let f = fx_with(|s| s.default_policy.ttl_seconds = Some(60));
     let key = f.key("t", b"i");

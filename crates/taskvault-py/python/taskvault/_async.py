@@ -126,15 +126,9 @@ class AsyncClient:
         if keyed is None:
             return c._uncached(fn, await self._attempts(fn, args, kwargs, options, True))
         key, refs = keyed
-        claim = None
-        if not (options.force or not options.cache):
-            status, payload = await asyncio.to_thread(c._vault.get_or_claim, key)
-            if status == "hit":
-                return ResultRef(c, payload[0], payload[1], payload[2], key.task, payload[3], payload[4])
-            if status == "failed":
-                msg, _, tb = payload.partition("\n\n")
-                raise TaskError(msg, tb)
-            claim = payload
+        hit, claim = await asyncio.to_thread(c._hit_or_claim, key, options)
+        if hit is not None:
+            return hit
         started = time.monotonic()
         try:
             value = await self._attempts(fn, args, kwargs, options, bool(refs))

@@ -403,17 +403,25 @@ class Client:
         if keyed is None:
             return self._uncached(func, self._attempts(func, args, kwargs, options, True))
         key, refs = keyed
+        hit, claim = self._hit_or_claim(key, options)
+        if hit is not None:
+            return hit
+        return self._compute(key, func, plan, args, kwargs, bound, options, claim, refs)
+
+    def _hit_or_claim(self, key: Any, options: _TaskOptions) -> tuple[ResultRef | None, Any]:
+        """The stored result of ``key`` and no claim, or no result and the claim to compute it
+        (``None`` with ``_force`` or ``_cache=False``: such a run replaces the key's entry, the
+        old one staying as its history, so a later cached call gets the newest result). Raises
+        ``TaskError`` if the worker this call waited for failed."""
         if options.force or not options.cache:
-            # Run now, whatever is stored; the run replaces the key's entry (the old one stays
-            # as its history), so a later cached call gets the newest result.
-            return self._compute(key, func, plan, args, kwargs, bound, options, None, refs)
+            return None, None
         status, payload = self._vault.get_or_claim(key)
         if status == "hit":
-            return ResultRef(self, payload[0], payload[1], payload[2], key.task, payload[3], payload[4])
+            return ResultRef(self, payload[0], payload[1], payload[2], key.task, payload[3], payload[4]), None
         if status == "failed":
             msg, _, tb = payload.partition("\n\n")
-            raise TaskError(msg, tb)  # the worker this call waited for failed
-        return self._compute(key, func, plan, args, kwargs, bound, options, payload, refs)
+            raise TaskError(msg, tb)
+        return None, payload
 
     def _attempts(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions, refs: bool) -> Any:
         call_args = _resolve_refs(args) if refs else args

@@ -617,8 +617,10 @@ class Client:
             return res[:limit] if limit else res
         tag = next(iter(tags.items())) if tags else None
         if engine_status == "completed":
-            runs = _entries(self._vault.list(func_name, tag, None, None, None, True))
-            runs = [c for c in runs if c.status is TaskStatus.COMPLETED]
+            # Live entries and the runs they replaced: each through the status index, then
+            # merged newest first.
+            runs = [c for s in ("live", "superseded") for c in _entries(self._vault.list(func_name, tag, s, None, limit, True))]
+            runs.sort(key=lambda c: c["created_ms"], reverse=True)
             return runs[:limit] if limit else runs
         return _entries(self._vault.list(func_name, tag, engine_status, None, limit, all))
 

@@ -257,16 +257,12 @@ pub fn run_without_vault(
     let where_ = format!("no vault at {}", resolved.settings.vault_dir.display());
     if let Some(c) = &captured {
         let ms = c.duration.as_millis() as i64;
-        let s = serde_json::json!({
-            "task": task, "key": null, "hit": false, "exit_code": exit_code(outcome),
-            "duration_ms": ms, "run_id": null, "outputs": a.outputs,
-        });
-        if let Some(path) = &a.summary {
-            fs_err::write(path, format!("{s}\n"))?;
-        }
-        if cli.json {
-            human::note(s.to_string());
-        } else if !a.quiet {
+        emit_summary(
+            cli,
+            a,
+            &summary_json(&task, None, false, outcome, Some(ms), None, &a.outputs),
+        )?;
+        if !cli.json && !a.quiet {
             human::note(format!(
                 "taskvault: miss {task} (ran, {}, {}; not saved: --no-save, {where_})",
                 exit_text(&c.ended),
@@ -411,15 +407,33 @@ fn summary(
     if !cli.json && a.summary.is_none() {
         return Ok(());
     }
-    let s = serde_json::json!({
-        "task": plan.key.task,
-        "key": plan.key.digest().hex(),
+    let key = Some(plan.key.digest().hex());
+    let s = summary_json(&plan.key.task, key, hit, outcome, duration_ms, run_id, &plan.outputs);
+    emit_summary(cli, a, &s)
+}
+
+fn summary_json(
+    task: &str,
+    key: Option<String>,
+    hit: bool,
+    outcome: Outcome,
+    duration_ms: Option<i64>,
+    run_id: Option<&str>,
+    outputs: &[String],
+) -> serde_json::Value {
+    serde_json::json!({
+        "task": task,
+        "key": key,
         "hit": hit,
         "exit_code": exit_code(outcome),
         "duration_ms": duration_ms,
         "run_id": run_id,
-        "outputs": plan.outputs,
-    });
+        "outputs": outputs,
+    })
+}
+
+/// The summary on stderr with `--json`, and to the `--summary` file.
+fn emit_summary(cli: &Cli, a: &RunArgs, s: &serde_json::Value) -> Result<()> {
     if cli.json {
         human::note(s.to_string());
     }

@@ -12,13 +12,8 @@ venv="$out/cashet-suite-venv"
 work="$out/cashet-suite"
 version="${CASHET_VERSION:-0.5.0}"
 mkdir -p "$out"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 # What cashet's tests import besides cashet (collection needs them even for excluded files).
-"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.16,<2" pytest pytest-asyncio \
-    httpx starlette click redis freezegun
-rm -rf "$out/cashet-wheels"
-(cd "$repo/crates/taskvault-py" && "$venv/bin/maturin" build --release --locked --quiet -o "$out/cashet-wheels")
-"$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$out"/cashet-wheels/taskvault-*.whl
+bash "$repo/benches/venv-with-wheel.sh" "$venv" pytest pytest-asyncio httpx starlette click redis freezegun
 rm -rf "$work" && mkdir -p "$work"
 "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary :all: -d "$work" "cashet==$version"
 tar -xzf "$work"/cashet-"$version".tar.gz -C "$work"

@@ -7,11 +7,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="$repo/bench-out"
 venv="$out/py-bench"
 mkdir -p "$out"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.16,<2" cashet joblib diskcache
-rm -rf "$out/wheels"
-(cd "$repo/crates/taskvault-py" && "$venv/bin/maturin" build --release --locked --quiet -o "$out/wheels")
-"$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$out"/wheels/taskvault-*.whl
+bash "$repo/benches/venv-with-wheel.sh" "$venv" cashet joblib diskcache
 "$venv/bin/pip" freeze | grep -Ei '^(cashet|joblib|diskcache)==' > "$out/python_vs_peers.versions"
 cd "$out"
 # No size limits: the default policy refuses entries over 100 MiB, and one scenario stores 100 MiB.

@@ -8,11 +8,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="$repo/bench-out"
 venv="$out/scale-venv"
 mkdir -p "$out"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.16,<2" diskcache
-rm -rf "$out/scale-wheels"
-(cd "$repo/crates/taskvault-py" && "$venv/bin/maturin" build --release --locked --quiet -o "$out/scale-wheels")
-"$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$out"/scale-wheels/taskvault-*.whl
+bash "$repo/benches/venv-with-wheel.sh" "$venv" diskcache
 tv="$(bash "$repo/scripts/build-release.sh")"
 tasks="$out/scale-tasks"
 mkdir -p "$tasks"

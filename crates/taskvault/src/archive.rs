@@ -296,8 +296,10 @@ fn check_entry(
             return Err(format!("node {:?} expects blob {d} to be {} bytes", n.path, n.size));
         }
     }
-    let total: u64 = e.outputs.iter().map(|n| n.size).sum();
-    if total != e.size {
+    // Sizes come from the archive: summed with a check, never with an overflow.
+    let total = e.outputs.iter().try_fold(0u64, |t, n| t.checked_add(n.size));
+    if total != Some(e.size) {
+        let total = total.map_or("more than 2^64".into(), |t| t.to_string());
         return Err(format!("its outputs add up to {total} bytes, not {}", e.size));
     }
     Ok(())

@@ -365,6 +365,18 @@ fn hostile_values() -> impl Strategy<Value = Value> {
     ]
 }
 
+/// The case the fuzzer found: an output size of 2^64 - 1 made the sizes' sum overflow (a
+/// panic in a debug build) instead of refusing the archive.
+#[test]
+fn an_archive_whose_output_sizes_overflow_is_refused() {
+    for pick in 0..400 {
+        let (mut m, members) = valid_archive();
+        let mut at = pick;
+        mutate_json(&mut m, &mut at, &json!(u64::MAX));
+        import_checked(pack(&with_manifest(&m, &members))).unwrap();
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
 

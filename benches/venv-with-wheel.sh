@@ -3,7 +3,7 @@
 # given PyPI packages installed:  bash benches/venv-with-wheel.sh VENV PACKAGE...
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-venv="$1"
+venv="$(realpath -m "$1")"
 shift
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.16,<2" "$@"

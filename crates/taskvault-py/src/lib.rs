@@ -223,6 +223,18 @@ impl Vault {
         py.detach(|| self.inner.commit_deferred().and_then(|()| self.inner.flush())).map_err(to_py)
     }
 
+    /// The hits among `keys`, in order, in one call: a hit as `get_or_claim` gives it, `None`
+    /// where there is none yet (not counted as a miss: ask `get_or_claim` for those).
+    fn fetch_present<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<PyRef<'py, Key>>,
+    ) -> PyResult<Vec<Option<Hit<'py>>>> {
+        let inner: Vec<&taskvault::TaskKey> = keys.iter().map(|k| &k.inner).collect();
+        let got = py.detach(|| self.inner.fetch_present(&inner)).map_err(to_py)?;
+        Ok(got.into_iter().map(|s| s.map(|s| hit(&s.entry, PyBytes::new(py, &s.bytes)))).collect())
+    }
+
     /// The result of `key`, else the claim to compute it: `("hit", hit)` when the result is
     /// there (kept in memory, in the vault, or just saved by the worker waited for);
     /// `("compute", handle)` for the one caller that must compute it; `("failed", message)`

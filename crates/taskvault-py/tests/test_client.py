@@ -15,7 +15,7 @@ import time
 import pytest
 
 import taskvault
-from taskvault import AsyncClient, Client, JsonSerializer, SafePickleSerializer, TaskError, TaskRef
+from taskvault import AsyncClient, Client, JsonSerializer, KeyWarning, SafePickleSerializer, TaskError, TaskRef
 from conftest import bump
 
 
@@ -157,6 +157,38 @@ def test_map_caches_per_item(client):
     refs2 = client.map(square, range(21), offset=1, max_workers=3)
     assert [r.commit_hash for r in refs2[:20]] == [r.commit_hash for r in refs]
     assert client.stats()["saves"] == before + 1
+
+
+def test_map_looks_stored_results_up_first_counting_each_hit_and_miss_once(client, counter):
+    client.map(plus_counted, [0, 2, 4], counter.file)
+    assert counter.n == 3
+    before = client.stats()
+    refs = client.map(plus_counted, range(6), counter.file, max_workers=2)
+    assert [r.load() for r in refs] == [1, 2, 3, 4, 5, 6]
+    assert counter.n == 6, "only the three new items ran"
+    after = client.stats()
+    assert after["hits"] - before["hits"] == 3
+    assert after["misses"] - before["misses"] == 3
+    # An item that cannot be keyed is left to submit, which warns and runs it uncached.
+    with pytest.warns(KeyWarning):
+        mixed = client.map(plus_counted, [0, (i for i in ())], counter.file, _on_unencodable="skip")
+    assert mixed[0].load() == 1 and mixed[0].commit_hash == refs[0].commit_hash
+    # _force skips the lookup: every item runs again.
+    client.map(plus_counted, [0, 2], counter.file, _force=True)
+    assert counter.n == 9
+
+
+def plus_counted(x, file):
+    bump(file)
+    return x + 1 if isinstance(x, int) else "gen"
+
+
+def test_submit_many_schedules_a_long_chain_and_a_wide_batch(client):
+    chain = [(square, (1,))] + [(square, (TaskRef(i),)) for i in range(200)]
+    refs = client.submit_many(chain, max_workers=4)
+    assert refs[-1].load() == 1
+    wide = client.submit_many([(square, (i,)) for i in range(2000)], max_workers=4)
+    assert [r.load() for r in wide] == [i * i for i in range(2000)]
 
 
 def test_map_on_a_process_pool(client):

@@ -21,6 +21,9 @@ pub struct StagedBlob {
     pub staged: Option<std::path::PathBuf>,
 }
 
+/// A live entry found by [`MetaStore::lookup_many`], with the rows of its blobs.
+pub type Found = (Entry, Vec<BlobInfo>);
+
 /// What a commit of a save changed.
 #[derive(Debug, Default)]
 pub struct Committed {
@@ -115,6 +118,26 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     }
     /// The live entry of a key, if any (expiry is the caller's business).
     fn lookup(&self, key: &str) -> Result<Option<Entry>>;
+    /// The live entries of `keys`, in order, each with the rows of its blobs, read together:
+    /// a batch of lookups pays for one transaction. A damaged row reads as `None` here (a
+    /// lookup of its key alone reports it).
+    fn lookup_many(&self, keys: &[String]) -> Result<Vec<Option<Found>>> {
+        keys.iter()
+            .map(|k| {
+                let e = match self.lookup(k) {
+                    Ok(Some(e)) => e,
+                    Ok(None) | Err(crate::error::Error::DamagedRow { .. }) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let rows = e
+                    .blob_digests()
+                    .iter()
+                    .filter_map(|d| self.blob(d).transpose())
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Some((e, rows)))
+            })
+            .collect()
+    }
     /// Blob rows for a digest.
     fn blob(&self, digest: &Digest) -> Result<Option<BlobInfo>>;
     /// Records a new run as the live entry of its key (the old one becomes its parent), adding

@@ -339,10 +339,19 @@ impl Vault {
 
     /// Waits up to `max_wait` for deferred saves to fall due, and commits them if they did. A
     /// front end calls this in a loop on a thread of its own.
+    ///
+    /// Once it does, the hits, misses and audit lines a resident vault buffers are written
+    /// here too, when due, instead of by the lookup that found them due.
     pub fn commit_deferred_when_due(&self, max_wait: std::time::Duration) -> Result<()> {
         match &self.resident {
-            Some(r) if r.wait_due(max_wait) => self.commit_deferred(),
-            Some(_) => Ok(()),
+            Some(r) => {
+                r.background.store(true, std::sync::atomic::Ordering::Relaxed);
+                if !r.wait_due(max_wait) {
+                    return Ok(());
+                }
+                self.commit_deferred()?;
+                self.flush()
+            }
             None => {
                 std::thread::sleep(max_wait);
                 Ok(())
@@ -833,6 +842,49 @@ impl Vault {
         let mark = self.keep_mark();
         let Some((e, b)) = self.fetch_stored(key)? else { return Ok(None) };
         Ok(Some(self.kept(e, b, mark)))
+    }
+
+    /// The results of `keys` that are there, in order, each counted as a hit; `None` for the
+    /// others, which are not counted as misses: the caller goes on to claim them (with
+    /// [`Vault::fetch_or_claim`], which counts the miss). Results larger than a resident vault
+    /// keeps in memory, directory outputs and expired entries are `None` too, for the same path.
+    /// A batch of warm lookups pays one call instead of one per key.
+    pub fn fetch_present(&self, keys: &[&TaskKey]) -> Result<Vec<Option<Served>>> {
+        let mut out: Vec<Option<Served>> = Vec::with_capacity(keys.len());
+        let mut ask = Vec::new();
+        for key in keys {
+            let kept = self.recall(key)?;
+            if kept.is_none() {
+                self.commit_deferred_of(&key.digest().hex())?;
+                ask.push(key.digest().hex());
+            }
+            out.push(kept);
+        }
+        if ask.is_empty() {
+            return Ok(out);
+        }
+        let mark = self.keep_mark();
+        // One snapshot of the store for all of them.
+        let mut stored = self.meta.lookup_many(&ask)?.into_iter();
+        let now = now_ms();
+        for (slot, key) in out.iter_mut().zip(keys) {
+            if slot.is_some() {
+                continue;
+            }
+            let Some((e, rows)) = stored.next().flatten() else { continue };
+            let servable = e.answers(key)
+                && !self.expired(&e, now)
+                && e.output_kind != crate::entry::OutputKind::Dir
+                && e.outputs.first().is_some_and(|n| n.size <= resident::MEMO_MAX_BYTES as u64);
+            if !servable {
+                continue;
+            }
+            // A blob that fails verification is quarantined and its entry retired: `None`.
+            let Some(bytes) = self.read_bytes_with(&e, rows)? else { continue };
+            self.hit(&e, "get")?;
+            *slot = Some(self.kept(e, bytes, mark));
+        }
+        Ok(out)
     }
 
     /// [`Vault::fetch`] and [`Vault::claim`] in one: the result of `key` if it is there (kept

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures as cf
 import datetime as _dt
 import functools
@@ -17,6 +18,7 @@ import inspect
 import json
 import os
 import pathlib
+import queue
 import sys
 import threading
 import time
@@ -556,14 +558,21 @@ class Client:
         ex = executor or cf.ThreadPoolExecutor(max_workers=workers)
         remote = not own and not isinstance(ex, cf.ThreadPoolExecutor)
         by_key = (lambda key: results[index[key]]) if index is not None else (lambda key: results[key])
+        # Each item is submitted once its last dependency is done (in topological order among
+        # those ready together); finished futures report through a queue, so a batch of n items
+        # costs O(n), not a scan of everything still waiting per completion.
+        dependents: list[list[int]] = [[] for _ in range(n)]
+        blocked = [len(d) for d in deps]
+        for i, d in enumerate(deps):
+            for j in d:
+                dependents[j].append(i)
+        ready = collections.deque(i for i in order if not blocked[i])
+        finished: queue.SimpleQueue = queue.SimpleQueue()
         try:
             pending: dict[cf.Future, int] = {}
-            done_set: set[int] = set()
-            waiting = list(order)
-            while waiting or pending:
-                ready = [i for i in waiting if deps[i] <= done_set]
-                for i in ready:
-                    waiting.remove(i)
+            while ready or pending:
+                while ready:
+                    i = ready.popleft()
                     f, a, k = items[i]
                     a, k = _substitute((a, k), by_key)
                     if remote:
@@ -571,16 +580,19 @@ class Client:
                     else:
                         fut = ex.submit(self.submit, f, *a, **k)
                     pending[fut] = i
+                    fut.add_done_callback(finished.put)
                 if not pending:
                     break
-                done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    i = pending.pop(fut)
-                    r = fut.result()
-                    if remote:
-                        r = ResultRef(self, r[0], r[1], r[2], r[3], None)
-                    results[i] = r
-                    done_set.add(i)
+                fut = finished.get()
+                i = pending.pop(fut)
+                r = fut.result()
+                if remote:
+                    r = ResultRef(self, r[0], r[1], r[2], r[3], None)
+                results[i] = r
+                for j in dependents[i]:
+                    blocked[j] -= 1
+                    if not blocked[j]:
+                        ready.append(j)
         finally:
             if own:
                 ex.shutdown(wait=True)
@@ -590,12 +602,48 @@ class Client:
 
     def map(self, func: Callable[..., T], items: Iterable[Any], *args: Any, executor: cf.Executor | None = None,
             max_workers: int | None = None, **kwargs: Any) -> list[ResultRef[T]]:
-        """``submit(func, item, *args, **kwargs)`` for each item, cached per item."""
+        """``submit(func, item, *args, **kwargs)`` for each item, cached per item. The stored
+        results are looked up first, all in one call into the engine; only the items without
+        one are submitted (in parallel on ``executor`` or ``max_workers`` threads)."""
+        items = list(items)
+        fn, options = _options(func, dict(kwargs))
+        results: list[ResultRef | None] = self._stored_results(fn, options, items, args, kwargs)
+        rest = [i for i, r in enumerate(results) if r is None]
+        if not rest:
+            return results  # type: ignore[return-value]
         if executor is None and (max_workers or self.max_workers) == 1:
-            fn, options = _options(func, kwargs)
-            return [self._submit(fn, (item, *args), kwargs, options) for item in items]
-        batch = [(func, (item, *args), kwargs) for item in items]
-        return self.submit_many(batch, max_workers=max_workers, executor=executor)
+            call_kwargs = {k: v for k, v in kwargs.items() if k not in _CALL_OPTIONS}
+            for i in rest:
+                results[i] = self._submit(fn, (items[i], *args), dict(call_kwargs), options)
+        else:
+            batch = [(func, (items[i], *args), kwargs) for i in rest]
+            for i, r in zip(rest, self.submit_many(batch, max_workers=max_workers, executor=executor)):
+                results[i] = r
+        return results  # type: ignore[return-value]
+
+    def _stored_results(self, fn: Callable, options: _TaskOptions, items: list, args: tuple,
+                        kwargs: dict) -> list[ResultRef | None]:
+        """For ``map``: the stored result of each call, or ``None`` where there is none (or it
+        cannot be looked up here: the call then goes the way of ``submit``, which warns, claims
+        and counts the miss)."""
+        found: list[ResultRef | None] = [None] * len(items)
+        if options.force or not options.cache or not items:
+            return found
+        call_kwargs = {k: v for k, v in kwargs.items() if k not in _CALL_OPTIONS}
+        plan = self._plan(fn)
+        keys, where = [], []
+        for i, item in enumerate(items):
+            try:
+                bound = plan.bind(fn, (item, *args), call_kwargs)
+                key, _ = self._key(fn, plan, bound, options)
+            except Exception:  # noqa: BLE001 - unkeyable or a bad call: submit says why
+                continue
+            keys.append(key)
+            where.append(i)
+        for i, key, h in zip(where, keys, self._vault.fetch_present(keys)):
+            if h is not None:
+                found[i] = ResultRef(self, h[0], h[1], h[2], key.task, h[3], h[4])
+        return found
 
     # -- inspection and maintenance (the CLI's commands) ------------------------------------
     def log(self, func_name: str | None = None, limit: int | None = 50, status: TaskStatus | str | None = None,

@@ -811,6 +811,30 @@ impl MetaStore for SqliteMeta {
         decoded(self.read(|c| live_entry(c, key))?)
     }
 
+    fn lookup_many(&self, keys: &[String]) -> Result<Vec<Option<crate::store::Found>>> {
+        self.read(|c| {
+            // One read transaction: one snapshot, and the WAL's locks taken once.
+            c.execute_batch("BEGIN DEFERRED")?;
+            let out = keys
+                .iter()
+                .map(|k| {
+                    let Some(Ok(e)) = live_entry(c, k)? else { return Ok(None) };
+                    let mut rows = Vec::new();
+                    for d in e.blob_digests() {
+                        if let Some(Ok(row)) = blob_row(c, &d)? {
+                            rows.push(row);
+                        }
+                    }
+                    Ok(Some((e, rows)))
+                })
+                .collect::<rusqlite::Result<Vec<_>>>();
+            let end = c.execute_batch("COMMIT");
+            let out = out?;
+            end?;
+            Ok(out)
+        })
+    }
+
     fn blob(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
         // A damaged row is no row: what used it reads as corrupt, and a save replaces it.
         self.read(|c| Ok(blob_row(c, digest)?.and_then(|r| r.ok())))

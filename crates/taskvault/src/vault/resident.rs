@@ -50,6 +50,8 @@ pub(crate) struct Queue {
     pid: u32,
     pub(crate) saves: Vec<Deferred>,
     oldest: Option<Instant>,
+    /// Buffered records are due and a front-end thread writes them (see `Resident::buffer`).
+    records_due: bool,
 }
 
 /// Results larger than this are not kept in memory (and are read into the caller's
@@ -61,6 +63,9 @@ const MEMO_BUDGET: usize = 64 << 20;
 const FLUSH_AT: usize = 256;
 /// ...or once the oldest is this old (checked when the next one is added).
 const FLUSH_AFTER: Duration = Duration::from_secs(1);
+/// With a front-end thread writing due records, the caller writes them itself only once this
+/// many are waiting (the thread is behind).
+const FLUSH_BEHIND: usize = 64 * FLUSH_AT;
 
 /// A served result: its entry and its verified bytes, shared with the in-memory copy.
 #[derive(Debug, Clone)]
@@ -100,6 +105,9 @@ pub(crate) struct Resident {
     queued: Condvar,
     /// Serializes batch commits, so that saves of one key commit in the order they were made.
     pub(crate) committing: Mutex<()>,
+    /// A front-end thread calls `Vault::commit_deferred_when_due` in a loop: due records are
+    /// left to it, off the callers' path.
+    pub(crate) background: std::sync::atomic::AtomicBool,
 }
 
 impl Resident {
@@ -113,9 +121,15 @@ impl Resident {
                 audit: String::new(),
                 oldest: None,
             }),
-            queue: Mutex::new(Queue { pid: std::process::id(), saves: Vec::new(), oldest: None }),
+            queue: Mutex::new(Queue {
+                pid: std::process::id(),
+                saves: Vec::new(),
+                oldest: None,
+                records_due: false,
+            }),
             queued: Condvar::new(),
             committing: Mutex::new(()),
+            background: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -143,13 +157,16 @@ impl Resident {
         take_queue(&mut self.queue.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Waits up to `max_wait` for the oldest waiting save to be `DEFER_FOR` old; returns
-    /// whether a batch is due.
+    /// Waits up to `max_wait` for the oldest waiting save to be `DEFER_FOR` old, or for
+    /// buffered records to be due; returns whether something is.
     pub(crate) fn wait_due(&self, max_wait: Duration) -> bool {
         let deadline = Instant::now() + max_wait;
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let now = Instant::now();
+            if std::mem::take(&mut q.records_due) {
+                return true;
+            }
             if let Some(oldest) = q.oldest
                 && now >= oldest + DEFER_FOR
             {
@@ -224,7 +241,21 @@ impl Resident {
         }
         let oldest = *b.oldest.get_or_insert_with(Instant::now);
         let due = b.accesses.len() >= FLUSH_AT || oldest.elapsed() >= FLUSH_AFTER;
-        if due { take(&mut b) } else { None }
+        if !due {
+            return None;
+        }
+        if self.background.load(std::sync::atomic::Ordering::Relaxed)
+            && b.accesses.len() < FLUSH_BEHIND
+        {
+            // The front end's thread writes them (lock order: buffer, then queue).
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if !q.records_due {
+                q.records_due = true;
+                self.queued.notify_one();
+            }
+            return None;
+        }
+        take(&mut b)
     }
 
     /// Everything buffered (by this process).

@@ -65,6 +65,17 @@ impl Vault {
         let Some(info) = self.blob_info(digest)? else {
             return Ok(Err("no metadata row for the blob".into()));
         };
+        self.read_blob_row(digest, info, size, sink)
+    }
+
+    /// [`Vault::read_blob`] with the blob's row already read.
+    pub(crate) fn read_blob_row(
+        &self,
+        digest: &Digest,
+        info: BlobInfo,
+        size: u64,
+        sink: &mut Sink<'_>,
+    ) -> Result<Verified> {
         if info.size != size {
             return Ok(Err(format!("blob is {} bytes, the entry expects {size}", info.size)));
         }
@@ -395,6 +406,29 @@ impl Vault {
     pub(crate) fn node_bytes(&self, node: &Node) -> Result<Option<Vec<u8>>> {
         let mut buf = Vec::with_capacity(node.size as usize);
         Ok(self.node_to(node, &mut Sink::Buf(&mut buf))?.map(|()| buf))
+    }
+
+    /// The verified bytes of the one output of `e`, a file or bytes entry, read with the row of
+    /// its blob among `rows` (from the database otherwise); `None` if the blob failed
+    /// verification (quarantined, its entries retired).
+    pub(crate) fn read_bytes_with(
+        &self,
+        e: &Entry,
+        rows: Vec<BlobInfo>,
+    ) -> Result<Option<Vec<u8>>> {
+        let node = bytes_node(e)?;
+        let digest = node.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
+        let Some(info) = rows.into_iter().find(|i| i.digest == digest) else {
+            return self.node_bytes(node);
+        };
+        let mut buf = Vec::with_capacity(node.size as usize);
+        match self.read_blob_row(&digest, info, node.size, &mut Sink::Buf(&mut buf))? {
+            Ok(()) => Ok(Some(buf)),
+            Err(msg) => {
+                self.corrupt(&digest, &msg, "get")?;
+                Ok(None)
+            }
+        }
     }
 
     /// Writes the verified bytes of a file node to `sink`; `None` if its blob failed

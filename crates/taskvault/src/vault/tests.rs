@@ -1505,3 +1505,30 @@ fn a_process_forked_while_another_thread_is_in_sqlite_can_use_the_vault() {
         stop.store(true, Ordering::Relaxed);
     });
 }
+
+#[test]
+fn fetch_present_answers_a_batch_in_order_counting_hits_only() {
+    let f = fx();
+    let r = resident(&f);
+    let keys: Vec<_> = (0..6u8).map(|i| f.key("t", &[i])).collect();
+    for k in keys.iter().step_by(2) {
+        f.vault.save(k, Output::Bytes(k.digest().as_bytes()), &SaveOptions::default()).unwrap();
+    }
+    // A directory output is left to the per-key path.
+    let dir = f.file("d/x", b"x").parent().unwrap().to_owned();
+    let dir_key = f.key("t", b"dir");
+    f.vault.save(&dir_key, Output::Path(&dir), &SaveOptions::default()).unwrap();
+    let asked: Vec<&TaskKey> = keys.iter().chain([&dir_key]).collect();
+    let got = r.fetch_present(&asked).unwrap();
+    let found: Vec<bool> = got.iter().map(Option::is_some).collect();
+    assert_eq!(found, [true, false, true, false, true, false, false]);
+    for (k, s) in keys.iter().zip(&got) {
+        if let Some(s) = s {
+            assert_eq!(&s.bytes[..], k.digest().as_bytes(), "each answer is its own key's");
+        }
+    }
+    // Served again from memory, the same.
+    assert_eq!(r.fetch_present(&asked).unwrap().iter().filter(|s| s.is_some()).count(), 3);
+    let c = r.stats().unwrap().counters;
+    assert_eq!((c.hits, c.misses), (6, 0), "misses are left to the claim that follows");
+}

@@ -62,7 +62,8 @@ impl Vault {
         let entries: Vec<Entry> = entries.into_iter().cloned().collect();
         let mut blobs = BTreeMap::new();
         for e in &entries {
-            for n in &e.outputs {
+            // The recorded console log too: an import needs every blob an entry uses.
+            for n in e.outputs.iter().chain(&e.console) {
                 if let Some(d) = n.digest {
                     blobs.insert(d, n.size);
                 }

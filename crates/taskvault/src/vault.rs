@@ -141,8 +141,16 @@ impl Vault {
         let dir = &settings.vault_dir;
         let tmp = dir.join("tmp");
         let locks = dir.join("locks");
-        // The directories are created with the database; a vault that has one has them all.
-        if !Vault::exists(dir) {
+        // The directories are created with the database. A vault copied without its empty
+        // directories (git keeps none) gets them back when it can; where it cannot (a read-only
+        // vault), what needs them says so.
+        if Vault::exists(dir) {
+            for d in [&tmp, &locks] {
+                if !d.is_dir() {
+                    let _ = std::fs::create_dir_all(d);
+                }
+            }
+        } else {
             for d in [dir, &tmp, &locks] {
                 std::fs::create_dir_all(d).at(d)?;
             }

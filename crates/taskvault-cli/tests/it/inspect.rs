@@ -224,6 +224,24 @@ fn export_import_through_the_cli() {
 }
 
 #[test]
+fn an_exported_wrapped_command_imports_with_its_console_log_and_replays_it() {
+    let a = Project::new();
+    a.write("src.txt", "s");
+    let cmd =
+        ["run", "-i", "src.txt", "-o", "out.txt", "--", "sh", "-c", "echo said; echo o > out.txt"];
+    a.run(&cmd).ok();
+    let archive = a.path("run.tar.zst");
+    a.run(&["export", archive.to_str().unwrap()]).ok();
+    let b = Project::new();
+    b.write("src.txt", "s");
+    let r = b.run(&["--json", "import", archive.to_str().unwrap()]).ok().json();
+    assert_eq!(r["imported"], 1, "{r}");
+    let hit = b.run(&cmd).ok();
+    assert_eq!(hit.stdout(), "said\n", "the console log came along: {}", hit.stderr());
+    assert_eq!(std::fs::read_to_string(b.path("out.txt")).unwrap(), "o\n");
+}
+
+#[test]
 fn environment_and_flags_choose_the_vault() {
     let p = Project::new();
     p.write("in", "i");

@@ -1,5 +1,6 @@
-//! A vault written by an earlier TaskVault (schema 1, `tests/fixtures/vault-schema1`) opens,
-//! migrates, and serves the same hits: files, a directory, a blob on disk, a wrapped command.
+//! Vaults written by earlier TaskVaults (`tests/fixtures/vault-schema1`, `vault-schema4`) open,
+//! migrate, and serve the same hits: files, a directory, a blob on disk, a wrapped command, and
+//! (schema 4) results of the Python SDK with their shared provenance.
 
 use std::path::Path;
 
@@ -20,7 +21,35 @@ fn copy_tree(from: &Path, to: &Path) {
 
 #[test]
 fn a_schema_1_vault_migrates_and_serves_the_same_hits() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vault-schema1");
+    migrates_and_serves_the_same_hits("vault-schema1", 5);
+}
+
+#[test]
+fn a_schema_4_vault_migrates_and_serves_the_same_hits_and_provenance() {
+    let p = migrates_and_serves_the_same_hits("vault-schema4", 7);
+    let squares = p.run(&["--json", "log", "--task", "square"]).ok().json();
+    let squares = squares.as_array().unwrap();
+    assert_eq!(squares.len(), 2);
+    for run in squares {
+        let shown = p.run(&["--json", "show", run["id"].as_str().unwrap()]).ok().json();
+        assert_eq!(shown["details"]["function"], "square", "{shown}");
+        assert!(shown["details"]["source"].as_str().unwrap().contains("return x * x + offset"));
+        assert_eq!(shown["ingredients"]["extras"].as_array().unwrap().len(), 4, "{shown}");
+        assert_eq!(shown["host"], run["host"]);
+    }
+    let args: Vec<String> =
+        squares.iter().map(|r| r["details"]["args"].to_string()).collect::<Vec<_>>();
+    assert!(args.contains(&r#"{"offset":"1","x":"3"}"#.to_owned()), "{args:?}");
+    // Every migrated run still recomputes its key from what it recorded: an import checks.
+    let archive = p.path("all.tar.zst");
+    p.run(&["export", archive.to_str().unwrap()]).ok();
+    let q = Project::new();
+    let imported = q.run(&["--json", "import", archive.to_str().unwrap()]).ok().json();
+    assert_eq!(imported["imported"].as_u64(), Some(6), "{imported}");
+}
+
+fn migrates_and_serves_the_same_hits(fixture: &str, runs: usize) -> Project {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
     let p = Project::new();
     copy_tree(&fixture.join("project"), p.dir.path());
     copy_tree(&fixture.join("vault"), &p.vault());
@@ -53,7 +82,7 @@ fn a_schema_1_vault_migrates_and_serves_the_same_hits() {
 
     // Listings, history and the census are what the old vault held.
     let all = p.run(&["--json", "log", "--all"]).ok().json();
-    assert_eq!(all.as_array().unwrap().len(), 5);
+    assert_eq!(all.as_array().unwrap().len(), runs);
     let tags = p.run(&["--json", "log", "--tag", "kind=blob"]).ok().json();
     assert_eq!(tags[0]["task"], "big");
     let small = all.as_array().unwrap().iter().find(|e| e["task"] == "small").unwrap();
@@ -62,9 +91,11 @@ fn a_schema_1_vault_migrates_and_serves_the_same_hits() {
     let s = p.stats();
     let db = rusqlite::Connection::open(p.vault().join("cache.db")).unwrap();
     let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
-    assert_eq!(s["entries"].as_i64(), Some(4));
+    assert_eq!(s["entries"].as_i64(), Some(runs as i64 - 1));
     assert_eq!(s["runs"].as_i64(), Some(count("SELECT count(*) FROM entries")));
     assert_eq!(s["blobs"].as_i64(), Some(count("SELECT count(*) FROM blobs")));
     assert!(p.run(&["--json", "verify"]).ok().json()["corrupt"].as_array().unwrap().is_empty());
-    assert_eq!(count("PRAGMA user_version"), 4);
+    assert_eq!(count("PRAGMA user_version"), taskvault::store::sqlite::SCHEMA_VERSION);
+    drop(db);
+    p
 }

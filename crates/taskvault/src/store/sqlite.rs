@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::store::{Access, Committed, Damaged, MetaStore, Removed, StagedBlob};
 
 /// The schema version this build writes. Older databases are migrated on open.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE entries(
@@ -70,10 +70,6 @@ CREATE TABLE task_counters(
 /// runs and blobs kept by triggers in the transaction of every write, so `stats` reads a few
 /// rows whatever the size of the vault.
 const SCHEMA_V3: &str = "
-CREATE INDEX entries_created ON entries(created_ms);
-CREATE INDEX entries_live_created ON entries(created_ms) WHERE live = 1;
-CREATE INDEX entries_task_created ON entries(task, created_ms);
-CREATE INDEX entries_status_created ON entries(status, created_ms);
 CREATE TABLE census(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO census(name, value)
     SELECT 'live', count(*) FROM entries WHERE live = 1
@@ -82,21 +78,6 @@ INSERT INTO census(name, value)
     UNION ALL SELECT 'blobs', count(*) FROM blobs
     UNION ALL SELECT 'inline_blobs', count(*) FROM blobs WHERE data IS NOT NULL
     UNION ALL SELECT 'inline_bytes', coalesce(sum(stored_size), 0) FROM blobs WHERE data IS NOT NULL;
-CREATE TRIGGER census_entry_insert AFTER INSERT ON entries BEGIN
-    UPDATE census SET value = value + 1 WHERE name = 'runs';
-    UPDATE census SET value = value + 1 WHERE name = 'live' AND NEW.live = 1;
-    UPDATE census SET value = value + 1 WHERE name = 'failed_runs' AND NEW.status = 'failed';
-END;
-CREATE TRIGGER census_entry_delete AFTER DELETE ON entries BEGIN
-    UPDATE census SET value = value - 1 WHERE name = 'runs';
-    UPDATE census SET value = value - 1 WHERE name = 'live' AND OLD.live = 1;
-    UPDATE census SET value = value - 1 WHERE name = 'failed_runs' AND OLD.status = 'failed';
-END;
-CREATE TRIGGER census_entry_update AFTER UPDATE OF live, status ON entries BEGIN
-    UPDATE census SET value = value + (NEW.live = 1) - (OLD.live = 1) WHERE name = 'live';
-    UPDATE census SET value = value + (NEW.status = 'failed') - (OLD.status = 'failed')
-        WHERE name = 'failed_runs';
-END;
 CREATE TRIGGER census_blob_insert AFTER INSERT ON blobs BEGIN
     UPDATE census SET value = value + 1 WHERE name = 'blobs';
     UPDATE census SET value = value + 1 WHERE name = 'inline_blobs' AND NEW.data IS NOT NULL;
@@ -119,6 +100,30 @@ CREATE TRIGGER census_blob_update AFTER UPDATE OF data, stored_size ON blobs BEG
 END;
 ";
 
+/// The indexes and census triggers of `entries` (version 3; made again by version 5, which
+/// rebuilds the table). `entries_key` serves lookups of the live run and history alike.
+const ENTRY_INDEXES: &str = "
+CREATE INDEX entries_created ON entries(created_ms);
+CREATE INDEX entries_live_created ON entries(created_ms) WHERE live = 1;
+CREATE INDEX entries_task_created ON entries(task, created_ms);
+CREATE INDEX entries_status_created ON entries(status, created_ms);
+CREATE TRIGGER census_entry_insert AFTER INSERT ON entries BEGIN
+    UPDATE census SET value = value + 1 WHERE name = 'runs';
+    UPDATE census SET value = value + 1 WHERE name = 'live' AND NEW.live = 1;
+    UPDATE census SET value = value + 1 WHERE name = 'failed_runs' AND NEW.status = 'failed';
+END;
+CREATE TRIGGER census_entry_delete AFTER DELETE ON entries BEGIN
+    UPDATE census SET value = value - 1 WHERE name = 'runs';
+    UPDATE census SET value = value - 1 WHERE name = 'live' AND OLD.live = 1;
+    UPDATE census SET value = value - 1 WHERE name = 'failed_runs' AND OLD.status = 'failed';
+END;
+CREATE TRIGGER census_entry_update AFTER UPDATE OF live, status ON entries BEGIN
+    UPDATE census SET value = value + (NEW.live = 1) - (OLD.live = 1) WHERE name = 'live';
+    UPDATE census SET value = value + (NEW.status = 'failed') - (OLD.status = 'failed')
+        WHERE name = 'failed_runs';
+END;
+";
+
 /// Version 4: provenance that repeats across runs (a function's source and code identity, a
 /// command line and its input manifest) is stored once, content-addressed, and referenced by the
 /// runs that share it. Rows written before keep it inline and are read as they were.
@@ -127,8 +132,59 @@ CREATE TABLE shared_details(digest TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT
 ALTER TABLE entries ADD COLUMN shared TEXT;
 ";
 
+/// Version 5: each fact stored once. A run's document no longer repeats its columns (id, key,
+/// task, status, times); provenance shared by many runs (code, command, namespace, host, the
+/// key ingredients that are the same for every call) lives in `shared_bodies`, referenced by
+/// its integer id; a blob's row counts the live entries using it instead of a `refs` row per
+/// (blob, key) pair; one index on `key` serves both the live run and history. Bodies written
+/// under version 4 are kept as the details they were (`digest` is then `v4:` and the digest of
+/// those details).
+const SCHEMA_V5: &str = "
+CREATE TABLE shared_bodies(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL
+);
+INSERT INTO shared_bodies(digest, body)
+    SELECT 'v4:' || digest, json_object('details', json(body)) FROM shared_details
+    WHERE json_valid(body);
+CREATE TABLE entries_v5(
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    live INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    task TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_access_ms INTEGER NOT NULL,
+    access_count INTEGER NOT NULL DEFAULT 0,
+    expires_ms INTEGER,
+    shared INTEGER,
+    doc TEXT NOT NULL
+);
+INSERT INTO entries_v5(rowid, id, key, live, status, task, created_ms, last_access_ms,
+        access_count, expires_ms, shared, doc)
+    SELECT e.rowid, e.id, e.key, e.live, e.status, e.task, e.created_ms, e.last_access_ms,
+        e.access_count, e.expires_ms,
+        (SELECT s.id FROM shared_bodies s WHERE s.digest = 'v4:' || e.shared),
+        CASE WHEN json_valid(e.doc) AND json_extract(e.doc, '$.id') IS e.id
+                AND json_extract(e.doc, '$.key') IS e.key
+            THEN json_remove(e.doc, '$.id', '$.key', '$.task', '$.status', '$.created_ms',
+                '$.expires_ms', '$.last_access_ms', '$.access_count')
+            ELSE e.doc END
+    FROM entries e;
+DROP TABLE entries;
+ALTER TABLE entries_v5 RENAME TO entries;
+CREATE INDEX entries_key ON entries(key);
+CREATE INDEX entries_lru ON entries(last_access_ms) WHERE live = 1;
+CREATE INDEX entries_expiry ON entries(expires_ms) WHERE live = 1 AND expires_ms IS NOT NULL;
+DROP TABLE shared_details;
+ALTER TABLE blobs ADD COLUMN refs INTEGER NOT NULL DEFAULT 0;
+UPDATE blobs SET refs = (SELECT count(*) FROM refs r WHERE r.digest = blobs.digest);
+DROP TABLE refs;
+";
+
 /// The `details` keys that describe the code or the command rather than the call: the same
-/// for every run of it, so they live in `shared_details`.
+/// for every run of it, so they live in `shared_bodies`.
 const SHARED_DETAIL_KEYS: &[&str] = &[
     "kind",
     "function",
@@ -144,68 +200,165 @@ const SHARED_DETAIL_KEYS: &[&str] = &[
     "input_files",
 ];
 
-/// Document fields left out when empty: each reads back as its default, and the columns hold
-/// the access time and count.
+/// Entry fields that repeat across the runs of a task on one machine: in `shared_bodies`.
+const SHARED_FIELDS: &[&str] = &["namespace", "host", "user", "output_kind"];
+
+/// Key ingredients (extras) whose value is particular to a call; every other extra (the code,
+/// the command line, the serializer) is the same for many runs and lives in `shared_bodies`,
+/// its place kept in order.
+const PER_RUN_EXTRAS: &[&str] = &["py.args"];
+
+/// Entry fields the columns hold: never in the document.
+const COLUMN_FIELDS: &[&str] =
+    &["id", "key", "task", "status", "created_ms", "expires_ms", "last_access_ms", "access_count"];
+
+/// Document fields left out when empty: each reads back as its default.
 const OMITTED_WHEN_EMPTY: &[&str] = &[
     "inputs",
     "extras",
     "tags",
     "parent",
-    "expires_ms",
     "duration_ms",
-    "host",
-    "user",
-    "last_access_ms",
-    "access_count",
     "console",
     "exit_code",
+    "ingredients",
+    "ttl_explicit",
 ];
 
-/// An entry's document, with its shared details split off into `shared_details` (stored once
-/// per distinct body); returns the document and the digest it references. The columns hold the
-/// access time and count, so the document does not.
-fn entry_doc(tx: &Connection, entry: &Entry) -> rusqlite::Result<(String, Option<String>)> {
-    let mut entry = entry.clone();
-    entry.last_access_ms = 0;
-    entry.access_count = 0;
-    let mut shared_digest = None;
-    if let serde_json::Value::Object(details) = &mut entry.details {
+type Json = serde_json::Map<String, serde_json::Value>;
+
+/// An entry's document, with what it shares with other runs split off into `shared_bodies`
+/// (stored once per distinct body, see `SCHEMA_V5`); returns the document and the id of the body
+/// it references.
+fn entry_doc(tx: &Connection, entry: &Entry) -> rusqlite::Result<(String, Option<i64>)> {
+    use serde_json::Value;
+    let Value::Object(mut doc) = serde_json::to_value(entry).expect("entries serialize") else {
+        unreachable!("an entry serializes to an object")
+    };
+    for k in COLUMN_FIELDS {
+        doc.remove(*k);
+    }
+    let mut shared = Json::new();
+    if let Some(Value::Object(details)) = doc.get_mut("details") {
         // Empty lists a front end recorded say nothing.
-        details.retain(|_, v| !matches!(v, serde_json::Value::Array(a) if a.is_empty()));
-        let shared: serde_json::Map<String, serde_json::Value> = SHARED_DETAIL_KEYS
+        details.retain(|_, v| !matches!(v, Value::Array(a) if a.is_empty()));
+        let common: Json = SHARED_DETAIL_KEYS
             .iter()
             .filter_map(|k| details.remove(*k).map(|v| ((*k).to_owned(), v)))
             .collect();
-        if !shared.is_empty() {
-            let body = serde_json::Value::Object(shared).to_string();
-            let digest = blake3::hash(body.as_bytes()).to_hex().to_string();
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO shared_details(digest, body) VALUES (?1, ?2)",
-            )?
-            .execute(params![digest, body])?;
-            shared_digest = Some(digest);
+        if !common.is_empty() {
+            shared.insert("details".into(), Value::Object(common));
         }
     }
-    let mut doc = serde_json::to_value(&entry).expect("entries serialize");
-    if let serde_json::Value::Object(m) = &mut doc {
-        for k in OMITTED_WHEN_EMPTY {
-            let empty = match m.get(*k) {
-                Some(serde_json::Value::Null) => true,
-                Some(serde_json::Value::Array(a)) => a.is_empty(),
-                Some(serde_json::Value::Object(o)) => o.is_empty(),
-                Some(serde_json::Value::String(s)) => s.is_empty(),
-                // The columns hold these two; any other number is kept as it is.
-                Some(serde_json::Value::Number(n)) => {
-                    matches!(*k, "last_access_ms" | "access_count") && n.as_i64() == Some(0)
-                }
-                _ => false,
-            };
-            if empty {
-                m.remove(*k);
+    if matches!(doc.get("details"), Some(Value::Object(d)) if d.is_empty()) {
+        doc.remove("details");
+    }
+    let fields: Json =
+        SHARED_FIELDS.iter().filter_map(|k| doc.remove(*k).map(|v| ((*k).to_owned(), v))).collect();
+    shared.insert("entry".into(), Value::Object(fields));
+    if let Some(Value::Object(mut ing)) = doc.remove("ingredients") {
+        let mut own = Vec::new();
+        let template: Vec<Value> = match ing.remove("extras") {
+            Some(Value::Array(extras)) => extras
+                .into_iter()
+                .map(|pair| match pair.get(0).and_then(Value::as_str) {
+                    Some(label) if PER_RUN_EXTRAS.contains(&label) => {
+                        let slot = serde_json::json!([label, null]);
+                        own.push(pair);
+                        slot
+                    }
+                    _ => pair,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        ing.insert("extras".into(), Value::Array(template));
+        shared.insert("ingredients".into(), Value::Object(ing));
+        doc.insert("ingredients".into(), serde_json::json!({ "extras": own }));
+    }
+    for k in OMITTED_WHEN_EMPTY {
+        let empty = match doc.get(*k) {
+            Some(Value::Null) => true,
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Object(o)) => {
+                o.is_empty()
+                    || matches!(o.get("extras"), Some(Value::Array(a)) if a.is_empty() && o.len() == 1)
             }
+            Some(Value::String(s)) => s.is_empty(),
+            Some(Value::Bool(b)) => !b,
+            _ => false,
+        };
+        if empty {
+            doc.remove(*k);
         }
     }
-    Ok((doc.to_string(), shared_digest))
+    let body = Value::Object(shared).to_string();
+    let digest = blake3::hash(body.as_bytes()).to_hex().to_string();
+    tx.prepare_cached("INSERT OR IGNORE INTO shared_bodies(digest, body) VALUES (?1, ?2)")?
+        .execute(params![digest, body])?;
+    let id: i64 = tx
+        .prepare_cached("SELECT id FROM shared_bodies WHERE digest = ?1")?
+        .query_row([&digest], |r| r.get(0))?;
+    Ok((Value::Object(doc).to_string(), Some(id)))
+}
+
+/// Puts what `body` (a row of `shared_bodies`) holds back into the document `doc`; fields the
+/// document holds itself win (rows written before version 5 hold everything).
+fn merge_shared(doc: &mut Json, body: &str) -> std::result::Result<(), String> {
+    use serde_json::Value;
+    let shared: Json = serde_json::from_str(body).map_err(|e| format!("its shared body: {e}"))?;
+    for (part, value) in shared {
+        match (part.as_str(), value) {
+            ("details", Value::Object(common)) => {
+                let details = doc.entry("details").or_insert_with(|| Value::Object(Json::new()));
+                if !details.is_object() {
+                    *details = Value::Object(Json::new());
+                }
+                let Value::Object(details) = details else { unreachable!() };
+                for (k, v) in common {
+                    details.entry(k).or_insert(v);
+                }
+            }
+            ("entry", Value::Object(fields)) => {
+                for (k, v) in fields {
+                    doc.entry(k).or_insert(v);
+                }
+            }
+            ("ingredients", Value::Object(mut template)) => {
+                let own = match doc.remove("ingredients") {
+                    Some(Value::Object(mut o)) if !o.contains_key("algorithm") => {
+                        match o.remove("extras") {
+                            Some(Value::Array(a)) => a,
+                            _ => Vec::new(),
+                        }
+                    }
+                    // A document that holds its ingredients whole.
+                    Some(whole) => {
+                        doc.insert("ingredients".into(), whole);
+                        continue;
+                    }
+                    None => Vec::new(),
+                };
+                let mut own = own.into_iter();
+                let Some(Value::Array(slots)) = template.get_mut("extras") else {
+                    return Err("its shared key ingredients have no extras".into());
+                };
+                for slot in slots.iter_mut() {
+                    if slot.get(1).is_some_and(Value::is_null) {
+                        let fill = own.next().filter(|p| p.get(0) == slot.get(0));
+                        *slot =
+                            fill.ok_or("its key ingredients do not fill their shared template")?;
+                    }
+                }
+                if own.next().is_some() {
+                    return Err("its key ingredients do not fill their shared template".into());
+                }
+                doc.insert("ingredients".into(), Value::Object(template));
+            }
+            (other, _) => return Err(format!("its shared body holds an unknown part {other:?}")),
+        }
+    }
+    Ok(())
 }
 
 /// The SQLite metadata store. One connection behind a mutex (SQLite serializes writers anyway),
@@ -441,10 +594,15 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(SCHEMA_V2)?;
         }
         if version < 3 {
+            // Its indexes and triggers of `entries` are made by version 5, on the rebuilt table.
             conn.execute_batch(SCHEMA_V3)?;
         }
         if version < 4 {
             conn.execute_batch(SCHEMA_V4)?;
+        }
+        if version < 5 {
+            conn.execute_batch(SCHEMA_V5)?;
+            conn.execute_batch(ENTRY_INDEXES)?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
@@ -458,7 +616,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 const ENTRY_COLS: &str = "doc, status, last_access_ms, access_count, id, key,
-    (SELECT body FROM shared_details WHERE digest = entries.shared)";
+    (SELECT body FROM shared_bodies WHERE id = entries.shared), task, created_ms, expires_ms";
 
 /// A row read back: its entry, or (its run id, why the row is damaged: its document does not
 /// decode, or names another run or key than its columns). A damaged row is never served.
@@ -468,6 +626,7 @@ type Decoded = std::result::Result<Entry, (String, String)>;
 type BlobRow = std::result::Result<BlobInfo, (String, String)>;
 
 fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
+    use serde_json::Value;
     let id: String = row.get(4)?;
     let key: String = row.get(5)?;
     // Any column may hold anything in a damaged database: read them all as values.
@@ -476,39 +635,49 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
         _ => None,
     };
     let Some(doc) = doc else { return Ok(Err((id, "its document is not text".into()))) };
-    let mut e: Entry = match serde_json::from_str(doc) {
-        Ok(e) => e,
+    let mut m: Json = match serde_json::from_str(doc) {
+        Ok(m) => m,
         Err(err) => return Ok(Err((id, format!("its document does not decode: {err}")))),
     };
-    if e.id != id || e.key != key {
-        let why = format!("its document describes run {} of key {}", e.id, e.key);
+    // Documents written before version 5 name their run and key: they must be the columns'.
+    let names = |field: &str, column: &str| m.get(field).is_none_or(|v| v.as_str() == Some(column));
+    if !names("id", &id) || !names("key", &key) {
+        let why = format!("its document describes run {} of key {}", m["id"], m["key"]);
+        return Ok(Err((id, why)));
+    }
+    if let Ok(Some(body)) = row.get::<_, Option<String>>(6)
+        && let Err(why) = merge_shared(&mut m, &body)
+    {
         return Ok(Err((id, why)));
     }
     let status: Option<String> = row.get(1).ok();
-    e.status = match status.as_deref() {
-        Some("live") => Status::Live,
-        Some("superseded") => Status::Superseded,
-        Some("failed") => Status::Failed,
-        _ => Status::Corrupt,
+    // Anything else in the column reads as corrupt: never served.
+    let status = match status.as_deref() {
+        Some("live") => "live",
+        Some("superseded") => "superseded",
+        Some("failed") => "failed",
+        _ => "corrupt",
     };
-    e.last_access_ms = row.get(2).unwrap_or(e.last_access_ms);
-    e.access_count = row.get(3).unwrap_or(e.access_count);
-    if let Ok(Some(body)) = row.get::<_, Option<String>>(6) {
-        let shared = match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&body)
-        {
-            Ok(m) => m,
-            Err(err) => return Ok(Err((id, format!("its shared details do not decode: {err}")))),
-        };
-        match &mut e.details {
-            serde_json::Value::Object(details) => {
-                for (k, v) in shared {
-                    details.entry(k).or_insert(v);
-                }
-            }
-            other => *other = serde_json::Value::Object(shared),
-        }
+    let int = |i: usize| match row.get_ref(i) {
+        Ok(rusqlite::types::ValueRef::Integer(n)) => Value::from(n),
+        _ => Value::Null,
+    };
+    let task = match row.get_ref(7) {
+        Ok(rusqlite::types::ValueRef::Text(t)) => String::from_utf8_lossy(t).into_owned(),
+        _ => return Ok(Err((id, "its task is not text".into()))),
+    };
+    m.insert("id".into(), Value::String(id.clone()));
+    m.insert("key".into(), Value::String(key));
+    m.insert("task".into(), Value::String(task));
+    m.insert("status".into(), Value::from(status));
+    m.insert("created_ms".into(), int(8));
+    m.insert("expires_ms".into(), int(9));
+    m.insert("last_access_ms".into(), int(2));
+    m.insert("access_count".into(), int(3));
+    match serde_json::from_value::<Entry>(Value::Object(m)) {
+        Ok(e) => Ok(Ok(e)),
+        Err(err) => Ok(Err((id, format!("its document does not decode: {err}")))),
     }
-    Ok(Ok(e))
 }
 
 /// The entries of decoded rows; damaged ones are left out with a warning (`verify` reports and
@@ -591,27 +760,32 @@ fn live_id(tx: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
         .optional()
 }
 
-/// Drops the references of `key` and every blob left unreferenced (their files are added to
-/// `unlink`); returns bytes freed.
+/// Drops the references of the live run of `key` to its blobs, and every blob left unreferenced
+/// (their files are added to `unlink`); returns bytes freed. A live row that cannot be read
+/// keeps its blobs (never freed too early; `verify` drops the row).
 fn unref_key(tx: &Connection, key: &str, unlink: &mut Vec<Digest>) -> Result<u64> {
-    let digests: Vec<String> = tx
-        .prepare_cached("DELETE FROM refs WHERE key = ?1 RETURNING digest")?
-        .query_map([key], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let Some(Ok(live)) = live_entry(tx, key)? else { return Ok(0) };
+    unref_digests(tx, &live.blob_digests(), unlink)
+}
+
+/// One reference less to each of `digests` (distinct), dropping those no live entry uses.
+fn unref_digests(tx: &Connection, digests: &[Digest], unlink: &mut Vec<Digest>) -> Result<u64> {
     let mut freed = 0;
     for d in digests {
-        freed += drop_if_unreferenced(tx, &d, unlink)?;
+        let ds = d.to_string();
+        let left: Option<i64> = tx
+            .prepare_cached("UPDATE blobs SET refs = refs - 1 WHERE digest = ?1 RETURNING refs")?
+            .query_row([&ds], |r| r.get(0))
+            .optional()?;
+        if left.is_some_and(|n| n <= 0) {
+            freed += drop_blob_row(tx, &ds, unlink)?;
+        }
     }
     Ok(freed)
 }
 
-fn drop_if_unreferenced(tx: &Connection, digest: &str, unlink: &mut Vec<Digest>) -> Result<u64> {
-    let still: bool = tx
-        .prepare_cached("SELECT EXISTS(SELECT 1 FROM refs WHERE digest = ?1)")?
-        .query_row([digest], |r| r.get(0))?;
-    if still {
-        return Ok(0);
-    }
+/// Deletes the row of blob `digest` (its file added to `unlink`); returns its stored bytes.
+fn drop_blob_row(tx: &Connection, digest: &str, unlink: &mut Vec<Digest>) -> Result<u64> {
     let row: Option<(i64, bool)> = tx
         .prepare_cached(
             "DELETE FROM blobs WHERE digest = ?1 RETURNING stored_size, data IS NOT NULL",
@@ -627,23 +801,27 @@ fn drop_if_unreferenced(tx: &Connection, digest: &str, unlink: &mut Vec<Digest>)
 }
 
 /// Marks the live entries using blob `digest` corrupt and drops their references; returns how
-/// many were live.
-fn retire_users(tx: &Connection, digest: &str, r: &mut Removed) -> Result<i64> {
+/// many were live. Blobs count their users but do not name them, so this reads the documents
+/// of live runs that mention the digest: a scan, paid only when a blob turns out corrupt.
+fn retire_users(tx: &Connection, digest: &Digest, r: &mut Removed) -> Result<i64> {
+    let hex = digest.hex();
     let keys: Vec<String> = tx
-        .prepare_cached("SELECT key FROM refs WHERE digest = ?1")?
-        .query_map([digest], |r| r.get(0))?
+        .prepare_cached("SELECT key FROM entries WHERE live = 1 AND instr(doc, ?1) > 0")?
+        .query_map([&hex], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut retired = 0;
     for k in keys {
-        if let Some(row) = live_entry(tx, &k)? {
-            tx.prepare_cached(
-                "UPDATE entries SET live = 0, status = 'corrupt' WHERE key = ?1 AND live = 1",
-            )?
-            .execute([&k])?;
-            r.entries.extend(sound([row]));
-            retired += 1;
+        let Some(Ok(e)) = live_entry(tx, &k)? else { continue };
+        if !e.blob_digests().contains(digest) {
+            continue;
         }
-        unref_key(tx, &k, &mut r.unreferenced)?;
+        unref_digests(tx, &e.blob_digests(), &mut r.unreferenced)?;
+        tx.prepare_cached(
+            "UPDATE entries SET live = 0, status = 'corrupt' WHERE key = ?1 AND live = 1",
+        )?
+        .execute([&k])?;
+        r.entries.push(e);
+        retired += 1;
     }
     Ok(retired)
 }
@@ -735,16 +913,13 @@ fn save_in(
 
     let old = live_id(tx, &entry.key)?;
     // New references first, so blobs shared by the old and new run are never dropped.
-    let old_refs: Vec<String> = tx
-        .prepare_cached("DELETE FROM refs WHERE key = ?1 RETURNING digest")?
-        .query_map([&entry.key], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for d in entry.blob_digests() {
-        tx.prepare_cached("INSERT OR IGNORE INTO refs(digest, key) VALUES (?1, ?2)")?
-            .execute(params![d.to_string(), entry.key])?;
+    let digests = entry.blob_digests();
+    for d in &digests {
+        tx.prepare_cached("UPDATE blobs SET refs = refs + 1 WHERE digest = ?1")?
+            .execute([d.to_string()])?;
     }
-    for d in old_refs {
-        drop_if_unreferenced(tx, &d, &mut unreferenced)?;
+    if old.is_some() {
+        unref_key(tx, &entry.key, &mut unreferenced)?;
     }
     if let Some(old) = &old {
         tx.prepare_cached("UPDATE entries SET live = 0, status = 'superseded' WHERE id = ?1")?
@@ -935,7 +1110,7 @@ impl MetaStore for SqliteMeta {
         let d = digest.to_string();
         self.write(|tx| {
             let mut r = Removed::default();
-            retire_users(tx, &d, &mut r)?;
+            retire_users(tx, digest, &mut r)?;
             // The corrupt blob itself is quarantined by the caller, not unlinked.
             r.unreferenced.retain(|x| x != digest);
             // The blob row goes even if no entry referenced it any more.
@@ -1253,7 +1428,7 @@ impl MetaStore for SqliteMeta {
             while let Some(row) = rows.next()? {
                 if let Err((id, why)) = entry_from_row(row)? {
                     let key: String = row.get(5)?;
-                    let live = row.get::<_, i64>(7).unwrap_or(0) == 1;
+                    let live = row.get::<_, i64>(10).unwrap_or(0) == 1;
                     out.entries.push((id, key, live, why));
                 }
             }
@@ -1286,8 +1461,11 @@ impl MetaStore for SqliteMeta {
     fn drop_damaged_blob(&self, digest: &str) -> Result<Removed> {
         self.write(|tx| {
             let mut r = Removed::default();
-            let retired = retire_users(tx, digest, &mut r)?;
-            bump(tx, "corrupt", retired)?;
+            // A digest that does not even parse names no entry's blob.
+            if let Ok(d) = digest.parse::<Digest>() {
+                let retired = retire_users(tx, &d, &mut r)?;
+                bump(tx, "corrupt", retired)?;
+            }
             tx.prepare_cached("DELETE FROM blobs WHERE digest = ?1")?.execute([digest])?;
             Ok(r)
         })
@@ -1298,8 +1476,8 @@ impl MetaStore for SqliteMeta {
             let live: i64 =
                 tx.query_row("SELECT value FROM census WHERE name = 'live'", [], |r| r.get(0))?;
             tx.execute_batch(
-                "DELETE FROM entries; DELETE FROM refs; DELETE FROM blobs; DELETE FROM failures;
-                 DELETE FROM shared_details;
+                "DELETE FROM entries; DELETE FROM blobs; DELETE FROM failures;
+                 DELETE FROM shared_bodies;
                  UPDATE counters SET value = 0 WHERE name = 'stored_bytes';",
             )?;
             Ok(live.max(0) as u64)

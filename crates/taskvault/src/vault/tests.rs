@@ -144,6 +144,35 @@ fn identical_outputs_are_stored_once() {
 }
 
 #[test]
+fn a_blob_counts_its_users_through_resaves_and_a_corrupt_one_retires_them_all() {
+    let f = fx();
+    let data = noise(1 << 20, 8);
+    let src = f.file("a", &data);
+    let (k1, k2) = (f.key("t1", b"1"), f.key("t2", b"2"));
+    for k in [&k1, &k1, &k2] {
+        // The second save of k1 replaces its live run with the same bytes.
+        f.vault.save(k, Output::Path(&src), &SaveOptions::default()).unwrap();
+    }
+    assert_eq!(f.blob_files().len(), 1);
+    let e1 = f.vault.peek(&k1).unwrap().unwrap();
+    f.vault.remove(&[e1]).unwrap();
+    assert_eq!(f.blob_files().len(), 1, "k2 still uses it, however often k1 was saved");
+    f.vault.save(&k1, Output::Path(&src), &SaveOptions::default()).unwrap();
+    // Corrupt: the first lookup retires every live entry using the blob, not only its own.
+    let blob = f.blob_files().pop().unwrap();
+    make_writable(&blob);
+    std::fs::write(&blob, noise(1 << 20, 9)).unwrap();
+    assert!(f.vault.get(&k1, &f.out("r1")).unwrap().is_none());
+    assert!(f.vault.peek(&k2).unwrap().is_none(), "k2's entry was retired with k1's");
+    let s = f.vault.stats().unwrap();
+    assert_eq!((s.entries, s.total_bytes), (0, 0));
+    // Saved again, the content is stored afresh and counted from one.
+    f.vault.save(&k2, Output::Path(&src), &SaveOptions::default()).unwrap();
+    assert!(f.vault.get(&k2, &f.out("r2")).unwrap().is_some());
+    assert_eq!(std::fs::read(f.out("r2")).unwrap(), data);
+}
+
+#[test]
 fn directory_outputs_round_trip_with_modes_and_internal_symlinks() {
     let f = fx();
     let root = f.out("dist");

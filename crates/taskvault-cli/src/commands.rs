@@ -16,7 +16,7 @@ pub use admin::init;
 
 /// Large transfers show a byte counter on stderr once they pass this size.
 const PROGRESS_MIN: u64 = 64 << 20;
-/// Walks over every blob show a bar from this many blobs.
+/// Walks over every blob or entry show a bar from this many.
 const ITEMS_MIN: u64 = 10_000;
 
 pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome> {
@@ -100,7 +100,8 @@ pub fn without_vault(cli: &Cli, resolved: &Resolved) -> Result<Option<Outcome>> 
     }
 }
 
-/// A bar for walks over every blob, shown once there are enough of them to take a while.
+/// A bar for walks over every blob or entry (`verify`, `export`, `gc`), shown once there are
+/// enough of them to take a while.
 fn item_bar() -> Box<taskvault::ItemProgress> {
     let bar = std::sync::OnceLock::<indicatif::ProgressBar>::new();
     Box::new(move |done, total| {
@@ -110,7 +111,7 @@ fn item_bar() -> Box<taskvault::ItemProgress> {
         let pb = bar.get_or_init(|| {
             let pb = indicatif::ProgressBar::new(total);
             pb.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} blobs {eta}")
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {eta}")
                     .expect("valid template"),
             );
             pb

@@ -442,10 +442,7 @@ impl Vault {
     #[pyo3(signature = (path, task=None))]
     fn export(&self, py: Python<'_>, path: PathBuf, task: Option<String>) -> PyResult<String> {
         let report = py
-            .detach(|| {
-                let entries = self.inner.list(&Filter { task, ..Filter::default() })?;
-                self.inner.export(&entries, &path)
-            })
+            .detach(|| self.inner.export_where(&Filter { task, ..Filter::default() }, &path))
             .map_err(to_py)?;
         json(&report)
     }

@@ -269,3 +269,22 @@ pub struct Filter {
     pub all: bool,
     pub limit: Option<usize>,
 }
+
+impl Filter {
+    /// Whether `e` is selected by the task, tag, status and time conditions (`limit` aside).
+    pub fn admits(&self, e: &Entry) -> bool {
+        let status_ok = match self.status {
+            Some(s) => e.status == s,
+            None => self.all || e.status == Status::Live,
+        };
+        let tag_ok = self.tag.as_ref().is_none_or(|(k, v)| match (e.tags.get(k), v) {
+            (Some(have), Some(want)) => have == want,
+            (Some(_), None) => true,
+            (None, _) => false,
+        });
+        status_ok
+            && tag_ok
+            && self.task.as_ref().is_none_or(|t| &e.task == t)
+            && self.since_ms.is_none_or(|s| e.created_ms >= s)
+    }
+}

@@ -194,6 +194,9 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Up to `limit` sound blob rows whose digests sort after `after`, in digest order: a walk
     /// over every blob in bounded memory.
     fn blobs_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<BlobInfo>>;
+    /// Up to `limit` keys with a live entry that sort after `after`, in key order: a walk over
+    /// every live entry in bounded memory (with [`MetaStore::lookup_many`]).
+    fn live_keys_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
     /// Whether a blob row exists for `digest`.
     fn has_blob(&self, digest: &Digest) -> Result<bool>;
     /// Up to `limit` keys of live entries to remove as old: last used at or before

@@ -155,12 +155,8 @@ pub fn verify(cli: &Cli, v: &Vault) -> Result<Outcome> {
 }
 
 pub fn export(cli: &Cli, v: &Vault, archive: &Path, select: &Select) -> Result<Outcome> {
-    let mut filter = super::filter(select)?;
-    // Only live entries carry their outputs.
-    filter.all = false;
-    filter.status = None;
-    let entries = v.list(&filter)?;
-    let r = v.export(&entries, archive)?;
+    // Only live entries carry their outputs; read a batch at a time.
+    let r = v.export_where(&super::filter(select)?, archive)?;
     if r.unverifiable > 0 {
         human::warn(&format!(
             "left out {} entries saved by an older taskvault: they do not record their key's \

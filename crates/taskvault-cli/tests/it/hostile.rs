@@ -30,28 +30,37 @@ fn key_of(p: &Project, task: &str, input: &str) -> String {
 fn unpack(archive: &Path) -> (serde_json::Value, Vec<(String, Vec<u8>)>) {
     let dec = zstd::stream::Decoder::new(std::fs::File::open(archive).unwrap()).unwrap();
     let mut tar = tar::Archive::new(dec);
-    let mut manifest = None;
+    let mut batch = None;
     let mut rest = Vec::new();
     for item in tar.entries().unwrap() {
         let mut item = item.unwrap();
         let name = item.path().unwrap().to_string_lossy().into_owned();
         let mut data = Vec::new();
         item.read_to_end(&mut data).unwrap();
-        if name == "taskvault-export.json" {
-            manifest = Some(serde_json::from_slice(&data).unwrap());
-        } else {
-            rest.push((name, data));
+        match name.as_str() {
+            "taskvault-export.json" => {
+                assert_eq!(serde_json::from_slice::<serde_json::Value>(&data).unwrap()["format"], 2)
+            }
+            BATCH => batch = Some(serde_json::from_slice(&data).unwrap()),
+            _ => rest.push((name, data)),
         }
     }
-    (manifest.unwrap(), rest)
+    (batch.unwrap(), rest)
 }
 
-/// Writes an archive with `manifest` first, then `members`, each with `mode`.
-pub fn pack(archive: &Path, manifest: &serde_json::Value, members: &[(String, Vec<u8>)]) {
+/// The one batch of entries of a small format 2 archive.
+const BATCH: &str = "entries/0000000000.json";
+
+/// Writes a format 2 archive: its header, `batch` (entries and the blobs listed), then
+/// `members`.
+pub fn pack(archive: &Path, batch: &serde_json::Value, members: &[(String, Vec<u8>)]) {
     let enc = zstd::stream::Encoder::new(std::fs::File::create(archive).unwrap(), 3).unwrap();
     let mut tar = tar::Builder::new(enc);
-    let json = serde_json::to_vec(manifest).unwrap();
-    let mut all = vec![("taskvault-export.json".to_owned(), json)];
+    let json = serde_json::to_vec(batch).unwrap();
+    let mut all = vec![
+        ("taskvault-export.json".to_owned(), br#"{"format":2}"#.to_vec()),
+        (BATCH.to_owned(), json),
+    ];
     all.extend(members.iter().cloned());
     for (name, data) in &all {
         let mut h = tar::Header::new_gnu();
@@ -456,11 +465,15 @@ fn an_archive_bomb_is_refused_before_it_is_written() {
     let enc = zstd::stream::Encoder::new(std::fs::File::create(q.path("bomb.tar.zst")).unwrap(), 3)
         .unwrap();
     let mut tar = tar::Builder::new(enc);
-    let json = serde_json::to_vec(&manifest).unwrap();
-    let mut h = tar::Header::new_gnu();
-    h.set_size(json.len() as u64);
-    h.set_mode(0o644);
-    tar.append_data(&mut h, "taskvault-export.json", &json[..]).unwrap();
+    for (name, data) in [
+        ("taskvault-export.json", br#"{"format":2}"#.to_vec()),
+        (BATCH, serde_json::to_vec(&manifest).unwrap()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, name, &data[..]).unwrap();
+    }
     let mut h = tar::Header::new_gnu();
     h.set_size(256 << 20);
     h.set_mode(0o644);

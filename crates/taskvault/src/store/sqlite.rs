@@ -1380,6 +1380,16 @@ impl MetaStore for SqliteMeta {
         Ok(rows.into_iter().filter_map(|r| r.ok()).collect())
     }
 
+    fn live_keys_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT key FROM entries WHERE key > ?1 AND live = 1 ORDER BY key LIMIT ?2",
+            )?
+            .query_map(params![after.unwrap_or(""), limit as i64], |r| r.get(0))?
+            .collect()
+        })
+    }
+
     fn has_blob(&self, digest: &Digest) -> Result<bool> {
         self.with(|c| {
             c.prepare_cached("SELECT EXISTS(SELECT 1 FROM blobs WHERE digest = ?1)")?

@@ -799,6 +799,52 @@ fn export_import_round_trip_serves_the_same_hits() {
     assert_eq!((rep.imported, rep.skipped), (0, 2));
 }
 
+#[test]
+fn an_export_of_many_batches_streams_and_imports_whole_with_each_blob_once() {
+    let a = fx();
+    let shared = noise(100_000, 6);
+    let mut keys = Vec::new();
+    for i in 0..2500u32 {
+        let k = a.key("t", &i.to_le_bytes());
+        // Every tenth entry holds the same large blob (on disk); the rest small ones of their own.
+        let out = if i % 10 == 0 { shared.clone() } else { i.to_le_bytes().to_vec() };
+        let tags = if i % 2 == 0 {
+            [("half".to_owned(), "even".to_owned())].into()
+        } else {
+            Default::default()
+        };
+        a.vault
+            .save(&k, Output::Bytes(&out), &SaveOptions { tags, ..SaveOptions::default() })
+            .unwrap();
+        keys.push((k, out));
+    }
+    let archive = a.out("all.tar.zst");
+    let rep = a.vault.export_where(&Filter::default(), &archive).unwrap();
+    assert_eq!(rep.entries, 2500);
+    assert_eq!(rep.blobs, 2251, "the shared blob is written once, across batches");
+    let names = {
+        let mut t = tar::Archive::new(
+            zstd::stream::Decoder::new(std::fs::File::open(&archive).unwrap()).unwrap(),
+        );
+        t.entries()
+            .unwrap()
+            .map(|m| m.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names.iter().filter(|n| n.starts_with("entries/")).count(), 3);
+    let b = fx();
+    let rep = b.vault.import(&archive).unwrap();
+    assert_eq!((rep.imported, rep.skipped), (2500, 0));
+    for (k, out) in keys.iter().step_by(7) {
+        assert_eq!(&b.vault.get_bytes(k).unwrap().unwrap().1, out);
+    }
+    assert_eq!(std::fs::read_dir(b.vault.tmp_dir()).unwrap().count(), 0, "staging cleaned up");
+    // A selection streams too.
+    let even = a.out("even.tar.zst");
+    let filter = Filter { tag: Some(("half".into(), Some("even".into()))), ..Filter::default() };
+    assert_eq!(a.vault.export_where(&filter, &even).unwrap().entries, 1250);
+}
+
 /// Builds a tar.zst by hand, for hostile archives.
 /// (name, type, data, link target) of one tar member.
 type Member<'a> = (&'a str, tar::EntryType, &'a [u8], Option<&'a str>);
@@ -843,7 +889,8 @@ fn tampered_and_hostile_archives_change_nothing() {
         std::io::Read::read_to_end(&mut m, &mut data).unwrap();
         members.push((name, data));
     }
-    members[1].1[100] ^= 1;
+    let blob = members.iter().position(|(n, _)| n.starts_with("blobs/")).unwrap();
+    members[blob].1[100] ^= 1;
     let tampered = a.out("tampered.tar.zst");
     let m: Vec<Member<'_>> =
         members.iter().map(|(n, d)| (n.as_str(), tar::EntryType::Regular, &d[..], None)).collect();

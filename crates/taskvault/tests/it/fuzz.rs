@@ -1,8 +1,10 @@
 //! The fuzz tier (issue 11): property tests over archives and config files, with 0 panics and
-//! 0 hangs (every case runs on a thread with a deadline), and the checked-in corpus of hostile
-//! archives in `tests/fixtures/hostile-archives`, each of which import must refuse whole.
+//! 0 hangs (every case runs on a thread with a deadline), and the checked-in corpora of hostile
+//! archives, each of which import must refuse whole: `tests/fixtures/hostile-archives/format-2`
+//! (today's format, made by the recipes below) and `tests/fixtures/hostile-archives` (format 1,
+//! made by the recipes of earlier releases, kept as they were).
 //!
-//! `TASKVAULT_WRITE_FIXTURES=1` rewrites the corpus from the recipes below (see
+//! `TASKVAULT_WRITE_FIXTURES=1` rewrites the format 2 corpus from the recipes (see
 //! `every_hostile_archive_in_the_corpus_is_refused`).
 
 use std::io::Read;
@@ -35,11 +37,14 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile-archives")
 }
 
-/// An archive's manifest and its other members (name, bytes), in order.
+/// An archive's one batch of entries (format 2) and its blob members (name, bytes), in order.
 type Unpacked = (Value, Vec<(String, Vec<u8>)>);
 
+const HEADER: &str = "taskvault-export.json";
+const BATCH: &str = "entries/0000000000.json";
+
 /// A valid archive of three entries (inline, file-sized, and a directory tree) as
-/// (manifest, members in order).
+/// (its batch, blob members in order).
 fn valid_archive() -> Unpacked {
     let dir = tempfile::tempdir().unwrap();
     let v = open(&dir.path().join("v"));
@@ -61,20 +66,22 @@ fn valid_archive() -> Unpacked {
 fn unpack(bytes: &[u8]) -> Option<Unpacked> {
     let dec = zstd::stream::Decoder::new(bytes).ok()?;
     let mut tar = tar::Archive::new(dec);
-    let mut manifest = None;
+    let mut batch = None;
     let mut rest = Vec::new();
     for item in tar.entries().ok()? {
         let mut item = item.ok()?;
         let name = item.path().ok()?.to_string_lossy().into_owned();
         let mut data = Vec::new();
         item.read_to_end(&mut data).ok()?;
-        if name == "taskvault-export.json" {
-            manifest = serde_json::from_slice(&data).ok();
-        } else {
-            rest.push((name, data));
+        match name.as_str() {
+            HEADER => {
+                assert_eq!(serde_json::from_slice::<Value>(&data).ok()?, json!({"format": 2}))
+            }
+            BATCH => batch = serde_json::from_slice(&data).ok(),
+            _ => rest.push((name, data)),
         }
     }
-    Some((manifest?, rest))
+    Some((batch?, rest))
 }
 
 /// A tar member as a hostile archive may hold it.
@@ -115,8 +122,16 @@ fn pack(members: &[Member]) -> Vec<u8> {
     out
 }
 
-fn with_manifest(manifest: &Value, members: &[(String, Vec<u8>)]) -> Vec<Member> {
-    let mut out = vec![regular("taskvault-export.json", serde_json::to_vec(manifest).unwrap())];
+/// A format 2 archive's members: the header, `batch`, then `members`.
+fn with_manifest(batch: &Value, members: &[(String, Vec<u8>)]) -> Vec<Member> {
+    with_header(&json!({"format": 2}), batch, members)
+}
+
+fn with_header(header: &Value, batch: &Value, members: &[(String, Vec<u8>)]) -> Vec<Member> {
+    let mut out = vec![
+        regular(HEADER, serde_json::to_vec(header).unwrap()),
+        regular(BATCH, serde_json::to_vec(batch).unwrap()),
+    ];
     out.extend(members.iter().map(|(n, d)| regular(n, d.clone())));
     out
 }
@@ -174,7 +189,7 @@ fn hostile() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         ("node-size-mismatch", edit(&|m| m["entries"][0]["outputs"][0]["size"] = 3.into())),
-        ("format-2", edit(&|m| m["format"] = 2.into())),
+        ("format-9", pack(&with_header(&json!({"format": 9}), &m, &members))),
         (
             "manifest-blob-size-lies",
             edit(&|m| {
@@ -209,16 +224,16 @@ fn hostile() -> Vec<(&'static str, Vec<u8>)> {
     out.push(("symlink-member", linked("blobs/link", tar::EntryType::Symlink)));
     out.push(("hardlink-member", linked("hard", tar::EntryType::Link)));
     let mut all = with_manifest(&m, &members);
-    all[1].data = vec![0u8; 8 << 20]; // a bomb: compresses to almost nothing
+    all[2].data = vec![0u8; 8 << 20]; // a bomb: compresses to almost nothing
     out.push(("bomb-member", pack(&all)));
     let mut all = with_manifest(&m, &members);
-    all[1].data[0] ^= 1;
+    all[2].data[0] ^= 1;
     out.push(("tampered-blob", pack(&all)));
     let mut all = with_manifest(&m, &members);
-    all.remove(1);
+    all.remove(2);
     out.push(("missing-blob", pack(&all)));
     let mut all = with_manifest(&m, &members);
-    let dup = regular(&all[1].name, all[1].data.clone());
+    let dup = regular(&all[2].name, all[2].data.clone());
     all.push(dup);
     out.push(("duplicate-blob", pack(&all)));
     let mut all = with_manifest(&m, &members);
@@ -232,6 +247,16 @@ fn hostile() -> Vec<(&'static str, Vec<u8>)> {
         "manifest-not-json",
         pack(&[regular("taskvault-export.json", b"{\"format\":".to_vec())]),
     ));
+    let mut all = with_manifest(&m, &members);
+    all[1].data.truncate(10);
+    out.push(("batch-not-json", pack(&all)));
+    let mut all = with_manifest(&m, &members);
+    all[1].name = "entries/0000000001.json".into();
+    out.push(("batch-out-of-order", pack(&all)));
+    let mut all = with_manifest(&m, &members);
+    all.swap(1, 2);
+    out.push(("blob-before-its-batch", pack(&all)));
+    out.push(("no-batch", pack(&with_manifest(&m, &members)[..1])));
     let mut all = with_manifest(&m, &members);
     all[0].claimed = Some(1 << 40);
     let mut bytes = pack(&all[..1]);
@@ -248,7 +273,7 @@ fn hostile() -> Vec<(&'static str, Vec<u8>)> {
 /// the vault. `TASKVAULT_WRITE_FIXTURES=1` writes the fresh ones over the checked-in corpus.
 #[test]
 fn every_hostile_archive_in_the_corpus_is_refused() {
-    let dir = fixtures();
+    let dir = fixtures().join("format-2");
     let fresh = hostile();
     if std::env::var_os("TASKVAULT_WRITE_FIXTURES").is_some() {
         std::fs::create_dir_all(&dir).unwrap();
@@ -256,23 +281,29 @@ fn every_hostile_archive_in_the_corpus_is_refused() {
             std::fs::write(dir.join(format!("{name}.tar.zst")), bytes).unwrap();
         }
     }
-    let mut checked_in: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter_map(|p| {
-            let name = p.file_name()?.to_str()?.strip_suffix(".tar.zst")?.to_owned();
-            Some((name, std::fs::read(&p).unwrap()))
-        })
-        .collect();
-    checked_in.sort();
-    let mut names: Vec<&str> = checked_in.iter().map(|(n, _)| n.as_str()).collect();
+    let read = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?.strip_suffix(".tar.zst")?.to_owned();
+                Some((name, std::fs::read(&p).unwrap()))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let checked_in = read(&dir);
+    let format_1 = read(&fixtures());
+    assert_eq!(format_1.len(), 27, "the format 1 corpus is kept whole");
+    let names: Vec<&str> = checked_in.iter().map(|(n, _)| n.as_str()).collect();
     let mut recipes: Vec<&str> = fresh.iter().map(|(n, _)| *n).collect();
-    names.sort();
     recipes.sort();
     assert_eq!(names, recipes, "the checked-in corpus matches the recipes");
     let all = checked_in
         .iter()
         .map(|(n, b)| (format!("checked-in {n}"), b.clone()))
+        .chain(format_1.iter().map(|(n, b)| (format!("format 1 {n}"), b.clone())))
         .chain(fresh.into_iter().map(|(n, b)| (format!("fresh {n}"), b)));
     for (shown, bytes) in all {
         let dir = tempfile::tempdir().unwrap();

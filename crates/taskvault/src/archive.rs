@@ -164,6 +164,21 @@ impl<'v> Writer<'v> {
             self.written.clear();
         }
         for (d, size) in &batch.blobs {
+            let info = self.vault.blob_info(d)?;
+            if let Some(info) = info.filter(|i| i.inline.is_some()) {
+                // Small blobs live in the database: verified in memory, no file in between.
+                let mut buf = Vec::with_capacity(*size as usize);
+                let sink = &mut crate::vault::Sink::Buf(&mut buf);
+                if let Err(msg) = self.vault.read_blob_row(d, info, *size, sink)? {
+                    self.vault.corrupt(d, &msg, "export")?;
+                    return Err(Error::Corrupt { digest: d.to_string(), message: msg });
+                }
+                append(self.tar(), &blob_name(d), *size, &mut &buf[..]).at(&at)?;
+                self.written.insert(*d);
+                self.report.blobs += 1;
+                self.report.bytes += size;
+                continue;
+            }
             let tmp = self.vault.tmp_dir().join(unique_name("export-"));
             self.temps.0.push(tmp.clone());
             let mut f = std::fs::File::create(&tmp).at(&tmp)?;

@@ -135,8 +135,9 @@ ALTER TABLE entries ADD COLUMN shared TEXT;
 /// Version 5: each fact stored once. A run's document no longer repeats its columns (id, key,
 /// task, status, times); provenance shared by many runs (code, command, namespace, host, the
 /// key ingredients that are the same for every call) lives in `shared_bodies`, referenced by
-/// its integer id; a blob's row counts the live entries using it instead of a `refs` row per
-/// (blob, key) pair; one index on `key` serves both the live run and history. Bodies written
+/// its integer id; tags live in `tags`, indexed by name and value (and by run); a blob's row
+/// counts the live entries using it instead of a `refs` row per (blob, key) pair; one index on
+/// `key` serves both the live run and history. Bodies written
 /// under version 4 are kept as the details they were (`digest` is then `v4:` and the digest of
 /// those details).
 const SCHEMA_V5: &str = "
@@ -177,6 +178,21 @@ ALTER TABLE entries_v5 RENAME TO entries;
 CREATE INDEX entries_key ON entries(key);
 CREATE INDEX entries_lru ON entries(last_access_ms) WHERE live = 1;
 CREATE INDEX entries_expiry ON entries(expires_ms) WHERE live = 1 AND expires_ms IS NOT NULL;
+CREATE TABLE tags(
+    run INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY(name, value, run)
+) WITHOUT ROWID;
+CREATE INDEX tags_run ON tags(run);
+INSERT OR IGNORE INTO tags(run, name, value)
+    SELECT e.rowid, j.key, j.value FROM entries e, json_each(e.doc, '$.tags') j
+    WHERE json_valid(e.doc) AND json_type(e.doc, '$.tags') = 'object';
+UPDATE entries SET doc = json_remove(doc, '$.tags')
+    WHERE json_valid(doc) AND json_type(doc, '$.tags') IS NOT NULL;
+CREATE TRIGGER tags_of_removed_runs AFTER DELETE ON entries BEGIN
+    DELETE FROM tags WHERE run = OLD.rowid;
+END;
 DROP TABLE shared_details;
 ALTER TABLE blobs ADD COLUMN refs INTEGER NOT NULL DEFAULT 0;
 UPDATE blobs SET refs = (SELECT count(*) FROM refs r WHERE r.digest = blobs.digest);
@@ -216,7 +232,6 @@ const COLUMN_FIELDS: &[&str] =
 const OMITTED_WHEN_EMPTY: &[&str] = &[
     "inputs",
     "extras",
-    "tags",
     "parent",
     "duration_ms",
     "console",
@@ -238,6 +253,8 @@ fn entry_doc(tx: &Connection, entry: &Entry) -> rusqlite::Result<(String, Option
     for k in COLUMN_FIELDS {
         doc.remove(*k);
     }
+    // In `tags` (see `insert_tags`).
+    doc.remove("tags");
     let mut shared = Json::new();
     if let Some(Value::Object(details)) = doc.get_mut("details") {
         // Empty lists a front end recorded say nothing.
@@ -306,7 +323,22 @@ fn entry_doc(tx: &Connection, entry: &Entry) -> rusqlite::Result<(String, Option
 /// document holds itself win (rows written before version 5 hold everything).
 fn merge_shared(doc: &mut Json, body: &str) -> std::result::Result<(), String> {
     use serde_json::Value;
-    let shared: Json = serde_json::from_str(body).map_err(|e| format!("its shared body: {e}"))?;
+    thread_local! {
+        /// The body parsed last, with its text: the rows of a listing or a walk mostly share one.
+        static LAST: std::cell::RefCell<Option<(String, Json)>> = const { std::cell::RefCell::new(None) };
+    }
+    let shared: Json = LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((text, parsed)) = &*last
+            && text == body
+        {
+            return Ok(parsed.clone());
+        }
+        let parsed: Json =
+            serde_json::from_str(body).map_err(|e| format!("its shared body: {e}"))?;
+        *last = Some((body.to_owned(), parsed.clone()));
+        Ok::<_, String>(parsed)
+    })?;
     for (part, value) in shared {
         match (part.as_str(), value) {
             ("details", Value::Object(common)) => {
@@ -522,6 +554,9 @@ pub(crate) fn truncate_wal(conn: &Connection) {
     let _ = conn.busy_timeout(BUSY_TIMEOUT);
 }
 
+/// How much of the database a long-lived process's reader maps into memory.
+const READER_MMAP_BYTES: i64 = 1 << 30;
+
 /// The page cache of a long-lived process's writer, in KiB.
 const LONG_LIVED_CACHE_KIB: i64 = 32 * 1024;
 
@@ -616,7 +651,17 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 const ENTRY_COLS: &str = "doc, status, last_access_ms, access_count, id, key,
-    (SELECT body FROM shared_bodies WHERE id = entries.shared), task, created_ms, expires_ms";
+    (SELECT body FROM shared_bodies WHERE id = entries.shared), task, created_ms, expires_ms,
+    (SELECT json_group_object(name, value) FROM tags WHERE run = entries.rowid)";
+
+/// Records the tags of the run just inserted (`rowid`).
+fn insert_tags(tx: &Connection, rowid: i64, entry: &Entry) -> rusqlite::Result<()> {
+    for (name, value) in &entry.tags {
+        tx.prepare_cached("INSERT OR IGNORE INTO tags(run, name, value) VALUES (?1, ?2, ?3)")?
+            .execute(params![rowid, name, value])?;
+    }
+    Ok(())
+}
 
 /// A row read back: its entry, or (its run id, why the row is damaged: its document does not
 /// decode, or names another run or key than its columns). A damaged row is never served.
@@ -674,6 +719,16 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
     m.insert("expires_ms".into(), int(9));
     m.insert("last_access_ms".into(), int(2));
     m.insert("access_count".into(), int(3));
+    if let Ok(Some(tags)) = row.get::<_, Option<String>>(10)
+        && tags != "{}"
+    {
+        match serde_json::from_str::<Value>(&tags) {
+            Ok(t) => {
+                m.insert("tags".into(), t);
+            }
+            Err(err) => return Ok(Err((id, format!("its tags do not decode: {err}")))),
+        }
+    }
     match serde_json::from_value::<Entry>(Value::Object(m)) {
         Ok(e) => Ok(Ok(e)),
         Err(err) => Ok(Err((id, format!("its document does not decode: {err}")))),
@@ -945,6 +1000,7 @@ fn save_in(
         doc,
         shared
     ])?;
+    insert_tags(tx, tx.last_insert_rowid(), &entry)?;
     if tally.failures {
         tx.prepare_cached("DELETE FROM failures WHERE key = ?1")?.execute([&entry.key])?;
     }
@@ -977,6 +1033,10 @@ impl MetaStore for SqliteMeta {
             conn.pragma_update(None, "journal_size_limit", WAL_RESTART_PAGES * 4096)
         })?;
         let reader = open_database(&self.path, SCHEMA_VERSION, migrate)?;
+        // Lookups read the database through a memory map: a page already in the kernel's cache
+        // costs no system call (a batch of lookups in a large vault otherwise pays several
+        // `pread`s each). Writes still go through the WAL.
+        reader.pragma_update(None, "mmap_size", READER_MMAP_BYTES).map_err(|e| self.err(e))?;
         let _ = self.reader.set(Mutex::new(reader));
         let _ = self.checkpointer.set(c);
         Ok(())
@@ -1148,16 +1208,16 @@ impl MetaStore for SqliteMeta {
             args.push(k.clone().into());
             let kn = args.len();
             match v {
+                // Through the tags index: only runs that carry the tag are looked at.
                 Some(v) => {
                     args.push(v.clone().into());
                     sql.push_str(&format!(
-                        " AND json_valid(entries.doc) AND EXISTS(SELECT 1 FROM json_each(entries.doc, '$.tags') WHERE key = ?{kn} AND value = ?{})",
+                        " AND rowid IN (SELECT run FROM tags WHERE name = ?{kn} AND value = ?{})",
                         args.len()
                     ));
                 }
-                None => sql.push_str(&format!(
-                    " AND json_valid(entries.doc) AND EXISTS(SELECT 1 FROM json_each(entries.doc, '$.tags') WHERE key = ?{kn})"
-                )),
+                None => sql
+                    .push_str(&format!(" AND rowid IN (SELECT run FROM tags WHERE name = ?{kn})")),
             }
         }
         // Runs saved within one millisecond are listed in the order they were committed.
@@ -1438,7 +1498,7 @@ impl MetaStore for SqliteMeta {
             while let Some(row) = rows.next()? {
                 if let Err((id, why)) = entry_from_row(row)? {
                     let key: String = row.get(5)?;
-                    let live = row.get::<_, i64>(10).unwrap_or(0) == 1;
+                    let live = row.get::<_, i64>(11).unwrap_or(0) == 1;
                     out.entries.push((id, key, live, why));
                 }
             }
@@ -1487,7 +1547,7 @@ impl MetaStore for SqliteMeta {
                 tx.query_row("SELECT value FROM census WHERE name = 'live'", [], |r| r.get(0))?;
             tx.execute_batch(
                 "DELETE FROM entries; DELETE FROM blobs; DELETE FROM failures;
-                 DELETE FROM shared_bodies;
+                 DELETE FROM shared_bodies; DELETE FROM tags;
                  UPDATE counters SET value = 0 WHERE name = 'stored_bytes';",
             )?;
             Ok(live.max(0) as u64)
@@ -1522,6 +1582,7 @@ impl MetaStore for SqliteMeta {
                      VALUES (?1, ?2, 0, 'failed', ?3, ?4, ?4, 0, NULL, ?5, ?6)",
             )?
             .execute(params![entry.id, entry.key, entry.task, entry.created_ms, doc, shared])?;
+            insert_tags(tx, tx.last_insert_rowid(), &entry)?;
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO failures(key, message, at_ms) VALUES (?1, ?2, ?3)",
             )?

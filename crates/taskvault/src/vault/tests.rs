@@ -732,6 +732,33 @@ fn invalidate_by_tag() {
 }
 
 #[test]
+fn tags_go_with_their_run_and_never_attach_to_a_later_one() {
+    let f = fx();
+    let tags = SaveOptions {
+        tags: BTreeMap::from([
+            ("team".to_owned(), "ml".to_owned()),
+            ("v".to_owned(), "2".to_owned()),
+        ]),
+        ..Default::default()
+    };
+    let k = f.key("a", b"");
+    let e = f.vault.save(&k, Output::Bytes(b"1"), &tags).unwrap();
+    assert_eq!(f.vault.peek(&k).unwrap().unwrap().tags, tags.tags, "read back whole");
+    f.vault.remove(&[e]).unwrap();
+    // The removed run's row id is free again: the next run may get it, never its tags.
+    let e = f.vault.save(&k, Output::Bytes(b"2"), &SaveOptions::default()).unwrap();
+    assert!(f.vault.peek(&k).unwrap().unwrap().tags.is_empty());
+    let tagged = Filter { tag: Some(("team".into(), None)), ..Filter::default() };
+    assert!(f.vault.list(&tagged).unwrap().is_empty());
+    // A resave keeps the old run's tags on the old run only.
+    f.vault.save(&k, Output::Bytes(b"3"), &tags).unwrap();
+    let all = Filter { all: true, tag: Some(("v".into(), Some("2".into()))), ..Filter::default() };
+    let listed = f.vault.list(&all).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_ne!(listed[0].id, e.id);
+}
+
+#[test]
 fn prefixes_resolve_runs_and_keys_and_report_ambiguity() {
     let f = fx();
     let k = f.key("t", b"i");

@@ -110,7 +110,7 @@ def measure(vault: str, n: int, res: dict, python: bool) -> None:
     src = os.path.join(ROOT, "in.txt")
     with open(src, "w") as f:
         f.write("input")
-    subprocess.run(tv(vault, "cache", "save", "cli", src, src), check=True, capture_output=True)
+    subprocess.run(tv(vault, "cache", "save", "--tag", "kind=cli", "cli", src, src), check=True, capture_output=True)
     first = json.loads(subprocess.run(tv(vault, "--json", "log", "-n", "1"), capture_output=True, check=True).stdout)
     run_id = first[0]["id"]
     got = os.path.join(ROOT, "got")
@@ -118,6 +118,8 @@ def measure(vault: str, n: int, res: dict, python: bool) -> None:
     for name, argv in [
         ("log -n 5", tv(vault, "log", "-n", "5")),
         (f"log --task {task} -n 5", tv(vault, "log", "--task", task, "-n", "5")),
+        ("log --tag kind=cli -n 5", tv(vault, "log", "--tag", "kind=cli", "-n", "5")),
+        ("log --status failed -n 5", tv(vault, "log", "--status", "failed", "-n", "5")),
         ("stats", tv(vault, "stats")),
         ("history", tv(vault, "history", run_id)),
         ("CLI hit", tv(vault, "cache", "get", "cli", src, got)),

@@ -101,12 +101,12 @@ END;
 ";
 
 /// The indexes and census triggers of `entries` (version 3; made again by version 5, which
-/// rebuilds the table). `entries_key` serves lookups of the live run and history alike.
+/// rebuilds the table, with the status index for runs that are not live only).
 const ENTRY_INDEXES: &str = "
 CREATE INDEX entries_created ON entries(created_ms);
 CREATE INDEX entries_live_created ON entries(created_ms) WHERE live = 1;
 CREATE INDEX entries_task_created ON entries(task, created_ms);
-CREATE INDEX entries_status_created ON entries(status, created_ms);
+CREATE INDEX entries_status_created ON entries(status, created_ms) WHERE live = 0;
 CREATE TRIGGER census_entry_insert AFTER INSERT ON entries BEGIN
     UPDATE census SET value = value + 1 WHERE name = 'runs';
     UPDATE census SET value = value + 1 WHERE name = 'live' AND NEW.live = 1;
@@ -1195,6 +1195,9 @@ impl MetaStore for SqliteMeta {
         if let Some(s) = f.status {
             args.push(status_name(s).to_owned().into());
             sql.push_str(&format!(" AND status = ?{}", args.len()));
+            // Runs that are not live have an index of their own (live ones are most runs, and
+            // are listed through `entries_live_created`).
+            sql.push_str(if s == Status::Live { " AND live = 1" } else { " AND live = 0" });
         }
         if let Some(t) = &f.task {
             args.push(t.clone().into());

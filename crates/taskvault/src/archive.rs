@@ -164,38 +164,45 @@ impl<'v> Writer<'v> {
             self.written.clear();
         }
         for (d, size) in &batch.blobs {
-            let info = self.vault.blob_info(d)?;
-            if let Some(info) = info.filter(|i| i.inline.is_some()) {
+            let row = self.vault.blob_info(d)?;
+            if row.as_ref().is_some_and(|i| i.inline.is_some()) {
                 // Small blobs live in the database: verified in memory, no file in between.
                 let mut buf = Vec::with_capacity(*size as usize);
                 let sink = &mut crate::vault::Sink::Buf(&mut buf);
-                if let Err(msg) = self.vault.read_blob_row(d, info, *size, sink)? {
-                    self.vault.corrupt(d, &msg, "export")?;
-                    return Err(Error::Corrupt { digest: d.to_string(), message: msg });
-                }
-                append(self.tar(), &blob_name(d), *size, &mut &buf[..]).at(&at)?;
-                self.written.insert(*d);
-                self.report.blobs += 1;
-                self.report.bytes += size;
+                let verified = self.vault.read_blob_row(d, row, *size, sink)?;
+                self.put_blob(d, *size, verified, &mut &buf[..])?;
                 continue;
             }
             let tmp = self.vault.tmp_dir().join(unique_name("export-"));
             self.temps.0.push(tmp.clone());
             let mut f = std::fs::File::create(&tmp).at(&tmp)?;
-            let verified =
-                self.vault.read_blob(d, *size, &mut crate::vault::Sink::File(&mut f, &tmp))?;
-            if let Err(msg) = verified {
-                self.vault.corrupt(d, &msg, "export")?;
-                return Err(Error::Corrupt { digest: d.to_string(), message: msg });
-            }
-            let mut f = std::fs::File::open(&tmp).at(&tmp)?;
-            append(self.tar(), &blob_name(d), *size, &mut f).at(&at)?;
+            let sink = &mut crate::vault::Sink::File(&mut f, &tmp);
+            let verified = self.vault.read_blob_row(d, row, *size, sink)?;
+            self.put_blob(d, *size, verified, &mut std::fs::File::open(&tmp).at(&tmp)?)?;
             let _ = std::fs::remove_file(&tmp);
             self.temps.0.pop();
-            self.written.insert(*d);
-            self.report.blobs += 1;
-            self.report.bytes += size;
         }
+        Ok(())
+    }
+
+    /// Appends blob `d`, read and `verified` into `data`; a blob that failed verification is
+    /// reported corrupt and fails the export.
+    fn put_blob(
+        &mut self,
+        d: &Digest,
+        size: u64,
+        verified: crate::vault::Verified,
+        data: &mut dyn Read,
+    ) -> Result<()> {
+        if let Err(msg) = verified {
+            self.vault.corrupt(d, &msg, "export")?;
+            return Err(Error::Corrupt { digest: d.to_string(), message: msg });
+        }
+        let at = self.tmp_archive.clone();
+        append(self.tar(), &blob_name(d), size, data).at(&at)?;
+        self.written.insert(*d);
+        self.report.blobs += 1;
+        self.report.bytes += size;
         Ok(())
     }
 

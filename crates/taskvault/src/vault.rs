@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use admin::{GcReport, Stats, VerifyReport};
 pub use resident::Served;
-pub(crate) use restore::{Sink, Want, check_replaceable, validate_tree};
+pub(crate) use restore::{Sink, Verified, Want, check_replaceable, validate_tree};
 pub(crate) use stage::Staging as StagingHandle;
 
 use crate::access::AccessJournal;
@@ -88,6 +88,9 @@ pub struct Vault {
     stat_cache: std::sync::OnceLock<crate::statcache::StatCache>,
     tmp: PathBuf,
     locks: PathBuf,
+    /// Set once `tmp` and `locks` are known to exist (see `ensure_dir`).
+    tmp_ready: std::sync::OnceLock<()>,
+    locks_ready: std::sync::OnceLock<()>,
     progress: Option<Box<Progress>>,
     item_progress: Option<Box<ItemProgress>>,
     /// Set by [`Vault::resident`].
@@ -121,6 +124,14 @@ impl std::fmt::Debug for Vault {
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A name for a temporary file that no other thread or process will pick.
+/// Makes `dir` again if it is missing (a vault copied without its empty directories); where it
+/// cannot be made (a read-only vault), what needs it reports the error.
+fn ensure_dir(dir: &Path) {
+    if !dir.is_dir() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+}
+
 pub(crate) fn unique_name(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -142,15 +153,8 @@ impl Vault {
         let tmp = dir.join("tmp");
         let locks = dir.join("locks");
         // The directories are created with the database. A vault copied without its empty
-        // directories (git keeps none) gets them back when it can; where it cannot (a read-only
-        // vault), what needs them says so.
-        if Vault::exists(dir) {
-            for d in [&tmp, &locks] {
-                if !d.is_dir() {
-                    let _ = std::fs::create_dir_all(d);
-                }
-            }
-        } else {
+        // directories (git keeps none) gets them back on first use (`tmp_dir`, `claims_path`).
+        if !Vault::exists(dir) {
             for d in [dir, &tmp, &locks] {
                 std::fs::create_dir_all(d).at(d)?;
             }
@@ -179,6 +183,8 @@ impl Vault {
             stat_cache: std::sync::OnceLock::new(),
             tmp,
             locks,
+            tmp_ready: std::sync::OnceLock::new(),
+            locks_ready: std::sync::OnceLock::new(),
             progress: None,
             item_progress: None,
             resident: None,
@@ -863,8 +869,9 @@ impl Vault {
         for key in keys {
             let kept = self.recall(key)?;
             if kept.is_none() {
-                self.commit_deferred_of(&key.digest().hex())?;
-                ask.push(key.digest().hex());
+                let hex = key.digest().hex();
+                self.commit_deferred_of(&hex)?;
+                ask.push(hex);
             }
             out.push(kept);
         }
@@ -1006,6 +1013,7 @@ impl Vault {
 
     /// The file claims lock bytes of (see `claim`).
     pub(crate) fn claims_path(&self) -> PathBuf {
+        self.locks_ready.get_or_init(|| ensure_dir(&self.locks));
         self.locks.join("claims")
     }
 
@@ -1022,6 +1030,7 @@ impl Vault {
     }
 
     pub(crate) fn tmp_dir(&self) -> &Path {
+        self.tmp_ready.get_or_init(|| ensure_dir(&self.tmp));
         &self.tmp
     }
 

@@ -419,11 +419,15 @@ class Client:
             return None, None
         status, payload = self._vault.get_or_claim(key)
         if status == "hit":
-            return ResultRef(self, payload[0], payload[1], payload[2], key.task, payload[3], payload[4]), None
+            return self._served(key, payload), None
         if status == "failed":
             msg, _, tb = payload.partition("\n\n")
             raise TaskError(msg, tb)
         return None, payload
+
+    def _served(self, key: Any, hit: tuple) -> ResultRef:
+        """The ``ResultRef`` of a hit as the engine gives it: (run id, digest, size, bytes, raw)."""
+        return ResultRef(self, hit[0], hit[1], hit[2], key.task, hit[3], hit[4])
 
     def _attempts(self, func: Callable, args: tuple, kwargs: dict, options: _TaskOptions, refs: bool) -> Any:
         call_args = _resolve_refs(args) if refs else args
@@ -606,13 +610,13 @@ class Client:
         results are looked up first, all in one call into the engine; only the items without
         one are submitted (in parallel on ``executor`` or ``max_workers`` threads)."""
         items = list(items)
-        fn, options = _options(func, dict(kwargs))
-        results: list[ResultRef | None] = self._stored_results(fn, options, items, args, kwargs)
+        call_kwargs = dict(kwargs)  # _options takes the option arguments out of it
+        fn, options = _options(func, call_kwargs)
+        results: list[ResultRef | None] = self._stored_results(fn, options, items, args, call_kwargs)
         rest = [i for i, r in enumerate(results) if r is None]
         if not rest:
             return results  # type: ignore[return-value]
         if executor is None and (max_workers or self.max_workers) == 1:
-            call_kwargs = {k: v for k, v in kwargs.items() if k not in _CALL_OPTIONS}
             for i in rest:
                 results[i] = self._submit(fn, (items[i], *args), dict(call_kwargs), options)
         else:
@@ -622,14 +626,13 @@ class Client:
         return results  # type: ignore[return-value]
 
     def _stored_results(self, fn: Callable, options: _TaskOptions, items: list, args: tuple,
-                        kwargs: dict) -> list[ResultRef | None]:
+                        call_kwargs: dict) -> list[ResultRef | None]:
         """For ``map``: the stored result of each call, or ``None`` where there is none (or it
         cannot be looked up here: the call then goes the way of ``submit``, which warns, claims
-        and counts the miss)."""
+        and counts the miss). ``call_kwargs`` holds no option arguments."""
         found: list[ResultRef | None] = [None] * len(items)
         if options.force or not options.cache or not items:
             return found
-        call_kwargs = {k: v for k, v in kwargs.items() if k not in _CALL_OPTIONS}
         plan = self._plan(fn)
         keys, where = [], []
         for i, item in enumerate(items):
@@ -642,7 +645,7 @@ class Client:
             where.append(i)
         for i, key, h in zip(where, keys, self._vault.fetch_present(keys)):
             if h is not None:
-                found[i] = ResultRef(self, h[0], h[1], h[2], key.task, h[3], h[4])
+                found[i] = self._served(key, h)
         return found
 
     # -- inspection and maintenance (the CLI's commands) ------------------------------------

@@ -62,20 +62,21 @@ impl Vault {
         size: u64,
         sink: &mut Sink<'_>,
     ) -> Result<Verified> {
-        let Some(info) = self.blob_info(digest)? else {
-            return Ok(Err("no metadata row for the blob".into()));
-        };
-        self.read_blob_row(digest, info, size, sink)
+        let row = self.blob_info(digest)?;
+        self.read_blob_row(digest, row, size, sink)
     }
 
-    /// [`Vault::read_blob`] with the blob's row already read.
+    /// [`Vault::read_blob`] with the blob's row already read (`None`: there is none).
     pub(crate) fn read_blob_row(
         &self,
         digest: &Digest,
-        info: BlobInfo,
+        row: Option<BlobInfo>,
         size: u64,
         sink: &mut Sink<'_>,
     ) -> Result<Verified> {
+        let Some(info) = row else {
+            return Ok(Err("no metadata row for the blob".into()));
+        };
         if info.size != size {
             return Ok(Err(format!("blob is {} bytes, the entry expects {size}", info.size)));
         }
@@ -398,14 +399,14 @@ impl Vault {
                 dest.len()
             )));
         }
-        self.node_to(node, &mut Sink::Memory(dest))
+        self.node_to(node, None, &mut Sink::Memory(dest))
     }
 
     /// The verified bytes of a file node; `None` if its blob failed verification (it has been
     /// quarantined and its entries retired).
     pub(crate) fn node_bytes(&self, node: &Node) -> Result<Option<Vec<u8>>> {
         let mut buf = Vec::with_capacity(node.size as usize);
-        Ok(self.node_to(node, &mut Sink::Buf(&mut buf))?.map(|()| buf))
+        Ok(self.node_to(node, None, &mut Sink::Buf(&mut buf))?.map(|()| buf))
     }
 
     /// The verified bytes of the one output of `e`, a file or bytes entry, read with the row of
@@ -417,25 +418,26 @@ impl Vault {
         rows: Vec<BlobInfo>,
     ) -> Result<Option<Vec<u8>>> {
         let node = bytes_node(e)?;
-        let digest = node.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
-        let Some(info) = rows.into_iter().find(|i| i.digest == digest) else {
-            return self.node_bytes(node);
-        };
+        let known = rows.into_iter().find(|i| Some(i.digest) == node.digest);
         let mut buf = Vec::with_capacity(node.size as usize);
-        match self.read_blob_row(&digest, info, node.size, &mut Sink::Buf(&mut buf))? {
-            Ok(()) => Ok(Some(buf)),
-            Err(msg) => {
-                self.corrupt(&digest, &msg, "get")?;
-                Ok(None)
-            }
-        }
+        Ok(self.node_to(node, known, &mut Sink::Buf(&mut buf))?.map(|()| buf))
     }
 
     /// Writes the verified bytes of a file node to `sink`; `None` if its blob failed
     /// verification (it has been quarantined and its entries retired).
-    fn node_to(&self, node: &Node, sink: &mut Sink<'_>) -> Result<Option<()>> {
+    /// `known` is the blob's row if the caller read it already.
+    fn node_to(
+        &self,
+        node: &Node,
+        known: Option<BlobInfo>,
+        sink: &mut Sink<'_>,
+    ) -> Result<Option<()>> {
         let digest = node.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
-        match self.read_blob(&digest, node.size, sink)? {
+        let row = match known {
+            Some(row) => Some(row),
+            None => self.blob_info(&digest)?,
+        };
+        match self.read_blob_row(&digest, row, node.size, sink)? {
             Ok(()) => Ok(Some(())),
             Err(msg) => {
                 self.corrupt(&digest, &msg, "get")?;

@@ -241,13 +241,14 @@ impl Vault {
         let filter = Filter { all: false, status: None, ..filter.clone() };
         let total = self.meta().live_entries()?.max(0) as u64;
         let mut w = Writer::create(self, archive)?;
-        let mut after: Option<String> = None;
+        let mut after = 0;
         let mut seen = 0u64;
         loop {
-            let keys = self.meta().live_keys_after(after.as_deref(), BATCH)?;
-            let Some(last) = keys.last() else { break };
-            after = Some(last.clone());
-            seen += keys.len() as u64;
+            let page = self.meta().live_keys_after(after, BATCH)?;
+            let Some(&(last, _)) = page.last() else { break };
+            after = last;
+            seen += page.len() as u64;
+            let keys: Vec<String> = page.into_iter().map(|(_, k)| k).collect();
             let found = self.meta().lookup_many(&keys)?;
             let batch: Vec<Entry> =
                 found.into_iter().flatten().map(|(e, _)| e).filter(|e| filter.admits(e)).collect();

@@ -2,6 +2,7 @@
 //! swapped (SQLite and the local disk here; PostgreSQL, Redis and object stores later).
 
 pub mod local;
+pub(crate) mod packed;
 pub mod sqlite;
 
 use std::fs::File;
@@ -194,9 +195,10 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Up to `limit` sound blob rows whose digests sort after `after`, in digest order: a walk
     /// over every blob in bounded memory.
     fn blobs_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<BlobInfo>>;
-    /// Up to `limit` keys with a live entry that sort after `after`, in key order: a walk over
-    /// every live entry in bounded memory (with [`MetaStore::lookup_many`]).
-    fn live_keys_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
+    /// Up to `limit` keys with a live entry stored after position `after` (0: from the start),
+    /// each with its position, in the order they are stored: a walk over every live entry in
+    /// bounded memory (with [`MetaStore::lookup_many`]).
+    fn live_keys_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>>;
     /// Whether a blob row exists for `digest`.
     fn has_blob(&self, digest: &Digest) -> Result<bool>;
     /// Up to `limit` keys of live entries to remove as old: last used at or before

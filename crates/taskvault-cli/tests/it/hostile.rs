@@ -129,11 +129,12 @@ fn forged_rows_and_hot_records_never_serve_another_key() {
     // A hot record of a copied under b's name.
     std::fs::copy(p.vault().join("hot").join(&key_a), p.vault().join("hot").join(&key_b)).unwrap();
     p.run(&["cache", "get", "b", "in", "got"]).code_is(1);
-    // A row of a relabelled as b's (its key column), document and all.
+    // A row of a relabelled as b's: its key column (the key's 32 bytes; the document no longer
+    // names the key, and its key ingredients are a's).
     let c = db(&p);
-    c.execute("UPDATE entries SET key = ?1", [&key_b]).unwrap();
-    let doc: String = c.query_row("SELECT doc FROM entries", [], |r| r.get(0)).unwrap();
-    c.execute("UPDATE entries SET doc = ?1", [doc.replace(&key_a, &key_b)]).unwrap();
+    let stored: Vec<u8> = c.query_row("SELECT key FROM entries", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored.iter().map(|b| format!("{b:02x}")).collect::<String>(), key_a);
+    c.execute("UPDATE entries SET key = unhex(?1)", [&key_b]).unwrap();
     drop(c);
     std::fs::remove_dir_all(p.vault().join("hot")).unwrap();
     p.run(&["cache", "get", "b", "in", "got"]).code_is(1);

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::store::{Access, Committed, Damaged, MetaStore, Removed, StagedBlob};
 
 /// The schema version this build writes. Older databases are migrated on open.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE entries(
@@ -78,6 +78,10 @@ INSERT INTO census(name, value)
     UNION ALL SELECT 'blobs', count(*) FROM blobs
     UNION ALL SELECT 'inline_blobs', count(*) FROM blobs WHERE data IS NOT NULL
     UNION ALL SELECT 'inline_bytes', coalesce(sum(stored_size), 0) FROM blobs WHERE data IS NOT NULL;
+";
+
+/// The census triggers of `blobs` (version 3; made again by version 6, which rebuilds it).
+const BLOB_TRIGGERS: &str = "
 CREATE TRIGGER census_blob_insert AFTER INSERT ON blobs BEGIN
     UPDATE census SET value = value + 1 WHERE name = 'blobs';
     UPDATE census SET value = value + 1 WHERE name = 'inline_blobs' AND NEW.data IS NOT NULL;
@@ -100,11 +104,17 @@ CREATE TRIGGER census_blob_update AFTER UPDATE OF data, stored_size ON blobs BEG
 END;
 ";
 
-/// The indexes and census triggers of `entries` (version 3; made again by version 5, which
-/// rebuilds the table, with the status index for runs that are not live only).
+/// The indexes and triggers of `entries` (made again by each version that rebuilds the table;
+/// see `SCHEMA_V6`). Runs and keys are found through the first 8 bytes of their id or key (the
+/// rest is compared in the row): an index of the whole 32 bytes would take twice the room.
+/// Runs that are live and runs that are not are listed through indexes of their own.
 const ENTRY_INDEXES: &str = "
-CREATE INDEX entries_created ON entries(created_ms);
+CREATE INDEX entries_id ON entries(substr(id, 1, 8));
+CREATE INDEX entries_key ON entries(substr(key, 1, 8));
+CREATE INDEX entries_lru ON entries(last_access_ms) WHERE live = 1;
+CREATE INDEX entries_expiry ON entries(expires_ms) WHERE live = 1 AND expires_ms IS NOT NULL;
 CREATE INDEX entries_live_created ON entries(created_ms) WHERE live = 1;
+CREATE INDEX entries_dead_created ON entries(created_ms) WHERE live = 0;
 CREATE INDEX entries_task_created ON entries(task, created_ms);
 CREATE INDEX entries_status_created ON entries(status, created_ms) WHERE live = 0;
 CREATE TRIGGER census_entry_insert AFTER INSERT ON entries BEGIN
@@ -121,6 +131,9 @@ CREATE TRIGGER census_entry_update AFTER UPDATE OF live, status ON entries BEGIN
     UPDATE census SET value = value + (NEW.live = 1) - (OLD.live = 1) WHERE name = 'live';
     UPDATE census SET value = value + (NEW.status = 'failed') - (OLD.status = 'failed')
         WHERE name = 'failed_runs';
+END;
+CREATE TRIGGER tags_of_removed_runs AFTER DELETE ON entries BEGIN
+    DELETE FROM tags WHERE run = OLD.rowid;
 END;
 ";
 
@@ -199,6 +212,72 @@ UPDATE blobs SET refs = (SELECT count(*) FROM refs r WHERE r.digest = blobs.dige
 DROP TABLE refs;
 ";
 
+/// Runs and keys that are 64 lowercase hex digits, stored as their 32 bytes (anything else as
+/// the text it was).
+const PACKED_HEX: &str =
+    "CASE WHEN typeof(X) = 'text' AND length(X) = 64 AND X NOT GLOB '*[^0-9a-f]*'
+    THEN unhex(X) ELSE X END";
+
+/// Version 6: compact rows. Run ids, keys and BLAKE3 blob digests are stored as their 32 bytes
+/// (see [`hex_value`], [`digest_value`]) and runs are found through the first 8 bytes of their id
+/// or key (`ENTRY_INDEXES`); `blobs` is keyed by its digest alone (no rowid, no second index);
+/// a run's size and whether its TTL was explicit are columns (SQL reads them; they leave the
+/// document); a shared body keeps the first document written with it as `template`, and later
+/// runs of the same shape store their documents packed against it (`packed.rs`). Documents
+/// written before stay JSON text and are read as they were.
+fn schema_v6() -> String {
+    let id = PACKED_HEX.replace('X', "id");
+    let key = PACKED_HEX.replace('X', "key");
+    format!(
+        "
+ALTER TABLE shared_bodies ADD COLUMN template TEXT;
+CREATE TABLE entries_v6(
+    id BLOB NOT NULL,
+    key BLOB NOT NULL,
+    live INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    task TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_access_ms INTEGER NOT NULL,
+    access_count INTEGER NOT NULL DEFAULT 0,
+    expires_ms INTEGER,
+    size INTEGER NOT NULL DEFAULT 0,
+    ttl_explicit INTEGER NOT NULL DEFAULT 0,
+    shared INTEGER,
+    doc NOT NULL
+);
+INSERT INTO entries_v6(rowid, id, key, live, status, task, created_ms, last_access_ms,
+        access_count, expires_ms, size, ttl_explicit, shared, doc)
+    SELECT rowid, {id}, {key}, live, status, task, created_ms, last_access_ms, access_count,
+        expires_ms,
+        CASE WHEN json_valid(doc) AND json_type(doc, '$.size') = 'integer'
+            THEN json_extract(doc, '$.size') ELSE 0 END,
+        CASE WHEN json_valid(doc) AND json_extract(doc, '$.ttl_explicit') THEN 1 ELSE 0 END,
+        shared,
+        CASE WHEN json_valid(doc) THEN json_remove(doc, '$.size', '$.ttl_explicit') ELSE doc END
+    FROM entries;
+DROP TABLE entries;
+ALTER TABLE entries_v6 RENAME TO entries;
+CREATE TABLE blobs_v6(
+    digest BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    stored_size INTEGER NOT NULL,
+    codec TEXT NOT NULL,
+    data BLOB,
+    refs INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO blobs_v6(digest, size, stored_size, codec, data, refs)
+    SELECT CASE WHEN typeof(digest) = 'text' AND length(digest) = 71
+            AND substr(digest, 1, 7) = 'blake3:' AND substr(digest, 8) NOT GLOB '*[^0-9a-f]*'
+        THEN unhex(substr(digest, 8)) ELSE digest END,
+        size, stored_size, codec, data, refs
+    FROM blobs WHERE digest IS NOT NULL;
+DROP TABLE blobs;
+ALTER TABLE blobs_v6 RENAME TO blobs;
+"
+    )
+}
+
 /// The `details` keys that describe the code or the command rather than the call: the same
 /// for every run of it, so they live in `shared_bodies`.
 const SHARED_DETAIL_KEYS: &[&str] = &[
@@ -225,8 +304,18 @@ const SHARED_FIELDS: &[&str] = &["namespace", "host", "user", "output_kind"];
 const PER_RUN_EXTRAS: &[&str] = &["py.args"];
 
 /// Entry fields the columns hold: never in the document.
-const COLUMN_FIELDS: &[&str] =
-    &["id", "key", "task", "status", "created_ms", "expires_ms", "last_access_ms", "access_count"];
+const COLUMN_FIELDS: &[&str] = &[
+    "id",
+    "key",
+    "task",
+    "status",
+    "created_ms",
+    "expires_ms",
+    "last_access_ms",
+    "access_count",
+    "size",
+    "ttl_explicit",
+];
 
 /// Document fields left out when empty: each reads back as its default.
 const OMITTED_WHEN_EMPTY: &[&str] = &[
@@ -243,9 +332,13 @@ const OMITTED_WHEN_EMPTY: &[&str] = &[
 type Json = serde_json::Map<String, serde_json::Value>;
 
 /// An entry's document, with what it shares with other runs split off into `shared_bodies`
-/// (stored once per distinct body, see `SCHEMA_V5`); returns the document and the id of the body
-/// it references.
-fn entry_doc(tx: &Connection, entry: &Entry) -> rusqlite::Result<(String, Option<i64>)> {
+/// (stored once per distinct body, see `SCHEMA_V5`) and packed against the body's template when
+/// it has the template's shape (`SCHEMA_V6`); returns the document (bytes, or JSON text) and the
+/// id of the body it references.
+fn entry_doc(
+    tx: &Connection,
+    entry: &Entry,
+) -> rusqlite::Result<(rusqlite::types::Value, Option<i64>)> {
     use serde_json::Value;
     let Value::Object(mut doc) = serde_json::to_value(entry).expect("entries serialize") else {
         unreachable!("an entry serializes to an object")
@@ -311,12 +404,51 @@ fn entry_doc(tx: &Connection, entry: &Entry) -> rusqlite::Result<(String, Option
     }
     let body = Value::Object(shared).to_string();
     let digest = blake3::hash(body.as_bytes()).to_hex().to_string();
-    tx.prepare_cached("INSERT OR IGNORE INTO shared_bodies(digest, body) VALUES (?1, ?2)")?
-        .execute(params![digest, body])?;
-    let id: i64 = tx
-        .prepare_cached("SELECT id FROM shared_bodies WHERE digest = ?1")?
-        .query_row([&digest], |r| r.get(0))?;
-    Ok((Value::Object(doc).to_string(), Some(id)))
+    let doc = Value::Object(doc);
+    let text = doc.to_string();
+    // The first document written with a body is its template.
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO shared_bodies(digest, body, template) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![digest, body, text])?;
+    let (id, template): (i64, Option<String>) = tx
+        .prepare_cached("SELECT id, template FROM shared_bodies WHERE digest = ?1")?
+        .query_row([&digest], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let template = match template {
+        Some(t) => t,
+        // A body written before version 6.
+        None => {
+            tx.prepare_cached("UPDATE shared_bodies SET template = ?2 WHERE id = ?1")?
+                .execute(params![id, text])?;
+            text.clone()
+        }
+    };
+    let packed = parsed_template(&template)
+        .ok()
+        .and_then(|t| super::packed::pack(&doc, &t))
+        .map(rusqlite::types::Value::Blob);
+    Ok((packed.unwrap_or(rusqlite::types::Value::Text(text)), Some(id)))
+}
+
+/// A shared body's template, parsed (the one parsed last is kept: the rows of a listing or a
+/// walk, and the saves of a batch, mostly share one).
+fn parsed_template(text: &str) -> std::result::Result<serde_json::Value, String> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(String, serde_json::Value)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((t, parsed)) = &*last
+            && t == text
+        {
+            return Ok(parsed.clone());
+        }
+        let parsed: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("its template: {e}"))?;
+        *last = Some((text.to_owned(), parsed.clone()));
+        Ok(parsed)
+    })
 }
 
 /// Puts what `body` (a row of `shared_bodies`) holds back into the document `doc`; fields the
@@ -629,7 +761,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(SCHEMA_V2)?;
         }
         if version < 3 {
-            // Its indexes and triggers of `entries` are made by version 5, on the rebuilt table.
+            // Its triggers (and the indexes of `entries`) are made by version 6, on the rebuilt
+            // tables.
             conn.execute_batch(SCHEMA_V3)?;
         }
         if version < 4 {
@@ -637,6 +770,10 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         }
         if version < 5 {
             conn.execute_batch(SCHEMA_V5)?;
+        }
+        if version < 6 {
+            conn.execute_batch(&schema_v6())?;
+            conn.execute_batch(BLOB_TRIGGERS)?;
             conn.execute_batch(ENTRY_INDEXES)?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -650,9 +787,80 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// The columns `entry_from_row` reads; `rowid` last (a listing orders by it).
 const ENTRY_COLS: &str = "doc, status, last_access_ms, access_count, id, key,
     (SELECT body FROM shared_bodies WHERE id = entries.shared), task, created_ms, expires_ms,
-    (SELECT json_group_object(name, value) FROM tags WHERE run = entries.rowid)";
+    (SELECT json_group_object(name, value) FROM tags WHERE run = entries.rowid),
+    (SELECT template FROM shared_bodies WHERE id = entries.shared), size, ttl_explicit, rowid";
+
+/// The position of `live` when a query selects it after [`ENTRY_COLS`].
+const LIVE_AFTER_ENTRY_COLS: usize = 15;
+
+/// How a run id or a key is stored (schema 6): 64 lowercase hex digits as their 32 bytes,
+/// anything else as the text it is.
+fn hex_value(s: &str) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    let hex = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    match hex.then(|| hex::decode(s).ok()).flatten() {
+        Some(bytes) => Value::Blob(bytes),
+        None => Value::Text(s.to_owned()),
+    }
+}
+
+/// A run id or key as stored, read back as its text (see [`hex_value`]).
+fn hex_text(v: rusqlite::types::ValueRef<'_>) -> Option<String> {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Blob(b) => Some(hex::encode(b)),
+        ValueRef::Text(t) => std::str::from_utf8(t).ok().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Column `i` of `row`, a run id or key (see [`hex_value`]).
+fn hex_col(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    hex_text(row.get_ref(i)?).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Blob,
+            "a run id or key that is neither bytes nor text".into(),
+        )
+    })
+}
+
+/// How a blob digest is stored (schema 6): a BLAKE3 digest as its 32 bytes, any other as its
+/// text (`sha256:` and hex digits).
+fn digest_value(d: &Digest) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match d.algorithm() {
+        crate::digest::Algorithm::Blake3 => Value::Blob(d.as_bytes().to_vec()),
+        _ => Value::Text(d.to_string()),
+    }
+}
+
+/// A digest as a damaged row shows it, stored the way it was read (see [`digest_text`]).
+fn shown_digest_value(shown: &str) -> rusqlite::types::Value {
+    match shown.parse::<Digest>() {
+        Ok(d) => digest_value(&d),
+        Err(_) => rusqlite::types::Value::Text(shown.to_owned()),
+    }
+}
+
+/// A stored digest as text (see [`digest_value`]); bytes of another length read as hex.
+fn digest_text(v: rusqlite::types::ValueRef<'_>) -> Option<String> {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Blob(b) if b.len() == 32 => Some(format!("blake3:{}", hex::encode(b))),
+        ValueRef::Blob(b) => Some(hex::encode(b)),
+        ValueRef::Text(t) => std::str::from_utf8(t).ok().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Runs (or keys) `?N` names: through the index of their first 8 bytes.
+fn is(column: &str, n: usize) -> String {
+    format!("substr({column}, 1, 8) = substr(?{n}, 1, 8) AND {column} = ?{n}")
+}
 
 /// Records the tags of the run just inserted (`rowid`).
 fn insert_tags(tx: &Connection, rowid: i64, entry: &Entry) -> rusqlite::Result<()> {
@@ -672,17 +880,32 @@ type BlobRow = std::result::Result<BlobInfo, (String, String)>;
 
 fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
     use serde_json::Value;
-    let id: String = row.get(4)?;
-    let key: String = row.get(5)?;
     // Any column may hold anything in a damaged database: read them all as values.
-    let doc = match row.get_ref(0)? {
-        rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t).ok(),
-        _ => None,
+    let id = hex_text(row.get_ref(4)?).unwrap_or_else(|| "(neither bytes nor text)".into());
+    let Some(key) = hex_text(row.get_ref(5)?) else {
+        return Ok(Err((id, "its key is neither bytes nor text".into())));
     };
-    let Some(doc) = doc else { return Ok(Err((id, "its document is not text".into()))) };
-    let mut m: Json = match serde_json::from_str(doc) {
+    let doc = match row.get_ref(0)? {
+        rusqlite::types::ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(doc) => serde_json::from_str::<Json>(doc)
+                .map_err(|err| format!("its document does not decode: {err}")),
+            Err(_) => Err("its document is not text".to_owned()),
+        },
+        rusqlite::types::ValueRef::Blob(b) => match row.get::<_, Option<String>>(11) {
+            Ok(Some(t)) => {
+                parsed_template(&t).and_then(|t| super::packed::unpack(b, &t)).and_then(|v| match v
+                {
+                    Value::Object(m) => Ok(m),
+                    _ => Err("its packed document is not an object".into()),
+                })
+            }
+            _ => Err("its packed document has no template".into()),
+        },
+        _ => Err("its document is neither text nor bytes".into()),
+    };
+    let mut m = match doc {
         Ok(m) => m,
-        Err(err) => return Ok(Err((id, format!("its document does not decode: {err}")))),
+        Err(why) => return Ok(Err((id, why))),
     };
     // Documents written before version 5 name their run and key: they must be the columns'.
     let names = |field: &str, column: &str| m.get(field).is_none_or(|v| v.as_str() == Some(column));
@@ -719,6 +942,8 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
     m.insert("expires_ms".into(), int(9));
     m.insert("last_access_ms".into(), int(2));
     m.insert("access_count".into(), int(3));
+    m.insert("size".into(), int(12));
+    m.insert("ttl_explicit".into(), Value::Bool(matches!(int(13).as_i64(), Some(n) if n != 0)));
     if let Ok(Some(tags)) = row.get::<_, Option<String>>(10)
         && tags != "{}"
     {
@@ -753,7 +978,7 @@ fn decoded(row: Option<Decoded>) -> Result<Option<Entry>> {
 
 fn blob_row(c: &Connection, digest: &Digest) -> rusqlite::Result<Option<BlobRow>> {
     c.prepare_cached("SELECT digest, size, stored_size, codec, data FROM blobs WHERE digest = ?1")?
-        .query_row([digest.to_string()], |r| Ok(blob_from_row(r)))
+        .query_row([digest_value(digest)], |r| Ok(blob_from_row(r)))
         .optional()
 }
 
@@ -767,10 +992,11 @@ fn blob_from_row(r: &rusqlite::Row<'_>) -> BlobRow {
         Ok(ValueRef::Integer(n)) if n >= 0 => Some(n as u64),
         _ => None,
     };
-    let shown = text(0).unwrap_or_else(|| "(not text)".into());
+    let stored = r.get_ref(0).ok().and_then(digest_text);
+    let shown = stored.clone().unwrap_or_else(|| "(neither bytes nor text)".into());
     let bad = |why: &str| (shown.clone(), why.to_owned());
     let digest: Digest =
-        text(0).and_then(|d| d.parse().ok()).ok_or_else(|| bad("the digest does not parse"))?;
+        stored.and_then(|d| d.parse().ok()).ok_or_else(|| bad("the digest does not parse"))?;
     let size = int(1).ok_or_else(|| bad("the size is not a count of bytes"))?;
     let stored_size = int(2).ok_or_else(|| bad("the stored size is not a count of bytes"))?;
     let codec = text(3).and_then(|c| Codec::parse(&c)).ok_or_else(|| bad("unknown codec"))?;
@@ -803,15 +1029,18 @@ fn bump(tx: &Connection, name: &str, by: i64) -> rusqlite::Result<()> {
 }
 
 fn live_entry(tx: &Connection, key: &str) -> rusqlite::Result<Option<Decoded>> {
-    tx.prepare_cached(&format!("SELECT {ENTRY_COLS} FROM entries WHERE key = ?1 AND live = 1"))?
-        .query_row([key], entry_from_row)
-        .optional()
+    tx.prepare_cached(&format!(
+        "SELECT {ENTRY_COLS} FROM entries WHERE {} AND live = 1",
+        is("key", 1)
+    ))?
+    .query_row([hex_value(key)], entry_from_row)
+    .optional()
 }
 
 /// The id of the live run of `key` (read without decoding it, so a damaged row is replaced).
 fn live_id(tx: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    tx.prepare_cached("SELECT id FROM entries WHERE key = ?1 AND live = 1")?
-        .query_row([key], |r| r.get(0))
+    tx.prepare_cached(&format!("SELECT id FROM entries WHERE {} AND live = 1", is("key", 1)))?
+        .query_row([hex_value(key)], |r| hex_col(r, 0))
         .optional()
 }
 
@@ -827,30 +1056,29 @@ fn unref_key(tx: &Connection, key: &str, unlink: &mut Vec<Digest>) -> Result<u64
 fn unref_digests(tx: &Connection, digests: &[Digest], unlink: &mut Vec<Digest>) -> Result<u64> {
     let mut freed = 0;
     for d in digests {
-        let ds = d.to_string();
         let left: Option<i64> = tx
             .prepare_cached("UPDATE blobs SET refs = refs - 1 WHERE digest = ?1 RETURNING refs")?
-            .query_row([&ds], |r| r.get(0))
+            .query_row([digest_value(d)], |r| r.get(0))
             .optional()?;
         if left.is_some_and(|n| n <= 0) {
-            freed += drop_blob_row(tx, &ds, unlink)?;
+            freed += drop_blob_row(tx, d, unlink)?;
         }
     }
     Ok(freed)
 }
 
 /// Deletes the row of blob `digest` (its file added to `unlink`); returns its stored bytes.
-fn drop_blob_row(tx: &Connection, digest: &str, unlink: &mut Vec<Digest>) -> Result<u64> {
+fn drop_blob_row(tx: &Connection, digest: &Digest, unlink: &mut Vec<Digest>) -> Result<u64> {
     let row: Option<(i64, bool)> = tx
         .prepare_cached(
             "DELETE FROM blobs WHERE digest = ?1 RETURNING stored_size, data IS NOT NULL",
         )?
-        .query_row([digest], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([digest_value(digest)], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((stored, inline)) = row else { return Ok(0) };
     bump(tx, "stored_bytes", -stored)?;
     if !inline {
-        unlink.push(digest.parse()?);
+        unlink.push(*digest);
     }
     Ok(stored as u64)
 }
@@ -859,10 +1087,13 @@ fn drop_blob_row(tx: &Connection, digest: &str, unlink: &mut Vec<Digest>) -> Res
 /// many were live. Blobs count their users but do not name them, so this reads the documents
 /// of live runs that mention the digest: a scan, paid only when a blob turns out corrupt.
 fn retire_users(tx: &Connection, digest: &Digest, r: &mut Removed) -> Result<i64> {
-    let hex = digest.hex();
+    // JSON documents hold the digest's hex digits, packed ones its bytes (always written out).
     let keys: Vec<String> = tx
-        .prepare_cached("SELECT key FROM entries WHERE live = 1 AND instr(doc, ?1) > 0")?
-        .query_map([&hex], |r| r.get(0))?
+        .prepare_cached(
+            "SELECT key FROM entries WHERE live = 1
+             AND instr(doc, CASE typeof(doc) WHEN 'blob' THEN ?2 ELSE ?1 END) > 0",
+        )?
+        .query_map(params![digest.hex(), digest.as_bytes().to_vec()], |r| hex_col(r, 0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut retired = 0;
     for k in keys {
@@ -871,10 +1102,11 @@ fn retire_users(tx: &Connection, digest: &Digest, r: &mut Removed) -> Result<i64
             continue;
         }
         unref_digests(tx, &e.blob_digests(), &mut r.unreferenced)?;
-        tx.prepare_cached(
-            "UPDATE entries SET live = 0, status = 'corrupt' WHERE key = ?1 AND live = 1",
-        )?
-        .execute([&k])?;
+        tx.prepare_cached(&format!(
+            "UPDATE entries SET live = 0, status = 'corrupt' WHERE {} AND live = 1",
+            is("key", 1)
+        ))?
+        .execute([hex_value(&k)])?;
         r.entries.push(e);
         retired += 1;
     }
@@ -889,7 +1121,8 @@ fn remove_key(
 ) -> Result<(Option<Entry>, u64)> {
     let live = sound(live_entry(tx, key)?).pop();
     let freed = unref_key(tx, key, unlink)?;
-    tx.prepare_cached("DELETE FROM entries WHERE key = ?1")?.execute([key])?;
+    tx.prepare_cached(&format!("DELETE FROM entries WHERE {}", is("key", 1)))?
+        .execute([hex_value(key)])?;
     Ok((live, freed))
 }
 
@@ -926,6 +1159,7 @@ fn save_in(
     let mut unreferenced = Vec::new();
     for b in blobs {
         let d = b.info.digest.to_string();
+        let dv = digest_value(&b.info.digest);
         if b.staged.is_none() && b.info.inline.is_none() {
             // A reference to a stored blob: it must still be there, and sound.
             if matches!(blob_row(tx, &b.info.digest)?, Some(Ok(_))) {
@@ -939,7 +1173,7 @@ fn save_in(
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
-                d,
+                dv,
                 b.info.size as i64,
                 b.info.stored_size as i64,
                 b.info.codec.name(),
@@ -952,7 +1186,7 @@ fn save_in(
             tracing::warn!("replacing the damaged metadata row of blob {d}");
             let stored: Option<i64> = tx
                 .prepare_cached("DELETE FROM blobs WHERE digest = ?1 RETURNING stored_size")?
-                .query_row([&d], |r| r.get(0))
+                .query_row([&dv], |r| r.get(0))
                 .ok();
             bump(tx, "stored_bytes", -stored.unwrap_or(0).max(0))?;
             added = insert(tx)?;
@@ -971,14 +1205,17 @@ fn save_in(
     let digests = entry.blob_digests();
     for d in &digests {
         tx.prepare_cached("UPDATE blobs SET refs = refs + 1 WHERE digest = ?1")?
-            .execute([d.to_string()])?;
+            .execute([digest_value(d)])?;
     }
     if old.is_some() {
         unref_key(tx, &entry.key, &mut unreferenced)?;
     }
     if let Some(old) = &old {
-        tx.prepare_cached("UPDATE entries SET live = 0, status = 'superseded' WHERE id = ?1")?
-            .execute([old])?;
+        tx.prepare_cached(&format!(
+            "UPDATE entries SET live = 0, status = 'superseded' WHERE {}",
+            is("id", 1)
+        ))?
+        .execute([hex_value(old)])?;
     }
     let mut entry = entry.clone();
     entry.parent = old.clone();
@@ -986,19 +1223,21 @@ fn save_in(
     let (doc, shared) = entry_doc(tx, &entry)?;
     tx.prepare_cached(
         "INSERT INTO entries(id, key, live, status, task, created_ms, last_access_ms,
-                access_count, expires_ms, doc, shared)
-             VALUES (?1, ?2, 1, 'live', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                access_count, expires_ms, doc, shared, size, ttl_explicit)
+             VALUES (?1, ?2, 1, 'live', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
-        entry.id,
-        entry.key,
+        hex_value(&entry.id),
+        hex_value(&entry.key),
         entry.task,
         entry.created_ms,
         entry.last_access_ms,
         entry.access_count,
         entry.expires_ms,
         doc,
-        shared
+        shared,
+        entry.size as i64,
+        entry.ttl_explicit
     ])?;
     insert_tags(tx, tx.last_insert_rowid(), &entry)?;
     if tally.failures {
@@ -1119,9 +1358,11 @@ impl MetaStore for SqliteMeta {
                         let task: Option<String> = tx
                             .prepare_cached(
                                 "UPDATE entries SET last_access_ms = max(last_access_ms, ?2),
-                                    access_count = access_count + 1 WHERE id = ?1 RETURNING task",
+                                    access_count = access_count + 1
+                                 WHERE substr(id, 1, 8) = substr(?1, 1, 8) AND id = ?1
+                                 RETURNING task",
                             )?
-                            .query_row(params![id, at_ms], |r| r.get(0))
+                            .query_row(params![hex_value(id), at_ms], |r| r.get(0))
                             .optional()?;
                         hits += 1;
                         saved += duration_ms.unwrap_or(0);
@@ -1167,7 +1408,6 @@ impl MetaStore for SqliteMeta {
     }
 
     fn forget_corrupt_blob(&self, digest: &Digest) -> Result<Removed> {
-        let d = digest.to_string();
         self.write(|tx| {
             let mut r = Removed::default();
             retire_users(tx, digest, &mut r)?;
@@ -1176,7 +1416,7 @@ impl MetaStore for SqliteMeta {
             // The blob row goes even if no entry referenced it any more.
             if let Some(stored) = tx
                 .prepare_cached("DELETE FROM blobs WHERE digest = ?1 RETURNING stored_size")?
-                .query_row([&d], |r| r.get::<_, i64>(0))
+                .query_row([digest_value(digest)], |r| r.get::<_, i64>(0))
                 .optional()?
             {
                 bump(tx, "stored_bytes", -stored)?;
@@ -1187,8 +1427,9 @@ impl MetaStore for SqliteMeta {
     }
 
     fn list(&self, f: &Filter) -> Result<Vec<Entry>> {
-        let mut sql = format!("SELECT {ENTRY_COLS} FROM entries WHERE 1=1");
+        let mut sql = String::new();
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let every_run = f.all && f.status.is_none();
         if !f.all && f.status.is_none() {
             sql.push_str(" AND live = 1");
         }
@@ -1224,10 +1465,20 @@ impl MetaStore for SqliteMeta {
             }
         }
         // Runs saved within one millisecond are listed in the order they were committed.
-        sql.push_str(" ORDER BY created_ms DESC, rowid DESC");
-        if let Some(l) = f.limit {
-            sql.push_str(&format!(" LIMIT {l}"));
-        }
+        let limit = f.limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
+        let order = format!(" ORDER BY created_ms DESC, rowid DESC{limit}");
+        let select =
+            |cond: &str| format!("SELECT {ENTRY_COLS} FROM entries WHERE 1=1{cond}{order}");
+        let sql = if every_run {
+            // Live runs and the others each through their own index, merged.
+            format!(
+                "SELECT * FROM ({}) UNION ALL SELECT * FROM ({}) ORDER BY 9 DESC, 15 DESC{limit}",
+                select(&format!("{sql} AND live = 1")),
+                select(&format!("{sql} AND live = 0"))
+            )
+        } else {
+            select(&sql)
+        };
         let rows: Vec<Decoded> = self.with(|c| {
             c.prepare(&sql)?.query_map(rusqlite::params_from_iter(args), entry_from_row)?.collect()
         })?;
@@ -1235,26 +1486,49 @@ impl MetaStore for SqliteMeta {
     }
 
     fn resolve_prefix(&self, prefix: &str) -> Result<(Vec<String>, Vec<String>)> {
-        let hi = format!("{prefix}~");
+        // Ids and keys stored as bytes: through the index of their first 8 bytes, between the
+        // prefix filled up with 0s and with fs; those stored as text, as text.
+        let hex = prefix.len() <= 64
+            && prefix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let head = &prefix[..prefix.len().min(16)];
+        let bound = |fill: char| {
+            let padded: String = head.chars().chain(std::iter::repeat(fill)).take(16).collect();
+            hex::decode(padded).unwrap_or_default()
+        };
+        let (lo, hi) = if hex { (bound('0'), bound('f')) } else { (vec![1], vec![0]) };
+        let matching = |column: &str, distinct: &str| {
+            format!(
+                "SELECT {distinct}{column} FROM entries
+                 WHERE substr({column}, 1, 8) BETWEEN ?1 AND ?2
+                    AND substr(lower(hex({column})), 1, ?3) = ?4
+                 UNION ALL
+                 SELECT {distinct}{column} FROM entries
+                 WHERE substr({column}, 1, 8) BETWEEN substr(?4, 1, 8) AND substr(?4, 1, 8) || '~'
+                    AND typeof({column}) = 'text' AND {column} >= ?4 AND {column} < ?4 || '~'
+                 LIMIT 5"
+            )
+        };
         self.with(|c| {
+            let args = params![lo, hi, prefix.len() as i64, prefix];
             let ids = c
-                .prepare_cached("SELECT id FROM entries WHERE id >= ?1 AND id < ?2 LIMIT 5")?
-                .query_map([prefix, &hi], |r| r.get(0))?
+                .prepare_cached(&matching("id", ""))?
+                .query_map(args, |r| hex_col(r, 0))?
                 .collect::<rusqlite::Result<_>>()?;
             let keys = c
-                .prepare_cached(
-                    "SELECT DISTINCT key FROM entries WHERE key >= ?1 AND key < ?2 LIMIT 5",
-                )?
-                .query_map([prefix, &hi], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .prepare_cached(&matching("key", "DISTINCT "))?
+                .query_map(args, |r| hex_col(r, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut keys: Vec<String> = keys;
+            keys.sort();
+            keys.dedup();
             Ok((ids, keys))
         })
     }
 
     fn run(&self, id: &str) -> Result<Option<Entry>> {
         let row = self.with(|c| {
-            c.prepare_cached(&format!("SELECT {ENTRY_COLS} FROM entries WHERE id = ?1"))?
-                .query_row([id], entry_from_row)
+            c.prepare_cached(&format!("SELECT {ENTRY_COLS} FROM entries WHERE {}", is("id", 1)))?
+                .query_row([hex_value(id)], entry_from_row)
                 .optional()
         })?;
         decoded(row)
@@ -1263,9 +1537,10 @@ impl MetaStore for SqliteMeta {
     fn history(&self, key: &str) -> Result<Vec<Entry>> {
         let rows: Vec<Decoded> = self.with(|c| {
             c.prepare_cached(&format!(
-                "SELECT {ENTRY_COLS} FROM entries WHERE key = ?1 ORDER BY created_ms, rowid"
+                "SELECT {ENTRY_COLS} FROM entries WHERE {} ORDER BY created_ms, rowid",
+                is("key", 1)
             ))?
-            .query_map([key], entry_from_row)?
+            .query_map([hex_value(key)], entry_from_row)?
             .collect()
         })?;
         Ok(sound(rows))
@@ -1284,7 +1559,7 @@ impl MetaStore for SqliteMeta {
                     "SELECT key FROM entries WHERE live = 1 AND expires_ms IS NOT NULL
                      AND expires_ms <= ?1 ORDER BY expires_ms LIMIT ?2",
                 )?
-                .query_map(params![now_ms, limit as i64], |r| r.get(0))?
+                .query_map(params![now_ms, limit as i64], |r| hex_col(r, 0))?
                 .collect::<rusqlite::Result<_>>()?;
             for k in expired_keys {
                 if !over(stored) || expired >= limit {
@@ -1301,7 +1576,7 @@ impl MetaStore for SqliteMeta {
                         .prepare_cached(
                             "SELECT key FROM entries WHERE live = 1 ORDER BY last_access_ms, created_ms LIMIT 64",
                         )?
-                        .query_map([], |r| r.get(0))?
+                        .query_map([], |r| hex_col(r, 0))?
                         .collect::<rusqlite::Result<_>>()?;
                     if batch.is_empty() {
                         break;
@@ -1347,20 +1622,34 @@ impl MetaStore for SqliteMeta {
         self.write(|tx| {
             let mut r = Removed::default();
             let row: Option<(String, bool)> = tx
-                .prepare_cached("SELECT key, live FROM entries WHERE id = ?1")?
-                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .prepare_cached(&format!("SELECT key, live FROM entries WHERE {}", is("id", 1)))?
+                .query_row([hex_value(id)], |r| Ok((hex_col(r, 0)?, r.get(1)?)))
                 .optional()?;
             let Some((key, live)) = row else { return Ok(r) };
             if live {
                 r.entries.extend(sound(live_entry(tx, &key)?));
                 unref_key(tx, &key, &mut r.unreferenced)?;
             }
-            tx.prepare_cached("DELETE FROM entries WHERE id = ?1")?.execute([id])?;
-            tx.prepare_cached(
-                "UPDATE entries SET doc = json_set(doc, '$.parent', NULL)
-                 WHERE key = ?1 AND json_valid(doc) AND json_extract(doc, '$.parent') = ?2",
-            )?
-            .execute([&key, id])?;
+            tx.prepare_cached(&format!("DELETE FROM entries WHERE {}", is("id", 1)))?
+                .execute([hex_value(id)])?;
+            // The runs of the key that followed it no longer name it as their parent.
+            let children: Vec<(i64, Decoded)> = tx
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY_COLS} FROM entries WHERE {}",
+                    is("key", 1)
+                ))?
+                .query_map([hex_value(&key)], |r| Ok((r.get(14)?, entry_from_row(r)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (rowid, child) in children {
+                let Ok(mut child) = child else { continue };
+                if child.parent.as_deref() != Some(id) {
+                    continue;
+                }
+                child.parent = None;
+                let (doc, shared) = entry_doc(tx, &child)?;
+                tx.prepare_cached("UPDATE entries SET doc = ?2, shared = ?3 WHERE rowid = ?1")?
+                    .execute(params![rowid, doc, shared])?;
+            }
             Ok(r)
         })
     }
@@ -1370,7 +1659,7 @@ impl MetaStore for SqliteMeta {
             c.prepare(
                 "SELECT task, sum(entries), sum(bytes), sum(hits), sum(misses), sum(saved) FROM (
                     SELECT task, count(*) AS entries,
-                           coalesce(sum(CASE WHEN json_valid(doc) THEN json_extract(doc, '$.size') END), 0) AS bytes,
+                           coalesce(sum(size), 0) AS bytes,
                            0 AS hits, 0 AS misses, 0 AS saved
                       FROM entries WHERE live = 1 GROUP BY task
                     UNION ALL
@@ -1437,18 +1726,26 @@ impl MetaStore for SqliteMeta {
                 "SELECT digest, size, stored_size, codec, data FROM blobs WHERE digest > ?1
                  ORDER BY digest LIMIT ?2",
             )?
-            .query_map(params![after.unwrap_or(""), limit as i64], |r| Ok(blob_from_row(r)))?
+            .query_map(
+                params![
+                    // '' sorts before every digest, text or bytes.
+                    after.map_or(rusqlite::types::Value::Text(String::new()), shown_digest_value),
+                    limit as i64
+                ],
+                |r| Ok(blob_from_row(r)),
+            )?
             .collect()
         })?;
         Ok(rows.into_iter().filter_map(|r| r.ok()).collect())
     }
 
-    fn live_keys_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+    fn live_keys_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>> {
         self.with(|c| {
             c.prepare_cached(
-                "SELECT key FROM entries WHERE key > ?1 AND live = 1 ORDER BY key LIMIT ?2",
+                "SELECT rowid, key FROM entries WHERE rowid > ?1 AND live = 1
+                 ORDER BY rowid LIMIT ?2",
             )?
-            .query_map(params![after.unwrap_or(""), limit as i64], |r| r.get(0))?
+            .query_map(params![after, limit as i64], |r| Ok((r.get(0)?, hex_col(r, 1)?)))?
             .collect()
         })
     }
@@ -1456,7 +1753,7 @@ impl MetaStore for SqliteMeta {
     fn has_blob(&self, digest: &Digest) -> Result<bool> {
         self.with(|c| {
             c.prepare_cached("SELECT EXISTS(SELECT 1 FROM blobs WHERE digest = ?1)")?
-                .query_row([digest.to_string()], |r| r.get(0))
+                .query_row([digest_value(digest)], |r| r.get(0))
         })
     }
 
@@ -1468,15 +1765,14 @@ impl MetaStore for SqliteMeta {
                     "SELECT key FROM entries WHERE live = 1 AND last_access_ms <= ?1
                      ORDER BY last_access_ms LIMIT ?2",
                 )?
-                .query_map(params![ms, limit as i64], |r| r.get(0))?
+                .query_map(params![ms, limit as i64], |r| hex_col(r, 0))?
                 .collect(),
             Stale::CreatedBefore { before_ms, task, except } => {
                 // Through the listing indexes: only rows old enough are looked at.
-                let explicit = "coalesce(json_extract(doc, '$.ttl_explicit'), 0) = 0";
                 let mut args: Vec<rusqlite::types::Value> = vec![(*before_ms).into()];
-                let mut sql = format!(
-                    "SELECT key FROM entries WHERE live = 1 AND created_ms <= ?1 AND json_valid(doc) AND {explicit}"
-                );
+                let mut sql = "SELECT key FROM entries WHERE live = 1 AND created_ms <= ?1
+                    AND ttl_explicit = 0"
+                    .to_owned();
                 if let Some(t) = task {
                     args.push(t.clone().into());
                     sql.push_str(&format!(" AND task = ?{}", args.len()));
@@ -1487,7 +1783,7 @@ impl MetaStore for SqliteMeta {
                 }
                 sql.push_str(&format!(" ORDER BY created_ms LIMIT {limit}"));
                 c.prepare(&sql)?
-                    .query_map(rusqlite::params_from_iter(args), |r| r.get(0))?
+                    .query_map(rusqlite::params_from_iter(args), |r| hex_col(r, 0))?
                     .collect()
             }
         })
@@ -1500,8 +1796,8 @@ impl MetaStore for SqliteMeta {
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 if let Err((id, why)) = entry_from_row(row)? {
-                    let key: String = row.get(5)?;
-                    let live = row.get::<_, i64>(11).unwrap_or(0) == 1;
+                    let key = hex_text(row.get_ref(5)?).unwrap_or_default();
+                    let live = row.get::<_, i64>(LIVE_AFTER_ENTRY_COLS).unwrap_or(0) == 1;
                     out.entries.push((id, key, live, why));
                 }
             }
@@ -1520,8 +1816,11 @@ impl MetaStore for SqliteMeta {
         self.write(|tx| {
             let mut r = Removed::default();
             let row: Option<(String, bool)> = tx
-                .prepare_cached("DELETE FROM entries WHERE id = ?1 RETURNING key, live = 1")?
-                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .prepare_cached(&format!(
+                    "DELETE FROM entries WHERE {} RETURNING key, live = 1",
+                    is("id", 1)
+                ))?
+                .query_row([hex_value(id)], |r| Ok((hex_col(r, 0)?, r.get(1)?)))
                 .optional()?;
             if let Some((key, true)) = row {
                 unref_key(tx, &key, &mut r.unreferenced)?;
@@ -1539,7 +1838,8 @@ impl MetaStore for SqliteMeta {
                 let retired = retire_users(tx, &d, &mut r)?;
                 bump(tx, "corrupt", retired)?;
             }
-            tx.prepare_cached("DELETE FROM blobs WHERE digest = ?1")?.execute([digest])?;
+            tx.prepare_cached("DELETE FROM blobs WHERE digest = ?1")?
+                .execute([shown_digest_value(digest)])?;
             Ok(r)
         })
     }
@@ -1570,10 +1870,11 @@ impl MetaStore for SqliteMeta {
     fn record_failed_run(&self, entry: &Entry, message: &str) -> Result<Entry> {
         self.write(|tx| {
             let latest: Option<String> = tx
-                .prepare_cached(
-                    "SELECT id FROM entries WHERE key = ?1 ORDER BY created_ms DESC, rowid DESC LIMIT 1",
-                )?
-                .query_row([&entry.key], |r| r.get(0))
+                .prepare_cached(&format!(
+                    "SELECT id FROM entries WHERE {} ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+                    is("key", 1)
+                ))?
+                .query_row([hex_value(&entry.key)], |r| hex_col(r, 0))
                 .optional()?;
             let mut entry = entry.clone();
             entry.parent = latest;
@@ -1581,10 +1882,19 @@ impl MetaStore for SqliteMeta {
             let (doc, shared) = entry_doc(tx, &entry)?;
             tx.prepare_cached(
                 "INSERT INTO entries(id, key, live, status, task, created_ms, last_access_ms,
-                        access_count, expires_ms, doc, shared)
-                     VALUES (?1, ?2, 0, 'failed', ?3, ?4, ?4, 0, NULL, ?5, ?6)",
+                        access_count, expires_ms, doc, shared, size, ttl_explicit)
+                     VALUES (?1, ?2, 0, 'failed', ?3, ?4, ?4, 0, NULL, ?5, ?6, ?7, ?8)",
             )?
-            .execute(params![entry.id, entry.key, entry.task, entry.created_ms, doc, shared])?;
+            .execute(params![
+                hex_value(&entry.id),
+                hex_value(&entry.key),
+                entry.task,
+                entry.created_ms,
+                doc,
+                shared,
+                entry.size as i64,
+                entry.ttl_explicit
+            ])?;
             insert_tags(tx, tx.last_insert_rowid(), &entry)?;
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO failures(key, message, at_ms) VALUES (?1, ?2, ?3)",

@@ -465,6 +465,65 @@ fn the_census_stays_equal_to_a_recount_through_every_kind_of_write() {
 }
 
 #[test]
+fn runs_of_one_shape_are_stored_packed_and_a_damaged_packed_row_is_never_served() {
+    let f = fx();
+    let keys: Vec<TaskKey> = (0..4).map(|i| f.key("t", format!("in{i}").as_bytes())).collect();
+    for (i, k) in keys.iter().enumerate() {
+        f.vault
+            .save(k, Output::Bytes(format!("out{i}").as_bytes()), &SaveOptions::default())
+            .unwrap();
+    }
+    // Another shape (tags and a TTL of its own): stored as JSON text, read back the same.
+    let tagged = f.key("t", b"tagged");
+    let opts = SaveOptions {
+        tags: [("k".to_owned(), "v".to_owned())].into(),
+        ttl: Some(std::time::Duration::from_secs(60)),
+        ..SaveOptions::default()
+    };
+    f.vault.save(&tagged, Output::Bytes(b"tagged"), &opts).unwrap();
+    f.vault.commit_deferred().unwrap();
+    let db = f.vault.settings.vault_dir.join("cache.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let rows: Vec<(String, i64, i64, String)> = c
+        .prepare(
+            "SELECT typeof(doc), length(id), length(key), hex(key) FROM entries ORDER BY rowid",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 5);
+    for (i, (kind, id_len, key_len, key)) in rows.iter().enumerate() {
+        assert_eq!((*id_len, *key_len), (32, 32), "ids and keys as their bytes");
+        if i < 4 {
+            assert_eq!(kind, "blob", "run {i} is packed");
+            assert_eq!(key.to_lowercase(), keys[i].digest().hex());
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let (e, bytes) = f.vault.get_bytes(k).unwrap().unwrap();
+        assert_eq!(bytes, format!("out{i}").as_bytes());
+        assert_eq!(e.size, 4);
+        assert!(!e.ttl_explicit);
+    }
+    let (e, _) = f.vault.get_bytes(&tagged).unwrap().unwrap();
+    assert_eq!(e.tags.get("k").map(String::as_str), Some("v"));
+    assert!(e.ttl_explicit);
+    // A packed document cut short: the run is damaged, never served, and verify drops it.
+    c.execute("UPDATE entries SET doc = substr(doc, 1, length(doc) - 5) WHERE rowid = 2", [])
+        .unwrap();
+    drop(c);
+    let _ = std::fs::remove_dir_all(f.vault.settings.vault_dir.join("hot"));
+    let report = f.vault.verify().unwrap();
+    assert_eq!(report.damaged_rows.len(), 1, "{:?}", report.damaged_rows);
+    assert!(f.vault.get_bytes(&keys[1]).unwrap().is_none());
+    assert!(f.vault.get_bytes(&keys[0]).unwrap().is_some());
+    f.vault.save(&keys[1], Output::Bytes(b"again"), &SaveOptions::default()).unwrap();
+    assert_eq!(f.vault.get_bytes(&keys[1]).unwrap().unwrap().1, b"again");
+}
+
+#[test]
 fn eviction_goes_a_bounded_batch_at_a_time_and_a_batch_loop_finishes_it() {
     let f = fx();
     for i in 0..5u8 {

@@ -103,19 +103,26 @@ pub fn without_vault(cli: &Cli, resolved: &Resolved) -> Result<Option<Outcome>> 
 /// A bar for walks over every blob or entry (`verify`, `export`, `gc`), shown once there are
 /// enough of them to take a while.
 fn item_bar() -> Box<taskvault::ItemProgress> {
-    let bar = std::sync::OnceLock::<indicatif::ProgressBar>::new();
+    // One bar per walk: a command may make several in turn (gc expires, then evicts), each
+    // with its own total.
+    let bar = std::sync::Mutex::new(None::<(u64, indicatif::ProgressBar)>);
     Box::new(move |done, total| {
         if total < ITEMS_MIN {
             return;
         }
-        let pb = bar.get_or_init(|| {
-            let pb = indicatif::ProgressBar::new(total);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {eta}")
-                    .expect("valid template"),
-            );
-            pb
-        });
+        let mut bar = bar.lock().unwrap_or_else(|p| p.into_inner());
+        let pb = match &*bar {
+            Some((t, pb)) if *t == total && !pb.is_finished() => pb.clone(),
+            _ => {
+                let pb = indicatif::ProgressBar::new(total);
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {eta}")
+                        .expect("valid template"),
+                );
+                *bar = Some((total, pb.clone()));
+                pb
+            }
+        };
         pb.set_position(done);
         if done >= total {
             pb.finish_and_clear();

@@ -359,6 +359,7 @@ impl Vault {
         let mut batches = 0u64;
         let mut total = 0u64;
         let mut arrived: HashSet<Digest> = HashSet::new();
+        let mut spooled = 0u64;
         // Checks the entries of the batch whose blobs are all in, and spools them.
         let mut close = |batch: Option<Batch>, arrived: &mut HashSet<Digest>| -> Result<()> {
             let Some(mut b) = batch else { return Ok(()) };
@@ -376,6 +377,7 @@ impl Vault {
                 check_entry(e, &have).map_err(|msg| bad(format!("entry {}: {msg}", e.id)))?;
                 serde_json::to_writer(&mut spool, e).map_err(|e| bad(e.to_string()))?;
                 spool.write_all(b"\n").at(&spool_path)?;
+                spooled += 1;
             }
             Ok(())
         };
@@ -437,11 +439,14 @@ impl Vault {
         let mut report = ImportReport::default();
         let reader = std::io::BufReader::new(std::fs::File::open(&spool_path).at(&spool_path)?);
         let mut committed_blobs = 0u64;
-        for line in reader.lines() {
+        for (done, line) in (1u64..).zip(reader.lines()) {
             let line = line.at(&spool_path)?;
             let e: Entry = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
             if self.import_one(&e, staged_path, &mut report)? {
                 committed_blobs += e.blob_digests().len() as u64;
+            }
+            if done % 256 == 0 || done == spooled {
+                self.report_items(done, spooled);
             }
         }
         report.blobs = committed_blobs;

@@ -581,9 +581,22 @@ impl Vault {
     ) -> Result<u64> {
         const BATCH: usize = 10_000;
         let mut removed = 0;
+        // Down to a size: a bar of the bytes to free.
+        let start = match target {
+            Some(t) => Some((self.meta.counters()?.stored_bytes.max(0) as u64, t)),
+            None => None,
+        };
+        let to_free = start.map_or(0, |(s, t)| s.saturating_sub(t));
         loop {
             let went = self.removed(Some(event), op, |m| m.evict(now, target, BATCH))?.len();
             removed += went as u64;
+            if let Some((s, _)) = start
+                && to_free > 0
+            {
+                let now_stored = self.meta.counters()?.stored_bytes.max(0) as u64;
+                let freed = s.saturating_sub(now_stored);
+                self.report_items(if went == 0 { to_free } else { freed.min(to_free) }, to_free);
+            }
             if went == 0 {
                 return Ok(removed);
             }

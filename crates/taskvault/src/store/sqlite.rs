@@ -430,25 +430,34 @@ fn entry_doc(
     Ok((packed.unwrap_or(rusqlite::types::Value::Text(text)), Some(id)))
 }
 
-/// A shared body's template, parsed (the one parsed last is kept: the rows of a listing or a
-/// walk, and the saves of a batch, mostly share one).
-fn parsed_template(text: &str) -> std::result::Result<serde_json::Value, String> {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(String, serde_json::Value)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    LAST.with(|last| {
+/// The text parsed last on this thread, and what it parsed to.
+type LastParsed<T> = std::cell::RefCell<Option<(String, T)>>;
+
+/// `text` parsed as JSON; the text parsed last in `slot` is not parsed again (the rows of a
+/// listing or a walk, and the saves of a batch, mostly share one body and one template).
+fn parse_cached<T: serde::de::DeserializeOwned + Clone>(
+    slot: &'static std::thread::LocalKey<LastParsed<T>>,
+    text: &str,
+) -> serde_json::Result<T> {
+    slot.with(|last| {
         let mut last = last.borrow_mut();
         if let Some((t, parsed)) = &*last
             && t == text
         {
             return Ok(parsed.clone());
         }
-        let parsed: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| format!("its template: {e}"))?;
+        let parsed: T = serde_json::from_str(text)?;
         *last = Some((text.to_owned(), parsed.clone()));
         Ok(parsed)
     })
+}
+
+/// A shared body's template, parsed.
+fn parsed_template(text: &str) -> std::result::Result<serde_json::Value, String> {
+    thread_local! {
+        static LAST: LastParsed<serde_json::Value> = const { std::cell::RefCell::new(None) };
+    }
+    parse_cached(&LAST, text).map_err(|e| format!("its template: {e}"))
 }
 
 /// Puts what `body` (a row of `shared_bodies`) holds back into the document `doc`; fields the
@@ -456,21 +465,9 @@ fn parsed_template(text: &str) -> std::result::Result<serde_json::Value, String>
 fn merge_shared(doc: &mut Json, body: &str) -> std::result::Result<(), String> {
     use serde_json::Value;
     thread_local! {
-        /// The body parsed last, with its text: the rows of a listing or a walk mostly share one.
-        static LAST: std::cell::RefCell<Option<(String, Json)>> = const { std::cell::RefCell::new(None) };
+        static LAST: LastParsed<Json> = const { std::cell::RefCell::new(None) };
     }
-    let shared: Json = LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((text, parsed)) = &*last
-            && text == body
-        {
-            return Ok(parsed.clone());
-        }
-        let parsed: Json =
-            serde_json::from_str(body).map_err(|e| format!("its shared body: {e}"))?;
-        *last = Some((body.to_owned(), parsed.clone()));
-        Ok::<_, String>(parsed)
-    })?;
+    let shared = parse_cached(&LAST, body).map_err(|e| format!("its shared body: {e}"))?;
     for (part, value) in shared {
         match (part.as_str(), value) {
             ("details", Value::Object(common)) => {

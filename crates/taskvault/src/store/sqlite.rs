@@ -1511,11 +1511,11 @@ impl MetaStore for SqliteMeta {
                 .prepare_cached(&matching("id", ""))?
                 .query_map(args, |r| hex_col(r, 0))?
                 .collect::<rusqlite::Result<_>>()?;
-            let keys = c
+            let mut keys: Vec<String> = c
                 .prepare_cached(&matching("key", "DISTINCT "))?
                 .query_map(args, |r| hex_col(r, 0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut keys: Vec<String> = keys;
+                .collect::<rusqlite::Result<_>>()?;
+            // One key may match in both arms.
             keys.sort();
             keys.dedup();
             Ok((ids, keys))

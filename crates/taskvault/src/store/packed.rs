@@ -83,8 +83,14 @@ fn leaves_mut<'a>(v: &'a mut Value, out: &mut Vec<&'a mut Value>) {
     }
 }
 
-fn hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+/// Whether `s` is made of lowercase hex digits only (the form ids, keys and digests are written in).
+pub(crate) fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The 32 bytes `s` spells, when it is 64 lowercase hex digits.
+pub(crate) fn hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !is_lower_hex(s) {
         return None;
     }
     let mut out = [0u8; 32];

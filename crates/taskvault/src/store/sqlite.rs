@@ -797,9 +797,8 @@ const LIVE_AFTER_ENTRY_COLS: usize = 15;
 /// anything else as the text it is.
 fn hex_value(s: &str) -> rusqlite::types::Value {
     use rusqlite::types::Value;
-    let hex = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    match hex.then(|| hex::decode(s).ok()).flatten() {
-        Some(bytes) => Value::Blob(bytes),
+    match super::packed::hex32(s) {
+        Some(bytes) => Value::Blob(bytes.to_vec()),
         None => Value::Text(s.to_owned()),
     }
 }
@@ -1485,8 +1484,7 @@ impl MetaStore for SqliteMeta {
     fn resolve_prefix(&self, prefix: &str) -> Result<(Vec<String>, Vec<String>)> {
         // Ids and keys stored as bytes: through the index of their first 8 bytes, between the
         // prefix filled up with 0s and with fs; those stored as text, as text.
-        let hex = prefix.len() <= 64
-            && prefix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let hex = prefix.len() <= 64 && super::packed::is_lower_hex(prefix);
         let head = &prefix[..prefix.len().min(16)];
         let bound = |fill: char| {
             let padded: String = head.chars().chain(std::iter::repeat(fill)).take(16).collect();

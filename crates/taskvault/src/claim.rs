@@ -1,10 +1,13 @@
 //! Claims: among concurrent workers that miss the same key, one computes while the others block
 //! (in the kernel, not in a polling loop) until it saves or fails. A claim is an
-//! open-file-description lock (`F_OFD_SETLKW`) on one byte of `locks/claims`, at an offset taken
-//! from the key digest: the kernel releases it when the claimant unlocks it, closes the file or
-//! dies, nothing is created or deleted per claim, and each held claim has a description of its
-//! own (opened, or reused from an earlier claim of this process that released it), so threads of
-//! one process exclude each other as processes do.
+//! open-file-description lock (`F_OFD_SETLKW`) on one byte of one of `CLAIM_SHARDS` files
+//! `locks/claims-XX`, file and offset taken from the key digest: the kernel releases it when the
+//! claimant unlocks it, closes the file or dies, nothing is created or deleted per claim, and
+//! each held claim has a description of its own (opened, or reused from an earlier claim of this
+//! process that released it), so threads of one process exclude each other as processes do.
+//! The kernel keeps one list of the locks held on a file and walks it on every lock and unlock:
+//! spread over the shards, a process holding a thousand claims (a batch of saves waiting for its
+//! commit) makes each of them cheap.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -146,7 +149,7 @@ impl Vault {
         self.commit_deferred_of(&hex)?;
         let started = now_ms();
         let acquired =
-            ClaimLock::acquire(&self.claims_path(), key.digest().as_bytes(), self.claim_files())?;
+            ClaimLock::acquire(self.claims_dir(), key.digest().as_bytes(), self.claim_files())?;
         let (lock, waited) = match acquired {
             Acquired::Immediately(l) => (l, false),
             Acquired::AfterWaiting(l) => (l, true),
@@ -204,6 +207,7 @@ impl Drop for FileLock {
 #[derive(Debug)]
 pub struct ClaimLock {
     file: Option<File>,
+    shard: usize,
     offset: i64,
     files: Arc<ClaimFiles>,
 }
@@ -214,21 +218,33 @@ impl Drop for ClaimLock {
             // Unlocked, the description can serve the next claim; if unlocking fails, closing
             // it (the last descriptor of its description) releases the lock.
             if ofd_unlock(&f, self.offset).is_ok() {
-                self.files.put(f);
+                self.files.put(self.shard, f);
             }
         }
     }
 }
 
-/// Open descriptions of the claims file holding no lock: a claim takes one instead of opening
-/// the file (and closing it after). Each claim still uses a description no other held claim
-/// uses, so threads of one process exclude each other. A forked child inherits the
-/// descriptions, which its parent shares, and so never uses them.
+/// Open descriptions of the claims files holding no lock: a claim takes one of its shard's
+/// instead of opening the file (and closing it after). Each claim still uses a description no
+/// other held claim uses, so threads of one process exclude each other. A forked child inherits
+/// the descriptions, which its parent shares, and so never uses them.
 #[derive(Debug, Default)]
 pub(crate) struct ClaimFiles {
-    /// (the process the descriptions belong to, the descriptions)
-    free: std::sync::Mutex<(u32, Vec<File>)>,
+    free: std::sync::Mutex<Free>,
 }
+
+#[derive(Debug, Default)]
+struct Free {
+    /// The process the descriptions belong to.
+    pid: u32,
+    /// Per shard (made on first use).
+    files: Vec<Vec<File>>,
+    /// How many `files` holds in all.
+    count: usize,
+}
+
+/// How many files claims are spread over (`locks/claims-00` .. `locks/claims-3f`).
+pub(crate) const CLAIM_SHARDS: usize = 64;
 
 /// How many claims a process holds at most while their saves wait for a batch, and how many
 /// unlocked descriptions it keeps: each is an open descriptor, so together at most a quarter
@@ -242,26 +258,30 @@ pub(crate) fn claims_held_max() -> usize {
 }
 
 impl ClaimFiles {
-    fn take(&self) -> Option<File> {
+    fn take(&self, shard: usize) -> Option<File> {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         Self::own(&mut free);
-        free.1.pop()
+        let f = free.files[shard].pop()?;
+        free.count -= 1;
+        Some(f)
     }
 
-    fn put(&self, f: File) {
+    fn put(&self, shard: usize, f: File) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         Self::own(&mut free);
-        if free.1.len() < claims_held_max() {
-            free.1.push(f);
+        if free.count < claims_held_max() {
+            free.files[shard].push(f);
+            free.count += 1;
         }
     }
 
-    /// Drops descriptions inherited through fork.
-    fn own(free: &mut (u32, Vec<File>)) {
-        let pid = std::process::id();
-        if free.0 != pid {
-            free.1.clear();
-            free.0 = pid;
+    /// Drops descriptions inherited through fork (and makes the shards' lists on first use).
+    fn own(free: &mut Free) {
+        let pid = crate::fork::pid();
+        if free.pid != pid || free.files.len() != CLAIM_SHARDS {
+            free.files = (0..CLAIM_SHARDS).map(|_| Vec::new()).collect();
+            free.count = 0;
+            free.pid = pid;
         }
     }
 }
@@ -275,15 +295,18 @@ pub(crate) enum Acquired {
 }
 
 impl ClaimLock {
-    /// Locks the byte of `path` that `digest` names, blocking while another claimant (a process,
-    /// or another claim of this process) holds it.
-    pub(crate) fn acquire(path: &Path, digest: &[u8], files: &Arc<ClaimFiles>) -> Result<Acquired> {
-        let file = match files.take() {
+    /// Locks the byte of a claims file in `dir` that `digest` names, blocking while another
+    /// claimant (a process, or another claim of this process) holds it.
+    pub(crate) fn acquire(dir: &Path, digest: &[u8], files: &Arc<ClaimFiles>) -> Result<Acquired> {
+        // The shard comes from a byte the offset does not use.
+        let shard = usize::from(digest[8]) % CLAIM_SHARDS;
+        let path = &dir.join(format!("claims-{shard:02x}"));
+        let file = match files.take(shard) {
             Some(f) => f,
             None => open_or_create(path)?,
         };
         let offset = claim_offset(digest);
-        let held = |file| ClaimLock { file: Some(file), offset, files: Arc::clone(files) };
+        let held = |file| ClaimLock { file: Some(file), shard, offset, files: Arc::clone(files) };
         if ofd_lock(&file, offset, false).at(path)? {
             return Ok(Acquired::Immediately(held(file)));
         }

@@ -9,13 +9,18 @@
 
 use std::cell::Cell;
 use std::sync::Once;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 /// Tokens held, in all threads.
 static HELD: AtomicUsize = AtomicUsize::new(0);
 /// Set while a fork is under way.
 static FORKING: AtomicBool = AtomicBool::new(false);
 static INSTALL: Once = Once::new();
+/// This process's id once asked for (0: not yet, or forked since), so that the checks of
+/// "was this made by another process" on every hit and save cost no system call.
+static PID: AtomicU32 = AtomicU32::new(0);
+/// The fork handlers are in place (so `PID` is reset in every child).
+static HANDLED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// Tokens held by this thread.
@@ -55,6 +60,23 @@ impl Drop for Busy {
     }
 }
 
+/// This process's id, as `std::process::id()`, without a system call after the first (a
+/// forked child asks again).
+pub(crate) fn pid() -> u32 {
+    INSTALL.call_once(install);
+    if !HANDLED.load(Ordering::Relaxed) {
+        return std::process::id();
+    }
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let p = std::process::id();
+            PID.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    }
+}
+
 extern "C" fn before_fork() {
     FORKING.store(true, Ordering::SeqCst);
     // The forking thread's own tokens (if it forks from inside a call, which nothing here does)
@@ -72,6 +94,7 @@ extern "C" fn after_fork_in_parent() {
 extern "C" fn after_fork_in_child() {
     // Only the forking thread lives on in the child: only its tokens are held.
     HELD.store(DEPTH.get(), Ordering::SeqCst);
+    PID.store(0, Ordering::SeqCst);
     FORKING.store(false, Ordering::SeqCst);
 }
 
@@ -87,7 +110,9 @@ fn install() {
             Some(after_fork_in_child),
         )
     };
-    if r != 0 {
+    if r == 0 {
+        HANDLED.store(true, Ordering::SeqCst);
+    } else {
         tracing::warn!("pthread_atfork failed ({r}): a process forked mid-commit may hang");
     }
 }

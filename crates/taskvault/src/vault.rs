@@ -137,7 +137,7 @@ pub(crate) fn unique_name(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{prefix}{}-{}-{nanos}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!("{prefix}{}-{}-{nanos}", crate::fork::pid(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 impl Vault {
@@ -153,7 +153,7 @@ impl Vault {
         let tmp = dir.join("tmp");
         let locks = dir.join("locks");
         // The directories are created with the database. A vault copied without its empty
-        // directories (git keeps none) gets them back on first use (`tmp_dir`, `claims_path`).
+        // directories (git keeps none) gets them back on first use (`tmp_dir`, `claims_dir`).
         if !Vault::exists(dir) {
             for d in [dir, &tmp, &locks] {
                 std::fs::create_dir_all(d).at(d)?;
@@ -1024,10 +1024,10 @@ impl Vault {
         })
     }
 
-    /// The file claims lock bytes of (see `claim`).
-    pub(crate) fn claims_path(&self) -> PathBuf {
+    /// The directory of the files claims lock bytes of (see `claim`).
+    pub(crate) fn claims_dir(&self) -> &Path {
         self.locks_ready.get_or_init(|| ensure_dir(&self.locks));
-        self.locks.join("claims")
+        &self.locks
     }
 
     pub(crate) fn claim_files(&self) -> &Arc<crate::claim::ClaimFiles> {

@@ -1264,6 +1264,9 @@ impl MetaStore for SqliteMeta {
         self.with(|conn| {
             conn.pragma_update(None, "wal_autocheckpoint", 0)?;
             conn.pragma_update(None, "cache_size", -LONG_LIVED_CACHE_KIB)?;
+            // The writer reads the pages it changes through the memory map too: at a million
+            // entries a batch of saves touches a thousand index pages, each a `pread` otherwise.
+            conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
             // A WAL that grew past this is cut back to it when it starts over.
             conn.pragma_update(None, "journal_size_limit", WAL_RESTART_PAGES * 4096)
         })?;

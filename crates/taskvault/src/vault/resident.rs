@@ -116,13 +116,13 @@ impl Resident {
             generation,
             memo: Mutex::default(),
             buffer: Mutex::new(Buffer {
-                pid: std::process::id(),
+                pid: crate::fork::pid(),
                 accesses: Vec::new(),
                 audit: String::new(),
                 oldest: None,
             }),
             queue: Mutex::new(Queue {
-                pid: std::process::id(),
+                pid: crate::fork::pid(),
                 saves: Vec::new(),
                 oldest: None,
                 records_due: false,
@@ -136,7 +136,7 @@ impl Resident {
     /// Queues a save; returns whether the batch is full (to be committed now).
     pub(crate) fn defer(&self, d: Deferred) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if q.pid != std::process::id() {
+        if q.pid != crate::fork::pid() {
             // Forked: what the parent staged is the parent's to commit.
             take_queue(&mut q);
         }
@@ -231,7 +231,7 @@ impl Resident {
         audit_line: Option<String>,
     ) -> Option<(Vec<Access>, String)> {
         let mut b = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
-        if b.pid != std::process::id() {
+        if b.pid != crate::fork::pid() {
             // Forked: what the parent buffered is the parent's to write.
             take(&mut b);
         }
@@ -267,8 +267,8 @@ impl Resident {
 fn take_queue(q: &mut Queue) -> Vec<Deferred> {
     q.oldest = None;
     let saves = std::mem::take(&mut q.saves);
-    if q.pid != std::process::id() {
-        q.pid = std::process::id();
+    if q.pid != crate::fork::pid() {
+        q.pid = crate::fork::pid();
         return Vec::new();
     }
     saves
@@ -278,9 +278,9 @@ fn take(b: &mut Buffer) -> Option<(Vec<Access>, String)> {
     b.oldest = None;
     let accesses = std::mem::take(&mut b.accesses);
     let audit = std::mem::take(&mut b.audit);
-    if b.pid != std::process::id() {
+    if b.pid != crate::fork::pid() {
         // Inherited through fork: the parent writes these.
-        b.pid = std::process::id();
+        b.pid = crate::fork::pid();
         return None;
     }
     (!accesses.is_empty() || !audit.is_empty()).then_some((accesses, audit))

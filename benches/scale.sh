@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): every command on vaults of 1,000, 100,000 and 1,000,000 entries, with
+# Benchmark (not a test): every command on vaults of 1,000, 10,000, 100,000 and 1,000,000 entries, with
 # diskcache (from PyPI, in the benchmark's own environment) beside it. Sizes can be given:
-#   bash benches/scale.sh 1000 100000 1000000
+#   bash benches/scale.sh 1000 10000 100000 1000000
 # Results: bench-out/scale.md
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"

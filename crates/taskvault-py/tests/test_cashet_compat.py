@@ -41,6 +41,10 @@ def explode(message):
     raise ValueError(message)
 
 
+def big(x):
+    return b"x" * 100
+
+
 def counted(file, x):
     bump(file)
     return x + 1
@@ -194,14 +198,16 @@ def test_submit_many_dict_form_and_batch_options(client, counter):
 
 def test_stats_carry_cashet_keys(client):
     client.submit(double, 1)
-    client.submit(add, 1, 1)  # the same output bytes: one object
+    client.submit(add, 1, 1)  # the same output bytes, but small: each run keeps its own
+    client.submit(big, 1)
+    client.submit(big, 1.0)  # the same 100 output bytes: one object
     with pytest.raises(TaskError):
         client.submit(explode, "x")
     s = client.stats()
-    assert s["total_commits"] == 3 and s["completed_commits"] == 2
-    assert s["stored_objects"] == 1 and s["inline_objects"] + s["blob_objects"] == 1
+    assert s["total_commits"] == 5 and s["completed_commits"] == 4
+    assert s["stored_objects"] == 3 and s["inline_objects"] + s["blob_objects"] == 3
     assert s["disk_bytes"] == s["inline_bytes"] + s["blob_bytes"] > 0
-    assert s["entries"] == 2  # TaskVault's own keys stay
+    assert s["entries"] == 4  # TaskVault's own keys stay
 
 
 def test_gc_counts_what_it_removed_and_import_returns_an_import_result(client, tmp_path):

@@ -143,6 +143,9 @@ impl<'v> Writer<'v> {
             return Ok(());
         }
         let mut blobs = BTreeMap::new();
+        // Small outputs held by their entries' own rows (`Entry::embedded`).
+        let embedded: std::collections::HashMap<Digest, crate::entry::BlobInfo> =
+            entries.iter().filter_map(|e| e.embedded.clone()).map(|b| (b.digest, b)).collect();
         for e in &entries {
             // The recorded console log too: an import needs every blob an entry uses.
             for n in e.outputs.iter().chain(&e.console) {
@@ -164,7 +167,10 @@ impl<'v> Writer<'v> {
             self.written.clear();
         }
         for (d, size) in &batch.blobs {
-            let row = self.vault.blob_info(d)?;
+            let row = match embedded.get(d) {
+                Some(b) => Some(b.clone()),
+                None => self.vault.blob_info(d)?,
+            };
             if row.as_ref().is_some_and(|i| i.inline.is_some()) {
                 // Small blobs live in the database: verified in memory, no file in between.
                 let mut buf = Vec::with_capacity(*size as usize);

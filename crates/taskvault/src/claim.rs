@@ -132,6 +132,7 @@ impl Vault {
                 algorithm: key.algorithm,
                 extras: key.extras.clone(),
             }),
+            embedded: None,
         };
         let recorded = self.meta().record_failed_run(&entry, message);
         drop(claim);

@@ -91,6 +91,11 @@ pub struct Entry {
     /// before TaskVault recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingredients: Option<Ingredients>,
+    /// The output blob the run's own metadata row holds (a tiny output, see `docs/format.md`),
+    /// verified against its digest when the row was read; `None` when the blob has a row of its
+    /// own. Never part of a document.
+    #[serde(skip)]
+    pub embedded: Option<BlobInfo>,
 }
 
 /// The key ingredients an entry does not otherwise hold: the algorithm and the raw labelled
@@ -243,6 +248,10 @@ pub struct Census {
     /// Blobs small enough to live in the database, and their stored bytes.
     pub inline_blobs: i64,
     pub inline_bytes: i64,
+    /// Outputs small enough to live in their run's own row (one per run, not deduplicated),
+    /// and their bytes.
+    pub small_outputs: i64,
+    pub small_bytes: i64,
 }
 
 /// One task's share of the vault: its live entries and their bytes (uncompressed), and the

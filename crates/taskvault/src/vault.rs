@@ -475,6 +475,7 @@ impl Vault {
                 algorithm: key.algorithm,
                 extras: key.extras.clone(),
             }),
+            embedded: None,
         };
         if let (Some(r), Output::Bytes(b), Some(claim)) = (&self.resident, output, defer.as_mut())
             && let Some(blobs) = staging.take_if_inline()

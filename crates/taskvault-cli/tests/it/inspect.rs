@@ -132,7 +132,13 @@ fn log_show_get_history_diff() {
     assert_eq!(p.run(&["get", &id_b[..10]]).ok().stdout(), "v2 longer");
     p.run(&["get", id_b, "-o", "copy"]).ok();
     assert_eq!(std::fs::read(p.path("copy")).unwrap(), b"v2 longer");
-    let old = p.run(&["get", id_a]);
+    // A superseded run's small output stays in its row; a larger one goes with its blob row.
+    assert_eq!(p.run(&["get", id_a]).ok().stdout(), "v1");
+    p.write("big", "b".repeat(100));
+    let big1 = save(&p, &["big", "in", "big"]);
+    p.write("big", "c".repeat(100));
+    save(&p, &["big", "in", "big"]);
+    let old = p.run(&["get", big1["id"].as_str().unwrap()]);
     assert_eq!(old.code(), 2, "a superseded run's output is gone: {}", old.stderr());
     assert!(old.stderr().contains("no longer stored"));
 

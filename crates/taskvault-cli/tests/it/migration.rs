@@ -1,6 +1,7 @@
 //! Vaults written by earlier TaskVaults (`tests/fixtures/vault-schema1`, `vault-schema4`,
-//! `vault-schema5`) open, migrate, and serve the same hits: files, a directory, a blob on disk, a
-//! wrapped command, and (schema 4 and 5) results of the Python SDK with their shared provenance.
+//! `vault-schema5`, `vault-schema6`) open, migrate, and serve the same hits: files, a directory,
+//! a blob on disk, a wrapped command, and (schema 4 to 6) results of the Python SDK with their
+//! shared provenance.
 
 use std::path::Path;
 
@@ -69,6 +70,29 @@ fn a_schema_5_vault_migrates_and_serves_the_same_hits_tags_and_provenance() {
     assert!(args.contains(&r#"{"offset":"0","x":"5"}"#.to_owned()), "{args:?}");
     // Every run, migrated or written by schema 5, still recomputes its key: an import checks.
     reimports_whole(&p, 9);
+}
+
+#[test]
+fn a_schema_6_vault_migrates_and_its_blob_rows_and_small_outputs_coexist() {
+    let p = migrates_and_serves_the_same_hits("vault-schema6", 13);
+    let read = |rel: &str| std::fs::read(p.path(rel)).unwrap();
+    p.run(&["cache", "get", "tiny6", "in6", "got6"]).ok();
+    assert_eq!(read("got6"), read("out6"), "a tiny output in a row of blobs (schema 6)");
+    let squares = p.run(&["--json", "log", "--task", "square"]).ok().json();
+    assert_eq!(squares.as_array().unwrap().len(), 6);
+    // Saved now, the same 4 bytes stay in the new run's row: no blob row is added, and the
+    // old run's row keeps its count.
+    let db = rusqlite::Connection::open(p.vault().join("cache.db")).unwrap();
+    let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    let blobs = count("SELECT count(*) FROM blobs");
+    p.run(&["cache", "save", "tiny7", "in6", "out6"]).ok();
+    assert_eq!(count("SELECT count(*) FROM blobs"), blobs);
+    assert_eq!(count("SELECT count(*) FROM entries WHERE small IS NOT NULL"), 1);
+    let tiny7 = p.run(&["--json", "log", "--task", "tiny7"]).ok().json();
+    p.run(&["rm", tiny7[0]["id"].as_str().unwrap()]).ok();
+    p.run(&["cache", "get", "tiny6", "in6", "got6b"]).ok();
+    assert_eq!(read("got6b"), read("out6"), "removing the small run took no reference");
+    reimports_whole(&p, 12);
 }
 
 /// Exports every live run of `p` and imports the archive into a new vault: all `live` of them

@@ -783,12 +783,13 @@ class Client:
         s.update({
             "total_commits": s["runs"],
             "completed_commits": s["runs"] - s["failed_runs"],
-            "stored_objects": s["blobs"],
+            # Outputs of up to 64 bytes live in their run's own row: objects of their own.
+            "stored_objects": s["blobs"] + s["small_outputs"],
             "disk_bytes": s["stored_bytes"],
             "blob_objects": s["blobs"] - s["inline_blobs"],
-            "blob_bytes": s["stored_bytes"] - s["inline_bytes"],
-            "inline_objects": s["inline_blobs"],
-            "inline_bytes": s["inline_bytes"],
+            "blob_bytes": s["stored_bytes"] - s["inline_bytes"] - s["small_bytes"],
+            "inline_objects": s["inline_blobs"] + s["small_outputs"],
+            "inline_bytes": s["inline_bytes"] + s["small_bytes"],
         })
         return s
 

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::store::{Access, Committed, Damaged, MetaStore, Removed, StagedBlob};
 
 /// The schema version this build writes. Older databases are migrated on open.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE entries(
@@ -277,6 +277,29 @@ ALTER TABLE blobs_v6 RENAME TO blobs;
 "
     )
 }
+
+/// Version 7: a run whose one output is tiny (`SMALL_MAX` bytes, stored raw) keeps it in its own
+/// row (`small`) instead of a row of `blobs`, which would cost more than the bytes (its 32-byte
+/// digest as key, a random insert into the largest table). Its bytes count towards the stored
+/// bytes for as long as the row exists, and the census counts them, kept by triggers in the
+/// transaction that writes the row.
+const SCHEMA_V7: &str = "
+ALTER TABLE entries ADD COLUMN small BLOB;
+INSERT OR IGNORE INTO census(name, value) VALUES ('small_outputs', 0), ('small_bytes', 0);
+CREATE TRIGGER stored_small_insert AFTER INSERT ON entries WHEN NEW.small IS NOT NULL BEGIN
+    UPDATE counters SET value = value + length(NEW.small) WHERE name = 'stored_bytes';
+    UPDATE census SET value = value + 1 WHERE name = 'small_outputs';
+    UPDATE census SET value = value + length(NEW.small) WHERE name = 'small_bytes';
+END;
+CREATE TRIGGER stored_small_delete AFTER DELETE ON entries WHEN OLD.small IS NOT NULL BEGIN
+    UPDATE counters SET value = value - length(OLD.small) WHERE name = 'stored_bytes';
+    UPDATE census SET value = value - 1 WHERE name = 'small_outputs';
+    UPDATE census SET value = value - length(OLD.small) WHERE name = 'small_bytes';
+END;
+";
+
+/// Outputs up to this many bytes are kept in their run's row (see `SCHEMA_V7`).
+pub const SMALL_MAX: u64 = 64;
 
 /// The `details` keys that describe the code or the command rather than the call: the same
 /// for every run of it, so they live in `shared_bodies`.
@@ -773,6 +796,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(BLOB_TRIGGERS)?;
             conn.execute_batch(ENTRY_INDEXES)?;
         }
+        if version < 7 {
+            conn.execute_batch(SCHEMA_V7)?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
     match result {
@@ -788,10 +814,11 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 const ENTRY_COLS: &str = "doc, status, last_access_ms, access_count, id, key,
     (SELECT body FROM shared_bodies WHERE id = entries.shared), task, created_ms, expires_ms,
     (SELECT json_group_object(name, value) FROM tags WHERE run = entries.rowid),
-    (SELECT template FROM shared_bodies WHERE id = entries.shared), size, ttl_explicit, rowid";
+    (SELECT template FROM shared_bodies WHERE id = entries.shared), size, ttl_explicit, rowid,
+    small";
 
 /// The position of `live` when a query selects it after [`ENTRY_COLS`].
-const LIVE_AFTER_ENTRY_COLS: usize = 15;
+const LIVE_AFTER_ENTRY_COLS: usize = 16;
 
 /// How a run id or a key is stored (schema 6): 64 lowercase hex digits as their 32 bytes,
 /// anything else as the text it is.
@@ -950,10 +977,53 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
             Err(err) => return Ok(Err((id, format!("its tags do not decode: {err}")))),
         }
     }
-    match serde_json::from_value::<Entry>(Value::Object(m)) {
-        Ok(e) => Ok(Ok(e)),
-        Err(err) => Ok(Err((id, format!("its document does not decode: {err}")))),
+    let mut e = match serde_json::from_value::<Entry>(Value::Object(m)) {
+        Ok(e) => e,
+        Err(err) => return Ok(Err((id, format!("its document does not decode: {err}")))),
+    };
+    match row.get_ref(15)? {
+        rusqlite::types::ValueRef::Null => {}
+        rusqlite::types::ValueRef::Blob(b) => match small_blob(&e, b) {
+            Ok(info) => e.embedded = Some(info),
+            Err(why) => return Ok(Err((id, why))),
+        },
+        _ => return Ok(Err((id, "its small output is not bytes".into()))),
     }
+    Ok(Ok(e))
+}
+
+/// The blob a row's `small` column holds for `e`, verified against the digest and size of its
+/// one output: a row whose bytes do not match is damaged, never served.
+fn small_blob(e: &Entry, data: &[u8]) -> std::result::Result<BlobInfo, String> {
+    let (digest, size) = match (e.blob_digests().as_slice(), e.outputs.first()) {
+        ([d], Some(node)) if node.digest == Some(*d) => (*d, node.size),
+        _ => return Err("it holds small output bytes but has not exactly one output blob".into()),
+    };
+    let got = digest.algorithm().digest(data);
+    if data.len() as u64 != size || got != digest {
+        return Err(format!(
+            "its small output ({} bytes, {got}) is not its output ({size} bytes, {digest})",
+            data.len()
+        ));
+    }
+    Ok(BlobInfo { digest, size, stored_size: size, codec: Codec::Raw, inline: Some(data.to_vec()) })
+}
+
+/// The bytes of `entry`'s one output to keep in its row, if they are small enough (see
+/// `SCHEMA_V7`): one output node, no console, its blob among `blobs` inline and raw.
+fn small_bytes<'b>(entry: &Entry, blobs: &'b [StagedBlob]) -> Option<&'b [u8]> {
+    let digests = entry.blob_digests();
+    let ([d], [node], None) = (digests.as_slice(), entry.outputs.as_slice(), &entry.console) else {
+        return None;
+    };
+    if node.digest != Some(*d) {
+        return None;
+    }
+    let b = blobs.iter().find(|b| b.info.digest == *d)?;
+    let data = b.info.inline.as_deref()?;
+    let raw = b.staged.is_none() && b.info.codec == Codec::Raw;
+    (raw && b.info.size == node.size && data.len() as u64 == node.size && node.size <= SMALL_MAX)
+        .then_some(data)
 }
 
 /// The entries of decoded rows; damaged ones are left out with a warning (`verify` reports and
@@ -1045,6 +1115,10 @@ fn live_id(tx: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
 /// keeps its blobs (never freed too early; `verify` drops the row).
 fn unref_key(tx: &Connection, key: &str, unlink: &mut Vec<Digest>) -> Result<u64> {
     let Some(Ok(live)) = live_entry(tx, key)? else { return Ok(0) };
+    if live.embedded.is_some() {
+        // Its output is in its own row: no blob row counts it.
+        return Ok(0);
+    }
     unref_digests(tx, &live.blob_digests(), unlink)
 }
 
@@ -1086,7 +1160,7 @@ fn retire_users(tx: &Connection, digest: &Digest, r: &mut Removed) -> Result<i64
     // JSON documents hold the digest's hex digits, packed ones its bytes (always written out).
     let keys: Vec<String> = tx
         .prepare_cached(
-            "SELECT key FROM entries WHERE live = 1
+            "SELECT key FROM entries WHERE live = 1 AND small IS NULL
              AND instr(doc, CASE typeof(doc) WHEN 'blob' THEN ?2 ELSE ?1 END) > 0",
         )?
         .query_map(params![digest.hex(), digest.as_bytes().to_vec()], |r| hex_col(r, 0))?
@@ -1116,9 +1190,16 @@ fn remove_key(
     unlink: &mut Vec<Digest>,
 ) -> Result<(Option<Entry>, u64)> {
     let live = sound(live_entry(tx, key)?).pop();
-    let freed = unref_key(tx, key, unlink)?;
-    tx.prepare_cached(&format!("DELETE FROM entries WHERE {}", is("key", 1)))?
-        .execute([hex_value(key)])?;
+    let mut freed = unref_key(tx, key, unlink)?;
+    // Small outputs go with their rows.
+    let small: Vec<i64> = tx
+        .prepare_cached(&format!(
+            "DELETE FROM entries WHERE {} RETURNING coalesce(length(small), 0)",
+            is("key", 1)
+        ))?
+        .query_map([hex_value(key)], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    freed += small.iter().sum::<i64>().max(0) as u64;
     Ok((live, freed))
 }
 
@@ -1153,7 +1234,11 @@ fn save_in(
     tally: &mut Tally,
 ) -> Result<Committed> {
     let mut unreferenced = Vec::new();
+    let small = small_bytes(entry, blobs);
     for b in blobs {
+        if small.is_some() {
+            break; // its one blob stays in its row
+        }
         let d = b.info.digest.to_string();
         let dv = digest_value(&b.info.digest);
         if b.staged.is_none() && b.info.inline.is_none() {
@@ -1198,7 +1283,7 @@ fn save_in(
 
     let old = live_id(tx, &entry.key)?;
     // New references first, so blobs shared by the old and new run are never dropped.
-    let digests = entry.blob_digests();
+    let digests = if small.is_some() { Vec::new() } else { entry.blob_digests() };
     for d in &digests {
         tx.prepare_cached("UPDATE blobs SET refs = refs + 1 WHERE digest = ?1")?
             .execute([digest_value(d)])?;
@@ -1219,8 +1304,8 @@ fn save_in(
     let (doc, shared) = entry_doc(tx, &entry)?;
     tx.prepare_cached(
         "INSERT INTO entries(id, key, live, status, task, created_ms, last_access_ms,
-                access_count, expires_ms, doc, shared, size, ttl_explicit)
-             VALUES (?1, ?2, 1, 'live', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                access_count, expires_ms, doc, shared, size, ttl_explicit, small)
+             VALUES (?1, ?2, 1, 'live', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         hex_value(&entry.id),
@@ -1233,7 +1318,8 @@ fn save_in(
         doc,
         shared,
         entry.size as i64,
-        entry.ttl_explicit
+        entry.ttl_explicit,
+        small
     ])?;
     insert_tags(tx, tx.last_insert_rowid(), &entry)?;
     if tally.failures {
@@ -1292,8 +1378,8 @@ impl MetaStore for SqliteMeta {
                 .iter()
                 .map(|k| {
                     let Some(Ok(e)) = live_entry(c, k)? else { return Ok(None) };
-                    let mut rows = Vec::new();
-                    for d in e.blob_digests() {
+                    let mut rows: Vec<BlobInfo> = e.embedded.iter().cloned().collect();
+                    for d in if rows.is_empty() { e.blob_digests() } else { Vec::new() } {
                         if let Some(Ok(row)) = blob_row(c, &d)? {
                             rows.push(row);
                         }
@@ -1698,6 +1784,8 @@ impl MetaStore for SqliteMeta {
                     "blobs" => out.blobs = v,
                     "inline_blobs" => out.inline_blobs = v,
                     "inline_bytes" => out.inline_bytes = v,
+                    "small_outputs" => out.small_outputs = v,
+                    "small_bytes" => out.small_bytes = v,
                     _ => {}
                 }
             }

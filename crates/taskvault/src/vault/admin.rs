@@ -144,7 +144,8 @@ impl Vault {
             return Ok(());
         }
         for d in e.blob_digests() {
-            if self.meta().blob(&d)?.is_none() {
+            if e.embedded.as_ref().is_none_or(|b| b.digest != d) && self.meta().blob(&d)?.is_none()
+            {
                 return Err(Error::Other(format!(
                     "the outputs of run {} are no longer stored (it is not the live run of its key)",
                     e.id

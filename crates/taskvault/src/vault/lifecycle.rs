@@ -23,7 +23,7 @@ impl Vault {
             // outlive this commit.
             self.hot.remove(&entry.key)?;
         } else {
-            self.write_hot(entry, &committed);
+            self.write_hot(entry, blobs, &committed);
         }
         drop(lock);
         if committed.superseded.is_some() {
@@ -67,13 +67,26 @@ impl Vault {
 
     /// Writes the key's hot record after its commit (under the shared lock, so no removal of the
     /// key can slip in between). A failure only costs speed: the record is removed instead.
-    fn write_hot(&self, entry: &Entry, committed: &Committed) {
+    fn write_hot(&self, entry: &Entry, blobs: &[StagedBlob], committed: &Committed) {
         let mut e = entry.clone();
         e.parent = committed.superseded.clone();
+        // A small output kept in the entry's own row has no row of `blobs`: the staged blob is
+        // what was stored.
+        let staged = |d: &Digest| {
+            blobs
+                .iter()
+                .find(|b| b.info.digest == *d && b.info.inline.is_some())
+                .map(|b| b.info.clone())
+        };
         let infos = e
             .blob_digests()
             .iter()
-            .map(|d| self.meta.blob(d)?.ok_or_else(|| crate::Error::BlobVanished(d.to_string())))
+            .map(|d| {
+                self.meta
+                    .blob(d)?
+                    .or_else(|| staged(d))
+                    .ok_or_else(|| crate::Error::BlobVanished(d.to_string()))
+            })
             .collect::<Result<Vec<_>>>();
         if let Err(err) = infos.and_then(|i| self.hot.write(&e, &i)) {
             tracing::warn!("hot record of {}: {err}", e.key);

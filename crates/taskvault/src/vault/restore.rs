@@ -269,7 +269,9 @@ impl Vault {
         let digest =
             node.digest.ok_or_else(|| Error::Other(format!("entry {} has no output", e.id)))?;
         let guard = Cleanup(Some(tmp.clone()));
-        let built = self.materialize(&digest, node, mode, &tmp, link)?.map_err(|m| (digest, m));
+        let known = embedded_for(e, node);
+        let built =
+            self.materialize(&digest, node, mode, &tmp, link, known)?.map_err(|m| (digest, m));
         self.put_in_place(guard, built, dest, existing.is_some())
     }
 
@@ -331,7 +333,7 @@ impl Vault {
                 NodeKind::File => {
                     let digest =
                         n.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
-                    if let Err(msg) = self.materialize(&digest, n, None, &p, link)? {
+                    if let Err(msg) = self.materialize(&digest, n, None, &p, link, None)? {
                         return Ok(Err((digest, msg)));
                     }
                 }
@@ -346,7 +348,8 @@ impl Vault {
     }
 
     /// Writes a file node's verified content at `path` (which does not exist yet): a hard link to
-    /// the vault's copy when `link` is set and possible, else a copy; then its mode.
+    /// the vault's copy when `link` is set and possible, else a copy; then its mode. `known` is
+    /// the blob's row if the caller has it (the entry's own, see [`Entry::embedded`]).
     fn materialize(
         &self,
         digest: &Digest,
@@ -354,9 +357,14 @@ impl Vault {
         mode: Option<u32>,
         path: &Path,
         link: bool,
+        known: Option<BlobInfo>,
     ) -> Result<Verified> {
         let mode = mode.unwrap_or(node.mode) & PERMISSION_BITS;
-        if link && self.linkable(digest)? && self.blob_store().link(digest, path)? {
+        if link
+            && known.is_none()
+            && self.linkable(digest)?
+            && self.blob_store().link(digest, path)?
+        {
             // The link's inode is the vault's: verify it, and keep it read-only so that writing
             // to the restored file cannot silently change what the vault serves.
             let (got, n) = crate::digest::hash_file(digest.algorithm(), path)?;
@@ -369,7 +377,13 @@ impl Vault {
             return Ok(Ok(()));
         }
         let mut f = File::create(path).at(path)?;
-        if let Err(msg) = self.read_blob(digest, node.size, &mut Sink::File(&mut f, path))? {
+        let row = match known {
+            Some(row) => Some(row),
+            None => self.blob_info(digest)?,
+        };
+        if let Err(msg) =
+            self.read_blob_row(digest, row, node.size, &mut Sink::File(&mut f, path))?
+        {
             return Ok(Err(msg));
         }
         f.set_permissions(std::fs::Permissions::from_mode(mode)).at(path)?;
@@ -383,7 +397,7 @@ impl Vault {
 
     /// The verified bytes of a file or bytes entry; `None` if its blob failed verification.
     pub(crate) fn read_bytes(&self, e: &Entry) -> Result<Option<Vec<u8>>> {
-        self.node_bytes(bytes_node(e)?)
+        self.read_bytes_with(e, Vec::new())
     }
 
     /// Like [`Vault::read_bytes`], into `dest`, which must be exactly the output's size. What
@@ -399,7 +413,7 @@ impl Vault {
                 dest.len()
             )));
         }
-        self.node_to(node, None, &mut Sink::Memory(dest))
+        self.node_to(node, embedded_for(e, node), &mut Sink::Memory(dest))
     }
 
     /// The verified bytes of a file node; `None` if its blob failed verification (it has been
@@ -418,7 +432,10 @@ impl Vault {
         rows: Vec<BlobInfo>,
     ) -> Result<Option<Vec<u8>>> {
         let node = bytes_node(e)?;
-        let known = rows.into_iter().find(|i| Some(i.digest) == node.digest);
+        let known = rows
+            .into_iter()
+            .find(|i| Some(i.digest) == node.digest)
+            .or_else(|| embedded_for(e, node));
         let mut buf = Vec::with_capacity(node.size as usize);
         Ok(self.node_to(node, known, &mut Sink::Buf(&mut buf))?.map(|()| buf))
     }
@@ -445,6 +462,11 @@ impl Vault {
             }
         }
     }
+}
+
+/// The blob of `node` that `e`'s own row holds, if it is that one (see [`Entry::embedded`]).
+pub(crate) fn embedded_for(e: &Entry, node: &Node) -> Option<BlobInfo> {
+    e.embedded.as_ref().filter(|b| node.digest == Some(b.digest)).cloned()
 }
 
 /// The one output node of a file or bytes entry.

@@ -80,7 +80,8 @@ fn save_then_get_round_trips_small_large_compressible_and_not() {
     assert_eq!(by_size(3 << 20).codec, crate::entry::Codec::Zstd, "text compresses");
     assert!(by_size(3 << 20).stored_size < (3 << 20) / 10);
     assert_eq!(by_size(2 << 20).codec, crate::entry::Codec::Raw, "noise is stored raw");
-    assert!(by_size(4).inline.is_some(), "small blobs live in the database");
+    assert!(by_size(20_000).inline.is_none(), "20,000 bytes are a file");
+    assert!(!blobs.iter().any(|b| b.size == 4), "4 bytes live in their run's own row");
 }
 
 #[test]
@@ -339,12 +340,13 @@ fn removing_one_run_removes_exactly_that_run() {
 fn the_census_counts_runs_failures_and_deduplicated_blobs() {
     let f = fx();
     let (a, b) = (f.key("t", b"a"), f.key("t", b"b"));
-    f.vault.save(&a, Output::Bytes(b"same"), &SaveOptions::default()).unwrap();
-    f.vault.save(&b, Output::Bytes(b"same"), &SaveOptions::default()).unwrap();
+    let same = vec![b's'; 100];
+    f.vault.save(&a, Output::Bytes(&same), &SaveOptions::default()).unwrap();
+    f.vault.save(&b, Output::Bytes(&same), &SaveOptions::default()).unwrap();
     f.vault.record_failed_run(&f.key("t", b"c"), "no", &SaveOptions::default(), None).unwrap();
     let c = f.vault.stats().unwrap().census;
     assert_eq!((c.runs, c.failed_runs, c.blobs), (3, 1, 1));
-    assert_eq!((c.inline_blobs, c.inline_bytes), (1, 4));
+    assert_eq!((c.inline_blobs, c.inline_bytes), (1, 100));
 }
 
 #[test]
@@ -419,6 +421,8 @@ fn recount(f: &Fx) -> crate::entry::Census {
         blobs: one("SELECT count(*) FROM blobs"),
         inline_blobs: one("SELECT count(*) FROM blobs WHERE data IS NOT NULL"),
         inline_bytes: one("SELECT coalesce(sum(stored_size), 0) FROM blobs WHERE data IS NOT NULL"),
+        small_outputs: one("SELECT count(*) FROM entries WHERE small IS NOT NULL"),
+        small_bytes: one("SELECT coalesce(sum(length(small)), 0) FROM entries"),
     }
 }
 
@@ -546,7 +550,9 @@ fn verify_reports_its_progress_through_every_blob() {
     let mut f = fx();
     for i in 0..2500u16 {
         let key = f.key("t", &i.to_le_bytes());
-        f.vault.save(&key, Output::Bytes(&i.to_le_bytes()), &SaveOptions::default()).unwrap();
+        // Over the size kept in a run's row: each its own blob row.
+        let out = [i.to_le_bytes().as_slice(), &[0u8; 100]].concat();
+        f.vault.save(&key, Output::Bytes(&out), &SaveOptions::default()).unwrap();
     }
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = std::sync::Arc::clone(&seen);
@@ -669,7 +675,9 @@ fn deleted_blob_is_a_miss() {
 fn corrupt_inline_and_compressed_blobs_are_detected_by_verify() {
     let f = fx();
     let k1 = f.key("small", b"1");
-    f.vault.save(&k1, Output::Bytes(b"small output"), &SaveOptions::default()).unwrap();
+    // Over the size kept in a run's own row: an inline row of `blobs`.
+    let small = [b"small output".as_slice(), &[b'.'; 100]].concat();
+    f.vault.save(&k1, Output::Bytes(&small), &SaveOptions::default()).unwrap();
     let k2 = f.key("zst", b"2");
     f.vault.save(&k2, Output::Bytes(&text(1 << 20)), &SaveOptions::default()).unwrap();
     assert!(f.vault.verify().unwrap().corrupt.is_empty());
@@ -1217,6 +1225,7 @@ fn a_reused_blob_that_vanishes_before_commit_is_stored_again() {
         console: None,
         exit_code: None,
         ingredients: None,
+        embedded: None,
     };
     let err = f.vault.commit(&e, staging.blobs()).unwrap_err();
     assert!(matches!(err, Error::BlobVanished(_)), "{err}");
@@ -1697,4 +1706,82 @@ fn fetch_present_answers_a_batch_in_order_counting_hits_only() {
     assert_eq!(r.fetch_present(&asked).unwrap().iter().filter(|s| s.is_some()).count(), 3);
     let c = r.stats().unwrap().counters;
     assert_eq!((c.hits, c.misses), (6, 0), "misses are left to the claim that follows");
+}
+
+#[test]
+fn small_outputs_live_in_their_run_rows_and_a_damaged_one_is_never_served() {
+    let f = fx();
+    let k = f.key("t", b"small");
+    let first = f.vault.save(&k, Output::Bytes(b"tiny"), &SaveOptions::default()).unwrap();
+    let src = f.file("tiny.txt", b"tiny file");
+    let kf = f.key("f", b"small");
+    f.vault.save(&kf, Output::Path(&src), &SaveOptions::default()).unwrap();
+    // Just over the limit: a row of `blobs` as before.
+    let limit = crate::store::sqlite::SMALL_MAX as usize;
+    let kb = f.key("b", b"over");
+    f.vault.save(&kb, Output::Bytes(&vec![5u8; limit + 1]), &SaveOptions::default()).unwrap();
+    let s = f.vault.stats().unwrap();
+    assert_eq!(s.census.blobs, 1, "only the output over {limit} bytes has a blob row");
+    assert_eq!((s.census.small_outputs, s.census.small_bytes), (2, 4 + 9));
+    assert_eq!(s.counters.stored_bytes, (4 + 9 + limit + 1) as i64);
+    assert_eq!(f.vault.get_bytes(&k).unwrap().unwrap().1, b"tiny");
+    let dest = f.out("got");
+    f.vault.get(&kf, &dest).unwrap().expect("hit");
+    assert_eq!(std::fs::read(&dest).unwrap(), b"tiny file");
+
+    // A save that supersedes: the history run keeps its output in its row.
+    f.vault.save(&k, Output::Bytes(b"tiny 2"), &SaveOptions::default()).unwrap();
+    assert_eq!(f.vault.stats().unwrap().counters.stored_bytes, (4 + 6 + 9 + limit + 1) as i64);
+    let old = f.vault.resolve(&first.id).unwrap();
+    assert_eq!(old.status, Status::Superseded);
+    assert!(f.vault.restore_run(&old, &f.out("old")).unwrap());
+    assert_eq!(std::fs::read(f.out("old")).unwrap(), b"tiny");
+    // Export and import carry small outputs like any other.
+    let archive = f.out("x.tar.zst");
+    f.vault.export_where(&Filter::default(), &archive).unwrap();
+    let g = fx();
+    assert_eq!(g.vault.import(&archive).unwrap().imported, 3);
+    assert_eq!(g.vault.get_bytes(&k).unwrap().unwrap().1, b"tiny 2");
+
+    // Bytes changed in the row: the run is damaged, never served, removed and counted.
+    let conn = rusqlite::Connection::open(f.vault.settings.vault_dir.join("cache.db")).unwrap();
+    let changed = conn
+        .execute("UPDATE entries SET small = CAST('tinx 2' AS BLOB) WHERE small = CAST('tiny 2' AS BLOB)", [])
+        .unwrap();
+    assert_eq!(changed, 1);
+    // (Its hot record holds a verified copy of its own: the database is asked without it.)
+    std::fs::remove_dir_all(f.vault.settings.vault_dir.join("hot")).unwrap();
+    assert!(f.vault.get_bytes(&k).unwrap().is_none());
+    let s = f.vault.stats().unwrap();
+    assert_eq!((s.counters.corrupt, s.census.runs), (1, 3));
+    // The file output damaged too: verify finds and removes it.
+    conn.execute(
+        "UPDATE entries SET small = CAST('tiny filE' AS BLOB) WHERE small = CAST('tiny file' AS BLOB)",
+        [],
+    )
+    .unwrap();
+    let report = f.vault.verify().unwrap();
+    assert_eq!(report.damaged_rows.len(), 1, "{report:?}");
+    assert!(f.vault.get(&kf, &f.out("got2")).unwrap().is_none());
+    assert!(!f.out("got2").exists());
+    // Removing everything frees every byte, small or not.
+    f.vault.clear().unwrap();
+    assert_eq!(f.vault.stats().unwrap().counters.stored_bytes, 0);
+    // The next save of a damaged key restores it.
+    f.vault.save(&k, Output::Bytes(b"tiny 3"), &SaveOptions::default()).unwrap();
+    assert_eq!(f.vault.get_bytes(&k).unwrap().unwrap().1, b"tiny 3");
+}
+
+#[test]
+fn evicting_small_outputs_frees_their_bytes() {
+    let f = fx();
+    for i in 0..10u8 {
+        let k = f.key("t", &[i]);
+        f.vault.save(&k, Output::Bytes(&[i; 40]), &SaveOptions::default()).unwrap();
+    }
+    assert_eq!(f.vault.stats().unwrap().counters.stored_bytes, 400);
+    f.vault.gc(None, Some(200)).unwrap();
+    let s = f.vault.stats().unwrap();
+    assert!(s.counters.stored_bytes <= 200, "{:?}", s.counters);
+    assert_eq!(s.counters.stored_bytes, s.entries * 40, "{s:?}");
 }

@@ -242,7 +242,8 @@ def targets(rows: list[dict]) -> None:
         ratio = big["cold map µs/entry"] / mid["cold map µs/entry"]
         line("cold map within 1.5x of 10,000", f"{ratio:.2f}x", ratio <= 1.5)
     ratio = big["map 10k warm s"] / big["diskcache 10k warm loop s"]
-    line("map of 10,000 warm items (new process) vs diskcache's loop", f"{ratio:.2f}x (benches/python_vs_peers.sh measures it in one process)", ratio <= 0.5)
+    print(f"| (not a target) map of 10,000 warm items in a new process vs diskcache's loop | {ratio:.2f}x "
+          "| the target, <= 0.5x, is the warm map of benches/python_vs_peers.sh |")
 
 
 def main() -> None:

@@ -1250,10 +1250,9 @@ fn save_in(
 ) -> Result<Committed> {
     let mut unreferenced = Vec::new();
     let small = small_bytes(entry, blobs);
+    // A small output stays in the run's row: no blob row, no reference.
+    let blobs = if small.is_some() { &[] } else { blobs };
     for b in blobs {
-        if small.is_some() {
-            break; // its one blob stays in its row
-        }
         let d = b.info.digest.to_string();
         let dv = digest_value(&b.info.digest);
         if b.staged.is_none() && b.info.inline.is_none() {
@@ -1395,9 +1394,11 @@ impl MetaStore for SqliteMeta {
                 .map(|k| {
                     let Some(Ok(e)) = live_entry(c, k)? else { return Ok(None) };
                     let mut rows: Vec<BlobInfo> = e.embedded.iter().cloned().collect();
-                    for d in if rows.is_empty() { e.blob_digests() } else { Vec::new() } {
-                        if let Some(Ok(row)) = blob_row(c, &d)? {
-                            rows.push(row);
+                    if e.embedded.is_none() {
+                        for d in e.blob_digests() {
+                            if let Some(Ok(row)) = blob_row(c, &d)? {
+                                rows.push(row);
+                            }
                         }
                     }
                     Ok(Some((e, rows)))

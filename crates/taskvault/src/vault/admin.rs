@@ -335,7 +335,7 @@ impl Vault {
             after = Some(last.digest.to_string());
             let in_page = page.len() as u64;
             for b in page {
-                match self.read_blob(&b.digest, b.size, &mut Sink::Discard)? {
+                match self.read_blob_row(&b.digest, Some(b.clone()), b.size, &mut Sink::Discard)? {
                     Ok(()) => {}
                     // Only what a second look confirms: a blob removed meanwhile is not corrupt.
                     Err(msg) if self.corrupt(&b.digest, &msg, "verify")? => {

@@ -49,6 +49,9 @@ pub(crate) struct Queue {
     /// them a second time (closing its copies of the claims' descriptors releases nothing).
     pid: u32,
     pub(crate) saves: Vec<Deferred>,
+    /// The keys of `saves`: every claim asks whether its key waits here, and a batch holds up
+    /// to a thousand saves.
+    keys: std::collections::HashSet<String>,
     oldest: Option<Instant>,
     /// Buffered records are due and a front-end thread writes them (see `Resident::buffer`).
     records_due: bool,
@@ -124,6 +127,7 @@ impl Resident {
             queue: Mutex::new(Queue {
                 pid: crate::fork::pid(),
                 saves: Vec::new(),
+                keys: Default::default(),
                 oldest: None,
                 records_due: false,
             }),
@@ -140,6 +144,7 @@ impl Resident {
             // Forked: what the parent staged is the parent's to commit.
             take_queue(&mut q);
         }
+        q.keys.insert(d.entry.key.clone());
         q.saves.push(d);
         q.oldest.get_or_insert_with(Instant::now);
         self.queued.notify_one();
@@ -149,7 +154,7 @@ impl Resident {
     /// Whether a save of `key` is waiting.
     pub(crate) fn is_deferred(&self, key: &str) -> bool {
         let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.saves.iter().any(|d| d.entry.key == key)
+        q.keys.contains(key)
     }
 
     /// Everything waiting.
@@ -266,6 +271,7 @@ impl Resident {
 
 fn take_queue(q: &mut Queue) -> Vec<Deferred> {
     q.oldest = None;
+    q.keys.clear();
     let saves = std::mem::take(&mut q.saves);
     if q.pid != crate::fork::pid() {
         q.pid = crate::fork::pid();

@@ -55,14 +55,19 @@ impl Sink<'_> {
 pub(crate) type Verified = std::result::Result<(), String>;
 
 impl Vault {
-    /// Writes the verified bytes of blob `digest` (expected `size` bytes) to `sink`.
+    /// Writes the verified bytes of blob `digest` (expected `size` bytes) to `sink`, reading
+    /// its row unless the caller has it (`known`).
     pub(crate) fn read_blob(
         &self,
         digest: &Digest,
+        known: Option<BlobInfo>,
         size: u64,
         sink: &mut Sink<'_>,
     ) -> Result<Verified> {
-        let row = self.blob_info(digest)?;
+        let row = match known {
+            Some(row) => Some(row),
+            None => self.blob_info(digest)?,
+        };
         self.read_blob_row(digest, row, size, sink)
     }
 
@@ -377,13 +382,7 @@ impl Vault {
             return Ok(Ok(()));
         }
         let mut f = File::create(path).at(path)?;
-        let row = match known {
-            Some(row) => Some(row),
-            None => self.blob_info(digest)?,
-        };
-        if let Err(msg) =
-            self.read_blob_row(digest, row, node.size, &mut Sink::File(&mut f, path))?
-        {
+        if let Err(msg) = self.read_blob(digest, known, node.size, &mut Sink::File(&mut f, path))? {
             return Ok(Err(msg));
         }
         f.set_permissions(std::fs::Permissions::from_mode(mode)).at(path)?;
@@ -450,11 +449,7 @@ impl Vault {
         sink: &mut Sink<'_>,
     ) -> Result<Option<()>> {
         let digest = node.digest.ok_or_else(|| Error::Other("file node without digest".into()))?;
-        let row = match known {
-            Some(row) => Some(row),
-            None => self.blob_info(&digest)?,
-        };
-        match self.read_blob_row(&digest, row, node.size, sink)? {
+        match self.read_blob(&digest, known, node.size, sink)? {
             Ok(()) => Ok(Some(())),
             Err(msg) => {
                 self.corrupt(&digest, &msg, "get")?;
@@ -465,7 +460,7 @@ impl Vault {
 }
 
 /// The blob of `node` that `e`'s own row holds, if it is that one (see [`Entry::embedded`]).
-pub(crate) fn embedded_for(e: &Entry, node: &Node) -> Option<BlobInfo> {
+fn embedded_for(e: &Entry, node: &Node) -> Option<BlobInfo> {
     e.embedded.as_ref().filter(|b| node.digest == Some(b.digest)).cloned()
 }
 

@@ -161,6 +161,15 @@ def run_size(n: int) -> dict:
     res: dict = {"n": n}
     build = subprocess.run([PY, "-c", BUILD, vault, str(n)], capture_output=True, text=True, check=True)
     secs = float(build.stdout.split()[-1])
+    if n <= 10000:
+        # A build this short varies by a third from run to run: the median of three.
+        runs = [secs]
+        for i in range(2):
+            again = os.path.join(ROOT, f"again-{n}-{i}")
+            out = subprocess.run([PY, "-c", BUILD, again, str(n)], capture_output=True, text=True, check=True)
+            runs.append(float(out.stdout.split()[-1]))
+            shutil.rmtree(again, ignore_errors=True)
+        secs = sorted(runs)[1]
     res["cold map µs/entry"] = round(secs / n * 1e6, 1)
     res["bytes/entry (vault)"] = round(du(vault) / n)
     res["bytes/entry (metadata)"] = metadata_bytes(vault, n)

@@ -234,14 +234,20 @@ pub(crate) struct ClaimFiles {
     free: std::sync::Mutex<Free>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Free {
     /// The process the descriptions belong to.
     pid: u32,
-    /// Per shard (made on first use).
-    files: Vec<Vec<File>>,
+    /// Per shard.
+    files: [Vec<File>; CLAIM_SHARDS],
     /// How many `files` holds in all.
     count: usize,
+}
+
+impl Default for Free {
+    fn default() -> Free {
+        Free { pid: 0, files: std::array::from_fn(|_| Vec::new()), count: 0 }
+    }
 }
 
 /// How many files claims are spread over (`locks/claims-00` .. `locks/claims-3f`).
@@ -276,13 +282,11 @@ impl ClaimFiles {
         }
     }
 
-    /// Drops descriptions inherited through fork (and makes the shards' lists on first use).
+    /// Drops descriptions inherited through fork.
     fn own(free: &mut Free) {
         let pid = crate::fork::pid();
-        if free.pid != pid || free.files.len() != CLAIM_SHARDS {
-            free.files = (0..CLAIM_SHARDS).map(|_| Vec::new()).collect();
-            free.count = 0;
-            free.pid = pid;
+        if free.pid != pid {
+            *free = Free { pid, ..Free::default() };
         }
     }
 }

@@ -131,6 +131,20 @@ mod b64_pairs {
 }
 
 impl Entry {
+    /// The one output node of an entry whose only blob is that node's (a file or bytes output,
+    /// no console log): what a small output kept in the run's own row belongs to.
+    pub fn sole_output(&self) -> Option<&OutputNode> {
+        match (self.blob_digests().as_slice(), self.outputs.as_slice(), &self.console) {
+            ([d], [node], None) if node.digest == Some(*d) => Some(node),
+            _ => None,
+        }
+    }
+
+    /// The blob `digest` if this run's own row holds it ([`Entry::embedded`]).
+    pub fn embedded_blob(&self, digest: &Digest) -> Option<&BlobInfo> {
+        self.embedded.as_ref().filter(|b| b.digest == *digest)
+    }
+
     /// Distinct digests of the blobs this entry needs.
     pub fn blob_digests(&self) -> Vec<Digest> {
         let mut v: Vec<Digest> = self

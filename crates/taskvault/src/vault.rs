@@ -1069,10 +1069,8 @@ impl Vault {
         {
             let _lock = self.blob_lock(false)?;
             let Some(info) = self.meta.blob(digest)? else { return Ok(false) };
-            if self
-                .read_blob_row(digest, Some(info.clone()), info.size, &mut Sink::Discard)?
-                .is_ok()
-            {
+            let size = info.size;
+            if self.read_blob_row(digest, Some(info), size, &mut Sink::Discard)?.is_ok() {
                 return Ok(false);
             }
         }

@@ -1010,9 +1010,8 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Decoded> {
 /// The blob a row's `small` column holds for `e`, verified against the digest and size of its
 /// one output: a row whose bytes do not match is damaged, never served.
 fn small_blob(e: &Entry, data: &[u8]) -> std::result::Result<BlobInfo, String> {
-    let (digest, size) = match (e.blob_digests().as_slice(), e.outputs.first()) {
-        ([d], Some(node)) if node.digest == Some(*d) => (*d, node.size),
-        _ => return Err("it holds small output bytes but has not exactly one output blob".into()),
+    let Some((Some(digest), size)) = e.sole_output().map(|n| (n.digest, n.size)) else {
+        return Err("it holds small output bytes but has not exactly one output blob".into());
     };
     let got = digest.algorithm().digest(data);
     if data.len() as u64 != size || got != digest {
@@ -1027,18 +1026,11 @@ fn small_blob(e: &Entry, data: &[u8]) -> std::result::Result<BlobInfo, String> {
 /// The bytes of `entry`'s one output to keep in its row, if they are small enough (see
 /// `SCHEMA_V7`): one output node, no console, its blob among `blobs` inline and raw.
 fn small_bytes<'b>(entry: &Entry, blobs: &'b [StagedBlob]) -> Option<&'b [u8]> {
-    let digests = entry.blob_digests();
-    let ([d], [node], None) = (digests.as_slice(), entry.outputs.as_slice(), &entry.console) else {
-        return None;
-    };
-    if node.digest != Some(*d) {
-        return None;
-    }
-    let b = blobs.iter().find(|b| b.info.digest == *d)?;
+    let node = entry.sole_output()?;
+    let b = blobs.iter().find(|b| Some(b.info.digest) == node.digest)?;
     let data = b.info.inline.as_deref()?;
     let raw = b.staged.is_none() && b.info.codec == Codec::Raw;
-    (raw && b.info.size == node.size && data.len() as u64 == node.size && node.size <= SMALL_MAX)
-        .then_some(data)
+    (raw && data.len() as u64 == node.size && node.size <= SMALL_MAX).then_some(data)
 }
 
 /// The entries of decoded rows; damaged ones are left out with a warning (`verify` reports and
@@ -1393,7 +1385,8 @@ impl MetaStore for SqliteMeta {
                 .iter()
                 .map(|k| {
                     let Some(Ok(e)) = live_entry(c, k)? else { return Ok(None) };
-                    let mut rows: Vec<BlobInfo> = e.embedded.iter().cloned().collect();
+                    // A small output's row is the entry's own (`Entry::embedded`).
+                    let mut rows = Vec::new();
                     if e.embedded.is_none() {
                         for d in e.blob_digests() {
                             if let Some(Ok(row)) = blob_row(c, &d)? {

@@ -144,8 +144,7 @@ impl Vault {
             return Ok(());
         }
         for d in e.blob_digests() {
-            if e.embedded.as_ref().is_none_or(|b| b.digest != d) && self.meta().blob(&d)?.is_none()
-            {
+            if e.embedded_blob(&d).is_none() && self.meta().blob(&d)?.is_none() {
                 return Err(Error::Other(format!(
                     "the outputs of run {} are no longer stored (it is not the live run of its key)",
                     e.id

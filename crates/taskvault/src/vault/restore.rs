@@ -461,7 +461,7 @@ impl Vault {
 
 /// The blob of `node` that `e`'s own row holds, if it is that one (see [`Entry::embedded`]).
 fn embedded_for(e: &Entry, node: &Node) -> Option<BlobInfo> {
-    e.embedded.as_ref().filter(|b| node.digest == Some(b.digest)).cloned()
+    e.embedded_blob(&node.digest?).cloned()
 }
 
 /// The one output node of a file or bytes entry.

@@ -128,6 +128,14 @@ pub enum Command {
         after_help = "Examples:\n  taskvault run -i 'src/**' -i package-lock.json -o dist -- npm run build\n  taskvault run -i 'src/**' -i 'tests/**' -- pytest -q\n  taskvault run --explain -i data.csv -o model.pkl -- python train.py"
     )]
     Run(RunArgs),
+    /// Serve this vault to other machines over HTTP (the remote tier's server).
+    #[command(
+        after_help = "Examples:\n  taskvault serve                          # service_port of the config (9999)\n  taskvault serve --listen 0.0.0.0:8080\n  taskvault serve --listen 127.0.0.1:0     # any free port (printed)\n\nWithout tokens it serves loopback only; see `taskvault token create`."
+    )]
+    Serve(ServeArgs),
+    /// Manage the server's access tokens (stored hashed in the vault's server/ directory).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Show the effective configuration and where each value came from.
     Config,
     /// Print a shell completion script.
@@ -141,6 +149,54 @@ pub enum Command {
     /// Print the man page (roff), made from the same definitions as --help.
     #[command(after_help = "Example:\n  taskvault man > ~/.local/share/man/man1/taskvault.1")]
     Man,
+}
+
+/// `taskvault serve`
+#[derive(Debug, PartialEq, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on. Default: 0.0.0.0 on service_port once a token exists,
+    /// else 127.0.0.1 (a server without tokens serves this machine only).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Serve a non-loopback address without tokens: anyone who reaches it may read and write.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// The largest blob one upload may carry (e.g. 16GiB).
+    #[arg(long, value_parser = parse_cap, default_value = "16GiB")]
+    pub max_upload_size: u64,
+    /// Uploads received at once; more wait, then get 503.
+    #[arg(long, default_value_t = 64)]
+    pub max_uploads: usize,
+    /// Longest wait for a request's next bytes (e.g. 60s).
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, PartialEq, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; it is printed once, only its hash is kept.
+    #[command(
+        after_help = "Examples:\n  taskvault token create --scope write --namespace ci\n  taskvault token create --scope read --namespace ci --namespace web --name laptops\n  taskvault token create --scope admin --namespace '*' --name ops"
+    )]
+    Create {
+        /// read, write (implies read) or admin (implies both).
+        #[arg(long, value_parser = parse_scope)]
+        scope: taskvault_server::tokens::Scope,
+        /// A namespace the token may use (repeatable); `*` for all.
+        #[arg(long = "namespace", required = true)]
+        namespaces: Vec<String>,
+        /// A name for the audit trail and `token list` (default: scope and namespaces).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tokens (never the tokens themselves).
+    List,
+    /// Revoke a token by id or name; a running server refuses it from its next request.
+    Revoke { token: String },
+}
+
+fn parse_scope(s: &str) -> Result<taskvault_server::tokens::Scope, String> {
+    s.parse()
 }
 
 #[derive(Debug, PartialEq, Default, Args)]

@@ -4,6 +4,7 @@ mod admin;
 mod cache;
 mod inspect;
 mod run;
+pub mod serve;
 
 use anyhow::{Context, Result};
 use taskvault::{Filter, Status, Vault};
@@ -32,7 +33,12 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
     // off, and the kernel releases the file locks), so it is skipped on the hit path's clock.
     let v: &Vault = Box::leak(Box::new(vault));
     match &cli.command {
-        Command::Init { .. } | Command::Completions { .. } | Command::Man | Command::Config => {
+        Command::Init { .. }
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Config
+        | Command::Serve(_)
+        | Command::Token(_) => {
             unreachable!("handled before the vault is opened")
         }
         Command::Cache(c) => cache::run(cli, v, c),

@@ -122,8 +122,14 @@ fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {
     })?;
     init_logging(&resolved.log_level);
     tracing::debug!(vault = %resolved.settings.vault_dir.display(), config = ?resolved.config_path);
-    if let cli::Command::Config = &cli.command {
-        return commands::config(&cli, &resolved);
+    match &cli.command {
+        cli::Command::Config => return commands::config(&cli, &resolved),
+        cli::Command::Token(t) => return commands::serve::token(&cli, &resolved, t),
+        cli::Command::Serve(a) => {
+            resolved.check_creatable()?;
+            return commands::serve::serve(&cli, resolved, a);
+        }
+        _ => {}
     }
     if !resolved.vault_exists() {
         // A command that only reads never makes a vault; one that saves may, where allowed.

@@ -39,6 +39,73 @@ pub struct Resolved {
     /// The project root: the directory holding `.taskvault/` (or the config file's own
     /// directory), else the current directory.
     pub root: PathBuf,
+    /// `service_port` of the config: where `taskvault serve` listens by default.
+    pub service_port: u16,
+    /// The server of the remote tier, if one is configured.
+    pub remote: Option<Remote>,
+}
+
+/// The remote tier's server, resolved: the `remote:` block of the config file, with
+/// `TASKVAULT_REMOTE` (a URL, or `off`) over its `url`, and the token read from the variable
+/// `token_env` names (default `TASKVAULT_TOKEN`).
+#[derive(Clone)]
+pub struct Remote {
+    pub url: String,
+    /// The token, if the variable is set (never from the file).
+    pub token: Option<String>,
+    /// The variable the token comes from.
+    pub token_env: String,
+    pub read_only: bool,
+    pub required: bool,
+    pub connect_timeout: std::time::Duration,
+    pub timeout: std::time::Duration,
+    /// `TASKVAULT_REMOTE` or the config file.
+    pub source: &'static str,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("token_env", &self.token_env)
+            .field("read_only", &self.read_only)
+            .field("required", &self.required)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves the remote tier from the file's block and the environment.
+fn remote(file: Option<&taskvault::RemoteFile>) -> Result<Option<Remote>> {
+    let env_url = std::env::var("TASKVAULT_REMOTE").ok();
+    let (block, source) = match (env_url.as_deref().map(str::trim), file) {
+        (Some("" | "off" | "none"), _) => return Ok(None),
+        (Some(url), f) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!(
+                    "TASKVAULT_REMOTE must be an http:// or https:// URL (or `off`), got {url:?}"
+                );
+            }
+            let mut b = f.cloned().unwrap_or_else(|| {
+                yaml_serde::from_str(&format!("url: {url:?}")).expect("a URL makes a remote block")
+            });
+            b.url = url.to_owned();
+            (b, "TASKVAULT_REMOTE")
+        }
+        (None, Some(f)) => (f.clone(), "config"),
+        (None, None) => return Ok(None),
+    };
+    let token = std::env::var(&block.token_env).ok().filter(|t| !t.trim().is_empty());
+    Ok(Some(Remote {
+        url: block.url.trim_end_matches('/').to_owned(),
+        token: token.map(|t| t.trim().to_owned()),
+        token_env: block.token_env,
+        read_only: block.read_only,
+        required: block.required,
+        connect_timeout: std::time::Duration::from_secs_f64(block.connect_timeout_seconds),
+        timeout: std::time::Duration::from_secs_f64(block.timeout_seconds),
+        source,
+    }))
 }
 
 /// Where the vault directory of an invocation was chosen.
@@ -172,7 +239,18 @@ pub fn resolve(o: &Overrides) -> Result<Resolved> {
         2 => "debug".into(),
         _ => "trace".into(),
     };
-    Ok(Resolved { settings, config_path, log_level, vault_source, root, config_origin, log_origin })
+    let remote = remote(file.remote.as_ref())?;
+    Ok(Resolved {
+        settings,
+        config_path,
+        log_level,
+        vault_source,
+        root,
+        config_origin,
+        log_origin,
+        service_port: file.service_port,
+        remote,
+    })
 }
 
 /// One setting as `taskvault config` shows it.
@@ -220,7 +298,7 @@ pub fn explain(resolved: &Resolved) -> Result<Vec<Setting>> {
     let value = serde_json::to_value(&file).context("the config does not serialize")?;
     for (key, v) in value.as_object().into_iter().flatten() {
         match key.as_str() {
-            "cache_dir" | "policies" => continue,
+            "cache_dir" | "policies" | "remote" => continue,
             "log_level" => rows.push(Setting {
                 name: key.clone(),
                 value: resolved.log_level.clone(),
@@ -230,6 +308,27 @@ pub fn explain(resolved: &Resolved) -> Result<Vec<Setting>> {
                 },
             }),
             _ => rows.push(Setting { name: key.clone(), value: show(v), source: from_file(key) }),
+        }
+    }
+    if let Some(r) = &resolved.remote {
+        let from = |key: &str| match r.source {
+            "TASKVAULT_REMOTE" if key == "url" => "TASKVAULT_REMOTE".to_owned(),
+            _ if set.contains(&format!("remote.{key}")) => from_file(&format!("remote.{key}")),
+            _ => "default".to_owned(),
+        };
+        let token = match &r.token {
+            Some(_) => format!("set (from {})", r.token_env),
+            None => format!("not set ({} is empty)", r.token_env),
+        };
+        for (name, value) in [
+            ("url", r.url.clone()),
+            ("token_env", token),
+            ("read_only", r.read_only.to_string()),
+            ("required", r.required.to_string()),
+            ("connect_timeout_seconds", r.connect_timeout.as_secs_f64().to_string()),
+            ("timeout_seconds", r.timeout.as_secs_f64().to_string()),
+        ] {
+            rows.push(Setting { name: format!("remote.{name}"), value, source: from(name) });
         }
     }
     for (task, policy) in value["policies"].as_object().into_iter().flatten() {

@@ -554,7 +554,7 @@ fn check_room(dir: &Path, bytes: u64) -> std::result::Result<(), String> {
 /// Whether an archived entry may be imported: it answers exactly the key it claims (recomputed
 /// from its recorded ingredients), its outputs form a valid manifest of the right shape, and
 /// every blob it needs is in the archive at the size it expects.
-fn check_entry(
+pub(crate) fn check_entry(
     e: &mut Entry,
     have: &dyn Fn(&Digest) -> Option<u64>,
 ) -> std::result::Result<(), String> {

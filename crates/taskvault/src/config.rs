@@ -49,6 +49,44 @@ pub struct ConfigFile {
     /// Per-task policies; `default` applies to tasks without their own entry.
     #[serde(default = "default_policies")]
     pub policies: BTreeMap<String, PolicyFile>,
+    /// A `taskvault serve` to share results with (the remote tier). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteFile>,
+}
+
+/// The `remote:` block: the server, how to authenticate, and how to behave when it fails. The
+/// engine does not use it; front ends resolve it (see `taskvault-settings`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteFile {
+    /// `http://host:port` (or https) of the server.
+    pub url: String,
+    /// The environment variable holding the token (never the token itself). Default
+    /// `TASKVAULT_TOKEN`.
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// Look results up on the server but never upload.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Fail instead of carrying on with the local vault when the server cannot be used.
+    #[serde(default)]
+    pub required: bool,
+    /// Seconds to wait for a connection. Default 2.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: f64,
+    /// Seconds a request may wait for the server's next bytes. Default 30.
+    #[serde(default = "default_remote_timeout")]
+    pub timeout_seconds: f64,
+}
+
+fn default_token_env() -> String {
+    "TASKVAULT_TOKEN".into()
+}
+fn default_connect_timeout() -> f64 {
+    2.0
+}
+fn default_remote_timeout() -> f64 {
+    30.0
 }
 
 /// One `policies.<task>` block. A field left out falls back to the `default` policy.
@@ -191,6 +229,25 @@ impl ConfigFile {
         }
         if let Err(why) = check_log_level(&self.log_level) {
             return bad(&["log_level"], format!("log_level {why}"));
+        }
+        if let Some(r) = &self.remote {
+            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+                return bad(
+                    &["remote", "url"],
+                    format!("remote.url must start with http:// or https://, got {:?}", r.url),
+                );
+            }
+            for (key, v) in [
+                ("timeout_seconds", r.timeout_seconds),
+                ("connect_timeout_seconds", r.connect_timeout_seconds),
+            ] {
+                if !v.is_finite() || v <= 0.0 {
+                    return bad(
+                        &["remote", key],
+                        format!("remote.{key} must be more than 0, got {v}"),
+                    );
+                }
+            }
         }
         if self.namespace.is_empty() {
             return bad(&["namespace"], "namespace must not be empty".into());

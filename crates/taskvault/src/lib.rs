@@ -25,12 +25,13 @@ mod vault;
 
 pub use archive::{ExportReport, ImportReport};
 pub use claim::{Claim, ClaimGuard, Destination, DetachedClaim, Fetched};
-pub use config::{ConfigFile, Policy, Settings};
+pub use config::{ConfigFile, Policy, RemoteFile, Settings};
 pub use digest::{Algorithm, Digest};
 pub use entry::{Entry, Filter, Ingredients, OutputKind, Status};
 pub use error::{Error, Result};
 pub use key::{Input, InputKind, InputRecord, TaskKey};
 pub use vault::GcReport;
+pub use vault::exchange::{Admitted, BlobStream, Exported};
 pub use vault::{ItemProgress, Output, Progress, SaveOptions, Served, Stats, Vault, VerifyReport};
 
 /// The README's Rust examples, compiled by `cargo test --doc -p taskvault` (scripts/test.sh).

@@ -2,6 +2,7 @@
 //! policies, the audit trail and claims applied in one place.
 
 mod admin;
+pub mod exchange;
 mod lifecycle;
 mod resident;
 mod restore;

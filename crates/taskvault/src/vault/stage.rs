@@ -191,6 +191,11 @@ impl<'v> Staging<'v> {
         Ok(self.push(blob))
     }
 
+    /// References a blob stored already (its row as read).
+    pub(crate) fn stored(&mut self, info: BlobInfo) {
+        self.push(StagedBlob { info, staged: None });
+    }
+
     /// Stages a file whose digest is already known (an import); fails if it changed meanwhile.
     pub(crate) fn file_expecting(&mut self, path: &Path, digest: Digest) -> Result<()> {
         let got = self.file(path)?.info.digest;

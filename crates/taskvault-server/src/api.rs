@@ -1,0 +1,584 @@
+//! The native API, `/v1/...`: entries by key, blobs by digest, the missing-blobs query. Each
+//! handler is annotated for the OpenAPI document the server serves at `/v1/openapi.json`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
+use taskvault::{Admitted, Digest, Entry};
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::tokens::{Caller, Scope, valid_namespace};
+use crate::uploads::parse_digest;
+
+/// Blobs up to this size come with the entry that needs them (one round trip for a small hit).
+const SMALL_BLOB_MAX: u64 = 64 << 10;
+/// ... up to this many bytes of them per entry.
+const SMALL_BLOBS_TOTAL: u64 = 1 << 20;
+/// A download is sent in chunks of this size, read ahead by at most `DOWNLOAD_AHEAD` chunks
+/// (what bounds a download's memory).
+const DOWNLOAD_CHUNK: usize = 256 << 10;
+const DOWNLOAD_AHEAD: usize = 4;
+/// Upload chunks are written to disk in batches of about this many bytes.
+const UPLOAD_BATCH: usize = 1 << 20;
+/// The most digests one missing-blobs query may ask about.
+pub const MISSING_MAX: usize = 100_000;
+
+/// The caller, authenticated from the `Authorization` header (every `/v1` handler takes it).
+#[derive(Debug)]
+pub struct Auth(pub Caller);
+
+impl FromRequestParts<Arc<AppState>> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Auth, ApiError> {
+        let value = match parts.headers.get(header::AUTHORIZATION) {
+            Some(v) => Some(v.to_str().map_err(|_| {
+                ApiError::Unauthorized("the Authorization header is not text".into())
+            })?),
+            None => None,
+        };
+        Ok(Auth(state.tokens.authenticate(value)?))
+    }
+}
+
+fn check_ns(ns: &str) -> Result<(), ApiError> {
+    if valid_namespace(ns) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{ns:?} is not a namespace: 1 to 64 letters, digits, '.', '_' or '-', not starting \
+             with '.'"
+        )))
+    }
+}
+
+fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!("{key:?} is not a key digest (64 lowercase hex)")))
+    }
+}
+
+/// Runs blocking engine work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+/// A live entry and the bytes of its small blobs.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct EntryResponse {
+    /// The run, as `taskvault show --json` prints it.
+    #[schema(value_type = Object)]
+    pub entry: Entry,
+    /// Digest -> base64 of the blob's bytes, for the entry's blobs of at most 64 KiB (up to
+    /// 1 MiB in all); fetch the others from `/blobs/{digest}`.
+    pub blobs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct LookupQuery {
+    /// The task the key belongs to, so that a miss is counted for it.
+    pub task: Option<String>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/ns/{ns}/entries/{key}", tag = "entries",
+    params(
+        ("ns" = String, Path, description = "Namespace"),
+        ("key" = String, Path, description = "Key digest, 64 lowercase hex"),
+        LookupQuery,
+    ),
+    responses(
+        (status = 200, description = "The live entry of the key", body = EntryResponse),
+        (status = 400, description = "Malformed namespace or key", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token may not read this namespace", body = ErrorBody),
+        (status = 404, description = "A miss", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_entry(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path((ns, key)): Path<(String, String)>,
+    Query(q): Query<LookupQuery>,
+) -> Result<axum::Json<EntryResponse>, ApiError> {
+    check_ns(&ns)?;
+    check_key(&key)?;
+    caller.check(Scope::Read, &ns)?;
+    let op = format!("serve:{}", caller.name());
+    let task = q.task.unwrap_or_default();
+    let state = Arc::clone(&s);
+    let found = blocking(move || {
+        Ok(state.vault.export_entry(&key, &task, SMALL_BLOB_MAX, SMALL_BLOBS_TOTAL, &op)?)
+    })
+    .await?;
+    match found {
+        Some(x) if x.entry.namespace == ns => {
+            use base64::Engine as _;
+            s.metrics.hit();
+            let blobs = x
+                .small
+                .iter()
+                .map(|(d, b)| (d.to_string(), base64::engine::general_purpose::STANDARD.encode(b)))
+                .collect();
+            Ok(axum::Json(EntryResponse { entry: x.entry, blobs }))
+        }
+        _ => {
+            s.metrics.miss();
+            Err(ApiError::NotFound("no entry for this key in this namespace".into()))
+        }
+    }
+}
+
+#[utoipa::path(
+    put, path = "/v1/ns/{ns}/entries/{key}", tag = "entries",
+    params(
+        ("ns" = String, Path, description = "Namespace"),
+        ("key" = String, Path, description = "Key digest, 64 lowercase hex"),
+    ),
+    request_body(content = Object, description = "The run (an entry document as `show --json` prints it); its blobs must be present in the namespace", content_type = "application/json"),
+    responses(
+        (status = 201, description = "Committed as the key's live run"),
+        (status = 200, description = "This run was live already"),
+        (status = 400, description = "Malformed, or the entry does not answer the key", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token may not write this namespace", body = ErrorBody),
+        (status = 409, description = "Blobs the namespace lacks (listed); upload them first", body = ErrorBody),
+        (status = 413, description = "Larger than the task's size limit", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_entry(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path((ns, key)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    check_ns(&ns)?;
+    check_key(&key)?;
+    caller.check(Scope::Write, &ns)?;
+    let entry: Entry = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not an entry: {e}")))?;
+    if entry.key != key {
+        return Err(ApiError::BadRequest(format!("the entry is for key {}, not {key}", entry.key)));
+    }
+    if entry.namespace != ns {
+        return Err(ApiError::BadRequest(format!(
+            "the entry belongs to namespace {:?}, not {ns:?}",
+            entry.namespace
+        )));
+    }
+    let op = format!("serve:{}", caller.name());
+    let state = Arc::clone(&s);
+    let admitted = blocking(move || {
+        let missing: Vec<String> = entry
+            .blob_digests()
+            .iter()
+            .map(|d| Ok((d, state.uploads.present(&state.vault, &ns, d)?)))
+            .collect::<Result<Vec<_>, ApiError>>()?
+            .into_iter()
+            .filter(|(_, present)| !present)
+            .map(|(d, _)| d.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::MissingBlobs {
+                message: format!(
+                    "{} blob(s) of the entry are not in namespace {ns:?}",
+                    missing.len()
+                ),
+                missing,
+            });
+        }
+        let uploads = &state.uploads;
+        Ok(state.vault.admit(entry, &|d: &Digest| uploads.upload(d), &op)?)
+    })
+    .await?;
+    s.metrics.saved();
+    Ok(match admitted {
+        Admitted::Committed => StatusCode::CREATED,
+        Admitted::AlreadyLive => StatusCode::OK,
+    })
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct MissingRequest {
+    /// Digests (`blake3:<hex>` or `sha256:<hex>`), at most 100,000.
+    pub digests: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct MissingResponse {
+    /// The digests asked about that the namespace lacks, in the order asked.
+    pub missing: Vec<String>,
+}
+
+#[utoipa::path(
+    post, path = "/v1/ns/{ns}/blobs/missing", tag = "blobs",
+    params(("ns" = String, Path, description = "Namespace")),
+    request_body = MissingRequest,
+    responses(
+        (status = 200, description = "Which of the digests must be uploaded", body = MissingResponse),
+        (status = 400, description = "A malformed digest, or too many", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token may not write this namespace", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn missing_blobs(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Result<axum::Json<MissingResponse>, ApiError> {
+    check_ns(&ns)?;
+    caller.check(Scope::Write, &ns)?;
+    let req: MissingRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not a digest list: {e}")))?;
+    if req.digests.len() > MISSING_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "{} digests in one query; at most {MISSING_MAX}",
+            req.digests.len()
+        )));
+    }
+    let digests =
+        req.digests.iter().map(|d| parse_digest(d)).collect::<Result<Vec<Digest>, _>>()?;
+    let missing = blocking(move || {
+        let mut missing = Vec::new();
+        for d in &digests {
+            if !s.uploads.present(&s.vault, &ns, d)? {
+                missing.push(d.to_string());
+            }
+        }
+        Ok(missing)
+    })
+    .await?;
+    Ok(axum::Json(MissingResponse { missing }))
+}
+
+/// An inclusive byte range of a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u64,
+    end: u64,
+}
+
+/// One range of a `Range: bytes=...` header, against a blob of `size` bytes. `Ok(None)` means
+/// the header is ignored (absent, or several ranges: the whole blob is sent).
+fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Span>, ApiError> {
+    let Some(v) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(spec) = v.trim().strip_prefix("bytes=") else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let unsatisfiable =
+        || ApiError::RangeNotSatisfiable(format!("range {spec:?} is outside the {size} bytes"));
+    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let (a, b) = (a.trim(), b.trim());
+    let span = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| unsatisfiable())?;
+        if n == 0 || size == 0 {
+            return Err(unsatisfiable());
+        }
+        Span { start: size.saturating_sub(n), end: size - 1 }
+    } else {
+        let start: u64 = a.parse().map_err(|_| unsatisfiable())?;
+        let end: u64 = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse().map_err(|_| unsatisfiable())?
+        };
+        if start >= size || end < start {
+            return Err(unsatisfiable());
+        }
+        Span { start, end: end.min(size - 1) }
+    };
+    Ok(Some(span))
+}
+
+#[utoipa::path(
+    get, path = "/v1/ns/{ns}/blobs/{digest}", tag = "blobs",
+    params(
+        ("ns" = String, Path, description = "Namespace"),
+        ("digest" = String, Path, description = "`blake3:<hex>` or `sha256:<hex>`"),
+        ("Range" = Option<String>, Header, description = "One `bytes=` range, to resume"),
+    ),
+    responses(
+        (status = 200, description = "The blob's bytes (verified while sent: a blob that fails verification is cut short, never completed)", content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream"),
+        (status = 400, description = "Malformed namespace or digest", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token may not read this namespace", body = ErrorBody),
+        (status = 404, description = "Not in this namespace", body = ErrorBody),
+        (status = 416, description = "The range is outside the blob", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_blob(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path((ns, digest)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_ns(&ns)?;
+    let d = parse_digest(&digest)?;
+    caller.check(Scope::Read, &ns)?;
+    let state = Arc::clone(&s);
+    let ns2 = ns.clone();
+    let stream = blocking(move || {
+        if !state.uploads.visible(&ns2, &d) {
+            return Ok(None);
+        }
+        Ok(state.vault.open_blob(&d)?)
+    })
+    .await?;
+    let Some(mut stream) = stream else {
+        return Err(ApiError::NotFound(format!("no blob {d} in namespace {ns:?}")));
+    };
+    let size = stream.size();
+    let span = parse_range(&headers, size)?;
+    let (status, sent) = match span {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r),
+        None => (StatusCode::OK, Span { start: 0, end: size.wrapping_sub(1) }),
+    };
+    let len = if size == 0 { 0 } else { sent.end - sent.start + 1 };
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{d}\"")).expect("a digest is a header"),
+    );
+    if span.is_some() {
+        let v = format!("bytes {}-{}/{size}", sent.start, sent.end);
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&v).expect("numbers"));
+    }
+    s.metrics.bytes_out(len);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(DOWNLOAD_AHEAD);
+    let state = Arc::clone(&s);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let fail = |stream: &taskvault::BlobStream, e: std::io::Error| {
+            if let Some(why) = stream.failure() {
+                let _ = state.vault.blob_failed(&stream.digest(), why, "serve");
+                state.metrics.corrupt();
+            }
+            let _ = tx.blocking_send(Err(e));
+        };
+        if let Err(e) = stream.skip(sent.start) {
+            return fail(&stream, e);
+        }
+        // The last chunk of what is sent is held back until the whole blob has been read and
+        // verified: a blob that fails verification never reaches a client complete.
+        let mut left = len;
+        let mut held: Option<Bytes> = None;
+        let mut buf = vec![0u8; DOWNLOAD_CHUNK];
+        loop {
+            let want = if left > 0 {
+                buf.len().min(usize::try_from(left).unwrap_or(usize::MAX))
+            } else {
+                buf.len()
+            };
+            let n = match stream.read(&mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) => return fail(&stream, e),
+            };
+            if n == 0 {
+                break;
+            }
+            if left == 0 {
+                continue; // the tail after the range: verified, not sent
+            }
+            left -= n as u64;
+            if let Some(prev) = held.replace(Bytes::copy_from_slice(&buf[..n]))
+                && tx.blocking_send(Ok(prev)).is_err()
+            {
+                return; // the client went away
+            }
+        }
+        if let Some(last) = held {
+            let _ = tx.blocking_send(Ok(last));
+        }
+    });
+    let body =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        );
+    Ok((status, h, Body::from_stream(body)).into_response())
+}
+
+#[utoipa::path(
+    head, path = "/v1/ns/{ns}/blobs/{digest}", tag = "blobs",
+    params(
+        ("ns" = String, Path, description = "Namespace"),
+        ("digest" = String, Path, description = "`blake3:<hex>` or `sha256:<hex>`"),
+    ),
+    responses(
+        (status = 200, description = "Present in the namespace; Content-Length is its size"),
+        (status = 400, description = "Malformed namespace or digest"),
+        (status = 401, description = "No valid token"),
+        (status = 403, description = "The token may not read this namespace"),
+        (status = 404, description = "Not in this namespace"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn head_blob(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path((ns, digest)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_ns(&ns)?;
+    let d = parse_digest(&digest)?;
+    caller.check(Scope::Read, &ns)?;
+    let size = blocking(move || {
+        if !s.uploads.visible(&ns, &d) {
+            return Ok(None);
+        }
+        Ok(s.vault.open_blob(&d)?.map(|b| b.size()))
+    })
+    .await?;
+    match size {
+        Some(n) => Ok((
+            StatusCode::OK,
+            [
+                (header::CONTENT_LENGTH, HeaderValue::from(n)),
+                (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+            ],
+        )
+            .into_response()),
+        None => Err(ApiError::NotFound(format!("no blob {digest} in this namespace"))),
+    }
+}
+
+#[utoipa::path(
+    put, path = "/v1/ns/{ns}/blobs/{digest}", tag = "blobs",
+    params(
+        ("ns" = String, Path, description = "Namespace"),
+        ("digest" = String, Path, description = "`blake3:<hex>` or `sha256:<hex>`: what the body must hash to"),
+    ),
+    request_body(content = Vec<u8>, description = "The blob's bytes", content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Stored (verified and durable)"),
+        (status = 200, description = "The server had these bytes already; the namespace may now use them"),
+        (status = 400, description = "The body does not match the digest (nothing stored), or a malformed digest", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token may not write this namespace", body = ErrorBody),
+        (status = 413, description = "Larger than the server accepts", body = ErrorBody),
+        (status = 503, description = "Too many uploads at once; retry", body = ErrorBody),
+        (status = 507, description = "It cannot fit in the vault even after eviction", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_blob(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path((ns, digest)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    check_ns(&ns)?;
+    let d = parse_digest(&digest)?;
+    caller.check(Scope::Write, &ns)?;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let max = s.options.max_upload_bytes;
+    if let Some(n) = announced {
+        if n > max {
+            return Err(ApiError::TooLarge(format!(
+                "{n} bytes; this server accepts uploads of at most {max}"
+            )));
+        }
+        if let Some(cap) = s.cap_bytes.filter(|c| n > *c) {
+            return Err(ApiError::InsufficientStorage(format!(
+                "{n} bytes cannot fit under the vault's cap of {cap} bytes even after eviction"
+            )));
+        }
+    }
+    let _permit = tokio::time::timeout(
+        s.options.request_timeout,
+        Arc::clone(&s.upload_slots).acquire_owned(),
+    )
+    .await
+    .map_err(|_| ApiError::Busy("too many uploads at once; retry later".into()))?
+    .map_err(|_| ApiError::Busy("the server is stopping".into()))?;
+    let limit = s.cap_bytes.map_or(max, |c| c.min(max));
+    let mut receiver = s.uploads.receiver(&d, limit).map_err(crate::uploads::io_error)?;
+    let mut chunks = body.into_data_stream();
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batched = 0usize;
+    let idle = s.options.request_timeout;
+    loop {
+        let next = tokio::time::timeout(idle, chunks.next())
+            .await
+            .map_err(|_| ApiError::BadRequest("the upload stalled; nothing stored".into()))?;
+        let done = next.is_none();
+        if let Some(chunk) = next {
+            let chunk = chunk.map_err(|e| {
+                ApiError::BadRequest(format!("the upload was cut off ({e}); nothing stored"))
+            })?;
+            batched += chunk.len();
+            batch.push(chunk);
+        }
+        if batched >= UPLOAD_BATCH || (done && !batch.is_empty()) {
+            let chunks = std::mem::take(&mut batch);
+            batched = 0;
+            tokio::task::block_in_place(|| chunks.iter().try_for_each(|c| receiver.write(c)))
+                .map_err(|e| match e {
+                    ApiError::TooLarge(m) if s.cap_bytes.is_some_and(|c| c < max) => {
+                        ApiError::InsufficientStorage(m)
+                    }
+                    other => other,
+                })?;
+        }
+        if done {
+            break;
+        }
+    }
+    let state = Arc::clone(&s);
+    let (fresh, len) = blocking(move || {
+        let received = receiver.finish(announced)?;
+        let len = received.len;
+        let fresh = state.uploads.keep(&state.vault, received)?;
+        state.uploads.prove(&ns, &d).map_err(crate::uploads::io_error)?;
+        Ok((fresh, len))
+    })
+    .await?;
+    s.metrics.bytes_in(len);
+    Ok(if fresh { StatusCode::CREATED } else { StatusCode::OK })
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    pub version: &'static str,
+}
+
+#[utoipa::path(
+    get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "The server is up and its vault answers", body = Health),
+              (status = 503, description = "The vault does not answer", body = ErrorBody))
+)]
+pub async fn healthz(State(s): State<Arc<AppState>>) -> Result<axum::Json<Health>, ApiError> {
+    blocking(move || Ok(s.vault.has_blob(&taskvault::Algorithm::Blake3.digest(b""))?))
+        .await
+        .map_err(|e| ApiError::Busy(format!("the vault does not answer: {e}")))?;
+    Ok(axum::Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION") }))
+}

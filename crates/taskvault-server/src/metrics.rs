@@ -1,0 +1,184 @@
+//! Prometheus metrics at `/metrics`: requests by route and status, latency, hits, misses,
+//! bytes in and out, saves, corrupt blobs, claims waiting, and the vault's stored bytes and
+//! entries (read when scraped).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    hits: Counter,
+    misses: Counter,
+    saves: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    corrupt: Counter,
+    pub claims_waiting: Gauge,
+    stored_bytes: Gauge,
+    entries: Gauge,
+    evictions: Gauge<i64, std::sync::atomic::AtomicI64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("taskvault");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+            ])
+        });
+        let m = Metrics {
+            requests,
+            latency,
+            hits: Counter::default(),
+            misses: Counter::default(),
+            saves: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            corrupt: Counter::default(),
+            claims_waiting: Gauge::default(),
+            stored_bytes: Gauge::default(),
+            entries: Gauge::default(),
+            evictions: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to the response's headers, by route",
+            m.latency.clone(),
+        );
+        registry.register("hits", "Entry lookups answered with an entry", m.hits.clone());
+        registry.register("misses", "Entry lookups answered 404", m.misses.clone());
+        registry.register("saves", "Entries committed", m.saves.clone());
+        registry.register(
+            "received_bytes",
+            "Blob bytes received in verified uploads",
+            m.bytes_in.clone(),
+        );
+        registry.register("sent_bytes", "Blob bytes sent", m.bytes_out.clone());
+        registry.register(
+            "corrupt_blobs",
+            "Blobs that failed verification while being served",
+            m.corrupt.clone(),
+        );
+        registry.register(
+            "claims_waiting",
+            "Clients waiting on another's claim",
+            m.claims_waiting.clone(),
+        );
+        registry.register("stored_bytes", "Bytes stored in the vault", m.stored_bytes.clone());
+        registry.register("entries", "Live entries in the vault", m.entries.clone());
+        registry.register(
+            "evictions",
+            "Entries evicted by the cap (vault counter)",
+            m.evictions.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn hit(&self) {
+        self.hits.inc();
+    }
+    pub fn miss(&self) {
+        self.misses.inc();
+    }
+    pub fn saved(&self) {
+        self.saves.inc();
+    }
+    pub fn bytes_in(&self, n: u64) {
+        self.bytes_in.inc_by(n);
+    }
+    pub fn bytes_out(&self, n: u64) {
+        self.bytes_out.inc_by(n);
+    }
+    pub fn corrupt(&self) {
+        self.corrupt.inc();
+    }
+
+    /// The text exposition, with the vault's figures read now.
+    pub fn render(&self, vault: &taskvault::Vault) -> String {
+        if let Ok(s) = vault.stats() {
+            self.stored_bytes.set(s.total_bytes);
+            self.entries.set(s.entries);
+            self.evictions.set(s.counters.evictions);
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("metrics: {e}");
+        }
+        out
+    }
+}
+
+/// Counts every request by its route pattern (never the raw path: keys and digests would make
+/// a series each).
+pub async fn track(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    s.metrics
+        .latency
+        .get_or_create(&RouteLabels { route: route.clone() })
+        .observe(start.elapsed().as_secs_f64());
+    s.metrics.requests.get_or_create(&RequestLabels { route, method, status }).inc();
+    response
+}
+
+pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    let state = Arc::clone(&s);
+    let text = tokio::task::spawn_blocking(move || state.metrics.render(&state.vault))
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}

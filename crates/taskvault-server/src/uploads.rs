@@ -1,0 +1,234 @@
+//! Blobs arriving from clients, and which namespace may see which blob.
+//!
+//! An upload streams into `server/tmp`, hashed as it arrives; only when the whole body matches
+//! its digest (and size) is it made durable and renamed to `server/uploads/<alg>-<hex>`, where
+//! the commit of an entry takes it into the vault. A namespace may use a blob only once a
+//! client of that namespace has sent its bytes: the proof is an empty file
+//! `server/proofs/<namespace>/<alg>-<hex>`. Content is stored once underneath, but knowing a
+//! digest never lets another namespace read it or reference it.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use taskvault::{Digest, Vault};
+
+use crate::error::ApiError;
+
+/// Uploads older than this whose blob is in the vault are removed; ones whose entry never came,
+/// after a day.
+const COMMITTED_UPLOAD_AGE: Duration = Duration::from_secs(600);
+const ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug)]
+pub struct Uploads {
+    tmp: PathBuf,
+    uploads: PathBuf,
+    proofs: PathBuf,
+}
+
+fn blob_file_name(d: &Digest) -> String {
+    format!("{}-{}", d.algorithm().name(), d.hex())
+}
+
+/// Parses a digest as the API spells it: `<algorithm>:<64 hex>`.
+pub fn parse_digest(s: &str) -> Result<Digest, ApiError> {
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "{s:?} is not a digest (`blake3:<64 hex>` or `sha256:<64 hex>`)"
+        ))
+    };
+    let (alg, hex) = s.split_once(':').ok_or_else(bad)?;
+    let alg: taskvault::Algorithm = alg.parse().map_err(|_| bad())?;
+    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(bad());
+    }
+    Digest::from_hex(alg, hex).map_err(|_| bad())
+}
+
+impl Uploads {
+    pub fn new(server_dir: &Path) -> std::io::Result<Uploads> {
+        let u = Uploads {
+            tmp: server_dir.join("tmp"),
+            uploads: server_dir.join("uploads"),
+            proofs: server_dir.join("proofs"),
+        };
+        for d in [&u.tmp, &u.uploads, &u.proofs] {
+            std::fs::create_dir_all(d)?;
+        }
+        // Partial uploads of an earlier run are never used.
+        for e in std::fs::read_dir(&u.tmp)?.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        Ok(u)
+    }
+
+    fn proof(&self, ns: &str, d: &Digest) -> PathBuf {
+        self.proofs.join(ns).join(blob_file_name(d))
+    }
+
+    /// The verified upload of `d`, if one waits for its commit.
+    pub fn upload(&self, d: &Digest) -> Option<PathBuf> {
+        let p = self.uploads.join(blob_file_name(d));
+        p.is_file().then_some(p)
+    }
+
+    /// Whether namespace `ns` may use blob `d` and its bytes are here (in the vault or waiting).
+    pub fn present(&self, vault: &Vault, ns: &str, d: &Digest) -> Result<bool, ApiError> {
+        if !self.proof(ns, d).exists() {
+            return Ok(false);
+        }
+        Ok(self.upload(d).is_some() || vault.has_blob(d)?)
+    }
+
+    /// Whether namespace `ns` may read blob `d`.
+    pub fn visible(&self, ns: &str, d: &Digest) -> bool {
+        self.proof(ns, d).exists()
+    }
+
+    /// Records that a client of `ns` has sent the bytes of `d`.
+    pub fn prove(&self, ns: &str, d: &Digest) -> std::io::Result<()> {
+        let p = self.proof(ns, d);
+        if p.exists() {
+            return Ok(());
+        }
+        let dir = p.parent().expect("proofs live in a directory");
+        std::fs::create_dir_all(dir)?;
+        std::fs::File::create(&p)?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    /// A fresh file to receive an upload into.
+    pub fn receiver(&self, d: &Digest, max: u64) -> std::io::Result<Receiver> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.tmp.join(format!("{}-{n}", blob_file_name(d)));
+        let file = std::fs::File::create(&path)?;
+        Ok(Receiver {
+            hasher: d.algorithm().hasher(),
+            digest: *d,
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            path: Some(path),
+            len: 0,
+            max,
+        })
+    }
+
+    /// Makes a verified upload durable and visible under its digest. `false` when the vault
+    /// holds the blob already (the bytes are dropped; the proof still counts).
+    pub fn keep(&self, vault: &Vault, mut received: Received) -> Result<bool, ApiError> {
+        let tmp = received.path.take().expect("a received upload has its file");
+        if vault.has_blob(&received.digest)? || self.upload(&received.digest).is_some() {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(false);
+        }
+        let dest = self.uploads.join(blob_file_name(&received.digest));
+        std::fs::rename(&tmp, &dest).map_err(io_error)?;
+        std::fs::File::open(&self.uploads).and_then(|d| d.sync_all()).map_err(io_error)?;
+        Ok(true)
+    }
+
+    /// Removes uploads that have been committed (or abandoned) for a while.
+    pub fn reap(&self, vault: &Vault) {
+        let Ok(dir) = std::fs::read_dir(&self.uploads) else { return };
+        let now = SystemTime::now();
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(d) = name
+                .to_str()
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(a, h)| parse_digest(&format!("{a}:{h}")).ok())
+            else {
+                continue;
+            };
+            let age = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            let committed = age > COMMITTED_UPLOAD_AGE && vault.has_blob(&d).unwrap_or(false);
+            if committed || age > ABANDONED_UPLOAD_AGE {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+pub fn io_error(e: std::io::Error) -> ApiError {
+    if e.raw_os_error() == Some(28) {
+        return ApiError::InsufficientStorage("the server's disk is full".into());
+    }
+    tracing::error!("upload: {e}");
+    ApiError::Internal(format!("storing the upload: {e}"))
+}
+
+/// An upload being received: written and hashed chunk by chunk.
+#[derive(Debug)]
+pub struct Receiver {
+    hasher: taskvault::digest::Hasher,
+    digest: Digest,
+    out: std::io::BufWriter<std::fs::File>,
+    path: Option<PathBuf>,
+    len: u64,
+    max: u64,
+}
+
+/// A fully received upload that matched its digest, synced to disk.
+#[derive(Debug)]
+pub struct Received {
+    digest: Digest,
+    path: Option<PathBuf>,
+    pub len: u64,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Receiver {
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), ApiError> {
+        self.len += chunk.len() as u64;
+        if self.len > self.max {
+            return Err(ApiError::TooLarge(format!(
+                "the upload is larger than the {} bytes this server accepts",
+                self.max
+            )));
+        }
+        self.hasher.update(chunk);
+        self.out.write_all(chunk).map_err(io_error)
+    }
+
+    /// Checks the whole body against the digest (and the size the client announced), and
+    /// syncs it.
+    pub fn finish(mut self, expected_len: Option<u64>) -> Result<Received, ApiError> {
+        let got = std::mem::replace(&mut self.hasher, self.digest.algorithm().hasher()).finish();
+        if let Some(n) = expected_len.filter(|n| *n != self.len) {
+            return Err(ApiError::BadRequest(format!(
+                "the body is {} bytes, the request announced {n}",
+                self.len
+            )));
+        }
+        if got != self.digest {
+            return Err(ApiError::BadRequest(format!(
+                "the body hashes to {got}, not {}: refused, nothing stored",
+                self.digest
+            )));
+        }
+        self.out.flush().map_err(io_error)?;
+        self.out.get_ref().sync_all().map_err(io_error)?;
+        Ok(Received { digest: self.digest, path: self.path.take(), len: self.len })
+    }
+}

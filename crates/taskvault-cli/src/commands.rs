@@ -3,6 +3,7 @@
 mod admin;
 mod cache;
 mod inspect;
+mod remote;
 mod run;
 pub mod serve;
 
@@ -22,6 +23,11 @@ const ITEMS_MIN: u64 = 10_000;
 
 pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome> {
     let dir = resolved.settings.vault_dir.clone();
+    let remote = match &cli.command {
+        Command::Cache(_) | Command::Run(_) => remote::client(&resolved)?,
+        _ => None,
+    };
+    let remote = remote.as_ref();
     let mut vault = Vault::open(resolved.settings)
         .with_context(|| format!("cannot open the vault at {}", dir.display()))?;
     if progress {
@@ -41,7 +47,7 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
         | Command::Token(_) => {
             unreachable!("handled before the vault is opened")
         }
-        Command::Cache(c) => cache::run(cli, v, c),
+        Command::Cache(c) => cache::run(cli, v, c, remote),
         Command::Log(a) => inspect::log(cli, v, &a.select),
         Command::Show { hash } => inspect::show(cli, v, hash),
         Command::Get { hash, output } => inspect::get(cli, v, hash, output.as_deref()),
@@ -55,7 +61,7 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
         Command::Export { archive, select } => admin::export(cli, v, archive, select),
         Command::Import { archive } => admin::import(cli, v, archive),
         Command::Stats(a) => admin::stats(cli, v, a),
-        Command::Run(a) => run::run(cli, v, a),
+        Command::Run(a) => run::run(cli, v, a, remote),
     }
 }
 
@@ -99,6 +105,8 @@ pub fn without_vault(cli: &Cli, resolved: &Resolved) -> Result<Option<Outcome>> 
         Command::Cache(crate::cli::CacheCommand::Save(_)) | Command::Import { .. } => Ok(None),
         Command::Run(a) if !a.no_save => Ok(None),
         Command::Run(a) => run::run_without_vault(cli, a, resolved).map(Some),
+        // With a remote, a lookup may fetch into a new local vault.
+        Command::Cache(crate::cli::CacheCommand::Get(_)) if resolved.remote.is_some() => Ok(None),
         Command::Cache(crate::cli::CacheCommand::Get(a)) => {
             cache::get_without_vault(cli, a, resolved).map(Some)
         }

@@ -249,6 +249,8 @@ pub struct Counters {
     pub time_saved_ms: i64,
     /// Stored bytes of all blobs (what the size cap limits).
     pub stored_bytes: i64,
+    /// Local misses answered by the remote tier's server (each also a local hit once fetched).
+    pub remote_hits: i64,
 }
 
 /// What the metadata store holds, counted: runs of every status and blob rows.

@@ -10,7 +10,12 @@ use crate::Outcome;
 use crate::cli::{CacheCommand, Cli};
 use crate::human;
 
-pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
+pub fn run(
+    cli: &Cli,
+    v: &Vault,
+    c: &CacheCommand,
+    remote: Option<&taskvault_remote::Remote>,
+) -> Result<Outcome> {
     match c {
         CacheCommand::Save(a) => {
             let key = v.key(&a.task, &inputs(v.settings(), &a.input, &a.more_inputs)?)?;
@@ -25,8 +30,19 @@ pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
                 ..SaveOptions::default()
             };
             let e = v.save(&key, Output::Path(&a.output), &opts)?;
+            let pushed = match remote {
+                Some(r) => super::remote::push(r, v, &e)?,
+                None => None,
+            };
             if cli.json {
-                human::json(&e)?;
+                let mut value = serde_json::to_value(&e)?;
+                if let (Some(p), Some(r)) = (pushed, remote) {
+                    value["remote"] = serde_json::json!({
+                        "url": r.url(), "blobs_sent": p.blobs, "bytes_sent": p.bytes,
+                        "blobs_present": p.skipped,
+                    });
+                }
+                human::json(&value)?;
             } else {
                 human::note(human::check(&format!(
                     "Cached {} (hash: {}…, size: {} bytes)",
@@ -39,13 +55,21 @@ pub fn run(cli: &Cli, v: &Vault, c: &CacheCommand) -> Result<Outcome> {
         }
         CacheCommand::Get(a) => {
             let key = v.key(&a.task, &inputs(v.settings(), &a.input, &a.more_inputs)?)?;
-            match v.get(&key, &a.output)? {
-                Some(e) => {
+            let mut found = v.get(&key, &a.output)?.map(|e| (e, "local"));
+            if found.is_none()
+                && let Some(r) = remote
+                && let super::remote::Pulled::Hit = super::remote::pull(r, v, &key)?
+            {
+                found = v.get(&key, &a.output)?.map(|e| (e, "remote"));
+            }
+            match found {
+                Some((e, tier)) => {
                     if cli.json {
-                        human::json(&serde_json::json!({"hit": true, "entry": e}))?;
+                        human::json(&serde_json::json!({"hit": true, "from": tier, "entry": e}))?;
                     } else {
+                        let from = if tier == "remote" { ", from the remote" } else { "" };
                         human::note(human::check(&format!(
-                            "Cache hit for {} (size: {} bytes)",
+                            "Cache hit for {} (size: {} bytes{from})",
                             e.task, e.size
                         )));
                     }

@@ -97,7 +97,12 @@ fn plan(v: &Vault, a: &RunArgs, cwd: &Path) -> Result<Plan> {
     Ok(Plan { key, ingredients, input_files: inputs.files, outputs })
 }
 
-pub fn run(cli: &Cli, v: &Vault, a: &RunArgs) -> Result<Outcome> {
+pub fn run(
+    cli: &Cli,
+    v: &Vault,
+    a: &RunArgs,
+    remote: Option<&taskvault_remote::Remote>,
+) -> Result<Outcome> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let plan = plan(v, a, &cwd)?;
     // One status line per run, on stderr (stdout is the command's); `--json` replaces it with
@@ -112,17 +117,30 @@ pub fn run(cli: &Cli, v: &Vault, a: &RunArgs) -> Result<Outcome> {
     }
 
     if !a.force {
-        if let Some(e) = v.lookup(&plan.key, "run")? {
-            if let Some(outcome) = replay(v, &plan, &e, &cwd, a.link)? {
-                let saved = e
-                    .duration_ms
-                    .map_or(String::new(), |d| format!(", saved {}", human::duration_ms(d)));
-                say(format!("hit {} (exit {}{saved})", plan.key.task, e.exit_code.unwrap_or(0)));
-                summary(cli, a, &plan, true, outcome, e.duration_ms, Some(&e.id))?;
-                return Ok(outcome);
+        let mut found = v.lookup(&plan.key, "run")?.map(|e| (e, ""));
+        if found.is_none() {
+            if a.explain {
+                explain_miss(v, &plan)?;
             }
-        } else if a.explain {
-            explain_miss(v, &plan)?;
+            if let Some(r) = remote {
+                let pulled = super::remote::pull(r, v, &plan.key)?;
+                if a.explain {
+                    explain_remote(r, &pulled);
+                }
+                if let super::remote::Pulled::Hit = pulled {
+                    found = v.lookup(&plan.key, "run")?.map(|e| (e, ", from the remote"));
+                }
+            }
+        }
+        if let Some((e, tier)) = found
+            && let Some(outcome) = replay(v, &plan, &e, &cwd, a.link)?
+        {
+            let saved = e
+                .duration_ms
+                .map_or(String::new(), |d| format!(", saved {}", human::duration_ms(d)));
+            say(format!("hit {} (exit {}{saved}{tier})", plan.key.task, e.exit_code.unwrap_or(0)));
+            summary(cli, a, &plan, true, outcome, e.duration_ms, Some(&e.id))?;
+            return Ok(outcome);
         }
     }
 
@@ -228,8 +246,12 @@ pub fn run(cli: &Cli, v: &Vault, a: &RunArgs) -> Result<Outcome> {
     };
     match v.save(&plan.key, Output::Tree { root: &cwd, parts: &plan.outputs }, &opts) {
         Ok(e) => {
+            let shared = match remote.map(|r| super::remote::push(r, v, &e)).transpose()? {
+                Some(Some(_)) => ", shared with the remote",
+                _ => "",
+            };
             say(format!(
-                "cached {} (exit {code}, {})",
+                "cached {} (exit {code}, {}{shared})",
                 plan.key.task,
                 human::duration_ms(duration_ms)
             ));
@@ -324,6 +346,16 @@ fn replay(v: &Vault, plan: &Plan, e: &Entry, cwd: &Path, link: bool) -> Result<O
     v.served(e, "run")?;
     console::replay(&log)?;
     Ok(Some(Outcome::Exit((e.exit_code.unwrap_or(0) & 0xff) as u8)))
+}
+
+/// `--explain`: what the remote tier answered after the local miss.
+fn explain_remote(r: &taskvault_remote::Remote, pulled: &super::remote::Pulled) {
+    let what = match pulled {
+        super::remote::Pulled::Hit => "hit (fetched and verified into the local vault)",
+        super::remote::Pulled::Miss => "miss",
+        super::remote::Pulled::Unavailable => "not asked or not answering (see the warning)",
+    };
+    human::note(format!("  remote {}: {what}", r.url()));
 }
 
 fn replay_failure(payload: &str) -> Result<Outcome> {

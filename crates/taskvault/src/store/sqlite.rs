@@ -1708,10 +1708,22 @@ impl MetaStore for SqliteMeta {
                     "expired" => out.expired = v,
                     "time_saved_ms" => out.time_saved_ms = v,
                     "stored_bytes" => out.stored_bytes = v,
+                    "remote_hits" => out.remote_hits = v,
                     _ => {}
                 }
             }
             Ok(out)
+        })
+    }
+
+    fn bump_counter(&self, name: &str, by: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO counters(name, value) VALUES(?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = value + ?2",
+            )?
+            .execute(params![name, by])?;
+            Ok(())
         })
     }
 

@@ -351,6 +351,38 @@ impl Vault {
     }
 }
 
+impl Vault {
+    /// Counts a local miss that the remote tier answered (`stats` shows it).
+    pub fn count_remote_hit(&self) -> Result<()> {
+        self.meta.bump_counter("remote_hits", 1)
+    }
+
+    /// A fresh path in the vault's temporary directory (on the vault's filesystem, so a file
+    /// made there can be moved in), for a transport receiving blobs.
+    pub fn staging_path(&self, prefix: &str) -> PathBuf {
+        self.tmp_dir().join(super::unique_name(prefix))
+    }
+
+    /// The verified bytes of output `node` of run `e`, wherever they are kept (a blob of its
+    /// own, or the run's own row); `None` if they failed verification (reported) or are gone.
+    pub fn node_bytes_of(&self, e: &Entry, node: &crate::tree::Node) -> Result<Option<Vec<u8>>> {
+        let Some(d) = node.digest else { return Ok(Some(Vec::new())) };
+        let mut known = e.embedded_blob(&d).cloned();
+        if known.is_none() && !self.meta.has_blob(&d)? {
+            // A run just saved does not carry its row's small output: read the row.
+            known = self.meta.run(&e.id)?.and_then(|r| r.embedded_blob(&d).cloned());
+        }
+        let mut buf = Vec::with_capacity(node.size as usize);
+        match self.read_blob(&d, known, node.size, &mut Sink::Buf(&mut buf))? {
+            Ok(()) => Ok(Some(buf)),
+            Err(why) => {
+                self.corrupt(&d, &why, "read")?;
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// The key an entry's recorded ingredients make (`None` for a run saved before they were kept).
 fn key_of(e: &Entry) -> Option<TaskKey> {
     let ing = e.ingredients.as_ref()?;

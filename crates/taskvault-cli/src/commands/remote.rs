@@ -1,0 +1,60 @@
+//! The remote tier as the CLI uses it: a local miss asks the server, a save is shared with it,
+//! and a server that cannot be used is a warning, never a failed command (unless
+//! `remote.required`).
+
+use anyhow::Result;
+use taskvault::{Entry, TaskKey, Vault};
+use taskvault_remote::{Pushed, Remote, RemoteError};
+use taskvault_settings::Resolved;
+
+/// The configured server's client, if there is one.
+pub fn client(resolved: &Resolved) -> Result<Option<Remote>> {
+    let Some(r) = &resolved.remote else { return Ok(None) };
+    let config = taskvault_remote::Config {
+        url: r.url.clone(),
+        token: r.token.clone(),
+        token_env: r.token_env.clone(),
+        read_only: r.read_only,
+        required: r.required,
+        connect_timeout: r.connect_timeout,
+        timeout: r.timeout,
+    };
+    Ok(Some(Remote::new(config, &resolved.settings.namespace)?))
+}
+
+fn fail(e: RemoteError) -> anyhow::Error {
+    match e {
+        RemoteError::Local(e) => e.into(),
+        other => anyhow::anyhow!("remote: {other}"),
+    }
+}
+
+/// What asking the server for a key found.
+#[derive(Debug)]
+pub enum Pulled {
+    /// The entry is now in the local vault.
+    Hit,
+    Miss,
+    /// The server could not be used (warned).
+    Unavailable,
+}
+
+/// Asks the server for `key` after a local miss; a hit is stored in the local vault.
+pub fn pull(r: &Remote, v: &Vault, key: &TaskKey) -> Result<Pulled> {
+    match r.degrade(r.pull(v, key), "this lookup").map_err(fail)? {
+        Some(Some(_)) => {
+            v.count_remote_hit()?;
+            Ok(Pulled::Hit)
+        }
+        Some(None) => Ok(Pulled::Miss),
+        None => Ok(Pulled::Unavailable),
+    }
+}
+
+/// Shares a run just saved with the server (unless the remote is read-only).
+pub fn push(r: &Remote, v: &Vault, e: &Entry) -> Result<Option<Pushed>> {
+    if r.read_only() {
+        return Ok(None);
+    }
+    r.degrade(r.push(v, e), "this save").map_err(fail)
+}

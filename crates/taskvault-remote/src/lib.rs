@@ -1,0 +1,498 @@
+//! The remote tier: a blocking client of `taskvault serve` for the CLI and the Python SDK.
+//!
+//! The local vault is always asked first; [`Remote::pull`] fetches a key's entry from the
+//! server, downloads its blobs (each verified against its digest while it streams to a file in
+//! the vault's own temporary directory, resumed with `Range` if the connection drops) and
+//! admits the entry into the local vault, so the next hit is local. [`Remote::push`] uploads
+//! only the blobs the server lacks, then the entry.
+//!
+//! A server that cannot be used never breaks the user's work: [`Remote::degrade`] turns a
+//! network failure, a timeout or a 5xx into one warning on stderr per process and a miss
+//! (unless the configuration says `required: true`); a 401 or 403 is reported every time.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use taskvault::{Digest, Entry, TaskKey, Vault};
+
+/// Digests per missing-blobs query.
+const MISSING_BATCH: usize = 10_000;
+/// Attempts to finish one download, resuming where the last one stopped.
+const DOWNLOAD_ATTEMPTS: usize = 3;
+/// After a failure, the server is not asked again for this long (a build with many lookups
+/// pays one timeout, not one per lookup).
+const BACKOFF: Duration = Duration::from_secs(30);
+
+/// How the remote tier is configured (resolved by `taskvault-settings`).
+#[derive(Clone)]
+pub struct Config {
+    pub url: String,
+    pub token: Option<String>,
+    /// The variable the token came from, for messages.
+    pub token_env: String,
+    pub read_only: bool,
+    pub required: bool,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+/// Why the server could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// Unreachable, timed out, 5xx, or an answer that is not the protocol.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 401 or 403: the token is missing, wrong, revoked, or lacks the scope or namespace.
+    #[error("{0}")]
+    Denied(String),
+    /// Another refusal (4xx): the request itself was wrong.
+    #[error("{0}")]
+    Refused(String),
+    /// The server sent bytes that do not match their digest; nothing was kept.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The local vault failed.
+    #[error(transparent)]
+    Local(#[from] taskvault::Error),
+}
+
+type Result<T> = std::result::Result<T, RemoteError>;
+
+/// Blobs that came with an entry: (digest, verified bytes).
+type SmallBlobs = Vec<(Digest, Vec<u8>)>;
+
+/// What [`Remote::push`] sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    pub blobs: usize,
+    pub bytes: u64,
+    /// Blobs the server had already.
+    pub skipped: usize,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct EntryResponse {
+    entry: Entry,
+    #[serde(default)]
+    blobs: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct MissingResponse {
+    missing: Vec<String>,
+}
+
+/// A client of one server, for one namespace (the vault's `namespace` setting).
+pub struct Remote {
+    config: Config,
+    namespace: String,
+    agent: ureq::Agent,
+    warned: AtomicBool,
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &self.config.url)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl Remote {
+    /// A client; fails only if the namespace cannot be a server namespace.
+    pub fn new(config: Config, namespace: &str) -> Result<Remote> {
+        let valid = (1..=64).contains(&namespace.len())
+            && !namespace.starts_with('.')
+            && namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !valid {
+            return Err(RemoteError::Refused(format!(
+                "namespace {namespace:?} cannot be used with a remote: 1 to 64 letters, digits, \
+                 '.', '_' or '-'"
+            )));
+        }
+        let agent_config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(config.connect_timeout))
+            .timeout_recv_response(Some(config.timeout))
+            .timeout_recv_body(Some(config.timeout))
+            .timeout_send_body(Some(config.timeout))
+            .user_agent(concat!("taskvault/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Remote {
+            agent: ureq::Agent::new_with_config(agent_config),
+            config,
+            namespace: namespace.to_owned(),
+            warned: AtomicBool::new(false),
+            down_until: Mutex::new(None),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.config.url
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.config.read_only
+    }
+
+    fn ns_url(&self, rest: &str) -> String {
+        format!("{}/v1/ns/{}/{rest}", self.config.url, self.namespace)
+    }
+
+    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.config.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
+    /// Whether an earlier failure says not to ask the server for now.
+    fn resting(&self) -> bool {
+        let down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        down.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Applies the "never break the user's work" rule to a result: an unavailable server is a
+    /// warning (once per process) and `None`, unless the remote is required; a refusal of the
+    /// token is reported every time. Local errors pass through.
+    pub fn degrade<T>(&self, r: Result<T>, what: &str) -> Result<Option<T>> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(RemoteError::Local(e)) => Err(RemoteError::Local(e)),
+            Err(e) if self.config.required => Err(e),
+            Err(RemoteError::Unavailable(why)) => {
+                *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Instant::now() + BACKOFF);
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    warn(&format!(
+                        "remote {} cannot be used ({why}); {what} uses the local vault only",
+                        self.config.url
+                    ));
+                }
+                Ok(None)
+            }
+            Err(RemoteError::Denied(why)) => {
+                let hint = match &self.config.token {
+                    None => format!(" (no token: {} is not set)", self.config.token_env),
+                    Some(_) => String::new(),
+                };
+                warn(&format!(
+                    "remote {} refused the token: {why}{hint}; {what} uses the local vault only",
+                    self.config.url
+                ));
+                Ok(None)
+            }
+            Err(e) => {
+                warn(&format!("remote {}: {e}; {what} uses the local vault only", self.config.url));
+                Ok(None)
+            }
+        }
+    }
+
+    fn check(&self, resp: &mut ureq::http::Response<ureq::Body>, what: &str) -> Result<()> {
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let detail = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 10)
+            .read_json::<ErrorBody>()
+            .map(|b| b.error)
+            .unwrap_or_else(|_| format!("HTTP {status}"));
+        let msg = format!("{what}: {detail} (HTTP {status})");
+        Err(match status {
+            401 | 403 => RemoteError::Denied(msg),
+            500.. => RemoteError::Unavailable(msg),
+            _ => RemoteError::Refused(msg),
+        })
+    }
+
+    fn unavailable(e: ureq::Error) -> RemoteError {
+        RemoteError::Unavailable(match e {
+            ureq::Error::Timeout(t) => format!("timed out ({t})"),
+            ureq::Error::Io(io) => io.to_string(),
+            ureq::Error::ConnectionFailed => "connection failed".into(),
+            other => other.to_string(),
+        })
+    }
+
+    /// The server's live entry for `key` (checked to answer exactly `key`) and the small blobs
+    /// that came with it; `None` on a miss.
+    fn lookup(&self, key: &TaskKey) -> Result<Option<(Entry, SmallBlobs)>> {
+        if self.resting() {
+            return Err(RemoteError::Unavailable("it failed a moment ago".into()));
+        }
+        let hex = key.digest().hex();
+        let url = self.ns_url(&format!("entries/{hex}"));
+        let mut resp = self
+            .auth(self.agent.get(&url))
+            .query("task", &key.task)
+            .call()
+            .map_err(Self::unavailable)?;
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        self.check(&mut resp, "entry lookup")?;
+        let body: EntryResponse = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_json()
+            .map_err(|e| RemoteError::Unavailable(format!("the entry is not readable: {e}")))?;
+        if !body.entry.answers(key) {
+            return Err(RemoteError::Corrupt(format!(
+                "the server answered key {hex} with an entry for another key"
+            )));
+        }
+        let mut small = Vec::with_capacity(body.blobs.len());
+        for (d, b64) in body.blobs {
+            let d: Digest =
+                d.parse().map_err(|_| RemoteError::Unavailable(format!("bad digest {d:?}")))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| RemoteError::Unavailable(format!("blob {d}: {e}")))?;
+            if d.algorithm().digest(&bytes) != d {
+                return Err(RemoteError::Corrupt(format!(
+                    "blob {d} sent with the entry does not match its digest"
+                )));
+            }
+            small.push((d, bytes));
+        }
+        Ok(Some((body.entry, small)))
+    }
+
+    /// Fetches the result of `key` from the server into the local vault (verified), returning
+    /// the entry as stored; `None` on a miss. Nothing is written outside the vault's temporary
+    /// directory until every blob has been verified.
+    pub fn pull(&self, vault: &Vault, key: &TaskKey) -> Result<Option<Entry>> {
+        let Some((entry, small)) = self.lookup(key)? else { return Ok(None) };
+        let mut staging = Staging { files: Vec::new() };
+        let sizes: std::collections::HashMap<Digest, u64> = entry
+            .outputs
+            .iter()
+            .chain(&entry.console)
+            .filter_map(|n| n.digest.map(|d| (d, n.size)))
+            .collect();
+        for d in entry.blob_digests() {
+            if vault.has_blob(&d)? {
+                continue;
+            }
+            let path = vault.staging_path("pull-");
+            staging.files.push((d, path.clone()));
+            match small.iter().find(|(s, _)| *s == d) {
+                Some((_, bytes)) => write_file(&path, bytes)?,
+                None => self.download(&d, sizes.get(&d).copied().unwrap_or_default(), &path)?,
+            }
+        }
+        let files = &staging.files;
+        vault.admit(
+            entry.clone(),
+            &|d: &Digest| files.iter().find(|(f, _)| f == d).map(|(_, p)| p.clone()),
+            "remote",
+        )?;
+        drop(staging);
+        Ok(Some(entry))
+    }
+
+    /// Downloads blob `d` (`size` bytes) to `dest`, hashing as it arrives; resumes with `Range`
+    /// after a broken connection. `dest` holds exactly the blob when this returns `Ok`.
+    fn download(&self, d: &Digest, size: u64, dest: &Path) -> Result<()> {
+        let url = self.ns_url(&format!("blobs/{d}"));
+        let mut file = std::fs::File::create(dest).map_err(local(dest))?;
+        let mut hasher = d.algorithm().hasher();
+        let mut have = 0u64;
+        let mut buf = vec![0u8; 256 << 10];
+        let mut broke = String::new();
+        for _ in 0..DOWNLOAD_ATTEMPTS {
+            let mut req = self.auth(self.agent.get(&url));
+            if have > 0 {
+                req = req.header("Range", format!("bytes={have}-"));
+            }
+            let mut resp = match req.call() {
+                Ok(r) => r,
+                Err(e) => {
+                    broke = Self::unavailable(e).to_string();
+                    continue;
+                }
+            };
+            self.check(&mut resp, &format!("blob {d}"))?;
+            if have > 0 && resp.status().as_u16() != 206 {
+                // The server ignored the range: start over.
+                file.set_len(0).map_err(local(dest))?;
+                std::io::Seek::rewind(&mut file).map_err(local(dest))?;
+                hasher = d.algorithm().hasher();
+                have = 0;
+            }
+            let mut body = resp.into_body().into_reader();
+            broke.clear();
+            loop {
+                match body.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        have += n as u64;
+                        if have > size {
+                            return Err(RemoteError::Corrupt(format!(
+                                "blob {d} is longer than the {size} bytes its entry says"
+                            )));
+                        }
+                        hasher.update(&buf[..n]);
+                        file.write_all(&buf[..n]).map_err(local(dest))?;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        broke = format!("the download of blob {d} broke off: {e}");
+                        break;
+                    }
+                }
+            }
+            if have == size {
+                break;
+            }
+            if broke.is_empty() {
+                broke = format!("blob {d}: the server sent {have} of {size} bytes");
+            }
+        }
+        if have != size {
+            return Err(RemoteError::Unavailable(broke));
+        }
+        let got = hasher.finish();
+        if got != *d {
+            return Err(RemoteError::Corrupt(format!("blob {d} arrived as {got}: refused")));
+        }
+        file.flush().map_err(local(dest))?;
+        Ok(())
+    }
+
+    /// Uploads `entry` (a run of the local vault) with the blobs the server lacks. Read-only
+    /// remotes push nothing.
+    pub fn push(&self, vault: &Vault, entry: &Entry) -> Result<Pushed> {
+        let mut pushed = Pushed::default();
+        if self.config.read_only {
+            return Ok(pushed);
+        }
+        if self.resting() {
+            return Err(RemoteError::Unavailable("it failed a moment ago".into()));
+        }
+        let digests = entry.blob_digests();
+        let mut missing: Vec<Digest> = Vec::new();
+        for chunk in digests.chunks(MISSING_BATCH) {
+            let body = serde_json::json!({"digests": chunk.iter().map(Digest::to_string).collect::<Vec<_>>()});
+            let mut resp = self
+                .auth(self.agent.post(self.ns_url("blobs/missing")))
+                .send_json(&body)
+                .map_err(Self::unavailable)?;
+            self.check(&mut resp, "missing-blobs query")?;
+            let m: MissingResponse = resp
+                .body_mut()
+                .read_json()
+                .map_err(|e| RemoteError::Unavailable(format!("the missing-blobs answer: {e}")))?;
+            for d in m.missing {
+                missing.push(
+                    d.parse().map_err(|_| RemoteError::Unavailable(format!("bad digest {d:?}")))?,
+                );
+            }
+        }
+        pushed.skipped = digests.len() - missing.len();
+        for d in &missing {
+            let size = self.upload(vault, entry, d)?;
+            pushed.blobs += 1;
+            pushed.bytes += size;
+        }
+        let mut resp = self
+            .auth(self.agent.put(self.ns_url(&format!("entries/{}", entry.key))))
+            .send_json(entry)
+            .map_err(Self::unavailable)?;
+        self.check(&mut resp, "entry commit")?;
+        Ok(pushed)
+    }
+
+    /// Streams one blob from the local vault (verified as it is read; a blob that fails is not
+    /// completed, so the server refuses it).
+    fn upload(&self, vault: &Vault, entry: &Entry, d: &Digest) -> Result<u64> {
+        let url = self.ns_url(&format!("blobs/{d}"));
+        if let Some(mut stream) = vault.open_blob(d)? {
+            let size = stream.size();
+            let mut resp = self
+                .auth(self.agent.put(&url))
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Length", size.to_string())
+                .send(ureq::SendBody::from_reader(&mut stream))
+                .map_err(|e| match stream.failure() {
+                    Some(why) => {
+                        RemoteError::Corrupt(format!("local blob {d} failed verification: {why}"))
+                    }
+                    None => Self::unavailable(e),
+                })?;
+            if let Some(why) = stream.failure() {
+                let _ = vault.blob_failed(d, why, "push");
+                return Err(RemoteError::Corrupt(format!(
+                    "local blob {d} failed verification: {why}"
+                )));
+            }
+            self.check(&mut resp, &format!("upload of blob {d}"))?;
+            return Ok(size);
+        }
+        // A tiny output kept in its run's row: its bytes come from the entry's own read.
+        let node = entry.outputs.iter().chain(&entry.console).find(|n| n.digest == Some(*d));
+        let bytes = match node {
+            Some(n) => vault.node_bytes_of(entry, n)?,
+            None => None,
+        };
+        let Some(bytes) = bytes else {
+            return Err(RemoteError::Local(taskvault::Error::BlobVanished(d.to_string())));
+        };
+        let mut resp = self
+            .auth(self.agent.put(&url))
+            .header("Content-Type", "application/octet-stream")
+            .send(&bytes[..])
+            .map_err(Self::unavailable)?;
+        self.check(&mut resp, &format!("upload of blob {d}"))?;
+        Ok(bytes.len() as u64)
+    }
+}
+
+/// Downloaded files not (or not yet) taken into the vault are removed.
+struct Staging {
+    files: Vec<(Digest, PathBuf)>,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        for (_, p) in &self.files {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(local(path))
+}
+
+fn local(path: &Path) -> impl Fn(std::io::Error) -> RemoteError + '_ {
+    move |e| RemoteError::Local(taskvault::Error::IoAt { path: path.to_owned(), source: e })
+}
+
+fn warn(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "taskvault: warning: {msg}");
+}

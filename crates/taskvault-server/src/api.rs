@@ -339,13 +339,7 @@ pub async fn get_blob(
     caller.check(Scope::Read, &ns)?;
     let state = Arc::clone(&s);
     let ns2 = ns.clone();
-    let stream = blocking(move || {
-        if !state.uploads.visible(&ns2, &d) {
-            return Ok(None);
-        }
-        Ok(state.vault.open_blob(&d)?)
-    })
-    .await?;
+    let stream = blocking(move || state.uploads.open(&state.vault, &ns2, &d)).await?;
     let Some(mut stream) = stream else {
         return Err(ApiError::NotFound(format!("no blob {d} in namespace {ns:?}")));
     };
@@ -446,13 +440,7 @@ pub async fn head_blob(
     check_ns(&ns)?;
     let d = parse_digest(&digest)?;
     caller.check(Scope::Read, &ns)?;
-    let size = blocking(move || {
-        if !s.uploads.visible(&ns, &d) {
-            return Ok(None);
-        }
-        Ok(s.vault.open_blob(&d)?.map(|b| b.size()))
-    })
-    .await?;
+    let size = blocking(move || Ok(s.uploads.open(&s.vault, &ns, &d)?.map(|b| b.size()))).await?;
     match size {
         Some(n) => Ok((
             StatusCode::OK,

@@ -81,6 +81,28 @@ impl Uploads {
         Ok(self.upload(d).is_some() || vault.has_blob(d)?)
     }
 
+    /// The bytes of `d` for a reader of namespace `ns`: from the vault, else from an upload
+    /// waiting for its entry; `None` if the namespace may not see it or it is not here.
+    pub fn open(
+        &self,
+        vault: &Vault,
+        ns: &str,
+        d: &Digest,
+    ) -> Result<Option<taskvault::BlobStream>, ApiError> {
+        if !self.visible(ns, d) {
+            return Ok(None);
+        }
+        if let Some(s) = vault.open_blob(d)? {
+            return Ok(Some(s));
+        }
+        let Some(p) = self.upload(d) else { return Ok(None) };
+        match std::fs::File::open(&p) {
+            Ok(f) => Ok(Some(taskvault::BlobStream::from_file(f, *d).map_err(io_error)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
     /// Whether namespace `ns` may read blob `d`.
     pub fn visible(&self, ns: &str, d: &Digest) -> bool {
         self.proof(ns, d).exists()

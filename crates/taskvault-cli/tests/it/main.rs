@@ -6,6 +6,7 @@ mod hostile;
 mod inspect;
 mod migration;
 mod readme;
+mod remote;
 mod run;
 mod seed;
 mod snapshots;
@@ -50,6 +51,8 @@ impl Project {
             .env_remove("TASKVAULT_DIR")
             .env_remove("TASKVAULT_CONFIG")
             .env_remove("TASKVAULT_LOG")
+            .env_remove("TASKVAULT_REMOTE")
+            .env_remove("TASKVAULT_TOKEN")
             .env("NO_COLOR", "1");
         c
     }

@@ -1,0 +1,384 @@
+//! The remote tier against a real `taskvault serve` process: two project directories stand for
+//! two machines, each with its own vault, sharing one server.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+
+use super::{Project, noise};
+
+/// A `taskvault serve` on a free loopback port, stopped (SIGTERM, then wait) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_in(tempfile::tempdir().unwrap(), &[])
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_taskvault"))
+            .arg("--dir")
+            .arg(dir.path().join("vault"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("TASKVAULT_LOG", "warn")
+            .env_remove("TASKVAULT_REMOTE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                let mut err = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                panic!("serve did not start: {line:?} {err}")
+            })
+            .to_owned();
+        Server { child, url, dir }
+    }
+
+    /// `taskvault token ...` against the server's directory; returns stdout.
+    pub fn token(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_taskvault"))
+            .arg("--dir")
+            .arg(self.dir.path().join("vault"))
+            .arg("token")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Stops with SIGTERM and returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
+        self.child.wait().unwrap().code()
+    }
+
+    /// Starts again on the same directory (a new port).
+    pub fn restart(mut self) -> Server {
+        self.stop();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Server::start_in(dir, &[])
+    }
+
+    /// Live entries in the server's vault.
+    pub fn entries(&self) -> i64 {
+        if !self.dir.path().join("vault/cache.db").exists() {
+            return 0;
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_taskvault"))
+            .arg("--dir")
+            .arg(self.dir.path().join("vault"))
+            .args(["stats", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["entries"]
+            .as_i64()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A project whose commands use `server` as their remote (with `token`, if any).
+fn machine(server: &Server, token: Option<&str>) -> Project {
+    let p = Project::new();
+    let mut config = format!("remote:\n  url: {}\n", server.url);
+    if token.is_some() {
+        config.push_str("  token_env: TEST_TOKEN\n");
+    }
+    p.write(".taskvault/config.yaml", config);
+    if let Some(t) = token {
+        p.write(".token", t);
+    }
+    p
+}
+
+fn run(p: &Project, args: &[&str]) -> super::Run {
+    let mut c = p.cmd();
+    if let Ok(t) = std::fs::read_to_string(p.path(".token")) {
+        c.env("TEST_TOKEN", t);
+    }
+    super::Run(c.args(args).output().unwrap())
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build())
+}
+
+#[test]
+fn a_save_on_one_machine_is_a_hit_on_another_and_then_local() {
+    let server = Server::start();
+    let (a, b) = (machine(&server, None), machine(&server, None));
+    let data = noise(3 << 20, 7);
+    for p in [&a, &b] {
+        p.write("in.txt", "inputs");
+    }
+    a.write("out.bin", &data);
+    run(&a, &["cache", "save", "build", "in.txt", "out.bin"]).ok();
+    assert_eq!(server.entries(), 1);
+
+    let hit = run(&b, &["cache", "get", "build", "in.txt", "got.bin"]).ok();
+    assert!(hit.stderr().contains("from the remote"), "{}", hit.stderr());
+    assert_eq!(std::fs::read(b.path("got.bin")).unwrap(), data);
+    let again = run(&b, &["cache", "get", "build", "in.txt", "again.bin"]).ok();
+    assert!(!again.stderr().contains("remote"), "the second hit is local: {}", again.stderr());
+    assert_eq!(b.stats()["remote_hits"], 1);
+    assert_eq!(std::fs::read(b.path("again.bin")).unwrap(), data);
+
+    // A tiny output (kept in its run's row) travels too.
+    a.write("tiny.txt", "ok\n");
+    run(&a, &["cache", "save", "tiny", "in.txt", "tiny.txt"]).ok();
+    run(&b, &["cache", "get", "tiny", "in.txt", "tiny.txt"]).ok();
+    assert_eq!(std::fs::read_to_string(b.path("tiny.txt")).unwrap(), "ok\n");
+}
+
+#[test]
+fn run_replays_a_command_computed_on_another_machine() {
+    let server = Server::start();
+    let (a, b) = (machine(&server, None), machine(&server, None));
+    let cmd = [
+        "run",
+        "-i",
+        "src",
+        "-o",
+        "dist",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p dist && cat src/* > dist/all && echo built",
+    ];
+    for p in [&a, &b] {
+        p.write("src/x.c", "int x;");
+        p.write("src/y.c", "int y;");
+    }
+    let first = run(&a, &cmd).ok();
+    assert!(first.stderr().contains("shared with the remote"), "{}", first.stderr());
+    let second = run(&b, &cmd).ok();
+    assert!(second.stderr().contains("from the remote"), "{}", second.stderr());
+    assert_eq!(second.stdout(), "built\n", "the console is replayed");
+    assert_eq!(std::fs::read_to_string(b.path("dist/all")).unwrap(), "int x;int y;");
+}
+
+#[test]
+fn an_unreachable_server_is_one_warning_and_the_local_vault() {
+    let p = Project::new();
+    // A port nothing listens on: bind one, then close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    p.write(".taskvault/config.yaml", format!("remote:\n  url: http://127.0.0.1:{port}\n"));
+    p.write("in.txt", "x");
+    let miss = p.run(&["cache", "get", "t", "in.txt", "out"]).code_is(1);
+    assert_eq!(miss.stderr().matches("warning").count(), 1, "{}", miss.stderr());
+    assert!(!p.path("out").exists());
+    let ran = p.run(&["run", "-i", "in.txt", "--", "sh", "-c", "echo hi; exit 3"]).code_is(3);
+    assert_eq!(ran.stdout(), "hi\n");
+    assert_eq!(ran.stderr().matches("warning").count(), 1, "{}", ran.stderr());
+    // Saves still land locally.
+    p.write("o", "result");
+    p.run(&["cache", "save", "t", "in.txt", "o"]).ok();
+    p.run(&["cache", "get", "t", "in.txt", "o2"]).ok();
+
+    // Unless the remote is required.
+    p.write(
+        ".taskvault/config.yaml",
+        format!("remote:\n  url: http://127.0.0.1:{port}\n  required: true\n"),
+    );
+    let err = p.run(&["cache", "get", "t2", "in.txt", "out"]);
+    assert_eq!(err.code(), 2, "{}", err.stderr());
+}
+
+#[test]
+fn tokens_scopes_namespaces_and_revocation() {
+    let server = Server::start();
+    let writer =
+        server.token(&["create", "--scope", "write", "--namespace", "default", "--name", "ci"]);
+    let reader = server.token(&["create", "--scope", "read", "--namespace", "default"]);
+    let other = server.token(&["create", "--scope", "write", "--namespace", "b"]);
+    assert!(writer.starts_with("tvk_"));
+    let list = server.token(&["list"]);
+    assert!(list.contains("ci") && !list.contains(&writer), "{list}");
+
+    // A read-only token cannot write: the save warns, lands locally, and nothing reaches the
+    // server.
+    let r = machine(&server, Some(&reader));
+    r.write("in.txt", "i");
+    r.write("o", "output");
+    let saved = run(&r, &["cache", "save", "t", "in.txt", "o"]).ok();
+    assert!(saved.stderr().contains("403"), "{}", saved.stderr());
+    assert_eq!(server.entries(), 0);
+
+    let w = machine(&server, Some(&writer));
+    w.write("in.txt", "i");
+    w.write("o", "output");
+    run(&w, &["cache", "save", "t", "in.txt", "o"]).ok();
+    assert_eq!(server.entries(), 1);
+    // The reader can read it.
+    let r2 = machine(&server, Some(&reader));
+    r2.write("in.txt", "i");
+    run(&r2, &["cache", "get", "t", "in.txt", "got"]).ok();
+
+    // A token for namespace b can neither read default's entries nor its blobs.
+    let key = run(&w, &["--json", "cache", "get", "t", "in.txt", "x"]).json()["entry"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let h = http();
+    let url = format!("{}/v1/ns/default/entries/{key}", server.url);
+    let resp = h.get(&url).header("Authorization", format!("Bearer {other}")).call().unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = h.get(&url).call().unwrap();
+    assert_eq!(resp.status(), 401, "no token");
+    let in_b = format!("{}/v1/ns/b/entries/{key}", server.url);
+    let resp = h.get(&in_b).header("Authorization", format!("Bearer {other}")).call().unwrap();
+    assert_eq!(resp.status(), 404, "a key of namespace default is not served in b");
+    let digest = taskvault::Algorithm::Blake3.digest(b"output").to_string();
+    let blob_b = format!("{}/v1/ns/b/blobs/{digest}", server.url);
+    let resp = h.get(&blob_b).header("Authorization", format!("Bearer {other}")).call().unwrap();
+    assert_eq!(resp.status(), 404, "a blob sent in namespace default is not served in b");
+
+    // A revoked token fails from the next request on.
+    server.token(&["revoke", "ci"]);
+    let resp = h.get(&url).header("Authorization", format!("Bearer {writer}")).call().unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[test]
+fn a_tampered_upload_is_refused_and_nothing_is_stored() {
+    let server = Server::start();
+    let h = http();
+    let claimed = taskvault::Algorithm::Blake3.digest(b"the real bytes");
+    let url = format!("{}/v1/ns/default/blobs/{claimed}", server.url);
+    let mut resp = h.put(&url).send(&b"other bytes"[..]).unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.body_mut().read_json().unwrap();
+    assert!(body["error"].as_str().unwrap().contains("hashes to"), "{body}");
+    assert_eq!(h.head(&url).call().unwrap().status(), 404);
+    let uploads = server.dir.path().join("vault/server/uploads");
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
+    let tmp = server.dir.path().join("vault/server/tmp");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "the partial upload is gone");
+
+    // A malformed digest or key is a 400 with a JSON body, never a 5xx.
+    for bad in ["blobs/zz", "blobs/blake3:12", "entries/xyz", "entries/../../etc"] {
+        let resp = h.get(format!("{}/v1/ns/default/{bad}", server.url)).call().unwrap();
+        assert!(matches!(resp.status().as_u16(), 400 | 404), "{bad}: {}", resp.status());
+    }
+    let resp = h
+        .get(format!("{}/v1/ns/..%2F..%2Fx/entries/{}", server.url, "0".repeat(64)))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // An entry whose blobs were never sent is refused with the list of what is missing.
+    let a = machine(&server, None);
+    a.write("in.txt", "i");
+    a.write("o", noise(100_000, 3));
+    let e = a.run(&["--json", "cache", "save", "t", "in.txt", "o"]).ok().json();
+    let stray = Server::start();
+    let url = format!("{}/v1/ns/default/entries/{}", stray.url, e["key"].as_str().unwrap());
+    let mut entry = e.clone();
+    entry.as_object_mut().unwrap().remove("remote");
+    let mut resp = h.put(&url).send_json(&entry).unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: serde_json::Value = resp.body_mut().read_json().unwrap();
+    assert_eq!(body["missing"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(stray.entries(), 0);
+}
+
+#[test]
+fn a_server_stopped_mid_download_leaves_nothing_at_the_destination() {
+    let mut server = Server::start();
+    let (a, b) = (machine(&server, None), machine(&server, None));
+    for p in [&a, &b] {
+        p.write("in.txt", "i");
+    }
+    // Incompressible, large enough that the download takes a while.
+    a.write("big.bin", noise(200 << 20, 11));
+    for p in [&a, &b] {
+        let mut config = std::fs::read_to_string(p.path(".taskvault/config.yaml")).unwrap();
+        config.push_str("policies:\n  default:\n    max_size_bytes: 0\n");
+        p.write(".taskvault/config.yaml", config);
+    }
+    run(&a, &["cache", "save", "big", "in.txt", "big.bin"]).ok();
+    let mut c = b.cmd();
+    let mut getter = c
+        .args(["cache", "get", "big", "in.txt", "got.bin"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop the server as soon as the client has started receiving.
+    let tmp = b.vault().join("tmp");
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(20) {
+        let receiving = std::fs::read_dir(&tmp)
+            .map(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+            .unwrap_or(false);
+        if receiving {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let status = getter.wait().unwrap();
+    let mut err = String::new();
+    getter.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "a miss: {err}");
+    assert!(err.contains("warning"), "{err}");
+    assert!(!b.path("got.bin").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(leftovers.is_empty(), "partial downloads are removed: {leftovers:?}");
+}
+
+#[test]
+fn acknowledged_uploads_survive_sigterm_during_32_concurrent_uploads() {
+    let server = Server::start();
+    let url = server.url.clone();
+    let blobs: Vec<Vec<u8>> = (0..32).map(|i| noise(2 << 20, 100 + i)).collect();
+    let handles: Vec<_> = blobs
+        .iter()
+        .cloned()
+        .map(|data| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let d = taskvault::Algorithm::Blake3.digest(&data);
+                let resp = http().put(format!("{url}/v1/ns/default/blobs/{d}")).send(&data[..]);
+                (d, resp.map(|r| r.status().as_u16()).ok())
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let mut server = server;
+    assert_eq!(server.stop(), Some(0), "a graceful stop exits 0");
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let server = server.restart();
+    let h = http();
+    let mut acknowledged = 0;
+    for (d, status) in results {
+        if matches!(status, Some(200 | 201)) {
+            acknowledged += 1;
+            let resp = h.head(format!("{}/v1/ns/default/blobs/{d}", server.url)).call().unwrap();
+            assert_eq!(resp.status(), 200, "acknowledged upload {d} is readable after a restart");
+        }
+    }
+    assert!(acknowledged > 0, "some uploads finished before the stop");
+}

@@ -38,6 +38,8 @@ pub struct Config {
     pub required: bool,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// How long a claim on the server lasts unless renewed.
+    pub lease: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -469,6 +471,161 @@ impl Remote {
             .map_err(Self::unavailable)?;
         self.check(&mut resp, &format!("upload of blob {d}"))?;
         Ok(bytes.len() as u64)
+    }
+}
+
+/// Seconds the server holds one long poll of a claim.
+const CLAIM_POLL: Duration = Duration::from_secs(20);
+
+#[derive(Debug, serde::Deserialize)]
+struct ClaimResponse {
+    state: String,
+    lease: Option<String>,
+    message: Option<String>,
+}
+
+/// Where a claim across machines stands.
+#[derive(Debug)]
+pub enum Claimed {
+    /// The caller computes it; the lease is renewed until it is dropped or finished.
+    Granted(Lease),
+    /// Another machine computed it: pull it.
+    Ready,
+    /// Another machine's computation failed: its message.
+    Failed(String),
+}
+
+/// A claim held on the server: renewed by a thread of its own while the work runs. Dropping it
+/// releases the claim (waiters then take it); [`Lease::fail`] hands them a failure instead;
+/// once the entry has been pushed, the server has ended it already ([`Lease::done`]).
+pub struct Lease {
+    agent: ureq::Agent,
+    url: String,
+    token: Option<String>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    fn stop_renewing(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.renewer.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn release(&mut self, body: Option<serde_json::Value>) {
+        self.stop_renewing();
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let mut req = self.agent.delete(&self.url).force_send_body();
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let _ = match body {
+            Some(b) => req.send_json(b),
+            None => req.send_empty(),
+        };
+    }
+
+    /// The computation failed: waiters on other machines receive `message` and do not run it.
+    pub fn fail(mut self, message: &str) {
+        self.release(Some(serde_json::json!({"failure": message})));
+    }
+
+    /// The entry has been committed on the server (which ended the claim).
+    pub fn done(mut self) {
+        self.stop_renewing();
+        self.ended = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release(None);
+    }
+}
+
+impl Remote {
+    /// Takes the server's claim of `key`, or waits (long polls, never a client-side polling
+    /// loop) until whoever holds it commits the entry, fails, or lets it go.
+    pub fn claim(&self, key: &TaskKey) -> Result<Claimed> {
+        if self.resting() {
+            return Err(RemoteError::Unavailable("it failed a moment ago".into()));
+        }
+        let hex = key.digest().hex();
+        let url = self.ns_url(&format!("claims/{hex}"));
+        loop {
+            let mut resp = self
+                .auth(self.agent.post(&url))
+                .query("wait", CLAIM_POLL.as_secs().to_string())
+                .query("ttl", self.config.lease.as_secs_f64().to_string())
+                .config()
+                .timeout_recv_response(Some(CLAIM_POLL + self.config.timeout))
+                .build()
+                .send_empty()
+                .map_err(Self::unavailable)?;
+            self.check(&mut resp, "claim")?;
+            let r: ClaimResponse = resp
+                .body_mut()
+                .read_json()
+                .map_err(|e| RemoteError::Unavailable(format!("the claim answer: {e}")))?;
+            match r.state.as_str() {
+                "waiting" => continue,
+                "ready" => return Ok(Claimed::Ready),
+                "failed" => return Ok(Claimed::Failed(r.message.unwrap_or_default())),
+                "granted" => {
+                    let lease = r.lease.ok_or_else(|| {
+                        RemoteError::Unavailable("a grant without a lease".into())
+                    })?;
+                    return Ok(Claimed::Granted(self.hold(format!("{url}/{lease}"))));
+                }
+                other => {
+                    return Err(RemoteError::Unavailable(format!("unknown claim state {other:?}")));
+                }
+            }
+        }
+    }
+
+    fn hold(&self, url: String) -> Lease {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (agent, token, renew_url) =
+            (self.agent.clone(), self.config.token.clone(), url.clone());
+        let ttl = self.config.lease;
+        let renewer = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(ttl / 3)
+            {
+                let mut req = agent.put(&renew_url).query("ttl", ttl.as_secs_f64().to_string());
+                if let Some(t) = &token {
+                    req = req.header("Authorization", format!("Bearer {t}"));
+                }
+                match req.send_empty() {
+                    Ok(r) if r.status().as_u16() == 409 => {
+                        tracing::warn!("the claim's lease on the server was lost (expired?)");
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Lease {
+            agent: self.agent.clone(),
+            url,
+            token: self.config.token.clone(),
+            stop: Some(stop),
+            renewer: Some(renewer),
+            ended: false,
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -183,6 +184,7 @@ pub async fn put_entry(
     }
     let op = format!("serve:{}", caller.name());
     let state = Arc::clone(&s);
+    let ns2 = ns.clone();
     let admitted = blocking(move || {
         let missing: Vec<String> = entry
             .blob_digests()
@@ -207,6 +209,7 @@ pub async fn put_entry(
     })
     .await?;
     s.metrics.saved();
+    s.claims.resolved(&ns2, &key);
     Ok(match admitted {
         Admitted::Committed => StatusCode::CREATED,
         Admitted::AlreadyLive => StatusCode::OK,
@@ -569,4 +572,231 @@ pub async fn healthz(State(s): State<Arc<AppState>>) -> Result<axum::Json<Health
         .await
         .map_err(|e| ApiError::Busy(format!("the vault does not answer: {e}")))?;
     Ok(axum::Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION") }))
+}
+
+/// Longest long poll a client may ask for, and the default.
+const WAIT_MAX: Duration = Duration::from_secs(60);
+const WAIT_DEFAULT: Duration = Duration::from_secs(30);
+/// Lease length bounds and default: a claimant renews well within it.
+const TTL_MIN: Duration = Duration::from_secs(2);
+const TTL_MAX: Duration = Duration::from_secs(600);
+const TTL_DEFAULT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct ClaimQuery {
+    /// Seconds to wait while another client holds the claim (default 30, at most 60).
+    pub wait: Option<f64>,
+    /// Seconds the lease lasts unless renewed (default 15, 2 to 600).
+    pub ttl: Option<f64>,
+}
+
+/// Where a claim stands for the asker.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ClaimResponse {
+    /// `granted` (compute it, renew the lease, commit the entry), `ready` (fetch the entry),
+    /// `failed` (the claimant's failure is in `message`), `waiting` (ask again).
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Who holds the claim (a token name), while waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+}
+
+impl ClaimResponse {
+    fn state(state: &str) -> ClaimResponse {
+        ClaimResponse {
+            state: state.into(),
+            lease: None,
+            ttl_seconds: None,
+            message: None,
+            holder: None,
+        }
+    }
+}
+
+fn seconds(
+    v: Option<f64>,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ApiError> {
+    match v {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            Ok(Duration::from_secs_f64(s.min(max.as_secs_f64())).max(min))
+        }
+        Some(s) => Err(ApiError::BadRequest(format!("{s} is not a number of seconds"))),
+    }
+}
+
+#[utoipa::path(
+    post, path = "/v1/ns/{ns}/claims/{key}", tag = "claims",
+    params(
+        ("ns" = String, Path, description = "Namespace"),
+        ("key" = String, Path, description = "Key digest, 64 lowercase hex"),
+        ClaimQuery,
+    ),
+    responses(
+        (status = 201, description = "Granted: the caller computes it and holds the lease", body = ClaimResponse),
+        (status = 200, description = "`ready` (the entry exists) or `failed` (the claimant failed)", body = ClaimResponse),
+        (status = 202, description = "Still held by another client after the wait: ask again", body = ClaimResponse),
+        (status = 400, description = "Malformed namespace, key or parameter", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token may not write this namespace", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn claim(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path((ns, key)): Path<(String, String)>,
+    Query(q): Query<ClaimQuery>,
+) -> Result<Response, ApiError> {
+    check_ns(&ns)?;
+    check_key(&key)?;
+    caller.check(Scope::Write, &ns)?;
+    let wait = seconds(q.wait, WAIT_DEFAULT, Duration::ZERO, WAIT_MAX)?;
+    let ttl = seconds(q.ttl, TTL_DEFAULT, TTL_MIN, TTL_MAX)?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (state, k, n) = (Arc::clone(&s), key.clone(), ns.clone());
+        let live =
+            blocking(move || Ok(state.vault.live_entry(&k)?.is_some_and(|e| e.namespace == n)))
+                .await?;
+        if live {
+            return Ok((StatusCode::OK, axum::Json(ClaimResponse::state("ready"))).into_response());
+        }
+        let (mut rx, expires, holder) = match s.claims.ask(&ns, &key, caller.name(), ttl) {
+            crate::claims::Asked::Granted { lease } => {
+                let r = ClaimResponse {
+                    lease: Some(lease),
+                    ttl_seconds: Some(ttl.as_secs_f64()),
+                    ..ClaimResponse::state("granted")
+                };
+                return Ok((StatusCode::CREATED, axum::Json(r)).into_response());
+            }
+            crate::claims::Asked::Held { rx, expires, holder } => (rx, expires, holder),
+        };
+        s.metrics.claims_waiting.inc();
+        let until = deadline.min(tokio::time::Instant::from_std(expires));
+        let woke = tokio::select! {
+            changed = rx.changed() => changed.is_ok(),
+            () = tokio::time::sleep_until(until) => false,
+        };
+        s.metrics.claims_waiting.dec();
+        let outcome = rx.borrow().clone();
+        match outcome {
+            crate::claims::Outcome::Ready => {
+                return Ok(
+                    (StatusCode::OK, axum::Json(ClaimResponse::state("ready"))).into_response()
+                );
+            }
+            crate::claims::Outcome::Failed(m) => {
+                let r = ClaimResponse { message: Some(m), ..ClaimResponse::state("failed") };
+                return Ok((StatusCode::OK, axum::Json(r)).into_response());
+            }
+            // Released, or its lease ran out: try to take it.
+            crate::claims::Outcome::Vacant => continue,
+            crate::claims::Outcome::Pending if !woke && tokio::time::Instant::now() < deadline => {
+                continue;
+            }
+            crate::claims::Outcome::Pending => {
+                let r = ClaimResponse { holder: Some(holder), ..ClaimResponse::state("waiting") };
+                return Ok((StatusCode::ACCEPTED, axum::Json(r)).into_response());
+            }
+        }
+    }
+}
+
+#[utoipa::path(
+    put, path = "/v1/ns/{ns}/claims/{key}/{lease}", tag = "claims",
+    params(
+        ("ns" = String, Path, description = "Namespace"),
+        ("key" = String, Path, description = "Key digest, 64 lowercase hex"),
+        ("lease" = String, Path, description = "The lease a grant returned"),
+        ClaimQuery,
+    ),
+    responses(
+        (status = 200, description = "Renewed", body = ClaimResponse),
+        (status = 400, description = "Malformed namespace, key or parameter", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token may not write this namespace", body = ErrorBody),
+        (status = 409, description = "The lease is no longer the claim's (it expired, or ended)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn renew_claim(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path((ns, key, lease)): Path<(String, String, String)>,
+    Query(q): Query<ClaimQuery>,
+) -> Result<axum::Json<ClaimResponse>, ApiError> {
+    check_ns(&ns)?;
+    check_key(&key)?;
+    caller.check(Scope::Write, &ns)?;
+    let ttl = seconds(q.ttl, TTL_DEFAULT, TTL_MIN, TTL_MAX)?;
+    if s.claims.renew(&ns, &key, &lease, ttl) {
+        Ok(axum::Json(ClaimResponse {
+            lease: Some(lease),
+            ttl_seconds: Some(ttl.as_secs_f64()),
+            ..ClaimResponse::state("granted")
+        }))
+    } else {
+        Err(ApiError::Conflict("the lease is no longer this claim's".into()))
+    }
+}
+
+/// How a claimant ends its claim without an entry.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Release {
+    /// The computation failed: waiters receive this message (and do not compute).
+    pub failure: Option<String>,
+}
+
+#[utoipa::path(
+    delete, path = "/v1/ns/{ns}/claims/{key}/{lease}", tag = "claims",
+    params(
+        ("ns" = String, Path, description = "Namespace"),
+        ("key" = String, Path, description = "Key digest, 64 lowercase hex"),
+        ("lease" = String, Path, description = "The lease a grant returned"),
+    ),
+    request_body(content = Option<Release>, description = "Optional: the failure to hand the waiters", content_type = "application/json"),
+    responses(
+        (status = 204, description = "Released (waiters told)"),
+        (status = 400, description = "Malformed namespace, key or body", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token may not write this namespace", body = ErrorBody),
+        (status = 409, description = "The lease is no longer the claim's", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn release_claim(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path((ns, key, lease)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    check_ns(&ns)?;
+    check_key(&key)?;
+    caller.check(Scope::Write, &ns)?;
+    let release: Release = if body.is_empty() {
+        Release::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not a release: {e}")))?
+    };
+    let outcome = match release.failure {
+        Some(m) => crate::claims::Outcome::Failed(m),
+        None => crate::claims::Outcome::Vacant,
+    };
+    if s.claims.end(&ns, &key, &lease, outcome) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::Conflict("the lease is no longer this claim's".into()))
+    }
 }

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// An entry whose blobs are not all present in the namespace.
     #[error("{message}")]
     MissingBlobs { message: String, missing: Vec<String> },
+    /// A lease that is no longer the claim's.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -70,7 +73,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MissingBlobs { .. } => StatusCode::CONFLICT,
+            ApiError::MissingBlobs { .. } | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,

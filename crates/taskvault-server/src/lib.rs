@@ -7,6 +7,7 @@
 //! the handlers' annotations and served at `/v1/openapi.json`.
 
 pub mod api;
+pub mod claims;
 pub mod error;
 pub mod metrics;
 pub mod tokens;
@@ -61,6 +62,7 @@ pub struct AppState {
     /// The vault's size cap in bytes, if it has one.
     pub cap_bytes: Option<u64>,
     pub upload_slots: Arc<tokio::sync::Semaphore>,
+    pub claims: claims::Claims,
 }
 
 /// The directory of the server's own state (tokens, uploads, proofs) inside the vault.
@@ -98,6 +100,8 @@ fn routes() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::get_entry, api::put_entry))
         .routes(routes!(api::missing_blobs))
         .routes(routes!(api::get_blob, api::put_blob, api::head_blob))
+        .routes(routes!(api::claim))
+        .routes(routes!(api::renew_claim, api::release_claim))
         .split_for_parts()
 }
 
@@ -151,6 +155,7 @@ pub fn state(vault: Vault, options: ServeOptions) -> Result<Arc<AppState>> {
         metrics: metrics::Metrics::default(),
         options,
         cap_bytes,
+        claims: claims::Claims::default(),
     }))
 }
 

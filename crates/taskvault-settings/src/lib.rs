@@ -59,6 +59,7 @@ pub struct Remote {
     pub required: bool,
     pub connect_timeout: std::time::Duration,
     pub timeout: std::time::Duration,
+    pub lease: std::time::Duration,
     /// `TASKVAULT_REMOTE` or the config file.
     pub source: &'static str,
 }
@@ -104,6 +105,7 @@ fn remote(file: Option<&taskvault::RemoteFile>) -> Result<Option<Remote>> {
         required: block.required,
         connect_timeout: std::time::Duration::from_secs_f64(block.connect_timeout_seconds),
         timeout: std::time::Duration::from_secs_f64(block.timeout_seconds),
+        lease: std::time::Duration::from_secs_f64(block.lease_seconds.max(2.0)),
         source,
     }))
 }
@@ -327,6 +329,7 @@ pub fn explain(resolved: &Resolved) -> Result<Vec<Setting>> {
             ("required", r.required.to_string()),
             ("connect_timeout_seconds", r.connect_timeout.as_secs_f64().to_string()),
             ("timeout_seconds", r.timeout.as_secs_f64().to_string()),
+            ("lease_seconds", r.lease.as_secs_f64().to_string()),
         ] {
             rows.push(Setting { name: format!("remote.{name}"), value, source: from(name) });
         }

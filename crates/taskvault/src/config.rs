@@ -77,6 +77,10 @@ pub struct RemoteFile {
     /// Seconds a request may wait for the server's next bytes. Default 30.
     #[serde(default = "default_remote_timeout")]
     pub timeout_seconds: f64,
+    /// Seconds a claim on the server lasts unless renewed (renewed every third of it while the
+    /// work runs): how long other machines wait for a claimant that died. Default 15.
+    #[serde(default = "default_lease")]
+    pub lease_seconds: f64,
 }
 
 fn default_token_env() -> String {
@@ -87,6 +91,9 @@ fn default_connect_timeout() -> f64 {
 }
 fn default_remote_timeout() -> f64 {
     30.0
+}
+fn default_lease() -> f64 {
+    15.0
 }
 
 /// One `policies.<task>` block. A field left out falls back to the `default` policy.

@@ -18,6 +18,7 @@ pub fn client(resolved: &Resolved) -> Result<Option<Remote>> {
         required: r.required,
         connect_timeout: r.connect_timeout,
         timeout: r.timeout,
+        lease: r.lease,
     };
     Ok(Some(Remote::new(config, &resolved.settings.namespace)?))
 }
@@ -57,4 +58,13 @@ pub fn push(r: &Remote, v: &Vault, e: &Entry) -> Result<Option<Pushed>> {
         return Ok(None);
     }
     r.degrade(r.push(v, e), "this save").map_err(fail)
+}
+
+/// Takes (or waits on) the server's claim of `key` (writable remotes only); `None` when the
+/// server cannot be used (warned).
+pub fn claim(r: &Remote, key: &TaskKey) -> Result<Option<taskvault_remote::Claimed>> {
+    if r.read_only() {
+        return Ok(None);
+    }
+    r.degrade(r.claim(key), "this run").map_err(fail)
 }

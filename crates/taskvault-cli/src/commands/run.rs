@@ -193,6 +193,40 @@ pub fn run(
         }
     };
 
+    // Exactly once across machines: with a remote, the server's claim too.
+    let mut lease = None;
+    if guard.is_some()
+        && let Some(r) = remote
+    {
+        use taskvault_remote::Claimed;
+        match super::remote::claim(r, &plan.key)? {
+            Some(Claimed::Granted(l)) => lease = Some(l),
+            Some(Claimed::Ready) => {
+                if let super::remote::Pulled::Hit = super::remote::pull(r, v, &plan.key)?
+                    && let Some(e) = v.lookup(&plan.key, "run")?
+                    && let Some(outcome) = replay(v, &plan, &e, &cwd, a.link)?
+                {
+                    say(format!("hit {} (computed meanwhile on another machine)", plan.key.task));
+                    summary(cli, a, &plan, true, outcome, e.duration_ms, Some(&e.id))?;
+                    return Ok(outcome);
+                }
+            }
+            Some(Claimed::Failed(payload)) => {
+                let outcome = replay_failure(&payload)?;
+                if let Some(g) = guard {
+                    g.fail(&payload)?;
+                }
+                say(format!(
+                    "{} failed in a run on another machine; replayed its failure",
+                    plan.key.task
+                ));
+                summary(cli, a, &plan, false, outcome, None, None)?;
+                return Ok(outcome);
+            }
+            None => {}
+        }
+    }
+
     let (outcome, captured) = execute(&a.command)?;
     let Some(captured) = captured else {
         // Could not start: nothing to record, and a waiter will try for itself.
@@ -209,12 +243,16 @@ pub fn run(
         exec::Ended::Exited(c) => c,
     };
     if code != 0 && !a.cache_failures {
+        let payload = serde_json::json!({
+            "exit_code": code,
+            "console": base64::engine::general_purpose::STANDARD.encode(&captured.console),
+        })
+        .to_string();
         if let Some(g) = guard {
-            let payload = serde_json::json!({
-                "exit_code": code,
-                "console": base64::engine::general_purpose::STANDARD.encode(&captured.console),
-            });
-            g.fail(&payload.to_string())?;
+            g.fail(&payload)?;
+        }
+        if let Some(l) = lease {
+            l.fail(&payload);
         }
         say(format!(
             "{} exited with {code}; not cached (--cache-failures caches failures)",
@@ -247,7 +285,13 @@ pub fn run(
     match v.save(&plan.key, Output::Tree { root: &cwd, parts: &plan.outputs }, &opts) {
         Ok(e) => {
             let shared = match remote.map(|r| super::remote::push(r, v, &e)).transpose()? {
-                Some(Some(_)) => ", shared with the remote",
+                Some(Some(_)) => {
+                    // Committing the entry ended the server's claim.
+                    if let Some(l) = lease.take() {
+                        l.done();
+                    }
+                    ", shared with the remote"
+                }
                 _ => "",
             };
             say(format!(
@@ -263,6 +307,7 @@ pub fn run(
             summary(cli, a, &plan, false, outcome, Some(duration_ms), None)?;
         }
     }
+    drop(lease);
     drop(guard);
     Ok(outcome)
 }

@@ -382,3 +382,76 @@ fn acknowledged_uploads_survive_sigterm_during_32_concurrent_uploads() {
     }
     assert!(acknowledged > 0, "some uploads finished before the stop");
 }
+
+/// The runs a command recorded in `counter` (one line per run).
+fn runs(counter: &std::path::Path) -> usize {
+    std::fs::read_to_string(counter).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+fn spawn_run(p: &Project, args: &[&str]) -> Child {
+    let mut c = p.cmd();
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.spawn().unwrap()
+}
+
+#[test]
+fn sixteen_processes_on_two_machines_run_an_uncached_task_once() {
+    let server = Server::start();
+    let shared = tempfile::tempdir().unwrap();
+    let counter = shared.path().join("counter");
+    let script =
+        format!("echo run >> {}; sleep 1; echo result > out.txt; echo done", counter.display());
+    let args = ["run", "-i", "in.txt", "-o", "out.txt", "--", "sh", "-c", &script];
+    let (a, b) = (machine(&server, None), machine(&server, None));
+    for p in [&a, &b] {
+        p.write("in.txt", "same inputs");
+    }
+    let children: Vec<(usize, Child)> =
+        (0..16).map(|i| (i, spawn_run(if i % 2 == 0 { &a } else { &b }, &args))).collect();
+    for (i, c) in children {
+        let out = c.wait_with_output().unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "process {i}: {stderr}");
+        assert_eq!(stdout, "done\n", "process {i} ran or replayed the command: {stderr}");
+    }
+    assert_eq!(runs(&counter), 1, "the task ran exactly once across both machines");
+    for p in [&a, &b] {
+        assert_eq!(std::fs::read_to_string(p.path("out.txt")).unwrap(), "result\n");
+    }
+}
+
+#[test]
+fn when_the_claimant_is_killed_exactly_one_other_runs_it() {
+    let server = Server::start();
+    let shared = tempfile::tempdir().unwrap();
+    let counter = shared.path().join("counter");
+    let script =
+        format!("echo run >> {}; sleep 2; echo result > out.txt; echo done", counter.display());
+    let args = ["run", "-i", "in.txt", "-o", "out.txt", "--", "sh", "-c", &script];
+    let (a, b) = (machine(&server, None), machine(&server, None));
+    for p in [&a, &b] {
+        p.write("in.txt", "same inputs");
+        // A short lease, so the test does not wait long for the dead claimant's to run out.
+        let config = std::fs::read_to_string(p.path(".taskvault/config.yaml")).unwrap();
+        p.write(".taskvault/config.yaml", format!("{config}  lease_seconds: 2\n"));
+    }
+    let mut claimant = spawn_run(&a, &args);
+    let started = std::time::Instant::now();
+    while runs(&counter) == 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the claimant never ran");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let waiters: Vec<Child> =
+        (0..6).map(|i| spawn_run(if i % 2 == 0 { &a } else { &b }, &args)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    claimant.kill().unwrap();
+    claimant.wait().unwrap();
+    for (i, w) in waiters.into_iter().enumerate() {
+        let out = w.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "waiter {i}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n", "waiter {i}: {stderr}");
+    }
+    assert_eq!(runs(&counter), 2, "the killed claimant's run and exactly one other");
+}

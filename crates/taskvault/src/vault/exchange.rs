@@ -366,6 +366,17 @@ impl Vault {
 }
 
 impl Vault {
+    /// The live, unexpired run of `key_hex`, read without counting anything (a server checks
+    /// whether a claim is still needed).
+    pub fn live_entry(&self, key_hex: &str) -> Result<Option<Entry>> {
+        let now = now_ms();
+        match self.meta.lookup(key_hex) {
+            Ok(e) => Ok(e.filter(|e| !self.expired(e, now))),
+            Err(Error::DamagedRow { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Counts a local miss that the remote tier answered (`stats` shows it).
     pub fn count_remote_hit(&self) -> Result<()> {
         self.meta.bump_counter("remote_hits", 1)

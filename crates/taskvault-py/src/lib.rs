@@ -20,6 +20,8 @@ use error::{from_anyhow, to_py};
 #[pyclass(frozen, weakref, module = "taskvault._native")]
 struct Vault {
     inner: Arc<taskvault::Vault>,
+    /// The remote tier's server, when the configuration names one.
+    remote: Option<Arc<taskvault_remote::Remote>>,
 }
 
 /// A task key: its digest and ingredients, built by [`Vault::key`].
@@ -47,6 +49,8 @@ impl Key {
 struct ClaimHandle {
     vault: Arc<taskvault::Vault>,
     claim: Mutex<Option<DetachedClaim>>,
+    /// The server's claim, held alongside the local one when there is a remote.
+    lease: Mutex<Option<taskvault_remote::Lease>>,
 }
 
 #[pymethods]
@@ -54,6 +58,9 @@ impl ClaimHandle {
     /// Records `message` as the failure every waiter receives, then releases the claim.
     fn fail(&self, py: Python<'_>, message: &str) -> PyResult<()> {
         let claim = self.claim.lock().map_err(|_| poisoned())?.take();
+        if let Some(l) = self.lease.lock().map_err(|_| poisoned())?.take() {
+            py.detach(|| l.fail(message));
+        }
         match claim {
             Some(c) => py.detach(|| self.vault.fail_claim(c, message)).map_err(to_py),
             None => Ok(()),
@@ -61,8 +68,10 @@ impl ClaimHandle {
     }
 
     /// Releases the claim (after a save, waiters then find the entry).
-    fn release(&self) -> PyResult<()> {
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
         self.claim.lock().map_err(|_| poisoned())?.take();
+        let lease = self.lease.lock().map_err(|_| poisoned())?.take();
+        py.detach(|| drop(lease));
         Ok(())
     }
 }
@@ -202,7 +211,31 @@ impl Vault {
             .map_err(to_py)?;
         let inner = Arc::new(inner);
         spawn_committer(&inner)?;
-        Ok(Vault { inner })
+        let remote = match &resolved.remote {
+            Some(r) => {
+                let config = taskvault_remote::Config {
+                    url: r.url.clone(),
+                    token: r.token.clone(),
+                    token_env: r.token_env.clone(),
+                    read_only: r.read_only,
+                    required: r.required,
+                    connect_timeout: r.connect_timeout,
+                    timeout: r.timeout,
+                    lease: r.lease,
+                };
+                let remote = taskvault_remote::Remote::new(config, &inner.settings().namespace)
+                    .map_err(|e| error::TaskVaultError::new_err(e.to_string()))?;
+                Some(Arc::new(remote))
+            }
+            None => None,
+        };
+        Ok(Vault { inner, remote })
+    }
+
+    /// The remote tier's server URL, if one is configured.
+    #[getter]
+    fn remote_url(&self) -> Option<String> {
+        self.remote.as_ref().map(|r| r.url().to_owned())
     }
 
     /// The vault directory.
@@ -244,20 +277,59 @@ impl Vault {
         enum Got {
             Hit(taskvault::Served),
             Written(Arc<taskvault::Entry>),
-            Compute(DetachedClaim),
+            Compute(DetachedClaim, Option<taskvault_remote::Lease>),
             Failed(String),
         }
         let mut large = NewBytes::default();
+        let remote = self.remote.as_deref();
         let got = py
             .detach(|| -> taskvault::Result<Got> {
                 Ok(match vault.fetch_or_claim(&key.inner, Some(&mut large))? {
                     Fetched::Hit(s) => Got::Hit(s),
                     Fetched::Written(e) => Got::Written(e),
-                    Fetched::Compute(g) => Got::Compute(g.detach()),
+                    Fetched::Compute(g) => {
+                        let g = g.detach();
+                        match remote {
+                            Some(r) => from_remote(r, &vault, &key.inner, g)?,
+                            None => Got::Compute(g, None),
+                        }
+                    }
                     Fetched::Failed(m) => Got::Failed(m),
                 })
             })
             .map_err(to_py)?;
+        /// After a local miss (holding the local claim, so local waiters wait for this): the
+        /// server's result, its claim, or what its claimant reported.
+        fn from_remote(
+            r: &taskvault_remote::Remote,
+            vault: &taskvault::Vault,
+            key: &TaskKey,
+            g: DetachedClaim,
+        ) -> taskvault::Result<Got> {
+            use taskvault_remote::Claimed;
+            if let Some(s) = pull_and_fetch(r, vault, key)? {
+                drop(g);
+                return Ok(Got::Hit(s));
+            }
+            if r.read_only() {
+                return Ok(Got::Compute(g, None));
+            }
+            match degrade(r, r.claim(key), "this call")? {
+                Some(Claimed::Granted(lease)) => Ok(Got::Compute(g, Some(lease))),
+                Some(Claimed::Ready) => match pull_and_fetch(r, vault, key)? {
+                    Some(s) => {
+                        drop(g);
+                        Ok(Got::Hit(s))
+                    }
+                    None => Ok(Got::Compute(g, None)),
+                },
+                Some(Claimed::Failed(m)) => {
+                    vault.fail_claim(g, &m)?;
+                    Ok(Got::Failed(m))
+                }
+                None => Ok(Got::Compute(g, None)),
+            }
+        }
         Ok(match got {
             Got::Hit(s) => {
                 let h = hit(&s.entry, PyBytes::new(py, &s.bytes));
@@ -272,8 +344,8 @@ impl Vault {
                 let h = hit(&e, bytes.into_bound(py));
                 ("hit", h.into_pyobject(py)?.into_any().unbind())
             }
-            Got::Compute(c) => {
-                let h = ClaimHandle { vault, claim: Mutex::new(Some(c)) };
+            Got::Compute(c, lease) => {
+                let h = ClaimHandle { vault, claim: Mutex::new(Some(c)), lease: Mutex::new(lease) };
                 ("compute", Py::new(py, h)?.into_any())
             }
             Got::Failed(m) => ("failed", m.into_pyobject(py)?.into_any().unbind()),
@@ -304,14 +376,32 @@ impl Vault {
             details,
             ..SaveOptions::default()
         };
+        let remote = self.remote.as_deref();
         let e = match claim {
-            Some(h) => {
+            // With a remote the save commits at once: its blobs are read back to be shared.
+            Some(h) if remote.is_none() => {
                 let c = h.claim.lock().map_err(|_| poisoned())?.take();
                 py.detach(|| self.inner.save_deferred(&key.inner, data, &opts, c))
             }
-            None => {
-                py.detach(|| self.inner.save(&key.inner, Output::Bytes(data), &opts).map(Arc::new))
+            Some(h) => {
+                let c = h.claim.lock().map_err(|_| poisoned())?.take();
+                let lease = h.lease.lock().map_err(|_| poisoned())?.take();
+                py.detach(|| -> taskvault::Result<Arc<taskvault::Entry>> {
+                    let e = self.inner.save(&key.inner, Output::Bytes(data), &opts)?;
+                    drop(c);
+                    if push(remote, &self.inner, &e)? {
+                        if let Some(l) = lease {
+                            l.done();
+                        }
+                    }
+                    Ok(Arc::new(e))
+                })
             }
+            None => py.detach(|| -> taskvault::Result<Arc<taskvault::Entry>> {
+                let e = self.inner.save(&key.inner, Output::Bytes(data), &opts)?;
+                push(remote, &self.inner, &e)?;
+                Ok(Arc::new(e))
+            }),
         }
         .map_err(to_py)?;
         Ok((e.id.clone(), output_digest(&e), e.size))
@@ -338,7 +428,12 @@ impl Vault {
             ..SaveOptions::default()
         };
         let claim = match claim {
-            Some(h) => h.claim.lock().map_err(|_| poisoned())?.take(),
+            Some(h) => {
+                if let Some(l) = h.lease.lock().map_err(|_| poisoned())?.take() {
+                    py.detach(|| l.fail(message));
+                }
+                h.claim.lock().map_err(|_| poisoned())?.take()
+            }
             None => None,
         };
         let e = py
@@ -471,6 +566,43 @@ impl Vault {
     ) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
         let (b, hit) = py.detach(|| self.inner.get_cached_result(task, input)).map_err(to_py)?;
         Ok((b.map(|b| PyBytes::new(py, &b)), hit))
+    }
+}
+
+/// The remote tier's rule for a result: an unavailable server is a warning and `None`.
+fn degrade<T>(
+    r: &taskvault_remote::Remote,
+    res: Result<T, taskvault_remote::RemoteError>,
+    what: &str,
+) -> taskvault::Result<Option<T>> {
+    r.degrade(res, what).map_err(|e| match e {
+        taskvault_remote::RemoteError::Local(e) => e,
+        other => taskvault::Error::Other(format!("remote: {other}")),
+    })
+}
+
+/// Fetches `key` from the server into the local vault and reads it back; `None` on a miss.
+fn pull_and_fetch(
+    r: &taskvault_remote::Remote,
+    vault: &taskvault::Vault,
+    key: &TaskKey,
+) -> taskvault::Result<Option<taskvault::Served>> {
+    if let Some(Some(_)) = degrade(r, r.pull(vault, key), "this lookup")? {
+        vault.count_remote_hit()?;
+        return vault.fetch(key);
+    }
+    Ok(None)
+}
+
+/// Shares a run just saved with the server, if there is one and it may be written.
+fn push(
+    remote: Option<&taskvault_remote::Remote>,
+    vault: &taskvault::Vault,
+    e: &taskvault::Entry,
+) -> taskvault::Result<bool> {
+    match remote {
+        Some(r) if !r.read_only() => Ok(degrade(r, r.push(vault, e), "this save")?.is_some()),
+        _ => Ok(false),
     }
 }
 

@@ -295,7 +295,12 @@ class Client:
         self._vault = _native.Vault(vault_dir, self._config)
         _open_vaults.add(self._vault)
         _clients_alive.add(self)
-        self._serializer = serializer if serializer is not None else PickleSerializer()
+        # Results from a remote came over the network: by default they are loaded by the
+        # restricted unpickler, never by plain pickle (pass serializer=PickleSerializer() to
+        # trust the team's server with arbitrary objects).
+        if serializer is None:
+            serializer = SafePickleSerializer() if self._vault.remote_url else PickleSerializer()
+        self._serializer = serializer
         for m in ("dumps", "loads"):
             if not callable(getattr(self._serializer, m, None)):
                 raise TypeError(f"serializer must have a {m}() method")

@@ -389,10 +389,10 @@ impl Vault {
                 py.detach(|| -> taskvault::Result<Arc<taskvault::Entry>> {
                     let e = self.inner.save(&key.inner, Output::Bytes(data), &opts)?;
                     drop(c);
-                    if push(remote, &self.inner, &e)? {
-                        if let Some(l) = lease {
-                            l.done();
-                        }
+                    if push(remote, &self.inner, &e)?
+                        && let Some(l) = lease
+                    {
+                        l.done();
                     }
                     Ok(Arc::new(e))
                 })

@@ -51,6 +51,17 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
     ),
     ("python3 -m venv", "the Python install: scripts/test-python.sh builds the same wheel"),
     ("from taskvault import", "run by crates/taskvault-py/tests/test_readme.py"),
+    (
+        "taskvault --dir /srv/taskvault serve",
+        "serving and tokens: tests/it/remote.rs runs real servers with the same commands",
+    ),
+    ("namespace: ci", "the remote block: tests/it/remote.rs writes it for each machine"),
+    (
+        "export TASKVAULT_TOKEN",
+        "run on two machines through a server: tests/it/remote.rs (run_replays_a_command_...)",
+    ),
+    ("# /etc/systemd/system/taskvault.service", "a deployment example (no systemd here)"),
+    ("FROM debian:bookworm-slim", "a deployment example (no Docker engine here)"),
 ];
 
 const STUBS: &[(&str, &str)] = &[

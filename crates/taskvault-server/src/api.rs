@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
@@ -89,6 +90,7 @@ pub struct EntryResponse {
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LookupQuery {
     /// The task the key belongs to, so that a miss is counted for it.
     pub task: Option<String>,
@@ -97,8 +99,8 @@ pub struct LookupQuery {
 #[utoipa::path(
     get, path = "/v1/ns/{ns}/entries/{key}", tag = "entries",
     params(
-        ("ns" = String, Path, description = "Namespace"),
-        ("key" = String, Path, description = "Key digest, 64 lowercase hex"),
+        ("ns" = String, Path, description = "Namespace", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"),
+        ("key" = String, Path, description = "Key digest, 64 lowercase hex", pattern = r"^[0-9a-f]{64}$"),
         LookupQuery,
     ),
     responses(
@@ -114,8 +116,9 @@ pub async fn get_entry(
     State(s): State<Arc<AppState>>,
     Auth(caller): Auth,
     Path((ns, key)): Path<(String, String)>,
-    Query(q): Query<LookupQuery>,
+    q: Result<Query<LookupQuery>, QueryRejection>,
 ) -> Result<axum::Json<EntryResponse>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     check_ns(&ns)?;
     check_key(&key)?;
     caller.check(Scope::Read, &ns)?;
@@ -147,8 +150,8 @@ pub async fn get_entry(
 #[utoipa::path(
     put, path = "/v1/ns/{ns}/entries/{key}", tag = "entries",
     params(
-        ("ns" = String, Path, description = "Namespace"),
-        ("key" = String, Path, description = "Key digest, 64 lowercase hex"),
+        ("ns" = String, Path, description = "Namespace", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"),
+        ("key" = String, Path, description = "Key digest, 64 lowercase hex", pattern = r"^[0-9a-f]{64}$"),
     ),
     request_body(content = Object, description = "The run (an entry document as `show --json` prints it); its blobs must be present in the namespace", content_type = "application/json"),
     responses(
@@ -216,10 +219,17 @@ pub async fn put_entry(
     })
 }
 
+/// A blob digest as the API spells it.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(pattern = r"^(blake3|sha256):[0-9a-f]{64}$")]
+pub struct DigestText(pub String);
+
 #[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct MissingRequest {
-    /// Digests (`blake3:<hex>` or `sha256:<hex>`), at most 100,000.
-    pub digests: Vec<String>,
+    /// Digests, at most 100,000.
+    #[schema(max_items = 100_000)]
+    pub digests: Vec<DigestText>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -230,7 +240,7 @@ pub struct MissingResponse {
 
 #[utoipa::path(
     post, path = "/v1/ns/{ns}/blobs/missing", tag = "blobs",
-    params(("ns" = String, Path, description = "Namespace")),
+    params(("ns" = String, Path, description = "Namespace", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")),
     request_body = MissingRequest,
     responses(
         (status = 200, description = "Which of the digests must be uploaded", body = MissingResponse),
@@ -257,7 +267,7 @@ pub async fn missing_blobs(
         )));
     }
     let digests =
-        req.digests.iter().map(|d| parse_digest(d)).collect::<Result<Vec<Digest>, _>>()?;
+        req.digests.iter().map(|d| parse_digest(&d.0)).collect::<Result<Vec<Digest>, _>>()?;
     let missing = blocking(move || {
         let mut missing = Vec::new();
         for d in &digests {
@@ -316,8 +326,8 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Span>, ApiError>
 #[utoipa::path(
     get, path = "/v1/ns/{ns}/blobs/{digest}", tag = "blobs",
     params(
-        ("ns" = String, Path, description = "Namespace"),
-        ("digest" = String, Path, description = "`blake3:<hex>` or `sha256:<hex>`"),
+        ("ns" = String, Path, description = "Namespace", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"),
+        ("digest" = String, Path, description = "`blake3:<hex>` or `sha256:<hex>`", pattern = r"^(blake3|sha256):[0-9a-f]{64}$"),
         ("Range" = Option<String>, Header, description = "One `bytes=` range, to resume"),
     ),
     responses(
@@ -423,8 +433,8 @@ pub async fn get_blob(
 #[utoipa::path(
     head, path = "/v1/ns/{ns}/blobs/{digest}", tag = "blobs",
     params(
-        ("ns" = String, Path, description = "Namespace"),
-        ("digest" = String, Path, description = "`blake3:<hex>` or `sha256:<hex>`"),
+        ("ns" = String, Path, description = "Namespace", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"),
+        ("digest" = String, Path, description = "`blake3:<hex>` or `sha256:<hex>`", pattern = r"^(blake3|sha256):[0-9a-f]{64}$"),
     ),
     responses(
         (status = 200, description = "Present in the namespace; Content-Length is its size"),
@@ -460,8 +470,8 @@ pub async fn head_blob(
 #[utoipa::path(
     put, path = "/v1/ns/{ns}/blobs/{digest}", tag = "blobs",
     params(
-        ("ns" = String, Path, description = "Namespace"),
-        ("digest" = String, Path, description = "`blake3:<hex>` or `sha256:<hex>`: what the body must hash to"),
+        ("ns" = String, Path, description = "Namespace", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"),
+        ("digest" = String, Path, description = "`blake3:<hex>` or `sha256:<hex>`: what the body must hash to", pattern = r"^(blake3|sha256):[0-9a-f]{64}$"),
     ),
     request_body(content = Vec<u8>, description = "The blob's bytes", content_type = "application/octet-stream"),
     responses(
@@ -583,10 +593,13 @@ const TTL_MAX: Duration = Duration::from_secs(600);
 const TTL_DEFAULT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ClaimQuery {
     /// Seconds to wait while another client holds the claim (default 30, at most 60).
+    #[param(minimum = 0.0)]
     pub wait: Option<f64>,
     /// Seconds the lease lasts unless renewed (default 15, 2 to 600).
+    #[param(minimum = 0.0)]
     pub ttl: Option<f64>,
 }
 
@@ -627,7 +640,7 @@ fn seconds(
 ) -> Result<Duration, ApiError> {
     match v {
         None => Ok(default),
-        Some(s) if s.is_finite() && s >= 0.0 => {
+        Some(s) if s.is_finite() && s >= 0.0 && !s.is_sign_negative() => {
             Ok(Duration::from_secs_f64(s.min(max.as_secs_f64())).max(min))
         }
         Some(s) => Err(ApiError::BadRequest(format!("{s} is not a number of seconds"))),
@@ -637,8 +650,8 @@ fn seconds(
 #[utoipa::path(
     post, path = "/v1/ns/{ns}/claims/{key}", tag = "claims",
     params(
-        ("ns" = String, Path, description = "Namespace"),
-        ("key" = String, Path, description = "Key digest, 64 lowercase hex"),
+        ("ns" = String, Path, description = "Namespace", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"),
+        ("key" = String, Path, description = "Key digest, 64 lowercase hex", pattern = r"^[0-9a-f]{64}$"),
         ClaimQuery,
     ),
     responses(
@@ -655,8 +668,9 @@ pub async fn claim(
     State(s): State<Arc<AppState>>,
     Auth(caller): Auth,
     Path((ns, key)): Path<(String, String)>,
-    Query(q): Query<ClaimQuery>,
+    q: Result<Query<ClaimQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     check_ns(&ns)?;
     check_key(&key)?;
     caller.check(Scope::Write, &ns)?;
@@ -716,9 +730,9 @@ pub async fn claim(
 #[utoipa::path(
     put, path = "/v1/ns/{ns}/claims/{key}/{lease}", tag = "claims",
     params(
-        ("ns" = String, Path, description = "Namespace"),
-        ("key" = String, Path, description = "Key digest, 64 lowercase hex"),
-        ("lease" = String, Path, description = "The lease a grant returned"),
+        ("ns" = String, Path, description = "Namespace", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"),
+        ("key" = String, Path, description = "Key digest, 64 lowercase hex", pattern = r"^[0-9a-f]{64}$"),
+        ("lease" = String, Path, description = "The lease a grant returned", pattern = r"^[0-9a-f]{1,64}$"),
         ClaimQuery,
     ),
     responses(
@@ -734,8 +748,9 @@ pub async fn renew_claim(
     State(s): State<Arc<AppState>>,
     Auth(caller): Auth,
     Path((ns, key, lease)): Path<(String, String, String)>,
-    Query(q): Query<ClaimQuery>,
+    q: Result<Query<ClaimQuery>, QueryRejection>,
 ) -> Result<axum::Json<ClaimResponse>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     check_ns(&ns)?;
     check_key(&key)?;
     caller.check(Scope::Write, &ns)?;
@@ -761,9 +776,9 @@ pub struct Release {
 #[utoipa::path(
     delete, path = "/v1/ns/{ns}/claims/{key}/{lease}", tag = "claims",
     params(
-        ("ns" = String, Path, description = "Namespace"),
-        ("key" = String, Path, description = "Key digest, 64 lowercase hex"),
-        ("lease" = String, Path, description = "The lease a grant returned"),
+        ("ns" = String, Path, description = "Namespace", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"),
+        ("key" = String, Path, description = "Key digest, 64 lowercase hex", pattern = r"^[0-9a-f]{64}$"),
+        ("lease" = String, Path, description = "The lease a grant returned", pattern = r"^[0-9a-f]{1,64}$"),
     ),
     request_body(content = Option<Release>, description = "Optional: the failure to hand the waiters", content_type = "application/json"),
     responses(

@@ -110,3 +110,29 @@ impl IntoResponse for ApiError {
         (status, headers, axum::Json(body)).into_response()
     }
 }
+
+/// Gives every error the JSON body the protocol promises, including the rejections axum makes
+/// itself (an unknown route, a bad method, a path or query it cannot parse), which are text.
+pub async fn json_errors(response: axum::response::Response) -> axum::response::Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let mut error = String::from_utf8_lossy(&text).trim().to_owned();
+    if error.is_empty() {
+        error = status.canonical_reason().unwrap_or("error").to_owned();
+    }
+    let body = serde_json::to_vec(&ErrorBody { error, missing: Vec::new() }).unwrap_or_default();
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
+}

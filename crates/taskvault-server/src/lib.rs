@@ -125,6 +125,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
             }),
         )
         .route("/metrics", get(metrics::metrics))
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), metrics::track))
         // Entry documents and digest lists; blob bodies are streams and not limited here.
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))

@@ -281,6 +281,16 @@ pub async fn missing_blobs(
     Ok(axum::Json(MissingResponse { missing }))
 }
 
+/// Blobs up to this size are read whole before the response starts.
+const SMALL_READ: u64 = 256 << 10;
+
+/// A blob as a GET found it.
+enum Opened {
+    Missing,
+    Whole(Bytes),
+    Stream(taskvault::BlobStream),
+}
+
 /// An inclusive byte range of a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Span {
@@ -352,9 +362,45 @@ pub async fn get_blob(
     caller.check(Scope::Read, &ns)?;
     let state = Arc::clone(&s);
     let ns2 = ns.clone();
-    let stream = blocking(move || state.uploads.open(&state.vault, &ns2, &d)).await?;
-    let Some(mut stream) = stream else {
-        return Err(ApiError::NotFound(format!("no blob {d} in namespace {ns:?}")));
+    let ranged = headers.contains_key(header::RANGE);
+    let opened = blocking(move || {
+        let Some(mut stream) = state.uploads.open(&state.vault, &ns2, &d)? else {
+            return Ok(Opened::Missing);
+        };
+        if ranged || stream.size() > SMALL_READ {
+            return Ok(Opened::Stream(stream));
+        }
+        // A small blob is read (and verified) whole: one trip to the blocking pool, and a
+        // blob that fails is a 404, never a response cut short.
+        let mut buf = Vec::with_capacity(stream.size() as usize);
+        match std::io::Read::read_to_end(&mut stream, &mut buf) {
+            Ok(_) => Ok(Opened::Whole(Bytes::from(buf))),
+            Err(e) => {
+                if let Some(why) = stream.failure() {
+                    state.vault.blob_failed(&d, why, "serve")?;
+                    state.metrics.corrupt();
+                    return Ok(Opened::Missing);
+                }
+                Err(crate::uploads::io_error(e))
+            }
+        }
+    })
+    .await?;
+    let mut stream = match opened {
+        Opened::Missing => {
+            return Err(ApiError::NotFound(format!("no blob {d} in namespace {ns:?}")));
+        }
+        Opened::Whole(bytes) => {
+            s.metrics.bytes_out(bytes.len() as u64);
+            let etag = HeaderValue::from_str(&format!("\"{d}\"")).expect("a digest is a header");
+            let h = [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+                (header::ETAG, etag),
+            ];
+            return Ok((StatusCode::OK, h, bytes).into_response());
+        }
+        Opened::Stream(stream) => stream,
     };
     let size = stream.size();
     let span = parse_range(&headers, size)?;

@@ -455,3 +455,37 @@ fn when_the_claimant_is_killed_exactly_one_other_runs_it() {
     }
     assert_eq!(runs(&counter), 2, "the killed claimant's run and exactly one other");
 }
+
+#[test]
+fn a_corrupt_blob_on_the_server_is_never_served() {
+    let server = Server::start();
+    let (a, b) = (machine(&server, None), machine(&server, None));
+    for p in [&a, &b] {
+        p.write("in.txt", "i");
+    }
+    // One blob small enough to be read whole before the response, one streamed.
+    a.write("small.bin", noise(100 << 10, 5));
+    a.write("large.bin", noise(3 << 20, 6));
+    run(&a, &["cache", "save", "small", "in.txt", "small.bin"]).ok();
+    run(&a, &["cache", "save", "large", "in.txt", "large.bin"]).ok();
+    let blobs = server.dir.path().join("vault/blobs");
+    let mut files: Vec<_> = taskvault::tree::walk(&blobs)
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.kind == taskvault::tree::NodeKind::File)
+        .collect();
+    assert_eq!(files.len(), 2, "both blobs are files on the server");
+    for f in &mut files {
+        // Stored raw (incompressible): flip a byte in the middle.
+        let len = std::fs::metadata(&f.abs).unwrap().len() as usize;
+        super::flip_byte(&f.abs, len / 2);
+    }
+    for task in ["small", "large"] {
+        let out = run(&b, &["cache", "get", task, "in.txt", "got.bin"]).code_is(1);
+        assert!(out.stderr().contains("warning"), "{task}: {}", out.stderr());
+        assert!(!b.path("got.bin").exists(), "{task}: nothing at the destination");
+    }
+    let quarantined =
+        std::fs::read_dir(server.dir.path().join("vault/quarantine")).unwrap().count();
+    assert_eq!(quarantined, 2, "the server quarantined both");
+}

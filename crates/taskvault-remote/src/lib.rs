@@ -308,11 +308,9 @@ impl Remote {
             }
         }
         let files = &staging.files;
-        vault.admit(
-            entry.clone(),
-            &|d: &Digest| files.iter().find(|(f, _)| f == d).map(|(_, p)| p.clone()),
-            "remote",
-        )?;
+        // Every file was hashed to its digest as it arrived: the vault may move them in.
+        let staged = |d: &Digest| files.iter().find(|(f, _)| f == d).map(|(_, p)| p.clone());
+        vault.admit(entry.clone(), &staged, true, "remote")?;
         drop(staging);
         Ok(Some(entry))
     }

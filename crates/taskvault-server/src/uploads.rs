@@ -150,6 +150,27 @@ impl Uploads {
         Ok(true)
     }
 
+    /// Hard links of the waiting uploads among `digests` in the vault's temporary directory,
+    /// for a commit to move in (the uploads themselves stay until reaped).
+    pub fn link_for_commit(
+        &self,
+        vault: &Vault,
+        digests: &[Digest],
+    ) -> Result<Vec<(Digest, PathBuf)>, ApiError> {
+        let mut out = Vec::new();
+        for d in digests {
+            let Some(src) = self.upload(d) else { continue };
+            let dest = vault.staging_path("commit-");
+            match std::fs::hard_link(&src, &dest) {
+                Ok(()) => out.push((*d, dest)),
+                // Reaped meanwhile: the commit finds it missing and says so.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(e)),
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes uploads that have been committed (or abandoned) for a while.
     pub fn reap(&self, vault: &Vault) {
         let Ok(dir) = std::fs::read_dir(&self.uploads) else { return };

@@ -289,14 +289,17 @@ impl Vault {
 
     /// Makes `entry`, made in another vault, the live run of its key here. It is checked as an
     /// import is: its key must be the one its recorded ingredients make, its manifest sound, and
-    /// every blob it needs either stored here already or given by `staged` (a file whose bytes
-    /// are re-hashed as they are staged; a file that does not match is refused). What the
-    /// other vault said of the run's standing is not trusted: it becomes live here with fresh
-    /// counters. Refusals are [`Error::BadInput`] with the reason.
+    /// every blob it needs either stored here already or given by `staged`. A staged file is
+    /// re-hashed as it is staged (one that does not match is refused), unless `verified`: then
+    /// the caller has just hashed it to its digest itself, it lies in this vault's temporary
+    /// directory ([`Vault::staging_path`]), and a large incompressible one is moved in as it
+    /// is. What the other vault said of the run's standing is not trusted: it becomes live here
+    /// with fresh counters. Refusals are [`Error::BadInput`] with the reason.
     pub fn admit(
         &self,
         mut entry: Entry,
         staged: &dyn Fn(&Digest) -> Option<PathBuf>,
+        verified: bool,
         op: &str,
     ) -> Result<Admitted> {
         let refuse = |message: String| Error::BadInput { path: "<entry>".into(), message };
@@ -328,7 +331,9 @@ impl Vault {
             staging.stored(info);
         }
         for (d, p) in &files {
-            staging.file_expecting(p, *d).map_err(|e| match e {
+            let staged =
+                if verified { staging.verified_file(p, *d) } else { staging.file_expecting(p, *d) };
+            staged.map_err(|e| match e {
                 Error::Corrupt { message, .. } => refuse(format!("blob {d}: {message}")),
                 other => other,
             })?;

@@ -208,6 +208,31 @@ impl<'v> Staging<'v> {
         Ok(())
     }
 
+    /// Stages a file of the vault's own temporary directory whose bytes the caller has just
+    /// hashed to `digest` (a verified download): small ones go inline, large ones that would
+    /// not compress are taken as they are (synced, then moved in by the commit, never
+    /// copied); compressible ones are staged as any file is (re-hashed on the way).
+    pub(crate) fn verified_file(&mut self, path: &Path, digest: Digest) -> Result<()> {
+        let mut src = std::fs::File::open(path).at(path)?;
+        let len = src.metadata().at(path)?.len();
+        if len <= self.vault.settings.inline_max_bytes || digest.algorithm() != self.alg() {
+            return self.file_expecting(path, digest);
+        }
+        let mut sample = vec![0u8; SAMPLE.min(len as usize)];
+        src.read_exact(&mut sample).at(path)?;
+        let compressed = zstd::bulk::compress(&sample, ZSTD_LEVEL)
+            .map_err(|e| Error::IoAt { path: path.to_owned(), source: e })?;
+        if (compressed.len() as f64) < sample.len() as f64 * (1.0 - MIN_SAVING) {
+            return self.file_expecting(path, digest);
+        }
+        src.sync_all().at(path)?;
+        self.push(StagedBlob {
+            info: BlobInfo { digest, size: len, stored_size: len, codec: Codec::Raw, inline: None },
+            staged: Some(path.to_owned()),
+        });
+        Ok(())
+    }
+
     /// Stages a large stream: compressed if a sample compresses well, else copied raw (for a
     /// file, by the kernel) and hashed from the staging file, so the digest always describes
     /// exactly the bytes stored.

@@ -58,6 +58,9 @@ pub enum Command {
     Show {
         /// A run id or key, or an unambiguous prefix of one.
         hash: String,
+        /// Show the run as the remote tier's server has it.
+        #[arg(long)]
+        remote: bool,
     },
     /// Write an entry's output to a path (or a file output to stdout).
     Get {
@@ -101,6 +104,9 @@ pub enum Command {
         /// Also evict least recently used entries until stored bytes fit (e.g. 5GB, 500MiB).
         #[arg(long, value_parser = parse_cap)]
         max_size: Option<u64>,
+        /// Run gc on the remote tier's server (an admin token) instead of the local vault.
+        #[arg(long, conflicts_with_all = ["older_than", "max_size"])]
+        remote: bool,
     },
     /// Remove every entry and blob.
     Clear {
@@ -208,6 +214,9 @@ pub struct StatsArgs {
     /// task too) and start counting afresh; entries and stored bytes stay.
     #[arg(long, conflicts_with = "by_task")]
     pub reset: bool,
+    /// Show the remote tier's server's statistics (needs an admin token) instead of the local vault's.
+    #[arg(long, conflicts_with_all = ["by_task", "reset"])]
+    pub remote: bool,
 }
 
 /// `taskvault run [OPTIONS] -- COMMAND [ARGS]...`
@@ -322,6 +331,9 @@ pub struct GetArgs {
 pub struct LogArgs {
     #[command(flatten)]
     pub select: Select,
+    /// List the remote tier's server's runs (of this namespace) instead of the local vault's.
+    #[arg(long)]
+    pub remote: bool,
 }
 
 /// A selection of entries, shared by `log` and `export`.

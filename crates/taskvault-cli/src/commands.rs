@@ -49,13 +49,13 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
         }
         Command::Cache(c) => cache::run(cli, v, c, remote),
         Command::Log(a) => inspect::log(cli, v, &a.select),
-        Command::Show { hash } => inspect::show(cli, v, hash),
+        Command::Show { hash, .. } => inspect::show(cli, v, hash),
         Command::Get { hash, output } => inspect::get(cli, v, hash, output.as_deref()),
         Command::History { hash } => inspect::history(cli, v, hash),
         Command::Diff { a, b } => inspect::diff(cli, v, a, b),
         Command::Rm { hashes, key } => admin::rm(cli, v, hashes, *key),
         Command::Invalidate { tag } => admin::invalidate(cli, v, tag),
-        Command::Gc { older_than, max_size } => admin::gc(cli, v, *older_than, *max_size),
+        Command::Gc { older_than, max_size, .. } => admin::gc(cli, v, *older_than, *max_size),
         Command::Clear { yes } => admin::clear(cli, v, *yes),
         Command::Verify => admin::verify(cli, v),
         Command::Export { archive, select } => admin::export(cli, v, archive, select),
@@ -63,6 +63,57 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
         Command::Stats(a) => admin::stats(cli, v, a),
         Command::Run(a) => run::run(cli, v, a, remote),
     }
+}
+
+/// `log`, `show`, `stats` and `gc` with `--remote`: the server's view, printed as the local
+/// one is; `None` for every other command line.
+pub fn remote_view(cli: &Cli, resolved: &Resolved) -> Result<Option<Outcome>> {
+    let wants = match &cli.command {
+        Command::Log(a) => a.remote,
+        Command::Show { remote, .. } | Command::Gc { remote, .. } => *remote,
+        Command::Stats(a) => a.remote,
+        _ => false,
+    };
+    if !wants {
+        return Ok(None);
+    }
+    let Some(r) = remote::client(resolved)? else {
+        anyhow::bail!("--remote: no remote is configured (a remote: block, or TASKVAULT_REMOTE)");
+    };
+    let failed = |e: taskvault_remote::RemoteError| anyhow::anyhow!("remote {}: {e}", r.url());
+    match &cli.command {
+        Command::Log(a) => {
+            let f = filter(&a.select)?;
+            let q = taskvault_remote::LogQuery {
+                task: f.task,
+                tag: a.select.tag.clone(),
+                status: a.select.status.clone(),
+                since_ms: f.since_ms,
+                limit: f.limit,
+                all: f.all,
+            };
+            let entries = r.log(&q).map_err(failed)?;
+            if cli.json {
+                crate::human::json(&entries)?;
+            } else {
+                inspect::table(&entries)?;
+            }
+        }
+        Command::Show { hash, .. } => {
+            let e = r.show(hash).map_err(failed)?;
+            inspect::print_run(cli, &e, None)?;
+        }
+        Command::Stats(_) => {
+            let s = r.stats().map_err(failed)?;
+            crate::human::json(&s)?;
+        }
+        Command::Gc { .. } => {
+            let g = r.gc().map_err(failed)?;
+            crate::human::json(&g)?;
+        }
+        _ => unreachable!("checked above"),
+    }
+    Ok(Some(Outcome::Ok))
 }
 
 /// `taskvault completions SHELL`: the completion script, on stdout.

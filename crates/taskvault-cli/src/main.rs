@@ -131,6 +131,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<Outcome> {
         }
         _ => {}
     }
+    if let Some(outcome) = commands::remote_view(&cli, &resolved)? {
+        return Ok(outcome);
+    }
     if !resolved.vault_exists() {
         // A command that only reads never makes a vault; one that saves may, where allowed.
         match commands::without_vault(&cli, &resolved)? {

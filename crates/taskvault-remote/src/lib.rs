@@ -288,7 +288,17 @@ impl Remote {
     /// the entry as stored; `None` on a miss. Nothing is written outside the vault's temporary
     /// directory until every blob has been verified.
     pub fn pull(&self, vault: &Vault, key: &TaskKey) -> Result<Option<Entry>> {
-        let Some((entry, small)) = self.lookup(key)? else { return Ok(None) };
+        let Some((mut entry, small)) = self.lookup(key)? else { return Ok(None) };
+        // Where it came from, for `show` (details are provenance, never part of the key).
+        let origin =
+            serde_json::json!({"url": self.config.url, "at_ms": taskvault::clock::now_ms()});
+        match &mut entry.details {
+            serde_json::Value::Object(m) => {
+                m.insert("fetched_from".into(), origin);
+            }
+            serde_json::Value::Null => entry.details = serde_json::json!({"fetched_from": origin}),
+            _ => {}
+        }
         let mut staging = Staging { files: Vec::new() };
         let sizes: std::collections::HashMap<Digest, u64> = entry
             .outputs
@@ -624,6 +634,80 @@ impl Remote {
             renewer: Some(renewer),
             ended: false,
         }
+    }
+}
+
+/// What `log --remote` asks for.
+#[derive(Debug, Default, Clone)]
+pub struct LogQuery {
+    pub task: Option<String>,
+    pub tag: Option<String>,
+    pub status: Option<String>,
+    pub since_ms: Option<i64>,
+    pub limit: Option<usize>,
+    pub all: bool,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LogResponse {
+    entries: Vec<Entry>,
+}
+
+/// The server's own views, for `log`, `show`, `stats` and `gc` with `--remote`: errors are
+/// errors here (the user asked the server), never degraded to warnings.
+impl Remote {
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+        what: &str,
+    ) -> Result<T> {
+        let mut resp = self.auth(req).call().map_err(Self::unavailable)?;
+        self.check(&mut resp, what)?;
+        resp.body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_json()
+            .map_err(|e| RemoteError::Unavailable(format!("{what}: {e}")))
+    }
+
+    /// The namespace's runs on the server, newest first.
+    pub fn log(&self, q: &LogQuery) -> Result<Vec<Entry>> {
+        let mut req = self.agent.get(self.ns_url("log"));
+        for (k, v) in [("task", &q.task), ("tag", &q.tag), ("status", &q.status)] {
+            if let Some(v) = v {
+                req = req.query(k, v);
+            }
+        }
+        if let Some(s) = q.since_ms {
+            req = req.query("since_ms", s.to_string());
+        }
+        if let Some(l) = q.limit {
+            req = req.query("limit", l.to_string());
+        }
+        if q.all {
+            req = req.query("all", "true");
+        }
+        Ok(self.get_json::<LogResponse>(req, "log")?.entries)
+    }
+
+    /// One run on the server, by id or key (or a prefix).
+    pub fn show(&self, hash: &str) -> Result<Entry> {
+        self.get_json(self.agent.get(self.ns_url(&format!("runs/{hash}"))), "show")
+    }
+
+    /// The server vault's statistics (an admin token).
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        self.get_json(self.agent.get(format!("{}/v1/stats", self.config.url)), "stats")
+    }
+
+    /// Runs `gc` on the server (an admin token).
+    pub fn gc(&self) -> Result<serde_json::Value> {
+        let mut resp = self
+            .auth(self.agent.post(format!("{}/v1/gc", self.config.url)))
+            .send_empty()
+            .map_err(Self::unavailable)?;
+        self.check(&mut resp, "gc")?;
+        resp.body_mut().read_json().map_err(|e| RemoteError::Unavailable(format!("gc: {e}")))
     }
 }
 

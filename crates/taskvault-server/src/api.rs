@@ -868,3 +868,173 @@ pub async fn release_claim(
         Err(ApiError::Conflict("the lease is no longer this claim's".into()))
     }
 }
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Only this task.
+    pub task: Option<String>,
+    /// Only runs with this tag: `k` or `k=v`.
+    pub tag: Option<String>,
+    /// Only runs with this status (`live`, `superseded`, `corrupt`, `failed`); implies `all`.
+    pub status: Option<String>,
+    /// Only runs created at or after this time (milliseconds since the epoch).
+    pub since_ms: Option<i64>,
+    /// At most this many (default 100, at most 10,000).
+    #[param(minimum = 0)]
+    pub limit: Option<usize>,
+    /// Include superseded, corrupt and failed runs.
+    pub all: Option<bool>,
+}
+
+/// Runs, newest first.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct LogResponse {
+    #[schema(value_type = Vec<Object>)]
+    pub entries: Vec<Entry>,
+}
+
+/// The most runs one log request returns, and how many it reads looking for them.
+const LOG_MAX: usize = 10_000;
+const LOG_SCAN_MAX: usize = 200_000;
+
+#[utoipa::path(
+    get, path = "/v1/ns/{ns}/log", tag = "inspect",
+    params(("ns" = String, Path, description = "Namespace", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"), LogQuery),
+    responses(
+        (status = 200, description = "The namespace's runs, newest first (`taskvault log --remote`)", body = LogResponse),
+        (status = 400, description = "Malformed namespace or parameter", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token may not read this namespace", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn log(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(ns): Path<String>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<axum::Json<LogResponse>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    check_ns(&ns)?;
+    caller.check(Scope::Read, &ns)?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some("live") => Some(taskvault::Status::Live),
+        Some("superseded") => Some(taskvault::Status::Superseded),
+        Some("corrupt") => Some(taskvault::Status::Corrupt),
+        Some("failed") => Some(taskvault::Status::Failed),
+        Some(other) => return Err(ApiError::BadRequest(format!("unknown status {other:?}"))),
+    };
+    let want = q.limit.unwrap_or(100).min(LOG_MAX);
+    let tag = q.tag.map(|t| match t.split_once('=') {
+        Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+        None => (t, None),
+    });
+    let filter = taskvault::Filter {
+        task: q.task,
+        tag,
+        status,
+        since_ms: q.since_ms,
+        all: q.all.unwrap_or(false),
+        limit: None,
+    };
+    let entries = blocking(move || {
+        // The vault holds every namespace: read more runs than asked for until enough are
+        // this namespace's (or there are no more).
+        let mut scan = (want * 2).max(64);
+        loop {
+            let page = s.vault.list(&taskvault::Filter { limit: Some(scan), ..filter.clone() })?;
+            let exhausted = page.len() < scan;
+            let mine: Vec<Entry> =
+                page.into_iter().filter(|e| e.namespace == ns).take(want).collect();
+            if mine.len() == want || exhausted || scan >= LOG_SCAN_MAX {
+                return Ok(mine);
+            }
+            scan = (scan * 4).min(LOG_SCAN_MAX);
+        }
+    })
+    .await?;
+    Ok(axum::Json(LogResponse { entries }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/ns/{ns}/runs/{hash}", tag = "inspect",
+    params(
+        ("ns" = String, Path, description = "Namespace", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"),
+        ("hash" = String, Path, description = "A run id or key, or a prefix of one", pattern = r"^[0-9a-fA-F]{1,64}$"),
+    ),
+    responses(
+        (status = 200, description = "The run (`taskvault show --remote`)", body = Object),
+        (status = 400, description = "Malformed, or an ambiguous prefix", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token may not read this namespace", body = ErrorBody),
+        (status = 404, description = "No such run in this namespace", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn show(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path((ns, hash)): Path<(String, String)>,
+) -> Result<axum::Json<Entry>, ApiError> {
+    check_ns(&ns)?;
+    caller.check(Scope::Read, &ns)?;
+    if hash.is_empty() || hash.len() > 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!("{hash:?} is not a run id or key prefix")));
+    }
+    let found = blocking(move || match s.vault.resolve(&hash) {
+        Ok(e) => Ok(Some(e)),
+        Err(taskvault::Error::NotFound(_)) => Ok(None),
+        Err(taskvault::Error::Ambiguous { prefix, count }) => Err(ApiError::BadRequest(format!(
+            "{prefix} is ambiguous: it starts {count} runs or keys; give more of it"
+        ))),
+        Err(e) => Err(e.into()),
+    })
+    .await?;
+    match found {
+        Some(e) if e.namespace == ns => Ok(axum::Json(e)),
+        _ => Err(ApiError::NotFound("no such run in this namespace".into())),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/stats", tag = "admin",
+    responses(
+        (status = 200, description = "The server vault's statistics, as `taskvault stats --json` (all namespaces)", body = Object),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin token for every namespace", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn stats(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    caller.check_global(Scope::Admin)?;
+    let stats = blocking(move || Ok(s.vault.stats()?)).await?;
+    serde_json::to_value(stats).map(axum::Json).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+#[utoipa::path(
+    post, path = "/v1/gc", tag = "admin",
+    responses(
+        (status = 200, description = "What `gc` removed (expired entries, orphans, crash leftovers)", body = Object),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin token for every namespace", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn gc(
+    State(s): State<Arc<AppState>>,
+    Auth(caller): Auth,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    caller.check_global(Scope::Admin)?;
+    let report = blocking(move || {
+        let r = s.vault.gc(None, None)?;
+        s.uploads.reap(&s.vault);
+        Ok(r)
+    })
+    .await?;
+    serde_json::to_value(report).map(axum::Json).map_err(|e| ApiError::Internal(e.to_string()))
+}

@@ -102,6 +102,10 @@ fn routes() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::get_blob, api::put_blob, api::head_blob))
         .routes(routes!(api::claim))
         .routes(routes!(api::renew_claim, api::release_claim))
+        .routes(routes!(api::log))
+        .routes(routes!(api::show))
+        .routes(routes!(api::stats))
+        .routes(routes!(api::gc))
         .split_for_parts()
 }
 

@@ -23,7 +23,7 @@ fn tags(e: &Entry) -> String {
     e.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
-fn table(entries: &[Entry]) -> Result<()> {
+pub fn table(entries: &[Entry]) -> Result<()> {
     human::out(format!(
         "{:<12}  {:<24}  {:<10}  {:>10}  {:>5}  {:<20}  {}",
         "HASH", "TASK", "STATUS", "SIZE", "HITS", "CREATED", "TAGS"
@@ -55,8 +55,14 @@ pub fn log(cli: &Cli, v: &Vault, select: &Select) -> Result<Outcome> {
 
 pub fn show(cli: &Cli, v: &Vault, hash: &str) -> Result<Outcome> {
     let e = v.resolve(hash)?;
+    let runs = if cli.json { 0 } else { v.history(&e)?.len() };
+    print_run(cli, &e, Some(runs))
+}
+
+/// Prints one run as `show` does; `runs` is how many runs its key has, where known.
+pub fn print_run(cli: &Cli, e: &Entry, runs: Option<usize>) -> Result<Outcome> {
     if cli.json {
-        human::json(&e)?;
+        human::json(e)?;
         return Ok(Outcome::Ok);
     }
     let mut lines = vec![
@@ -80,8 +86,16 @@ pub fn show(cli: &Cli, v: &Vault, hash: &str) -> Result<Outcome> {
     if let Some(p) = &e.parent {
         lines.push(format!("parent:     {p}"));
     }
-    let runs = v.history(&e)?.len();
-    if runs > 1 {
+    if let Some(from) = e.details.get("fetched_from") {
+        // A remote hit stored here: where it came from, and when.
+        let url = from.get("url").and_then(|u| u.as_str()).unwrap_or("a remote");
+        let at = from
+            .get("at_ms")
+            .and_then(|t| t.as_i64())
+            .map_or(String::new(), |t| format!(" at {}", human::time(t)));
+        lines.push(format!("origin:     fetched from {url}{at} (a remote hit)"));
+    }
+    if let Some(runs) = runs.filter(|r| *r > 1) {
         // `rm` of this run removes only it; `rm --key` all of these.
         lines.push(format!(
             "history:    {runs} runs of this key (taskvault history {})",
@@ -89,7 +103,7 @@ pub fn show(cli: &Cli, v: &Vault, hash: &str) -> Result<Outcome> {
         ));
     }
     if !e.tags.is_empty() {
-        lines.push(format!("tags:       {}", tags(&e)));
+        lines.push(format!("tags:       {}", tags(e)));
     }
     lines.push("inputs:".into());
     for i in &e.inputs {

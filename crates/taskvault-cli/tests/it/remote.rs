@@ -489,3 +489,52 @@ fn a_corrupt_blob_on_the_server_is_never_served() {
         std::fs::read_dir(server.dir.path().join("vault/quarantine")).unwrap().count();
     assert_eq!(quarantined, 2, "the server quarantined both");
 }
+
+#[test]
+fn log_show_stats_and_gc_of_the_server() {
+    let server = Server::start();
+    let admin = server.token(&["create", "--scope", "admin", "--namespace", "*", "--name", "ops"]);
+    let writer = server.token(&["create", "--scope", "write", "--namespace", "default"]);
+    let other = server.token(&["create", "--scope", "write", "--namespace", "b"]);
+    let a = machine(&server, Some(&writer));
+    a.write("in.txt", "i");
+    a.write("o", "output one");
+    let e = run(&a, &["--json", "cache", "save", "build", "in.txt", "o"]).ok().json();
+    let id = e["id"].as_str().unwrap();
+
+    let log = run(&a, &["--json", "log", "--remote"]).ok().json();
+    assert_eq!(log.as_array().unwrap().len(), 1);
+    assert_eq!(log[0]["id"], id);
+    let text = run(&a, &["log", "--remote"]).ok();
+    assert!(text.stdout().contains("build"), "{}", text.stdout());
+    let shown = run(&a, &["--json", "show", "--remote", &id[..12]]).ok().json();
+    assert_eq!(shown["id"], id);
+
+    // Namespace b sees none of it.
+    let b = machine(&server, Some(&other));
+    b.write(
+        ".taskvault/config.yaml",
+        format!("namespace: b\nremote:\n  url: {}\n  token_env: TEST_TOKEN\n", server.url),
+    );
+    assert_eq!(run(&b, &["--json", "log", "--remote"]).ok().json().as_array().unwrap().len(), 0);
+    let hidden = run(&b, &["show", "--remote", &id[..12]]);
+    assert_eq!(hidden.code(), 2, "{}", hidden.stderr());
+    assert!(hidden.stderr().contains("404"), "{}", hidden.stderr());
+
+    // Stats and gc need an admin token for every namespace.
+    let denied = run(&a, &["stats", "--remote"]);
+    assert_eq!(denied.code(), 2);
+    assert!(denied.stderr().contains("403"), "{}", denied.stderr());
+    let ops = machine(&server, Some(&admin));
+    let stats = run(&ops, &["--json", "stats", "--remote"]).ok().json();
+    assert_eq!(stats["entries"], 1);
+    assert_eq!(stats["saves"], 1);
+    run(&ops, &["--json", "gc", "--remote"]).ok();
+
+    // A remote hit says where it came from.
+    let c = machine(&server, Some(&writer));
+    c.write("in.txt", "i");
+    run(&c, &["cache", "get", "build", "in.txt", "got"]).ok();
+    let shown = run(&c, &["show", &id[..12]]).ok();
+    assert!(shown.stdout().contains(&format!("fetched from {}", server.url)), "{}", shown.stdout());
+}

@@ -24,6 +24,7 @@ out="$repo/bench-out"
 mkdir -p "$out"
 report="$out/serve_vs_nginx.md"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tvserve.XXXXXX")"
+chmod 755 "$work"   # nginx's workers (not root) read the static files
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -81,8 +82,14 @@ http {
 EOF
 mkdir -p "$work/nginx-tmp"
 "$nginx_bin" -c "$work/nginx.conf" -p "$work" -e "$work/nginx.err"
+chmod -R a+rX "$work/static"
 nurl="http://127.0.0.1:$nport"
 for _ in $(seq 100); do curl -sf -o /dev/null "$nurl/1k.bin" && break; sleep 0.05; done
+# Both serve the same bytes (a benchmark of error pages would be worthless).
+for f in 1k.bin:$d1k 1m.bin:$d1m; do
+    curl -sf "$nurl/${f%%:*}" | cmp - "$work/static/${f%%:*}"
+    curl -sf "$url/v1/ns/default/blobs/${f#*:}" | cmp - "$work/static/${f%%:*}"
+done
 
 {
     echo "# taskvault serve against nginx ($(date -u +%Y-%m-%d), $(nproc) cores)"
@@ -92,7 +99,11 @@ for _ in $(seq 100); do curl -sf -o /dev/null "$nurl/1k.bin" && break; sleep 0.0
     echo "| blob | round | nginx | taskvault serve | ratio |"
     echo "|---|---|---|---|---|"
 } >"$report"
-rps() { wrk -t2 -c64 -d10s "$1" | awk '/Requests\/sec/ {print $2}'; }
+rps() { # fails if any response was not a 2xx
+    wrk -t2 -c64 -d10s "$1" >"$work/wrk.txt"
+    if grep -q "Non-2xx" "$work/wrk.txt"; then cat "$work/wrk.txt" >&2; return 1; fi
+    awk '/Requests\/sec/ {print $2}' "$work/wrk.txt"
+}
 for spec in 1KiB:1k.bin:$d1k 1MiB:1m.bin:$d1m; do
     IFS=: read -r name file alg hex <<<"$spec"
     for round in 1 2 3; do
@@ -133,6 +144,7 @@ hyperfine -N --warmup 1 --runs 5 --export-markdown "$work/big.md" \
     "$tv --config $work/b/.taskvault/config.yaml cache get big $work/in.txt $work/b/outbig" >/dev/null
 cat "$work/big.md" >>"$report"
 cmp "$work/static/big.bin" "$work/b/outbig"
+cmp "$work/static/big.bin" "$work/curl.out"
 
 # 4. Server memory while 16 clients download the big blob at once.
 peak=0

@@ -288,8 +288,20 @@ pub async fn missing_blobs(
     Ok(axum::Json(MissingResponse { missing }))
 }
 
-/// Blobs up to this size are read whole before the response starts.
-const SMALL_READ: u64 = 256 << 10;
+/// A whole blob's response.
+fn whole(s: &AppState, d: &Digest, bytes: Bytes) -> Response {
+    s.metrics.bytes_out(bytes.len() as u64);
+    let etag = HeaderValue::from_str(&format!("\"{d}\"")).expect("a digest is a header");
+    let h = [
+        (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+        (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+        (header::ETAG, etag),
+    ];
+    (StatusCode::OK, h, bytes).into_response()
+}
+
+/// Blobs up to this size are read whole before the response starts (one buffer, no copy).
+const SMALL_READ: u64 = 1 << 20;
 
 /// A blob as a GET found it.
 enum Opened {
@@ -367,9 +379,15 @@ pub async fn get_blob(
     check_ns(&ns)?;
     let d = parse_digest(&digest)?;
     caller.check(Scope::Read, &ns)?;
+    let ranged = headers.contains_key(header::RANGE);
+    if !ranged
+        && let Some(bytes) = s.hot.get(&d)
+        && s.uploads.visible(&ns, &d)
+    {
+        return Ok(whole(&s, &d, bytes));
+    }
     let state = Arc::clone(&s);
     let ns2 = ns.clone();
-    let ranged = headers.contains_key(header::RANGE);
     let opened = blocking(move || {
         let Some(mut stream) = state.uploads.open(&state.vault, &ns2, &d)? else {
             return Ok(Opened::Missing);
@@ -381,7 +399,11 @@ pub async fn get_blob(
         // blob that fails is a 404, never a response cut short.
         let mut buf = Vec::with_capacity(stream.size() as usize);
         match std::io::Read::read_to_end(&mut stream, &mut buf) {
-            Ok(_) => Ok(Opened::Whole(Bytes::from(buf))),
+            Ok(_) => {
+                let bytes = Bytes::from(buf);
+                state.hot.put(d, bytes.clone());
+                Ok(Opened::Whole(bytes))
+            }
             Err(e) => {
                 if let Some(why) = stream.failure() {
                     state.vault.blob_failed(&d, why, "serve")?;
@@ -397,16 +419,7 @@ pub async fn get_blob(
         Opened::Missing => {
             return Err(ApiError::NotFound(format!("no blob {d} in namespace {ns:?}")));
         }
-        Opened::Whole(bytes) => {
-            s.metrics.bytes_out(bytes.len() as u64);
-            let etag = HeaderValue::from_str(&format!("\"{d}\"")).expect("a digest is a header");
-            let h = [
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
-                (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
-                (header::ETAG, etag),
-            ];
-            return Ok((StatusCode::OK, h, bytes).into_response());
-        }
+        Opened::Whole(bytes) => return Ok(whole(&s, &d, bytes)),
         Opened::Stream(stream) => stream,
     };
     let size = stream.size();
@@ -435,6 +448,7 @@ pub async fn get_blob(
         use std::io::Read as _;
         let fail = |stream: &taskvault::BlobStream, e: std::io::Error| {
             if let Some(why) = stream.failure() {
+                state.hot.forget(&stream.digest());
                 let _ = state.vault.blob_failed(&stream.digest(), why, "serve");
                 state.metrics.corrupt();
             }
@@ -447,25 +461,25 @@ pub async fn get_blob(
         // verified: a blob that fails verification never reaches a client complete.
         let mut left = len;
         let mut held: Option<Bytes> = None;
-        let mut buf = vec![0u8; DOWNLOAD_CHUNK];
         loop {
-            let want = if left > 0 {
-                buf.len().min(usize::try_from(left).unwrap_or(usize::MAX))
-            } else {
-                buf.len()
-            };
-            let n = match stream.read(&mut buf[..want]) {
+            // Each chunk is read into a buffer of its own that becomes the body's chunk as it
+            // is (no copy).
+            let want =
+                if left > 0 { left.min(DOWNLOAD_CHUNK as u64) } else { DOWNLOAD_CHUNK as u64 };
+            let mut chunk = Vec::with_capacity(want as usize);
+            let n = match (&mut stream).take(want).read_to_end(&mut chunk) {
                 Ok(n) => n,
                 Err(e) => return fail(&stream, e),
             };
             if n == 0 {
+                // The stream said it ended, and a stream ends only once its bytes checked out.
                 break;
             }
             if left == 0 {
                 continue; // the tail after the range: verified, not sent
             }
             left -= n as u64;
-            if let Some(prev) = held.replace(Bytes::copy_from_slice(&buf[..n]))
+            if let Some(prev) = held.replace(Bytes::from(chunk))
                 && tx.blocking_send(Ok(prev)).is_err()
             {
                 return; // the client went away

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod claims;
 pub mod error;
+pub mod hot;
 pub mod metrics;
 pub mod tokens;
 pub mod uploads;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub cap_bytes: Option<u64>,
     pub upload_slots: Arc<tokio::sync::Semaphore>,
     pub claims: claims::Claims,
+    /// Small verified blobs kept in memory.
+    pub hot: hot::HotBlobs,
 }
 
 /// The directory of the server's own state (tokens, uploads, proofs) inside the vault.
@@ -161,6 +164,7 @@ pub fn state(vault: Vault, options: ServeOptions) -> Result<Arc<AppState>> {
         options,
         cap_bytes,
         claims: claims::Claims::default(),
+        hot: hot::HotBlobs::new(16 << 20),
     }))
 }
 

@@ -25,7 +25,12 @@ pub struct Uploads {
     tmp: PathBuf,
     uploads: PathBuf,
     proofs: PathBuf,
+    /// Proofs seen on disk (they are never removed, so a remembered one stays true).
+    known: std::sync::RwLock<std::collections::HashSet<(String, Digest)>>,
 }
+
+/// Proofs remembered in memory at most; past it the set starts again (the disk still knows).
+const KNOWN_PROOFS_MAX: usize = 200_000;
 
 fn blob_file_name(d: &Digest) -> String {
     format!("{}-{}", d.algorithm().name(), d.hex())
@@ -52,6 +57,7 @@ impl Uploads {
             tmp: server_dir.join("tmp"),
             uploads: server_dir.join("uploads"),
             proofs: server_dir.join("proofs"),
+            known: Default::default(),
         };
         for d in [&u.tmp, &u.uploads, &u.proofs] {
             std::fs::create_dir_all(d)?;
@@ -75,7 +81,7 @@ impl Uploads {
 
     /// Whether namespace `ns` may use blob `d` and its bytes are here (in the vault or waiting).
     pub fn present(&self, vault: &Vault, ns: &str, d: &Digest) -> Result<bool, ApiError> {
-        if !self.proof(ns, d).exists() {
+        if !self.visible(ns, d) {
             return Ok(false);
         }
         Ok(self.upload(d).is_some() || vault.has_blob(d)?)
@@ -105,7 +111,19 @@ impl Uploads {
 
     /// Whether namespace `ns` may read blob `d`.
     pub fn visible(&self, ns: &str, d: &Digest) -> bool {
-        self.proof(ns, d).exists()
+        let id = (ns.to_owned(), *d);
+        if self.known.read().unwrap_or_else(|p| p.into_inner()).contains(&id) {
+            return true;
+        }
+        let seen = self.proof(ns, d).exists();
+        if seen {
+            let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+            if known.len() >= KNOWN_PROOFS_MAX {
+                known.clear();
+            }
+            known.insert(id);
+        }
+        seen
     }
 
     /// Records that a client of `ns` has sent the bytes of `d`.

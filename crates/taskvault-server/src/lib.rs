@@ -96,30 +96,37 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The routes and the OpenAPI document built from their annotations.
-fn routes() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+/// The routes and the OpenAPI document built from their annotations. Requests to the routes
+/// that answer at once must have their answer within `timeout` (408 otherwise); blob bodies
+/// (an idle timeout of their own) and claims (long polls) are not bounded as a whole.
+fn routes(timeout: Duration) -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(api::healthz))
         .routes(routes!(api::get_entry, api::put_entry))
         .routes(routes!(api::missing_blobs))
-        .routes(routes!(api::get_blob, api::put_blob, api::head_blob))
-        .routes(routes!(api::claim))
         .routes(routes!(api::renew_claim, api::release_claim))
         .routes(routes!(api::log))
         .routes(routes!(api::show))
         .routes(routes!(api::stats))
         .routes(routes!(api::gc))
+        // Applies to the routes above only.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .routes(routes!(api::get_blob, api::put_blob, api::head_blob))
+        .routes(routes!(api::claim))
         .split_for_parts()
 }
 
 /// The OpenAPI document (what `/v1/openapi.json` serves).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().1
+    routes(Duration::from_secs(60)).1
 }
 
 /// The application: routes, metrics, limits.
 pub fn app(state: Arc<AppState>) -> axum::Router {
-    let (router, doc) = routes();
+    let (router, doc) = routes(state.options.request_timeout);
     let doc = Arc::new(doc.to_pretty_json().expect("the OpenAPI document serializes"));
     router
         .route(

@@ -161,6 +161,15 @@ pub async fn track(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
     let start = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16();
+    let micros = start.elapsed().as_micros() as u64;
+    // Every request at debug (`-vv` or log_level debug); refusals at info (a 404 is a miss,
+    // ordinary traffic: debug), failures at warn.
+    match status {
+        500.. => tracing::warn!(target: "taskvault::request", method, route, status, micros),
+        404 => tracing::debug!(target: "taskvault::request", method, route, status, micros),
+        400.. => tracing::info!(target: "taskvault::request", method, route, status, micros),
+        _ => tracing::debug!(target: "taskvault::request", method, route, status, micros),
+    }
     s.metrics
         .latency
         .get_or_create(&RouteLabels { route: route.clone() })

@@ -52,6 +52,7 @@ impl AccessJournal {
                 }
                 // The task hex-encoded: a task name may hold spaces or newlines.
                 Access::Miss { task } => line.push_str(&format!("m {}\n", hex(task.as_bytes()))),
+                Access::RemoteHit => line.push_str("r\n"),
             }
         }
         let f = crate::claim::FileLock::take(self.open()?, false).at(&self.path)?;
@@ -122,6 +123,7 @@ fn parse(line: &str) -> Option<Access> {
             let d: i64 = it.next()?.parse().ok()?;
             Some(Access::Hit { id: id.to_owned(), at_ms, duration_ms: (d >= 0).then_some(d) })
         }
+        "r" => Some(Access::RemoteHit),
         _ => None,
     }
 }
@@ -138,6 +140,7 @@ mod tests {
         j.record(&Access::Hit { id: id.clone(), at_ms: 5, duration_ms: Some(7) }).unwrap();
         j.record(&Access::Miss { task: "t".into() }).unwrap();
         j.record(&Access::Hit { id: id.clone(), at_ms: 6, duration_ms: None }).unwrap();
+        j.record(&Access::RemoteHit).unwrap();
         std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join("access.log"))
@@ -156,6 +159,7 @@ mod tests {
                 Access::Hit { id: id.clone(), at_ms: 5, duration_ms: Some(7) },
                 Access::Miss { task: "t".into() },
                 Access::Hit { id, at_ms: 6, duration_ms: None },
+                Access::RemoteHit,
                 Access::Miss { task: String::new() }, // the old format
             ]
         );

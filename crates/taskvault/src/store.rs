@@ -74,6 +74,8 @@ pub enum Access {
     Miss {
         task: String,
     },
+    /// A local miss that the remote tier answered (counted as `remote_hits`).
+    RemoteHit,
 }
 
 /// Reading a stored blob: a local file (which allows in-kernel copies) or any stream.
@@ -189,8 +191,6 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// `limit`). Returns the live entries removed.
     fn evict(&self, now_ms: i64, target_bytes: Option<u64>, limit: usize) -> Result<Removed>;
     fn counters(&self) -> Result<Counters>;
-    /// Adds `by` to the counter `name` (made at 0 if the store has none yet).
-    fn bump_counter(&self, name: &str, by: i64) -> Result<()>;
     fn live_entries(&self) -> Result<i64>;
     /// Every blob row that can be read (for verification).
     fn blobs(&self) -> Result<Vec<BlobInfo>>;

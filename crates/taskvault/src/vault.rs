@@ -640,6 +640,19 @@ impl Vault {
     /// Looks `key` up, handling expiry: from its hot record when `hot` allows and one is usable
     /// (the flag returned says so), else from the database. Counts a miss if there is nothing.
     fn lookup_for_get(&self, key: &TaskKey, op: &str, hot: bool) -> Result<Option<(Entry, bool)>> {
+        self.lookup_for_get_counting(key, op, hot, true)
+    }
+
+    /// [`Vault::lookup_for_get`], counting a miss only if `count_miss` (a caller that asks
+    /// another tier next counts the miss itself, if that misses too).
+    fn lookup_for_get_counting(
+        &self,
+        key: &TaskKey,
+        op: &str,
+        hot: bool,
+        count_miss: bool,
+    ) -> Result<Option<(Entry, bool)>> {
+        let miss = |v: &Vault| if count_miss { v.miss(key, op) } else { v.forget_lookup(key) };
         let hex = key.digest().hex();
         let now = now_ms();
         if hot
@@ -661,12 +674,12 @@ impl Vault {
             Some(e) if self.expired(&e, now) => {
                 let keys = [hex];
                 self.removed(Some(Event::Expire), op, |m| m.remove_keys(&keys, Some("expired")))?;
-                self.miss(key, op)?;
+                miss(self)?;
                 Ok(None)
             }
             Some(e) => Ok(Some((e, false))),
             None => {
-                self.miss(key, op)?;
+                miss(self)?;
                 Ok(None)
             }
         }
@@ -729,14 +742,20 @@ impl Vault {
         self.overlay.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn miss(&self, key: &TaskKey, op: &str) -> Result<()> {
-        let hex = key.digest().hex();
+    /// What a miss leaves behind besides its count: no hot record of the key (a miss after a
+    /// lookup may come from a hot record that could not be served; the next lookup asks the
+    /// database), no blob rows from one.
+    fn forget_lookup(&self, key: &TaskKey) -> Result<()> {
         if self.resident.is_none() {
-            // A miss after a lookup may come from a hot record that could not be served: drop
-            // it, so that the next lookup asks the database.
-            self.hot.remove(&hex)?;
+            self.hot.remove(&key.digest().hex())?;
         }
         self.clear_overlay();
+        Ok(())
+    }
+
+    fn miss(&self, key: &TaskKey, op: &str) -> Result<()> {
+        let hex = key.digest().hex();
+        self.forget_lookup(key)?;
         let audit = Record {
             event: Event::Miss,
             op,
@@ -784,6 +803,28 @@ impl Vault {
                 continue;
             }
             self.miss(key, "get")?;
+            return Ok(None);
+        }
+    }
+
+    /// [`Vault::get`] for a front end with another tier to ask (the remote): a miss here is
+    /// not counted (count it with [`Vault::missed`] if the other tier misses too).
+    pub fn get_or_ask_elsewhere(&self, key: &TaskKey, dest: &Path) -> Result<Option<Entry>> {
+        let mut hot = true;
+        loop {
+            let Some((e, from_hot)) = self.lookup_for_get_counting(key, "get", hot, false)? else {
+                return Ok(None);
+            };
+            if self.restore(&e, dest)?.is_some() {
+                self.hit(&e, "get")?;
+                return Ok(Some(e));
+            }
+            if from_hot {
+                self.drop_hot(&e.key)?;
+                hot = false;
+                continue;
+            }
+            self.forget_lookup(key)?;
             return Ok(None);
         }
     }

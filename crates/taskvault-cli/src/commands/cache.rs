@@ -55,13 +55,23 @@ pub fn run(
         }
         CacheCommand::Get(a) => {
             let key = v.key(&a.task, &inputs(v.settings(), &a.input, &a.more_inputs)?)?;
-            let mut found = v.get(&key, &a.output)?.map(|e| (e, "local"));
-            if found.is_none()
-                && let Some(r) = remote
-                && let super::remote::Pulled::Hit = super::remote::pull(r, v, &key)?
-            {
-                found = v.get(&key, &a.output)?.map(|e| (e, "remote"));
-            }
+            let found = match remote {
+                None => v.get(&key, &a.output)?.map(|e| (e, "local")),
+                Some(r) => match v.get_or_ask_elsewhere(&key, &a.output)? {
+                    Some(e) => Some((e, "local")),
+                    None => {
+                        let pulled = super::remote::pull(r, v, &key)?;
+                        let got = match pulled {
+                            super::remote::Pulled::Hit => v.get(&key, &a.output)?,
+                            _ => None,
+                        };
+                        if got.is_none() && !matches!(pulled, super::remote::Pulled::Hit) {
+                            v.missed(&key, "get")?;
+                        }
+                        got.map(|e| (e, "remote"))
+                    }
+                },
+            };
             match found {
                 Some((e, tier)) => {
                     if cli.json {

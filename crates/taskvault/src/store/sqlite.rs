@@ -1444,7 +1444,7 @@ impl MetaStore for SqliteMeta {
             return Ok(());
         }
         self.write(|tx| {
-            let (mut hits, mut misses, mut saved) = (0, 0, 0);
+            let (mut hits, mut misses, mut saved, mut remote) = (0, 0, 0, 0i64);
             // Per task: (hits, misses, time saved), written once per task below.
             let mut per_task: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
             for a in accesses {
@@ -1469,7 +1469,16 @@ impl MetaStore for SqliteMeta {
                         misses += 1;
                         per_task.entry(task.clone()).or_default().1 += 1;
                     }
+                    Access::RemoteHit => remote += 1,
                 }
+            }
+            if remote > 0 {
+                // A counter newer than the schema's first rows: made on first use.
+                tx.prepare_cached(
+                    "INSERT INTO counters(name, value) VALUES('remote_hits', ?1)
+                     ON CONFLICT(name) DO UPDATE SET value = value + ?1",
+                )?
+                .execute(params![remote])?;
             }
             bump(tx, "hits", hits)?;
             bump(tx, "misses", misses)?;
@@ -1713,17 +1722,6 @@ impl MetaStore for SqliteMeta {
                 }
             }
             Ok(out)
-        })
-    }
-
-    fn bump_counter(&self, name: &str, by: i64) -> Result<()> {
-        self.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO counters(name, value) VALUES(?1, ?2)
-                 ON CONFLICT(name) DO UPDATE SET value = value + ?2",
-            )?
-            .execute(params![name, by])?;
-            Ok(())
         })
     }
 

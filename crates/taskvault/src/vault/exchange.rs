@@ -383,8 +383,20 @@ impl Vault {
     }
 
     /// Counts a local miss that the remote tier answered (`stats` shows it).
+    /// Appended to the access journal like a hit (no database write on the hit path); the
+    /// admit that stored the entry was audited already.
     pub fn count_remote_hit(&self) -> Result<()> {
-        self.meta.bump_counter("remote_hits", 1)
+        let a = crate::store::Access::RemoteHit;
+        if let Some(res) = &self.resident {
+            if let Some(batch) = res.buffer(Some(a), None) {
+                self.write_buffered(batch)?;
+            }
+            return Ok(());
+        }
+        if self.accesses.record(&a)? {
+            self.fold_accesses()?;
+        }
+        Ok(())
     }
 
     /// A fresh path in the vault's temporary directory (on the vault's filesystem, so a file

@@ -289,9 +289,8 @@ pub async fn missing_blobs(
 }
 
 /// A whole blob's response.
-fn whole(s: &AppState, d: &Digest, bytes: Bytes) -> Response {
+fn whole(s: &AppState, bytes: Bytes, etag: HeaderValue) -> Response {
     s.metrics.bytes_out(bytes.len() as u64);
-    let etag = HeaderValue::from_str(&format!("\"{d}\"")).expect("a digest is a header");
     let h = [
         (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
         (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
@@ -381,10 +380,10 @@ pub async fn get_blob(
     caller.check(Scope::Read, &ns)?;
     let ranged = headers.contains_key(header::RANGE);
     if !ranged
-        && let Some(bytes) = s.hot.get(&d)
+        && let Some((bytes, etag)) = s.hot.get(&d)
         && s.uploads.visible(&ns, &d)
     {
-        return Ok(whole(&s, &d, bytes));
+        return Ok(whole(&s, bytes, etag));
     }
     let state = Arc::clone(&s);
     let ns2 = ns.clone();
@@ -419,7 +418,7 @@ pub async fn get_blob(
         Opened::Missing => {
             return Err(ApiError::NotFound(format!("no blob {d} in namespace {ns:?}")));
         }
-        Opened::Whole(bytes) => return Ok(whole(&s, &d, bytes)),
+        Opened::Whole(bytes) => return Ok(whole(&s, bytes, crate::hot::etag(&d))),
         Opened::Stream(stream) => stream,
     };
     let size = stream.size();
@@ -433,10 +432,7 @@ pub async fn get_blob(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(
-        header::ETAG,
-        HeaderValue::from_str(&format!("\"{d}\"")).expect("a digest is a header"),
-    );
+    h.insert(header::ETAG, crate::hot::etag(&d));
     if span.is_some() {
         let v = format!("bytes {}-{}/{size}", sent.start, sent.end);
         h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&v).expect("numbers"));

@@ -19,7 +19,8 @@ pub struct HotBlobs {
 
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<Digest, Bytes>,
+    /// The bytes and their response's ETag.
+    map: HashMap<Digest, (Bytes, axum::http::HeaderValue)>,
     order: VecDeque<Digest>,
     bytes: usize,
 }
@@ -29,7 +30,8 @@ impl HotBlobs {
         HotBlobs { inner: Mutex::default(), cap }
     }
 
-    pub fn get(&self, d: &Digest) -> Option<Bytes> {
+    /// The bytes of `d` and their ETag.
+    pub fn get(&self, d: &Digest) -> Option<(Bytes, axum::http::HeaderValue)> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).map.get(d).cloned()
     }
 
@@ -44,23 +46,28 @@ impl HotBlobs {
         }
         while g.bytes + bytes.len() > self.cap {
             let Some(old) = g.order.pop_front() else { break };
-            if let Some(b) = g.map.remove(&old) {
+            if let Some((b, _)) = g.map.remove(&old) {
                 g.bytes -= b.len();
             }
         }
         g.bytes += bytes.len();
         g.order.push_back(d);
-        g.map.insert(d, bytes);
+        g.map.insert(d, (bytes, etag(&d)));
     }
 
     /// Forgets `d` (its blob failed verification somewhere: never answer it from here).
     pub fn forget(&self, d: &Digest) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = g.map.remove(d) {
+        if let Some((b, _)) = g.map.remove(d) {
             g.bytes -= b.len();
             g.order.retain(|o| o != d);
         }
     }
+}
+
+/// The ETag of a blob's response: its digest, quoted.
+pub fn etag(d: &Digest) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_str(&format!("\"{d}\"")).expect("a digest is a header value")
 }
 
 #[cfg(test)]
@@ -75,7 +82,7 @@ mod tests {
         h.put(d(b"b"), Bytes::from_static(b"bbbb"));
         h.put(d(b"c"), Bytes::from_static(b"cccc"));
         assert!(h.get(&d(b"a")).is_none(), "the oldest went to make room");
-        assert_eq!(h.get(&d(b"c")).unwrap(), Bytes::from_static(b"cccc"));
+        assert_eq!(h.get(&d(b"c")).unwrap().0, Bytes::from_static(b"cccc"));
         h.put(d(b"big"), Bytes::from(vec![0u8; 11]));
         assert!(h.get(&d(b"big")).is_none(), "larger than the cap: not kept");
         h.forget(&d(b"c"));

@@ -19,14 +19,49 @@ use crate::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    method: String,
+    route: &'static str,
+    method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: &'static str,
+}
+
+/// The routes the server has, as labels (a label is never made from a request's own text).
+const ROUTES: &[&str] = &[
+    "/healthz",
+    "/metrics",
+    "/v1/openapi.json",
+    "/v1/ns/{ns}/entries/{key}",
+    "/v1/ns/{ns}/blobs/missing",
+    "/v1/ns/{ns}/blobs/{digest}",
+    "/v1/ns/{ns}/claims/{key}",
+    "/v1/ns/{ns}/claims/{key}/{lease}",
+    "/v1/ns/{ns}/log",
+    "/v1/ns/{ns}/runs/{hash}",
+    "/v1/stats",
+    "/v1/gc",
+];
+
+fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+    let Some(m) = matched else { return "unmatched" };
+    ROUTES.iter().find(|r| **r == m.as_str()).copied().unwrap_or("other")
+}
+
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 pub struct Metrics {
@@ -153,11 +188,8 @@ impl Metrics {
 /// Counts every request by its route pattern (never the raw path: keys and digests would make
 /// a series each).
 pub async fn track(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let route = route_label(req.extensions().get::<MatchedPath>());
+    let method = method_label(req.method());
     let start = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16();
@@ -170,10 +202,7 @@ pub async fn track(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
         400.. => tracing::info!(target: "taskvault::request", method, route, status, micros),
         _ => tracing::debug!(target: "taskvault::request", method, route, status, micros),
     }
-    s.metrics
-        .latency
-        .get_or_create(&RouteLabels { route: route.clone() })
-        .observe(start.elapsed().as_secs_f64());
+    s.metrics.latency.get_or_create(&RouteLabels { route }).observe(start.elapsed().as_secs_f64());
     s.metrics.requests.get_or_create(&RequestLabels { route, method, status }).inc();
     response
 }

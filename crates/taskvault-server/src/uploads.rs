@@ -26,7 +26,7 @@ pub struct Uploads {
     uploads: PathBuf,
     proofs: PathBuf,
     /// Proofs seen on disk (they are never removed, so a remembered one stays true).
-    known: std::sync::RwLock<std::collections::HashSet<(String, Digest)>>,
+    known: std::sync::RwLock<std::collections::HashMap<String, std::collections::HashSet<Digest>>>,
 }
 
 /// Proofs remembered in memory at most; past it the set starts again (the disk still knows).
@@ -111,17 +111,19 @@ impl Uploads {
 
     /// Whether namespace `ns` may read blob `d`.
     pub fn visible(&self, ns: &str, d: &Digest) -> bool {
-        let id = (ns.to_owned(), *d);
-        if self.known.read().unwrap_or_else(|p| p.into_inner()).contains(&id) {
-            return true;
+        {
+            let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+            if known.get(ns).is_some_and(|set| set.contains(d)) {
+                return true;
+            }
         }
         let seen = self.proof(ns, d).exists();
         if seen {
             let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-            if known.len() >= KNOWN_PROOFS_MAX {
+            if known.values().map(|s| s.len()).sum::<usize>() >= KNOWN_PROOFS_MAX {
                 known.clear();
             }
-            known.insert(id);
+            known.entry(ns.to_owned()).or_default().insert(*d);
         }
         seen
     }

@@ -538,3 +538,126 @@ fn log_show_stats_and_gc_of_the_server() {
     let shown = run(&c, &["show", &id[..12]]).ok();
     assert!(shown.stdout().contains(&format!("fetched from {}", server.url)), "{}", shown.stdout());
 }
+
+#[test]
+fn a_server_without_tokens_refuses_to_serve_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_taskvault"))
+        .arg("--dir")
+        .arg(dir.path().join("vault"))
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without tokens") && err.contains("token create"), "{err}");
+    // Told to, it serves.
+    let mut open = Command::new(env!("CARGO_BIN_EXE_taskvault"))
+        .arg("--dir")
+        .arg(dir.path().join("vault"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--insecure-no-auth"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(open.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = open.kill();
+    let _ = open.wait();
+    assert!(line.starts_with("listening on http://0.0.0.0:"), "{line}");
+}
+
+/// The status a server answers to an upload that announces `len` bytes, read before any byte
+/// of the body is sent (a server refuses what it can never take at once).
+fn announced_upload_status(url: &str, digest: &taskvault::Digest, len: u64) -> u16 {
+    use std::io::Write;
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "PUT /v1/ns/default/blobs/{digest} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    let mut status = String::new();
+    BufReader::new(s).read_line(&mut status).unwrap();
+    status.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn limits_metrics_audit_and_only_missing_blobs_uploaded() {
+    let dir = tempfile::tempdir().unwrap();
+    // A vault capped at about 1 MiB, taking uploads of at most 4 MiB.
+    std::fs::create_dir_all(dir.path().join("vault")).unwrap();
+    let config = dir.path().join("server.yaml");
+    std::fs::write(&config, "max_size_gb: 0.001\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskvault"))
+        .arg("--dir")
+        .arg(dir.path().join("vault"))
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--listen", "127.0.0.1:0", "--max-upload-size", "4MiB"])
+        .env("TASKVAULT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().trim_start_matches("listening on ").to_owned();
+    let mut cap_server = Server { child, url, dir };
+    let h = http();
+    let base = cap_server.url.clone();
+    let put = |data: &[u8]| {
+        let d = taskvault::Algorithm::Blake3.digest(data);
+        h.put(format!("{base}/v1/ns/default/blobs/{d}")).send(data).unwrap().status().as_u16()
+    };
+    let d = taskvault::Algorithm::Blake3.digest(b"x");
+    assert_eq!(announced_upload_status(&base, &d, 5 << 20), 413, "over --max-upload-size");
+    assert_eq!(announced_upload_status(&base, &d, 2 << 20), 507, "never fits under the cap");
+    assert_eq!(put(&noise(500 << 10, 4)), 201, "fits");
+
+    let token =
+        cap_server.token(&["create", "--scope", "write", "--namespace", "default", "--name", "ci"]);
+    let a = machine(&cap_server, Some(&token));
+    a.write("in.txt", "i");
+    a.write("o", noise(200 << 10, 3));
+    let first = run(&a, &["--json", "cache", "save", "t", "in.txt", "o"]).ok().json();
+    assert_eq!(first["remote"]["blobs_sent"], 1);
+    // The same bytes under another task: the server has them, nothing is sent again.
+    let again = run(&a, &["--json", "cache", "save", "t2", "in.txt", "o"]).ok().json();
+    assert_eq!(again["remote"]["blobs_sent"], 0, "{again}");
+    assert_eq!(again["remote"]["blobs_present"], 1);
+
+    // --explain says where a run looked (then runs, saves and shares: a third entry).
+    let b = machine(&cap_server, Some(&token));
+    b.write("in.txt", "i");
+    let explained = run(&b, &["run", "--explain", "-i", "in.txt", "--", "true"]).ok();
+    assert!(
+        explained.stderr().contains(&format!("remote {}: miss", cap_server.url)),
+        "{}",
+        explained.stderr()
+    );
+
+    let c = machine(&cap_server, Some(&token));
+    c.write("in.txt", "i");
+    run(&c, &["cache", "get", "t", "in.txt", "got"]).ok();
+    let metrics = h
+        .get(format!("{}/metrics", cap_server.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for series in [
+        "taskvault_hits_total 1",
+        "taskvault_misses_total 1",
+        "taskvault_saves_total 3",
+        "taskvault_entries 3",
+        "taskvault_http_requests_total{",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    let audit = std::fs::read_to_string(cap_server.dir.path().join("vault/audit.log")).unwrap();
+    assert!(audit.contains("serve:ci"), "the audit trail names the token: {audit}");
+    assert_eq!(cap_server.stop(), Some(0));
+}

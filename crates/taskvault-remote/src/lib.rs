@@ -21,6 +21,8 @@ use taskvault::{Digest, Entry, TaskKey, Vault};
 
 /// Digests per missing-blobs query.
 const MISSING_BATCH: usize = 10_000;
+/// A download hands what it wrote to the disk this often.
+const WRITEBACK_EVERY: u64 = 64 << 20;
 /// Attempts to finish one download, resuming where the last one stopped.
 const DOWNLOAD_ATTEMPTS: usize = 3;
 /// After a failure, the server is not asked again for this long (a build with many lookups
@@ -293,6 +295,19 @@ impl Remote {
     /// the entry as stored; `None` on a miss. Nothing is written outside the vault's temporary
     /// directory until every blob has been verified.
     pub fn pull(&self, vault: &Vault, key: &TaskKey) -> Result<Option<Entry>> {
+        Ok(self.pull_to(vault, key, None)?.map(|(e, _)| e))
+    }
+
+    /// [`Remote::pull`], and for a file output whose blob has to be downloaded, written to
+    /// `dest` at the same time (the bytes pass once, verified once): `true` when `dest` holds
+    /// the output (the caller counts the hit), `false` when the caller restores it from the
+    /// vault as usual.
+    pub fn pull_to(
+        &self,
+        vault: &Vault,
+        key: &TaskKey,
+        dest: Option<&Path>,
+    ) -> Result<Option<(Entry, bool)>> {
         let Some((mut entry, small)) = self.lookup(key)? else { return Ok(None) };
         // Where it came from, for `show` (details are provenance, never part of the key).
         let origin =
@@ -311,6 +326,14 @@ impl Remote {
             .chain(&entry.console)
             .filter_map(|n| n.digest.map(|d| (d, n.size)))
             .collect();
+        // A file output downloaded anyway goes to its destination on the way.
+        let sole = match (entry.output_kind, entry.outputs.as_slice(), &entry.console) {
+            (taskvault::OutputKind::File | taskvault::OutputKind::Bytes, [n], None) => {
+                n.digest.map(|d| (d, n.mode))
+            }
+            _ => None,
+        };
+        let mut teed: Option<(taskvault::DestinationFile, u32)> = None;
         for d in entry.blob_digests() {
             if vault.has_blob(&d)? {
                 continue;
@@ -319,7 +342,22 @@ impl Remote {
             staging.files.push((d, path.clone()));
             match small.iter().find(|(s, _)| *s == d) {
                 Some((_, bytes)) => write_file(&path, bytes)?,
-                None => self.download(&d, sizes.get(&d).copied().unwrap_or_default(), &path)?,
+                None => {
+                    let mut tee = match (dest, sole) {
+                        (Some(dest), Some((sd, mode))) if sd == d => {
+                            let mode = if entry.output_kind == taskvault::OutputKind::Bytes {
+                                0o644
+                            } else {
+                                mode
+                            };
+                            Some((vault.destination_file(dest)?, mode))
+                        }
+                        _ => None,
+                    };
+                    let size = sizes.get(&d).copied().unwrap_or_default();
+                    self.download(&d, size, &path, tee.as_mut().map(|(f, _)| f.file()))?;
+                    teed = tee;
+                }
             }
         }
         let files = &staging.files;
@@ -327,14 +365,30 @@ impl Remote {
         let staged = |d: &Digest| files.iter().find(|(f, _)| f == d).map(|(_, p)| p.clone());
         vault.admit(entry.clone(), &staged, true, "remote")?;
         drop(staging);
-        Ok(Some(entry))
+        let restored = match teed {
+            Some((file, mode)) => {
+                file.finish(mode)?;
+                true
+            }
+            None => false,
+        };
+        Ok(Some((entry, restored)))
     }
 
     /// Downloads blob `d` (`size` bytes) to `dest`, hashing as it arrives; resumes with `Range`
     /// after a broken connection. `dest` holds exactly the blob when this returns `Ok`.
-    fn download(&self, d: &Digest, size: u64, dest: &Path) -> Result<()> {
+    fn download(
+        &self,
+        d: &Digest,
+        size: u64,
+        dest: &Path,
+        mut tee: Option<&mut std::fs::File>,
+    ) -> Result<()> {
         let url = self.ns_url(&format!("blobs/{d}"));
         let mut file = std::fs::File::create(dest).map_err(local(dest))?;
+        // The vault's copy will be synced before it is recorded: its pages are handed to the
+        // disk as they come (every 64 MiB), so little is left to wait for at the end.
+        let mut flushed = 0u64;
         let mut hasher = d.algorithm().hasher();
         let mut have = 0u64;
         let mut buf = vec![0u8; 256 << 10];
@@ -356,8 +410,13 @@ impl Remote {
                 // The server ignored the range: start over.
                 file.set_len(0).map_err(local(dest))?;
                 std::io::Seek::rewind(&mut file).map_err(local(dest))?;
+                if let Some(t) = tee.as_deref_mut() {
+                    t.set_len(0).map_err(local(dest))?;
+                    std::io::Seek::rewind(t).map_err(local(dest))?;
+                }
                 hasher = d.algorithm().hasher();
                 have = 0;
+                flushed = 0;
             }
             let mut body = resp.into_body().into_reader();
             broke.clear();
@@ -373,6 +432,21 @@ impl Remote {
                         }
                         hasher.update(&buf[..n]);
                         file.write_all(&buf[..n]).map_err(local(dest))?;
+                        if let Some(t) = tee.as_deref_mut() {
+                            t.write_all(&buf[..n]).map_err(local(dest))?;
+                        }
+                        if tee.is_some() && have - flushed >= WRITEBACK_EVERY {
+                            // Starts writeback of what was written (and drops the pages
+                            // once written: the destination keeps its own).
+                            let len = std::num::NonZeroU64::new(have - flushed);
+                            let _ = rustix::fs::fadvise(
+                                &file,
+                                flushed,
+                                len,
+                                rustix::fs::Advice::DontNeed,
+                            );
+                            flushed = have;
+                        }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {

@@ -60,9 +60,10 @@ pub fn run(
                 Some(r) => match v.get_or_ask_elsewhere(&key, &a.output)? {
                     Some(e) => Some((e, "local")),
                     None => {
-                        let pulled = super::remote::pull(r, v, &key)?;
-                        let got = match pulled {
-                            super::remote::Pulled::Hit => v.get(&key, &a.output)?,
+                        let (pulled, restored) = super::remote::pull_to(r, v, &key, &a.output)?;
+                        let got = match (pulled, restored) {
+                            (_, Some(e)) => Some(e),
+                            (super::remote::Pulled::Hit, None) => v.get(&key, &a.output)?,
                             _ => None,
                         };
                         if got.is_none() && !matches!(pulled, super::remote::Pulled::Hit) {

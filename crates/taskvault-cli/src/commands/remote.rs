@@ -31,7 +31,7 @@ fn fail(e: RemoteError) -> anyhow::Error {
 }
 
 /// What asking the server for a key found.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pulled {
     /// The entry is now in the local vault.
     Hit,
@@ -49,6 +49,28 @@ pub fn pull(r: &Remote, v: &Vault, key: &TaskKey) -> Result<Pulled> {
         }
         Some(None) => Ok(Pulled::Miss),
         None => Ok(Pulled::Unavailable),
+    }
+}
+
+/// [`pull`] for `cache get`: a file output fetched from the server is written to `dest` as it
+/// arrives (`Some(entry)`: it is there, the hit counted); otherwise the caller restores it.
+pub fn pull_to(
+    r: &Remote,
+    v: &Vault,
+    key: &TaskKey,
+    dest: &std::path::Path,
+) -> Result<(Pulled, Option<Entry>)> {
+    match r.degrade(r.pull_to(v, key, Some(dest)), "this lookup").map_err(fail)? {
+        Some(Some((e, restored))) => {
+            v.count_remote_hit()?;
+            if restored {
+                v.served(&e, "get")?;
+                return Ok((Pulled::Hit, Some(e)));
+            }
+            Ok((Pulled::Hit, None))
+        }
+        Some(None) => Ok((Pulled::Miss, None)),
+        None => Ok((Pulled::Unavailable, None)),
     }
 }
 

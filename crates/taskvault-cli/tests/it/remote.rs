@@ -134,12 +134,16 @@ fn a_save_on_one_machine_is_a_hit_on_another_and_then_local() {
         p.write("in.txt", "inputs");
     }
     a.write("out.bin", &data);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(a.path("out.bin"), std::fs::Permissions::from_mode(0o750)).unwrap();
     run(&a, &["cache", "save", "build", "in.txt", "out.bin"]).ok();
     assert_eq!(server.entries(), 1);
 
     let hit = run(&b, &["cache", "get", "build", "in.txt", "got.bin"]).ok();
     assert!(hit.stderr().contains("from the remote"), "{}", hit.stderr());
     assert_eq!(std::fs::read(b.path("got.bin")).unwrap(), data);
+    let mode = std::fs::metadata(b.path("got.bin")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o750, "the output's permission bits come with it");
     let again = run(&b, &["cache", "get", "build", "in.txt", "again.bin"]).ok();
     assert!(!again.stderr().contains("remote"), "the second hit is local: {}", again.stderr());
     assert_eq!(b.stats()["remote_hits"], 1);
@@ -345,6 +349,12 @@ fn a_server_stopped_mid_download_leaves_nothing_at_the_destination() {
     assert_eq!(status.code(), Some(1), "a miss: {err}");
     assert!(err.contains("warning"), "{err}");
     assert!(!b.path("got.bin").exists());
+    let beside: Vec<_> = std::fs::read_dir(b.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".got.bin"))
+        .collect();
+    assert!(beside.is_empty(), "no temporary file beside the destination: {beside:?}");
     let leftovers: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
     assert!(leftovers.is_empty(), "partial downloads are removed: {leftovers:?}");
 }

@@ -425,6 +425,58 @@ impl Vault {
     }
 }
 
+/// A file output being written straight to its destination by a transport (a remote hit teed
+/// to the vault and the destination at once): a temporary file beside `dest`, checked as a
+/// restore checks its destination, renamed into place by [`DestinationFile::finish`] once the
+/// caller has verified every byte it wrote; removed if dropped unfinished.
+#[derive(Debug)]
+pub struct DestinationFile {
+    tmp: PathBuf,
+    dest: PathBuf,
+    existed: bool,
+    file: Option<std::fs::File>,
+}
+
+impl DestinationFile {
+    pub fn file(&mut self) -> &mut std::fs::File {
+        self.file.as_mut().expect("open until finished")
+    }
+
+    /// Puts the verified file in place with the output's permission bits (never setuid,
+    /// setgid or sticky).
+    pub fn finish(mut self, mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let file = self.file.take().expect("open until finished");
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777)).at(&self.tmp)?;
+        drop(file);
+        super::restore::replace(&self.tmp, &self.dest, self.existed)?;
+        self.tmp = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for DestinationFile {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Vault {
+    /// A [`DestinationFile`] for a file output to be written at `dest`.
+    pub fn destination_file(&self, dest: &std::path::Path) -> Result<DestinationFile> {
+        let (tmp, existing) = self.prepare_dest(dest, super::restore::Want::File)?;
+        let file = std::fs::File::create(&tmp).at(&tmp)?;
+        Ok(DestinationFile {
+            tmp,
+            dest: dest.to_owned(),
+            existed: existing.is_some(),
+            file: Some(file),
+        })
+    }
+}
+
 /// The key an entry's recorded ingredients make (`None` for a run saved before they were kept).
 fn key_of(e: &Entry) -> Option<TaskKey> {
     let ing = e.ingredients.as_ref()?;

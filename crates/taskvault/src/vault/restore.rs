@@ -477,7 +477,7 @@ fn bytes_node(e: &Entry) -> Result<&Node> {
 /// never a mix or nothing, and ext4 does not force the new file's blocks out as it does when a
 /// rename replaces a file. Filesystems without the exchange fall back to rename (files) or to
 /// moving the old directory aside first.
-fn replace(tmp: &Path, dest: &Path, existed: bool) -> Result<()> {
+pub(crate) fn replace(tmp: &Path, dest: &Path, existed: bool) -> Result<()> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     if !existed {
         return std::fs::rename(tmp, dest).at(dest);

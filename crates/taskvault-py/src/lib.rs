@@ -213,16 +213,7 @@ impl Vault {
         spawn_committer(&inner)?;
         let remote = match &resolved.remote {
             Some(r) => {
-                let config = taskvault_remote::Config {
-                    url: r.url.clone(),
-                    token: r.token.clone(),
-                    token_env: r.token_env.clone(),
-                    read_only: r.read_only,
-                    required: r.required,
-                    connect_timeout: r.connect_timeout,
-                    timeout: r.timeout,
-                    lease: r.lease,
-                };
+                let config = taskvault_remote::Config::from(r);
                 let remote = taskvault_remote::Remote::new(config, &inner.settings().namespace)
                     .map_err(|e| error::TaskVaultError::new_err(e.to_string()))?;
                 Some(Arc::new(remote))

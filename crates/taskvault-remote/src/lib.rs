@@ -44,6 +44,21 @@ pub struct Config {
     pub lease: Duration,
 }
 
+impl From<&taskvault_settings::Remote> for Config {
+    fn from(r: &taskvault_settings::Remote) -> Config {
+        Config {
+            url: r.url.clone(),
+            token: r.token.clone(),
+            token_env: r.token_env.clone(),
+            read_only: r.read_only,
+            required: r.required,
+            connect_timeout: r.connect_timeout,
+            timeout: r.timeout,
+            lease: r.lease,
+        }
+    }
+}
+
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config").field("url", &self.url).finish_non_exhaustive()

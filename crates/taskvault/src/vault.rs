@@ -787,9 +787,20 @@ impl Vault {
     /// Restores the result of `key` to `dest` (a file path, or a directory path for directory
     /// outputs). `None` is a miss: nothing was written at `dest`.
     pub fn get(&self, key: &TaskKey, dest: &Path) -> Result<Option<Entry>> {
+        self.get_counting(key, dest, true)
+    }
+
+    /// [`Vault::get`] for a front end with another tier to ask (the remote): a miss here is
+    /// not counted (count it with [`Vault::missed`] if the other tier misses too).
+    pub fn get_or_ask_elsewhere(&self, key: &TaskKey, dest: &Path) -> Result<Option<Entry>> {
+        self.get_counting(key, dest, false)
+    }
+
+    fn get_counting(&self, key: &TaskKey, dest: &Path, count_miss: bool) -> Result<Option<Entry>> {
         let mut hot = true;
         loop {
-            let Some((e, from_hot)) = self.lookup_for_get(key, "get", hot)? else {
+            let Some((e, from_hot)) = self.lookup_for_get_counting(key, "get", hot, count_miss)?
+            else {
                 return Ok(None);
             };
             if self.restore(&e, dest)?.is_some() {
@@ -802,29 +813,11 @@ impl Vault {
                 hot = false;
                 continue;
             }
-            self.miss(key, "get")?;
-            return Ok(None);
-        }
-    }
-
-    /// [`Vault::get`] for a front end with another tier to ask (the remote): a miss here is
-    /// not counted (count it with [`Vault::missed`] if the other tier misses too).
-    pub fn get_or_ask_elsewhere(&self, key: &TaskKey, dest: &Path) -> Result<Option<Entry>> {
-        let mut hot = true;
-        loop {
-            let Some((e, from_hot)) = self.lookup_for_get_counting(key, "get", hot, false)? else {
-                return Ok(None);
-            };
-            if self.restore(&e, dest)?.is_some() {
-                self.hit(&e, "get")?;
-                return Ok(Some(e));
+            if count_miss {
+                self.miss(key, "get")?;
+            } else {
+                self.forget_lookup(key)?;
             }
-            if from_hot {
-                self.drop_hot(&e.key)?;
-                hot = false;
-                continue;
-            }
-            self.forget_lookup(key)?;
             return Ok(None);
         }
     }

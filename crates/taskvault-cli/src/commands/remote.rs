@@ -10,16 +10,7 @@ use taskvault_settings::Resolved;
 /// The configured server's client, if there is one.
 pub fn client(resolved: &Resolved) -> Result<Option<Remote>> {
     let Some(r) = &resolved.remote else { return Ok(None) };
-    let config = taskvault_remote::Config {
-        url: r.url.clone(),
-        token: r.token.clone(),
-        token_env: r.token_env.clone(),
-        read_only: r.read_only,
-        required: r.required,
-        connect_timeout: r.connect_timeout,
-        timeout: r.timeout,
-        lease: r.lease,
-    };
+    let config = taskvault_remote::Config::from(r);
     Ok(Some(Remote::new(config, &resolved.settings.namespace)?))
 }
 

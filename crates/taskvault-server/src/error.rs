@@ -51,6 +51,11 @@ impl From<taskvault::Error> for ApiError {
             taskvault::Error::BadInput { message, .. } => ApiError::BadRequest(message),
             taskvault::Error::BadDigest(m) => ApiError::BadRequest(m),
             taskvault::Error::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+            // Evicted between the presence check and the commit: the client uploads it again.
+            taskvault::Error::BlobVanished(d) => ApiError::MissingBlobs {
+                message: format!("blob {d} was removed meanwhile; upload it again"),
+                missing: vec![d],
+            },
             other => {
                 tracing::error!("engine: {other}");
                 ApiError::Internal(other.to_string())

@@ -354,20 +354,6 @@ impl Vault {
         self.enforce_cap()?;
         Ok(Admitted::Committed)
     }
-
-    /// Writes a verified copy of blob `digest` into `dest` (created), for a transport that must
-    /// hand a file over; `false` if the vault lacks it or it failed verification (reported).
-    pub fn copy_blob_to(&self, digest: &Digest, size: u64, dest: &std::path::Path) -> Result<bool> {
-        let mut f = std::fs::File::create(dest).at(dest)?;
-        match self.read_blob(digest, None, size, &mut Sink::File(&mut f, dest))? {
-            Ok(()) => Ok(true),
-            Err(why) => {
-                let _ = std::fs::remove_file(dest);
-                self.corrupt(digest, &why, "push")?;
-                Ok(false)
-            }
-        }
-    }
 }
 
 impl Vault {

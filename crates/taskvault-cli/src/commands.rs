@@ -219,27 +219,16 @@ fn progress_bar() -> Box<taskvault::Progress> {
 pub fn filter(s: &Select) -> Result<Filter> {
     let status = match s.status.as_deref() {
         None => None,
-        Some("live") => Some(Status::Live),
-        Some("superseded") => Some(Status::Superseded),
-        Some("corrupt") => Some(Status::Corrupt),
-        Some("failed") => Some(Status::Failed),
-        Some(other) => {
-            anyhow::bail!("unknown status {other:?} (live, superseded, corrupt or failed)")
-        }
+        Some(name) => Some(Status::parse(name).ok_or_else(|| {
+            anyhow::anyhow!("unknown status {name:?} (live, superseded, corrupt or failed)")
+        })?),
     };
     Ok(Filter {
         task: s.task.clone(),
-        tag: s.tag.as_deref().map(split_tag),
+        tag: s.tag.as_deref().map(Filter::tag_selector),
         status,
         since_ms: s.since.map(|d| taskvault::clock::now_ms() - d.as_millis() as i64),
         all: s.all,
         limit: s.limit,
     })
-}
-
-pub fn split_tag(t: &str) -> (String, Option<String>) {
-    match t.split_once('=') {
-        Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
-        None => (t.to_owned(), None),
-    }
 }

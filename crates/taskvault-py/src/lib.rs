@@ -615,15 +615,11 @@ fn ttl_duration(secs: f64) -> PyResult<std::time::Duration> {
 }
 
 fn parse_status(s: &str) -> PyResult<Status> {
-    match s {
-        "live" => Ok(Status::Live),
-        "superseded" => Ok(Status::Superseded),
-        "corrupt" => Ok(Status::Corrupt),
-        "failed" => Ok(Status::Failed),
-        other => Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "unknown status {other:?} (live, superseded, corrupt, failed)"
-        ))),
-    }
+    Status::parse(s).ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "unknown status {s:?} (live, superseded, corrupt, failed)"
+        ))
+    })
 }
 
 #[pymodule]

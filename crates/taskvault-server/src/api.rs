@@ -930,17 +930,14 @@ pub async fn log(
     caller.check(Scope::Read, &ns)?;
     let status = match q.status.as_deref() {
         None => None,
-        Some("live") => Some(taskvault::Status::Live),
-        Some("superseded") => Some(taskvault::Status::Superseded),
-        Some("corrupt") => Some(taskvault::Status::Corrupt),
-        Some("failed") => Some(taskvault::Status::Failed),
-        Some(other) => return Err(ApiError::BadRequest(format!("unknown status {other:?}"))),
+        Some(name) => Some(taskvault::Status::parse(name).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown status {name:?} (live, superseded, corrupt or failed)"
+            ))
+        })?),
     };
     let want = q.limit.unwrap_or(100).min(LOG_MAX);
-    let tag = q.tag.map(|t| match t.split_once('=') {
-        Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
-        None => (t, None),
-    });
+    let tag = q.tag.as_deref().map(taskvault::Filter::tag_selector);
     let filter = taskvault::Filter {
         task: q.task,
         tag,

@@ -36,6 +36,25 @@ pub enum Status {
     Failed,
 }
 
+impl Status {
+    /// The status as every front end spells it (`live`, `superseded`, `corrupt`, `failed`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Live => "live",
+            Status::Superseded => "superseded",
+            Status::Corrupt => "corrupt",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// The status named `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Status> {
+        [Status::Live, Status::Superseded, Status::Corrupt, Status::Failed]
+            .into_iter()
+            .find(|st| st.name() == s)
+    }
+}
+
 /// A saved run: a key's output manifest and provenance.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
@@ -296,6 +315,14 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// A tag selection as written on a command line or a query: `k` (any value) or `k=v`.
+    pub fn tag_selector(t: &str) -> (String, Option<String>) {
+        match t.split_once('=') {
+            Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+            None => (t.to_owned(), None),
+        }
+    }
+
     /// Whether `e` is selected by the task, tag, status and time conditions (`limit` aside).
     pub fn admits(&self, e: &Entry) -> bool {
         let status_ok = match self.status {

@@ -84,7 +84,7 @@ fn report_removed(cli: &Cli, removed: &[taskvault::Entry], verb: &str) -> Result
 }
 
 pub fn invalidate(cli: &Cli, v: &Vault, tag: &str) -> Result<Outcome> {
-    let (k, val) = super::split_tag(tag);
+    let (k, val) = taskvault::Filter::tag_selector(tag);
     if k.is_empty() {
         bail!("--tag needs a key: --tag key or --tag key=value");
     }

@@ -60,7 +60,8 @@ pub fn run(
                 Some(r) => match v.get_or_ask_elsewhere(&key, &a.output)? {
                     Some(e) => Some((e, "local")),
                     None => {
-                        let (pulled, restored) = super::remote::pull_to(r, v, &key, &a.output)?;
+                        let (pulled, restored) =
+                            super::remote::pull_to(r, v, &key, Some(&a.output))?;
                         let got = match (pulled, restored) {
                             (_, Some(e)) => Some(e),
                             (super::remote::Pulled::Hit, None) => v.get(&key, &a.output)?,

@@ -33,25 +33,19 @@ pub enum Pulled {
 
 /// Asks the server for `key` after a local miss; a hit is stored in the local vault.
 pub fn pull(r: &Remote, v: &Vault, key: &TaskKey) -> Result<Pulled> {
-    match r.degrade(r.pull(v, key), "this lookup").map_err(fail)? {
-        Some(Some(_)) => {
-            v.count_remote_hit()?;
-            Ok(Pulled::Hit)
-        }
-        Some(None) => Ok(Pulled::Miss),
-        None => Ok(Pulled::Unavailable),
-    }
+    Ok(pull_to(r, v, key, None)?.0)
 }
 
-/// [`pull`] for `cache get`: a file output fetched from the server is written to `dest` as it
-/// arrives (`Some(entry)`: it is there, the hit counted); otherwise the caller restores it.
+/// [`pull`], and for `cache get` a file output fetched from the server is written to `dest`
+/// as it arrives (`Some(entry)`: it is there, the hit counted); otherwise the caller restores
+/// it.
 pub fn pull_to(
     r: &Remote,
     v: &Vault,
     key: &TaskKey,
-    dest: &std::path::Path,
+    dest: Option<&std::path::Path>,
 ) -> Result<(Pulled, Option<Entry>)> {
-    match r.degrade(r.pull_to(v, key, Some(dest)), "this lookup").map_err(fail)? {
+    match r.degrade(r.pull_to(v, key, dest), "this lookup").map_err(fail)? {
         Some(Some((e, restored))) => {
             v.count_remote_hit()?;
             if restored {

@@ -1081,15 +1081,6 @@ fn blob_from_row(r: &rusqlite::Row<'_>) -> BlobRow {
     Ok(BlobInfo { digest, size, stored_size, codec, inline })
 }
 
-fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Live => "live",
-        Status::Superseded => "superseded",
-        Status::Corrupt => "corrupt",
-        Status::Failed => "failed",
-    }
-}
-
 /// The (name, value) rows of a table of counts (`counters`, `census`).
 fn named_values(c: &Connection, sql: &str) -> rusqlite::Result<Vec<(String, i64)>> {
     c.prepare_cached(sql)?.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
@@ -1538,7 +1529,7 @@ impl MetaStore for SqliteMeta {
             sql.push_str(" AND live = 1");
         }
         if let Some(s) = f.status {
-            args.push(status_name(s).to_owned().into());
+            args.push(s.name().to_owned().into());
             sql.push_str(&format!(" AND status = ?{}", args.len()));
             // Runs that are not live have an index of their own (live ones are most runs, and
             // are listed through `entries_live_created`).

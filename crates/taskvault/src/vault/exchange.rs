@@ -150,7 +150,7 @@ impl Read for BlobStream {
 impl Vault {
     /// The live, unexpired run of the key whose digest is `key_hex`, for a server answering a
     /// client that computed the key itself. A run whose recorded ingredients make another key is
-    /// damaged and never served. Counts a hit (or a miss, of `task` when the caller knows it)
+    /// damaged and never served; one saved before runs recorded them is not served either. Counts a hit (or a miss, of `task` when the caller knows it)
     /// as [`Vault::lookup`] does. Blobs of at most `small_max` bytes (up to `small_total` in
     /// all) come with it, verified; a blob that fails makes the lookup a miss.
     pub fn export_entry(
@@ -173,22 +173,26 @@ impl Vault {
             self.miss_hex(key_hex, task, op)?;
             return Ok(None);
         };
-        if e.ingredients.is_some() && e.recomputed_key().is_none_or(|k| k.hex() != key_hex) {
-            let why = format!("its ingredients do not make key {key_hex}");
-            self.drop_damaged_run(&e.id, key_hex, &e.task, &why, op)?;
-            self.miss_hex(key_hex, task, op)?;
-            return Ok(None);
-        }
-        let Some(key) = key_of(&e) else {
-            // Saved before runs recorded their ingredients: served by key digest alone, as the
-            // local vault serves it (the client checks what it can).
-            return self.export_checked(e, limits, op, None);
+        // Only a run whose recorded ingredients make exactly this key is served; one saved
+        // before runs recorded them cannot be checked here, and is not served remotely.
+        let key = match key_of(&e) {
+            Some(k) if k.digest().hex() == key_hex => k,
+            Some(_) => {
+                let why = format!("its ingredients do not make key {key_hex}");
+                self.drop_damaged_run(&e.id, key_hex, &e.task, &why, op)?;
+                self.miss_hex(key_hex, task, op)?;
+                return Ok(None);
+            }
+            None => {
+                self.miss_hex(key_hex, task, op)?;
+                return Ok(None);
+            }
         };
         if self.expired(&e, now_ms()) {
             // The local path removes it and counts the miss.
             return Ok(self.lookup(&key, op)?.map(|e| Exported { entry: e, small: Vec::new() }));
         }
-        self.export_checked(e, limits, op, Some(&key))
+        self.export_checked(e, limits, op, &key)
     }
 
     fn export_checked(
@@ -196,7 +200,7 @@ impl Vault {
         e: Entry,
         (small_max, small_total): (u64, u64),
         op: &str,
-        key: Option<&TaskKey>,
+        key: &TaskKey,
     ) -> Result<Option<Exported>> {
         let mut small = Vec::new();
         let mut total = 0u64;
@@ -214,10 +218,7 @@ impl Vault {
             let known = e.embedded_blob(&d).cloned();
             if let Err(why) = self.read_blob(&d, known, node.size, &mut Sink::Buf(&mut buf))? {
                 self.corrupt(&d, &why, op)?;
-                match key {
-                    Some(k) => self.miss(k, op)?,
-                    None => self.miss_hex(&e.key, &e.task, op)?,
-                }
+                self.miss(key, op)?;
                 return Ok(None);
             }
             small.push((d, buf));

@@ -1,16 +1,17 @@
-//! A parser for the common shape of `taskvault run`, taken before clap's.
+//! A parser for the common shapes of `taskvault run` and `taskvault cache get`, taken before
+//! clap's.
 //!
-//! A cache hit of `run` is a whole process, and building clap's command tree for the whole CLI
-//! costs about a third of one. This parser understands only the plain spellings of the global
-//! and `run` flags and returns `None` for anything else (help, version, clusters of short flags,
-//! a repeated single flag, an empty or hyphen-led value, any other subcommand), so that clap
-//! parses it and reports errors as usual. clap stays the definition: the tests parse generated
+//! A cache hit is a whole process, and building clap's command tree for the whole CLI costs
+//! about a third of one. This parser understands only the plain spellings of the global flags,
+//! the `run` flags and `cache get TASK INPUT OUTPUT [--input P]...`, and returns `None` for
+//! anything else (help, version, clusters of short flags, a repeated single flag, an empty or
+//! hyphen-led value, any other subcommand), so that clap parses it and reports errors as usual. clap stays the definition: the tests parse generated
 //! command lines with both and require the same [`Cli`] wherever this one answers.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use super::{Cli, Command, RunArgs, parse_duration, parse_tag};
+use super::{CacheCommand, Cli, Command, GetArgs, RunArgs, parse_duration, parse_tag};
 
 /// `args` as from `std::env::args_os()` (program name first).
 pub fn parse(args: &[OsString]) -> Option<Cli> {
@@ -60,6 +61,9 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
                 seen_run = true;
                 continue;
             }
+            if arg == "cache" {
+                return cache_get(cli, args, i);
+            }
             // Global flags may come before the subcommand; anything else is clap's.
             if !global(&mut cli, arg, args, &mut i)? {
                 return None;
@@ -72,6 +76,41 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
     }
     // No `--`: clap requires the command after it (or this is `run --help` and the like).
     None
+}
+
+/// The rest of `cache get TASK INPUT OUTPUT [--input P]...` (from `args[i]`, after `cache`):
+/// three plain positionals, global flags and `--input`, anything else clap's.
+fn cache_get(mut cli: Cli, args: &[OsString], mut i: usize) -> Option<Cli> {
+    if args.get(i)?.to_str()? != "get" {
+        return None;
+    }
+    i += 1;
+    let mut positionals: Vec<&str> = Vec::with_capacity(3);
+    let mut more_inputs = Vec::new();
+    while i < args.len() {
+        let arg = args[i].to_str()?;
+        i += 1;
+        if global(&mut cli, arg, args, &mut i)? {
+            continue;
+        }
+        if let Some(v) = value("--input", None, arg, args, &mut i)? {
+            more_inputs.push(PathBuf::from(v));
+            continue;
+        }
+        // `-` (stdin), `--` and every other hyphen-led or empty word are clap's to read.
+        if arg.is_empty() || arg.starts_with('-') || positionals.len() == 3 {
+            return None;
+        }
+        positionals.push(arg);
+    }
+    let [task, input, output] = positionals.as_slice() else { return None };
+    cli.command = Command::Cache(CacheCommand::Get(GetArgs {
+        task: (*task).to_owned(),
+        input: PathBuf::from(input),
+        output: PathBuf::from(output),
+        more_inputs,
+    }));
+    Some(cli)
 }
 
 /// Splits `--name=value` / `--name value` / `-x value`. `Some(None)` when `arg` is not `flag`.

@@ -98,6 +98,22 @@ fn takes_the_usual_run_lines() {
 }
 
 #[test]
+fn takes_the_usual_cache_get_lines() {
+    let lines: &[&[&str]] = &[
+        &["cache", "get", "t", "i", "o"],
+        &["--json", "cache", "get", "train", "data.csv", "model.pkl"],
+        &["cache", "get", "t", "i", "o", "--input", "more", "--input=again"],
+        &["--dir", "/v", "cache", "get", "t", "--config=c.yaml", "i", "-v", "o", "--no-progress"],
+        &["cache", "get", "run", "get", "cache"],
+    ];
+    for line in lines {
+        let args = os(line);
+        let fast = parse(&args).unwrap_or_else(|| panic!("fast parser declined {line:?}"));
+        assert_eq!(clap_parse(&args).as_ref(), Some(&fast), "{line:?}");
+    }
+}
+
+#[test]
 fn leaves_everything_else_to_clap() {
     let lines: &[&[&str]] = &[
         &["run", "--help"],
@@ -116,7 +132,16 @@ fn leaves_everything_else_to_clap() {
         &["run", "--quiet", "--quiet", "--", "x"],
         &["run", "--json=true", "--", "x"],
         &["run", "--frobnicate", "--", "x"],
-        &["cache", "get", "t", "i", "o"],
+        &["cache", "get", "t", "-", "o"],
+        &["cache", "get", "t", "i"],
+        &["cache", "get", "t", "i", "o", "x"],
+        &["cache", "get", "--", "t", "i", "o"],
+        &["cache", "get", "t", "i", "o", "--input"],
+        &["cache", "get", "t", "i", "o", "--help"],
+        &["cache", "get", "t", "", "o"],
+        &["cache", "--json", "get", "t", "i", "o"],
+        &["cache", "save", "t", "i", "o"],
+        &["cache", "stats"],
         &["log", "--", "x"],
         &["--", "run"],
         &[],
@@ -179,15 +204,21 @@ fn agrees_with_clap_on_generated_lines() {
         "-qv",
         "--help",
         "cache",
+        "get",
         "log",
+        "t",
+        "in.txt",
     ];
     let mut rng = Rng::new(7);
     let mut answered = 0;
+    let mut answered_get = 0;
     for _ in 0..20_000 {
         let len = 1 + rng.below(10) as usize;
         let mut line: Vec<&str> = Vec::with_capacity(len + 3);
-        if rng.below(4) != 0 {
-            line.push("run");
+        match rng.below(8) {
+            0 | 1 => {}
+            2 | 3 => line.extend(["cache", "get"]),
+            _ => line.push("run"),
         }
         line.extend((0..len).map(|_| TOKENS[rng.below(TOKENS.len() as u64) as usize]));
         if rng.below(3) != 0 {
@@ -195,8 +226,50 @@ fn agrees_with_clap_on_generated_lines() {
         }
         let args = os(&line);
         agrees(&args);
-        answered += usize::from(parse(&args).is_some());
+        let fast = parse(&args);
+        answered += usize::from(fast.is_some());
+        answered_get += usize::from(matches!(
+            fast.map(|c| c.command),
+            Some(crate::cli::Command::Cache(crate::cli::CacheCommand::Get(_)))
+        ));
     }
     // The generator must reach the fast path often enough for the comparison to mean something.
     assert!(answered > 500, "only {answered} generated lines took the fast path");
+    // `cache get` lines from their own vocabulary: words, globals, `--input`, and spellings
+    // the fast parser declines.
+    const GET_TOKENS: &[&str] = &[
+        "t",
+        "in.txt",
+        "out",
+        "run",
+        "get",
+        "--input",
+        "--input=a",
+        "--input=",
+        "--json",
+        "-v",
+        "--dir",
+        "--dir=/v",
+        "--config=c.yaml",
+        "--no-progress",
+        "-",
+        "--",
+        "",
+        "-i",
+        "--help",
+        "--json=true",
+    ];
+    for _ in 0..20_000 {
+        let len = 3 + rng.below(4) as usize;
+        let mut line = vec!["cache", "get"];
+        // Half the words plain positionals, so that many lines are ones the fast path takes.
+        line.extend((0..len).map(|_| {
+            let n = if rng.below(2) == 0 { 5 } else { GET_TOKENS.len() as u64 };
+            GET_TOKENS[rng.below(n) as usize]
+        }));
+        let args = os(&line);
+        agrees(&args);
+        answered_get += usize::from(parse(&args).is_some());
+    }
+    assert!(answered_get > 500, "only {answered_get} generated `cache get` lines took it");
 }

@@ -12,8 +12,8 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -90,6 +90,23 @@ type Result<T> = std::result::Result<T, RemoteError>;
 /// Blobs that came with an entry: (digest, verified bytes).
 type SmallBlobs = Vec<(Digest, Vec<u8>)>;
 
+/// The server's answer to a lookup made ahead of need ([`Remote::prefetch`]).
+#[derive(Debug)]
+pub struct Prefetched(Result<Option<(Entry, SmallBlobs)>>);
+
+/// A lookup under way on a thread of its own ([`Remote::prefetch`]).
+#[derive(Debug)]
+pub struct Prefetching(std::thread::JoinHandle<Result<Option<(Entry, SmallBlobs)>>>);
+
+impl Prefetching {
+    /// The server's answer, once it has come.
+    pub fn wait(self) -> Prefetched {
+        Prefetched(self.0.join().unwrap_or_else(|_| {
+            Err(RemoteError::Unavailable("the lookup's thread panicked".into()))
+        }))
+    }
+}
+
 /// What [`Remote::push`] sent.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pushed {
@@ -121,6 +138,8 @@ pub struct Remote {
     config: Config,
     namespace: String,
     agent: ureq::Agent,
+    bulk: OnceLock<ureq::Agent>,
+    bulk_config: ureq::config::Config,
     warned: AtomicBool,
     down_until: Mutex<Option<Instant>>,
 }
@@ -148,21 +167,27 @@ impl Remote {
                  '.', '_' or '-'"
             )));
         }
-        let agent_config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(config.connect_timeout))
-            .timeout_recv_response(Some(config.timeout))
-            .timeout_recv_body(Some(config.timeout))
-            .timeout_send_body(Some(config.timeout))
-            .user_agent(concat!("taskvault/", env!("CARGO_PKG_VERSION")))
-            // Requests are small: a 16 KiB output buffer instead of 128 KiB (a hit pays for
-            // zeroing it). Responses come through 256 KiB: a large download in fewer reads
-            // (each also sets the socket's timeout).
-            .output_buffer_size(16 << 10)
-            .input_buffer_size(256 << 10)
-            .build();
+        let agent_config = |input_buffer: usize| {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(config.connect_timeout))
+                .timeout_recv_response(Some(config.timeout))
+                .timeout_recv_body(Some(config.timeout))
+                .timeout_send_body(Some(config.timeout))
+                .user_agent(concat!("taskvault/", env!("CARGO_PKG_VERSION")))
+                // Requests are small: a 16 KiB output buffer instead of 128 KiB (a hit pays
+                // for zeroing it, and for the pages it touches).
+                .output_buffer_size(16 << 10)
+                .input_buffer_size(input_buffer)
+                .build()
+        };
         Ok(Remote {
-            agent: ureq::Agent::new_with_config(agent_config),
+            // Answers are small (an entry with its small blobs is read through the buffer in
+            // pieces): 16 KiB. Blob downloads come through 256 KiB, in fewer reads (each also
+            // sets the socket's timeout), on an agent made when the first one starts.
+            agent: ureq::Agent::new_with_config(agent_config(16 << 10)),
+            bulk: OnceLock::new(),
+            bulk_config: agent_config(256 << 10),
             config,
             namespace: namespace.to_owned(),
             warned: AtomicBool::new(false),
@@ -310,20 +335,43 @@ impl Remote {
     /// the entry as stored; `None` on a miss. Nothing is written outside the vault's temporary
     /// directory until every blob has been verified.
     pub fn pull(&self, vault: &Vault, key: &TaskKey) -> Result<Option<Entry>> {
-        Ok(self.pull_to(vault, key, None)?.map(|(e, _)| e))
+        Ok(self.pull_to(vault, key, None, None)?.map(|(e, _)| e))
+    }
+
+    /// Starts asking the server for `key` on a thread of its own, while the caller searches the
+    /// local vault: [`Prefetching::wait`] gives the answer for [`Remote::pull_to`]; dropping
+    /// it (the local vault had the result) leaves the thread to finish or die with the process.
+    pub fn prefetch(&self, key: &TaskKey) -> Prefetching {
+        let asker = Remote {
+            config: self.config.clone(),
+            namespace: self.namespace.clone(),
+            agent: self.agent.clone(),
+            bulk: OnceLock::new(),
+            bulk_config: self.bulk_config.clone(),
+            warned: AtomicBool::new(true),
+            down_until: Mutex::new(*self.down_until.lock().unwrap_or_else(|p| p.into_inner())),
+        };
+        let key = key.clone();
+        Prefetching(std::thread::spawn(move || asker.lookup(&key)))
     }
 
     /// [`Remote::pull`], and for a file output whose blob has to be downloaded, written to
     /// `dest` at the same time (the bytes pass once, verified once): `true` when `dest` holds
     /// the output (the caller counts the hit), `false` when the caller restores it from the
-    /// vault as usual.
+    /// vault as usual. A small file output that came with the entry is written to `dest` from
+    /// memory too. `ahead` is the answer of a [`Remote::prefetch`] of `key`, if one was made.
     pub fn pull_to(
         &self,
         vault: &Vault,
         key: &TaskKey,
         dest: Option<&Path>,
+        ahead: Option<Prefetched>,
     ) -> Result<Option<(Entry, bool)>> {
-        let Some((mut entry, small)) = self.lookup(key)? else { return Ok(None) };
+        let found = match ahead {
+            Some(Prefetched(found)) => found,
+            None => self.lookup(key),
+        };
+        let Some((mut entry, small)) = found? else { return Ok(None) };
         // Where it came from, for `show` (details are provenance, never part of the key).
         let origin =
             serde_json::json!({"url": self.config.url, "at_ms": taskvault::clock::now_ms()});
@@ -353,39 +401,54 @@ impl Remote {
             if vault.has_blob(&d)? {
                 continue;
             }
+            if small.iter().any(|(s, _)| *s == d) {
+                continue; // admitted from memory
+            }
             let path = vault.staging_path("pull-");
             staging.files.push((d, path.clone()));
-            match small.iter().find(|(s, _)| *s == d) {
-                Some((_, bytes)) => write_file(&path, bytes)?,
-                None => {
-                    let mut tee = match (dest, sole) {
-                        (Some(dest), Some((sd, mode))) if sd == d => {
-                            let mode = if entry.output_kind == taskvault::OutputKind::Bytes {
-                                0o644
-                            } else {
-                                mode
-                            };
-                            Some((vault.destination_file(dest)?, mode))
-                        }
-                        _ => None,
+            let mut tee = match (dest, sole) {
+                (Some(dest), Some((sd, mode))) if sd == d => {
+                    let mode = if entry.output_kind == taskvault::OutputKind::Bytes {
+                        0o644
+                    } else {
+                        mode
                     };
-                    let size = sizes.get(&d).copied().unwrap_or_default();
-                    self.download(&d, size, &path, tee.as_mut().map(|(f, _)| f.file()))?;
-                    teed = tee;
+                    Some((vault.destination_file(dest)?, mode))
                 }
-            }
+                _ => None,
+            };
+            let size = sizes.get(&d).copied().unwrap_or_default();
+            self.download(&d, size, &path, tee.as_mut().map(|(f, _)| f.file()))?;
+            teed = tee;
         }
         let files = &staging.files;
         // Every file was hashed to its digest as it arrived: the vault may move them in.
-        let staged = |d: &Digest| files.iter().find(|(f, _)| f == d).map(|(_, p)| p.clone());
+        let staged = |d: &Digest| match files.iter().find(|(f, _)| f == d) {
+            Some((_, p)) => Some(taskvault::Arrived::File(p.clone())),
+            None => small.iter().find(|(s, _)| s == d).map(|(_, b)| taskvault::Arrived::Bytes(b)),
+        };
         vault.admit(entry.clone(), &staged, true, "remote")?;
         drop(staging);
-        let restored = match teed {
-            Some((file, mode)) => {
+        let restored = match (teed, dest, sole) {
+            (Some((file, mode)), _, _) => {
                 file.finish(mode)?;
                 true
             }
-            None => false,
+            (None, Some(dest), Some((d, mode))) => match small.iter().find(|(s, _)| *s == d) {
+                Some((_, bytes)) => {
+                    let mode = if entry.output_kind == taskvault::OutputKind::Bytes {
+                        0o644
+                    } else {
+                        mode
+                    };
+                    let mut file = vault.destination_file(dest)?;
+                    file.file().write_all(bytes).map_err(local(dest))?;
+                    file.finish(mode)?;
+                    true
+                }
+                None => false,
+            },
+            _ => false,
         };
         Ok(Some((entry, restored)))
     }
@@ -409,7 +472,9 @@ impl Remote {
         let mut buf = vec![0u8; 256 << 10];
         let mut broke = String::new();
         for _ in 0..DOWNLOAD_ATTEMPTS {
-            let mut req = self.auth(self.agent.get(&url));
+            let bulk =
+                self.bulk.get_or_init(|| ureq::Agent::new_with_config(self.bulk_config.clone()));
+            let mut req = self.auth(bulk.get(&url));
             if have > 0 {
                 req = req.header("Range", format!("bytes={have}-"));
             }
@@ -816,10 +881,6 @@ impl Drop for Staging {
             let _ = std::fs::remove_file(p);
         }
     }
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(local(path))
 }
 
 fn local(path: &Path) -> impl Fn(std::io::Error) -> RemoteError + '_ {

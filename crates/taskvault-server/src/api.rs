@@ -210,7 +210,9 @@ pub async fn put_entry(
         // Uploads were hashed as they arrived; each is linked into the vault's temporary
         // directory so that the commit moves the link, and the upload stays for other commits.
         let linked = state.uploads.link_for_commit(&state.vault, &entry.blob_digests())?;
-        let staged = |d: &Digest| linked.iter().find(|(f, _)| f == d).map(|(_, p)| p.clone());
+        let staged = |d: &Digest| {
+            linked.iter().find(|(f, _)| f == d).map(|(_, p)| taskvault::Arrived::File(p.clone()))
+        };
         let admitted = state.vault.admit(entry, &staged, true, &op);
         for (_, p) in &linked {
             let _ = std::fs::remove_file(p);

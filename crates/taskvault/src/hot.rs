@@ -78,6 +78,11 @@ impl HotRecords {
         std::fs::metadata(&self.pending).is_ok_and(|m| m.nlink() > 2)
     }
 
+    /// Whether a record for the key exists (one stat; it may still turn out unusable).
+    pub(crate) fn exists(&self, key_hex: &str) -> bool {
+        std::fs::symlink_metadata(self.dir.join(key_hex)).is_ok_and(|m| m.is_file())
+    }
+
     /// The entry and blob rows recorded for a key, if the hot path may be used.
     pub(crate) fn read(&self, key_hex: &str) -> Option<(Entry, Vec<BlobInfo>)> {
         if self.removal_pending() {

@@ -31,7 +31,7 @@ pub use entry::{Entry, Filter, Ingredients, OutputKind, Status};
 pub use error::{Error, Result};
 pub use key::{Input, InputKind, InputRecord, TaskKey};
 pub use vault::GcReport;
-pub use vault::exchange::{Admitted, BlobStream, DestinationFile, Exported};
+pub use vault::exchange::{Admitted, Arrived, BlobStream, DestinationFile, Exported};
 pub use vault::{ItemProgress, Output, Progress, SaveOptions, Served, Stats, Vault, VerifyReport};
 
 /// The README's Rust examples, compiled by `cargo test --doc -p taskvault` (scripts/test.sh).

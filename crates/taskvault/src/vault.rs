@@ -45,6 +45,14 @@ pub enum Output<'a> {
         root: &'a Path,
         parts: &'a [String],
     },
+    /// Bytes received into a file of this vault's temporary directory
+    /// ([`Vault::staging_path`]) and hashed to `digest` by the caller as they arrived (a
+    /// build tool's upload to the server): stored as bytes, and a large incompressible file is
+    /// moved in rather than copied. The file is consumed.
+    Received {
+        path: &'a Path,
+        digest: Digest,
+    },
 }
 
 /// What a new vault's `.gitignore` says: ignore everything here.
@@ -396,6 +404,7 @@ impl Vault {
         let (kind, walked) = stage::inspect(output)?;
         let size: u64 = match output {
             Output::Bytes(b) => b.len() as u64,
+            Output::Received { path, .. } => std::fs::metadata(path).at(path)?.len(),
             Output::Path(_) | Output::Tree { .. } => walked.iter().map(|w| w.size).sum(),
         };
         if let Some(limit) = policy.max_size_bytes.filter(|l| size > *l) {
@@ -411,6 +420,10 @@ impl Vault {
         match output {
             Output::Bytes(b) => {
                 let blob = staging.bytes(b)?;
+                outputs.push(file_node(String::new(), 0o644, blob));
+            }
+            Output::Received { path, digest } => {
+                let blob = staging.verified_file(path, digest)?;
                 outputs.push(file_node(String::new(), 0o644, blob));
             }
             Output::Path(_) | Output::Tree { .. } => {
@@ -792,6 +805,13 @@ impl Vault {
 
     /// [`Vault::get`] for a front end with another tier to ask (the remote): a miss here is
     /// not counted (count it with [`Vault::missed`] if the other tier misses too).
+    /// Whether a lookup of `key` is likely answered without the database (its hot record
+    /// exists). A front end with a slower tier behind the vault (the remote) starts asking
+    /// that tier at once when it is not, while the database is opened and read.
+    pub fn likely_hot(&self, key: &TaskKey) -> bool {
+        self.resident.is_none() && self.hot.exists(&key.digest().hex())
+    }
+
     pub fn get_or_ask_elsewhere(&self, key: &TaskKey, dest: &Path) -> Result<Option<Entry>> {
         self.get_counting(key, dest, false)
     }

@@ -57,11 +57,11 @@ pub fn run(
             let key = v.key(&a.task, &inputs(v.settings(), &a.input, &a.more_inputs)?)?;
             let found = match remote {
                 None => v.get(&key, &a.output)?.map(|e| (e, "local")),
-                Some(r) => match v.get_or_ask_elsewhere(&key, &a.output)? {
-                    Some(e) => Some((e, "local")),
-                    None => {
+                Some(r) => match local_or_prefetch(v, r, &key, &a.output)? {
+                    (Some(e), _) => Some((e, "local")),
+                    (None, ahead) => {
                         let (pulled, restored) =
-                            super::remote::pull_to(r, v, &key, Some(&a.output))?;
+                            super::remote::pull_to(r, v, &key, Some(&a.output), ahead)?;
                         let got = match (pulled, restored) {
                             (_, Some(e)) => Some(e),
                             (super::remote::Pulled::Hit, None) => v.get(&key, &a.output)?,
@@ -100,6 +100,25 @@ pub fn run(
             }
         }
         CacheCommand::Stats => super::admin::stats(cli, v, &crate::cli::StatsArgs::default()),
+    }
+}
+
+/// The local vault's answer for `key`; when it is likely to need the database (no hot record),
+/// the server is asked at the same time, on a thread, and its answer comes back for the pull.
+fn local_or_prefetch(
+    v: &Vault,
+    r: &taskvault_remote::Remote,
+    key: &taskvault::TaskKey,
+    dest: &std::path::Path,
+) -> Result<(Option<taskvault::Entry>, Option<taskvault_remote::Prefetched>)> {
+    if v.likely_hot(key) {
+        return Ok((v.get_or_ask_elsewhere(key, dest)?, None));
+    }
+    let ahead = r.prefetch(key);
+    match v.get_or_ask_elsewhere(key, dest)? {
+        // The server's answer is dropped (its lookup counted there as a hit).
+        Some(e) => Ok((Some(e), None)),
+        None => Ok((None, Some(ahead.wait()))),
     }
 }
 

@@ -33,7 +33,7 @@ pub enum Pulled {
 
 /// Asks the server for `key` after a local miss; a hit is stored in the local vault.
 pub fn pull(r: &Remote, v: &Vault, key: &TaskKey) -> Result<Pulled> {
-    Ok(pull_to(r, v, key, None)?.0)
+    Ok(pull_to(r, v, key, None, None)?.0)
 }
 
 /// [`pull`], and for `cache get` a file output fetched from the server is written to `dest`
@@ -44,8 +44,9 @@ pub fn pull_to(
     v: &Vault,
     key: &TaskKey,
     dest: Option<&std::path::Path>,
+    ahead: Option<taskvault_remote::Prefetched>,
 ) -> Result<(Pulled, Option<Entry>)> {
-    match r.degrade(r.pull_to(v, key, dest), "this lookup").map_err(fail)? {
+    match r.degrade(r.pull_to(v, key, dest, ahead), "this lookup").map_err(fail)? {
         Some(Some((e, restored))) => {
             v.count_remote_hit()?;
             if restored {

@@ -24,6 +24,14 @@ pub struct Exported {
     pub small: Vec<(Digest, Vec<u8>)>,
 }
 
+/// A blob handed to [`Vault::admit`]: a file in this vault's temporary directory, or bytes in
+/// memory (a small blob that came with its entry).
+#[derive(Debug, Clone)]
+pub enum Arrived<'a> {
+    File(PathBuf),
+    Bytes(&'a [u8]),
+}
+
 /// What [`Vault::admit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admitted {
@@ -290,33 +298,35 @@ impl Vault {
 
     /// Makes `entry`, made in another vault, the live run of its key here. It is checked as an
     /// import is: its key must be the one its recorded ingredients make, its manifest sound, and
-    /// every blob it needs either stored here already or given by `staged`. A staged file is
-    /// re-hashed as it is staged (one that does not match is refused), unless `verified`: then
-    /// the caller has just hashed it to its digest itself, it lies in this vault's temporary
-    /// directory ([`Vault::staging_path`]), and a large incompressible one is moved in as it
-    /// is. What the other vault said of the run's standing is not trusted: it becomes live here
-    /// with fresh counters. Refusals are [`Error::BadInput`] with the reason.
-    pub fn admit(
+    /// every blob it needs either stored here already or given by `staged`. A staged blob is
+    /// re-hashed as it is staged (one that does not match is refused), unless it is a file and
+    /// `verified`: then the caller has just hashed it to its digest itself, it lies in this
+    /// vault's temporary directory ([`Vault::staging_path`]), and a large incompressible one is
+    /// moved in as it is. What the other vault said of the run's standing is not trusted: it
+    /// becomes live here with fresh counters. Refusals are [`Error::BadInput`] with the reason.
+    pub fn admit<'a>(
         &self,
         mut entry: Entry,
-        staged: &dyn Fn(&Digest) -> Option<PathBuf>,
+        staged: &dyn Fn(&Digest) -> Option<Arrived<'a>>,
         verified: bool,
         op: &str,
     ) -> Result<Admitted> {
         let refuse = |message: String| Error::BadInput { path: "<entry>".into(), message };
         let mut present: Vec<BlobInfo> = Vec::new();
-        let mut files: Vec<(Digest, PathBuf)> = Vec::new();
+        let mut arrived: Vec<(Digest, Arrived<'a>)> = Vec::new();
         for d in entry.blob_digests() {
             if let Some(info) = self.meta.blob(&d)? {
                 present.push(info);
-            } else if let Some(p) = staged(&d) {
-                files.push((d, p));
+            } else if let Some(a) = staged(&d) {
+                arrived.push((d, a));
             }
         }
         let have = |d: &Digest| {
             present.iter().find(|i| i.digest == *d).map(|i| i.size).or_else(|| {
-                let (_, p) = files.iter().find(|(f, _)| f == d)?;
-                std::fs::metadata(p).ok().map(|m| m.len())
+                match &arrived.iter().find(|(f, _)| f == d)?.1 {
+                    Arrived::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+                    Arrived::Bytes(b) => Some(b.len() as u64),
+                }
             })
         };
         crate::archive::check_entry(&mut entry, &have).map_err(refuse)?;
@@ -331,9 +341,12 @@ impl Vault {
         for info in present {
             staging.stored(info);
         }
-        for (d, p) in &files {
-            let staged =
-                if verified { staging.verified_file(p, *d) } else { staging.file_expecting(p, *d) };
+        for (d, a) in &arrived {
+            let staged = match a {
+                Arrived::File(p) if verified => staging.verified_file(p, *d).map(|_| ()),
+                Arrived::File(p) => staging.file_expecting(p, *d).map(|_| ()),
+                Arrived::Bytes(b) => staging.bytes_expecting(b, *d),
+            };
             staged.map_err(|e| match e {
                 Error::Corrupt { message, .. } => refuse(format!("blob {d}: {message}")),
                 other => other,

@@ -21,7 +21,7 @@ const MIN_SAVING: f64 = 0.10;
 /// Checks what is being saved and lists its files (sorted) without reading them.
 pub(super) fn inspect(output: Output<'_>) -> Result<(OutputKind, Vec<Walked>)> {
     let path = match output {
-        Output::Bytes(_) => return Ok((OutputKind::Bytes, Vec::new())),
+        Output::Bytes(_) | Output::Received { .. } => return Ok((OutputKind::Bytes, Vec::new())),
         Output::Tree { root, parts } => return Ok((OutputKind::Dir, inspect_parts(root, parts)?)),
         Output::Path(p) => p,
     };
@@ -196,8 +196,20 @@ impl<'v> Staging<'v> {
         self.push(StagedBlob { info, staged: None });
     }
 
+    /// Stages bytes whose digest is already known; fails if they do not make it.
+    pub(crate) fn bytes_expecting(&mut self, data: &[u8], digest: Digest) -> Result<()> {
+        let got = self.bytes(data)?.info.digest;
+        if got != digest {
+            return Err(Error::Corrupt {
+                digest: digest.to_string(),
+                message: format!("the bytes given make {got}"),
+            });
+        }
+        Ok(())
+    }
+
     /// Stages a file whose digest is already known (an import); fails if it changed meanwhile.
-    pub(crate) fn file_expecting(&mut self, path: &Path, digest: Digest) -> Result<()> {
+    pub(crate) fn file_expecting(&mut self, path: &Path, digest: Digest) -> Result<&StagedBlob> {
         let got = self.file(path)?.info.digest;
         if got != digest {
             return Err(Error::Corrupt {
@@ -205,14 +217,19 @@ impl<'v> Staging<'v> {
                 message: format!("{} changed while being staged", path.display()),
             });
         }
-        Ok(())
+        Ok(self.staged(&digest))
+    }
+
+    /// The blob staged as `digest` (it must be).
+    fn staged(&self, digest: &Digest) -> &StagedBlob {
+        self.blobs.iter().find(|b| b.info.digest == *digest).expect("staged just now")
     }
 
     /// Stages a file of the vault's own temporary directory whose bytes the caller has just
     /// hashed to `digest` (a verified download): small ones go inline, large ones that would
     /// not compress are taken as they are (synced, then moved in by the commit, never
     /// copied); compressible ones are staged as any file is (re-hashed on the way).
-    pub(crate) fn verified_file(&mut self, path: &Path, digest: Digest) -> Result<()> {
+    pub(crate) fn verified_file(&mut self, path: &Path, digest: Digest) -> Result<&StagedBlob> {
         let mut src = std::fs::File::open(path).at(path)?;
         let len = src.metadata().at(path)?.len();
         if len <= self.vault.settings.inline_max_bytes || digest.algorithm() != self.alg() {
@@ -226,11 +243,10 @@ impl<'v> Staging<'v> {
             return self.file_expecting(path, digest);
         }
         src.sync_all().at(path)?;
-        self.push(StagedBlob {
+        Ok(self.push(StagedBlob {
             info: BlobInfo { digest, size: len, stored_size: len, codec: Codec::Raw, inline: None },
             staged: Some(path.to_owned()),
-        });
-        Ok(())
+        }))
     }
 
     /// Stages a large stream: compressed if a sample compresses well, else copied raw (for a

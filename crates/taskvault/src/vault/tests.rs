@@ -1,7 +1,7 @@
 use super::*;
 use crate::OutputKind;
 use crate::entry::Filter;
-use crate::{Claim, Destination, Fetched};
+use crate::{Admitted, Arrived, Claim, Destination, Fetched};
 use base64::Engine as _;
 use std::os::unix::fs::PermissionsExt;
 use taskvault_testkit::noise;
@@ -1784,4 +1784,63 @@ fn evicting_small_outputs_frees_their_bytes() {
     let s = f.vault.stats().unwrap();
     assert!(s.counters.stored_bytes <= 200, "{:?}", s.counters);
     assert_eq!(s.counters.stored_bytes, s.entries * 40, "{s:?}");
+}
+
+#[test]
+fn an_admitted_entry_takes_small_blobs_from_memory_and_refuses_bytes_that_do_not_match() {
+    let a = fx();
+    let b = fx();
+    let key = a.key("t", b"in");
+    let data = b"a small result".to_vec();
+    a.vault.save(&key, Output::Bytes(&data), &SaveOptions::default()).unwrap();
+    let x = a.vault.export_entry(&key.digest().hex(), "t", 1 << 16, 1 << 20, "test").unwrap();
+    let x = x.expect("exported");
+    let (d, bytes) = x.small[0].clone();
+    assert_eq!(bytes, data);
+
+    // Bytes that do not make the digest: refused, nothing stored.
+    let wrong = b"another result".to_vec();
+    let staged = |g: &Digest| (*g == d).then_some(Arrived::Bytes(&wrong));
+    let err = b.vault.admit(x.entry.clone(), &staged, true, "test").unwrap_err();
+    assert!(matches!(err, Error::BadInput { .. }), "{err}");
+    assert!(b.vault.get_bytes(&key).unwrap().is_none());
+
+    // The right bytes: the run is live and served.
+    let staged = |g: &Digest| (*g == d).then_some(Arrived::Bytes(&bytes));
+    assert_eq!(b.vault.admit(x.entry.clone(), &staged, true, "test").unwrap(), Admitted::Committed);
+    assert_eq!(b.vault.get_bytes(&key).unwrap().map(|(_, b)| b), Some(data.clone()));
+    assert_eq!(b.vault.admit(x.entry, &staged, true, "test").unwrap(), Admitted::AlreadyLive);
+}
+
+#[test]
+fn a_received_file_is_stored_as_bytes_and_one_that_does_not_match_its_digest_is_refused() {
+    let f = fx();
+    let alg = f.vault.settings.algorithm;
+    for (n, data) in [(1usize, noise(3, 100)), (2, noise(4, 300_000)), (3, text(300_000))] {
+        let key = f.key("tool", format!("{n}").as_bytes());
+        let path = f.vault.staging_path("test-");
+        std::fs::write(&path, &data).unwrap();
+        let digest = alg.digest(&data);
+        let e =
+            f.vault.save(&key, Output::Received { path: &path, digest }, &SaveOptions::default());
+        let e = e.unwrap();
+        assert_eq!(e.output_kind, OutputKind::Bytes);
+        assert_eq!(e.size, data.len() as u64);
+        assert_eq!(f.vault.get_bytes(&key).unwrap().map(|(_, b)| b), Some(data.clone()));
+        let _ = std::fs::remove_file(&path);
+
+        // The same bytes under a digest they do not make.
+        let key = f.key("tool", format!("wrong {n}").as_bytes());
+        std::fs::write(&path, &data).unwrap();
+        let digest = alg.digest(b"something else");
+        let out = Output::Received { path: &path, digest };
+        let saved = f.vault.save(&key, out, &SaveOptions::default());
+        // Small and compressible files are hashed again as they are staged; a large
+        // incompressible one is taken on the caller's word (it hashed the bytes as they came).
+        if data.len() <= f.vault.settings.inline_max_bytes as usize || n == 3 {
+            assert!(saved.is_err(), "{n}: a mismatched digest was accepted");
+            assert!(f.vault.get_bytes(&key).unwrap().is_none());
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 }

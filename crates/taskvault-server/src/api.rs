@@ -408,7 +408,6 @@ pub async fn get_blob(
             Err(e) => {
                 if let Some(why) = stream.failure() {
                     state.vault.blob_failed(&d, why, "serve")?;
-                    state.metrics.corrupt();
                     return Ok(Opened::Missing);
                 }
                 Err(crate::uploads::io_error(e))
@@ -416,21 +415,33 @@ pub async fn get_blob(
         }
     })
     .await?;
-    let mut stream = match opened {
+    let stream = match opened {
         Opened::Missing => {
             return Err(ApiError::NotFound(format!("no blob {d} in namespace {ns:?}")));
         }
         Opened::Whole(bytes) => return Ok(whole(&s, bytes, crate::hot::etag(&d))),
         Opened::Stream(stream) => stream,
     };
+    send_stream(&s, stream, &headers, HeaderMap::new())
+}
+
+/// The response that sends `stream` (the whole blob, or the one range `headers` ask for) with
+/// `h` added: read on the blocking pool in bounded chunks, the last one held back until the
+/// blob has verified, so a blob that fails is cut short, never completed (and is reported).
+pub(crate) fn send_stream(
+    s: &Arc<AppState>,
+    mut stream: taskvault::BlobStream,
+    headers: &HeaderMap,
+    mut h: HeaderMap,
+) -> Result<Response, ApiError> {
+    let d = stream.digest();
     let size = stream.size();
-    let span = parse_range(&headers, size)?;
+    let span = parse_range(headers, size)?;
     let (status, sent) = match span {
         Some(r) => (StatusCode::PARTIAL_CONTENT, r),
         None => (StatusCode::OK, Span { start: 0, end: size.wrapping_sub(1) }),
     };
     let len = if size == 0 { 0 } else { sent.end - sent.start + 1 };
-    let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -441,14 +452,13 @@ pub async fn get_blob(
     }
     s.metrics.bytes_out(len);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(DOWNLOAD_AHEAD);
-    let state = Arc::clone(&s);
+    let state = Arc::clone(s);
     tokio::task::spawn_blocking(move || {
         use std::io::Read as _;
         let fail = |stream: &taskvault::BlobStream, e: std::io::Error| {
             if let Some(why) = stream.failure() {
                 state.hot.forget(&stream.digest());
                 let _ = state.vault.blob_failed(&stream.digest(), why, "serve");
-                state.metrics.corrupt();
             }
             let _ = tx.blocking_send(Err(e));
         };
@@ -561,6 +571,35 @@ pub async fn put_blob(
     check_ns(&ns)?;
     let d = parse_digest(&digest)?;
     caller.check(Scope::Write, &ns)?;
+    let slot = upload_slot(&s, &headers).await?;
+    let mut receiver = s.uploads.receiver(&d, slot.limit).map_err(crate::uploads::io_error)?;
+    receive(&s, &slot, body, |chunk| receiver.write(chunk)).await?;
+    let announced = slot.announced;
+    let state = Arc::clone(&s);
+    let (fresh, len) = blocking(move || {
+        let received = receiver.finish(announced)?;
+        let len = received.len;
+        let fresh = state.uploads.keep(&state.vault, received)?;
+        state.uploads.prove(&ns, &d).map_err(crate::uploads::io_error)?;
+        Ok((fresh, len))
+    })
+    .await?;
+    s.metrics.bytes_in(len);
+    Ok(if fresh { StatusCode::CREATED } else { StatusCode::OK })
+}
+
+/// An upload's place among those received at once, and what it may weigh.
+pub(crate) struct UploadSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The most bytes the body may have.
+    pub limit: u64,
+    /// What `Content-Length` announced.
+    pub announced: Option<u64>,
+}
+
+/// Refuses an upload its announced length rules out (413 over the server's maximum, 507 over
+/// the vault's cap), then waits for an upload slot (503 after the request timeout).
+pub(crate) async fn upload_slot(s: &AppState, headers: &HeaderMap) -> Result<UploadSlot, ApiError> {
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -578,7 +617,7 @@ pub async fn put_blob(
             )));
         }
     }
-    let _permit = tokio::time::timeout(
+    let permit = tokio::time::timeout(
         s.options.request_timeout,
         Arc::clone(&s.upload_slots).acquire_owned(),
     )
@@ -586,10 +625,23 @@ pub async fn put_blob(
     .map_err(|_| ApiError::Busy("too many uploads at once; retry later".into()))?
     .map_err(|_| ApiError::Busy("the server is stopping".into()))?;
     let limit = s.cap_bytes.map_or(max, |c| c.min(max));
-    let mut receiver = s.uploads.receiver(&d, limit).map_err(crate::uploads::io_error)?;
+    Ok(UploadSlot { _permit: permit, limit, announced })
+}
+
+/// Reads a request body to its end, handing it to `write` in batches of about a megabyte (on
+/// the blocking side); a stalled or broken body is a 400, a body over the slot's limit a 413
+/// (507 when the vault's cap is what limits it).
+pub(crate) async fn receive(
+    s: &AppState,
+    slot: &UploadSlot,
+    body: Body,
+    mut write: impl FnMut(&[u8]) -> Result<(), ApiError>,
+) -> Result<u64, ApiError> {
+    let max = s.options.max_upload_bytes;
     let mut chunks = body.into_data_stream();
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batched = 0usize;
+    let mut total = 0u64;
     let idle = s.options.request_timeout;
     loop {
         let next = tokio::time::timeout(idle, chunks.next())
@@ -601,34 +653,26 @@ pub async fn put_blob(
                 ApiError::BadRequest(format!("the upload was cut off ({e}); nothing stored"))
             })?;
             batched += chunk.len();
+            total += chunk.len() as u64;
+            if total > slot.limit {
+                let m = format!("the upload is larger than the {} bytes accepted", slot.limit);
+                return Err(if s.cap_bytes.is_some_and(|c| c < max) {
+                    ApiError::InsufficientStorage(m)
+                } else {
+                    ApiError::TooLarge(m)
+                });
+            }
             batch.push(chunk);
         }
         if batched >= UPLOAD_BATCH || (done && !batch.is_empty()) {
             let chunks = std::mem::take(&mut batch);
             batched = 0;
-            tokio::task::block_in_place(|| chunks.iter().try_for_each(|c| receiver.write(c)))
-                .map_err(|e| match e {
-                    ApiError::TooLarge(m) if s.cap_bytes.is_some_and(|c| c < max) => {
-                        ApiError::InsufficientStorage(m)
-                    }
-                    other => other,
-                })?;
+            tokio::task::block_in_place(|| chunks.iter().try_for_each(|c| write(c)))?;
         }
         if done {
-            break;
+            return Ok(total);
         }
     }
-    let state = Arc::clone(&s);
-    let (fresh, len) = blocking(move || {
-        let received = receiver.finish(announced)?;
-        let len = received.len;
-        let fresh = state.uploads.keep(&state.vault, received)?;
-        state.uploads.prove(&ns, &d).map_err(crate::uploads::io_error)?;
-        Ok((fresh, len))
-    })
-    .await?;
-    s.metrics.bytes_in(len);
-    Ok(if fresh { StatusCode::CREATED } else { StatusCode::OK })
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]

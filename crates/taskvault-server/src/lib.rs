@@ -12,6 +12,7 @@ pub mod error;
 pub mod hot;
 pub mod metrics;
 pub mod tokens;
+pub mod tools;
 pub mod uploads;
 
 use std::net::SocketAddr;
@@ -139,6 +140,10 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
             }),
         )
         .route("/metrics", get(metrics::metrics))
+        // The build tools' own protocols (`tools`), under the same layers.
+        .merge(tools::turbo::routes())
+        .merge(tools::nx::routes())
+        .merge(tools::bazel::routes())
         .layer(axum::middleware::map_response(error::json_errors))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), metrics::track))
         // Entry documents and digest lists; blob bodies are streams and not limited here.

@@ -25,6 +25,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ToolLabels {
+    tool: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -43,6 +48,13 @@ const ROUTES: &[&str] = &[
     "/v1/ns/{ns}/runs/{hash}",
     "/v1/stats",
     "/v1/gc",
+    "/v8/artifacts/status",
+    "/v8/artifacts/events",
+    "/v8/artifacts",
+    "/v8/artifacts/{hash}",
+    "/v1/cache/{hash}",
+    "/bazel/{store}/{hash}",
+    "/bazel/{instance}/{store}/{hash}",
 ];
 
 fn route_label(matched: Option<&MatchedPath>) -> &'static str {
@@ -73,11 +85,17 @@ pub struct Metrics {
     saves: Counter,
     bytes_in: Counter,
     bytes_out: Counter,
-    corrupt: Counter,
+    corrupt: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub claims_waiting: Gauge,
     stored_bytes: Gauge,
     entries: Gauge,
     evictions: Gauge<i64, std::sync::atomic::AtomicI64>,
+    tool_hits: Family<ToolLabels, Counter>,
+    tool_misses: Family<ToolLabels, Counter>,
+    tool_saves: Family<ToolLabels, Counter>,
+    tool_bytes_in: Family<ToolLabels, Counter>,
+    tool_bytes_out: Family<ToolLabels, Counter>,
+    tool_time_saved_ms: Family<ToolLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,13 +121,49 @@ impl Default for Metrics {
             saves: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
-            corrupt: Counter::default(),
+            corrupt: Gauge::default(),
             claims_waiting: Gauge::default(),
             stored_bytes: Gauge::default(),
             entries: Gauge::default(),
             evictions: Gauge::default(),
+            tool_hits: Family::default(),
+            tool_misses: Family::default(),
+            tool_saves: Family::default(),
+            tool_bytes_in: Family::default(),
+            tool_bytes_out: Family::default(),
+            tool_time_saved_ms: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "tool_hits",
+            "Build-tool cache lookups answered with an artifact, by tool",
+            m.tool_hits.clone(),
+        );
+        registry.register(
+            "tool_misses",
+            "Build-tool cache lookups answered 404, by tool",
+            m.tool_misses.clone(),
+        );
+        registry.register(
+            "tool_saves",
+            "Build-tool artifacts stored, by tool",
+            m.tool_saves.clone(),
+        );
+        registry.register(
+            "tool_received_bytes",
+            "Build-tool artifact bytes stored, by tool",
+            m.tool_bytes_in.clone(),
+        );
+        registry.register(
+            "tool_sent_bytes",
+            "Build-tool artifact bytes served, by tool",
+            m.tool_bytes_out.clone(),
+        );
+        registry.register(
+            "tool_time_saved_milliseconds",
+            "Work time the tools reported for the artifacts served (Turborepo sends it), by tool",
+            m.tool_time_saved_ms.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -131,7 +185,7 @@ impl Default for Metrics {
         registry.register("sent_bytes", "Blob bytes sent", m.bytes_out.clone());
         registry.register(
             "corrupt_blobs",
-            "Blobs that failed verification while being served",
+            "Blobs found not to match their digests, quarantined (vault counter)",
             m.corrupt.clone(),
         );
         registry.register(
@@ -166,8 +220,25 @@ impl Metrics {
     pub fn bytes_out(&self, n: u64) {
         self.bytes_out.inc_by(n);
     }
-    pub fn corrupt(&self) {
-        self.corrupt.inc();
+    /// A build tool's lookup answered with an artifact of `size` bytes that took `duration_ms`.
+    pub fn tool_hit(&self, tool: &'static str, size: u64, duration_ms: Option<i64>) {
+        let l = ToolLabels { tool };
+        self.hits.inc();
+        self.tool_hits.get_or_create(&l).inc();
+        self.tool_bytes_out.get_or_create(&l).inc_by(size);
+        if let Some(ms) = duration_ms.filter(|ms| *ms > 0) {
+            self.tool_time_saved_ms.get_or_create(&l).inc_by(ms as u64);
+        }
+    }
+    pub fn tool_miss(&self, tool: &'static str) {
+        self.misses.inc();
+        self.tool_misses.get_or_create(&ToolLabels { tool }).inc();
+    }
+    pub fn tool_saved(&self, tool: &'static str, bytes: u64) {
+        let l = ToolLabels { tool };
+        self.saves.inc();
+        self.tool_saves.get_or_create(&l).inc();
+        self.tool_bytes_in.get_or_create(&l).inc_by(bytes);
     }
 
     /// The text exposition, with the vault's figures read now.
@@ -176,6 +247,7 @@ impl Metrics {
             self.stored_bytes.set(s.total_bytes);
             self.entries.set(s.entries);
             self.evictions.set(s.counters.evictions);
+            self.corrupt.set(s.counters.corrupt);
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

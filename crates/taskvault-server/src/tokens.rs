@@ -365,8 +365,13 @@ fn parse_authorization(value: &str) -> Option<String> {
         return Some(rest.to_owned());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let engines =
-            [base64::engine::general_purpose::STANDARD, base64::engine::general_purpose::URL_SAFE];
+        // Both alphabets, padded or not: clients differ (Bazel, Gradle, curl).
+        let engines = [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE,
+            base64::engine::general_purpose::STANDARD_NO_PAD,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
         let decoded = engines.iter().find_map(|e| e.decode(rest).ok())?;
         let text = String::from_utf8(decoded).ok()?;
         let (_, password) = text.split_once(':')?;

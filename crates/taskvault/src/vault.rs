@@ -75,6 +75,8 @@ pub struct SaveOptions {
     pub exit_code: Option<i32>,
     /// Extra key ingredients shown by `show` (label, printable value).
     pub extras_display: Vec<(String, String)>,
+    /// How the audit trail names this save (`save` when `None`; the server names the token).
+    pub audit_op: Option<String>,
 }
 
 /// Called with the number of bytes processed so far while large files are hashed or copied.
@@ -524,15 +526,15 @@ impl Vault {
         {
             r.keep(&Served { entry: Arc::clone(&entry), bytes: b.into() }, generation);
         }
-        self.audit_save(&entry);
+        self.audit_save(&entry, opts.audit_op.as_deref().unwrap_or("save"));
         self.enforce_cap()?;
         Ok(entry)
     }
 
-    pub(crate) fn audit_save(&self, entry: &Entry) {
+    pub(crate) fn audit_save(&self, entry: &Entry, op: &str) {
         self.audit_record(&Record {
             event: Event::Save,
-            op: "save",
+            op,
             task: &entry.task,
             hash: &entry.key,
             size: Some(entry.size),

@@ -281,6 +281,7 @@ pub fn run(
             .collect(),
         console: Some(captured.console),
         exit_code: Some(code),
+        audit_op: None,
     };
     match v.save(&plan.key, Output::Tree { root: &cwd, parts: &plan.outputs }, &opts) {
         Ok(e) => {

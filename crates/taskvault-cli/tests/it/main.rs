@@ -10,6 +10,7 @@ mod remote;
 mod run;
 mod seed;
 mod snapshots;
+mod tools;
 mod ux;
 
 use std::path::{Path, PathBuf};

@@ -181,6 +181,14 @@ impl Vault {
         self.removed(Some(Event::Remove), "rm", |m| m.remove_keys(&keys, None))
     }
 
+    /// Removes every run of the key with digest `key_hex`, audited as `op`; whether it had a
+    /// live entry.
+    pub fn remove_key(&self, key_hex: &str, op: &str) -> Result<bool> {
+        let keys = [key_hex.to_owned()];
+        let removed = self.removed(Some(Event::Remove), op, |m| m.remove_keys(&keys, None))?;
+        Ok(!removed.is_empty())
+    }
+
     /// Removes every live entry carrying tag `key` (with `value`, if given).
     pub fn invalidate(&self, key: &str, value: Option<&str>) -> Result<Vec<Entry>> {
         let runs = self.list(&Filter {

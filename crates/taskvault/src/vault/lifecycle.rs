@@ -59,7 +59,7 @@ impl Vault {
             committed.into_iter().flat_map(|c| c.unreferenced).collect();
         self.reap(&unreferenced)?;
         for d in &batch {
-            self.audit_save(&d.entry);
+            self.audit_save(&d.entry, "save");
         }
         drop(batch);
         Ok(())

@@ -345,6 +345,10 @@ pub struct Select {
     /// Only entries with this tag (`k` or `k=v`).
     #[arg(long, value_name = "K[=V]")]
     pub tag: Option<String>,
+    /// Only what this build tool stored through the server (bazel, ccache, sccache, turbo, nx,
+    /// gradle): the entries tagged `tool=NAME`.
+    #[arg(long, value_name = "NAME", conflicts_with = "tag")]
+    pub tool: Option<String>,
     /// Only runs with this status (live, superseded, corrupt); implies --all.
     #[arg(long)]
     pub status: Option<String>,

@@ -86,7 +86,7 @@ pub fn remote_view(cli: &Cli, resolved: &Resolved) -> Result<Option<Outcome>> {
             let f = filter(&a.select)?;
             let q = taskvault_remote::LogQuery {
                 task: f.task,
-                tag: a.select.tag.clone(),
+                tag: tag_of(&a.select),
                 status: a.select.status.clone(),
                 since_ms: f.since_ms,
                 limit: f.limit,
@@ -215,7 +215,15 @@ fn progress_bar() -> Box<taskvault::Progress> {
     })
 }
 
-/// Turns `--task/--tag/--status/--since/--limit/--all` into an engine filter.
+/// The tag a selection asks for: `--tag`, or `tool=NAME` for `--tool`.
+fn tag_of(s: &Select) -> Option<String> {
+    match &s.tool {
+        Some(t) => Some(format!("tool={t}")),
+        None => s.tag.clone(),
+    }
+}
+
+/// Turns `--task/--tag/--tool/--status/--since/--limit/--all` into an engine filter.
 pub fn filter(s: &Select) -> Result<Filter> {
     let status = match s.status.as_deref() {
         None => None,
@@ -225,7 +233,7 @@ pub fn filter(s: &Select) -> Result<Filter> {
     };
     Ok(Filter {
         task: s.task.clone(),
-        tag: s.tag.as_deref().map(Filter::tag_selector),
+        tag: tag_of(s).as_deref().map(Filter::tag_selector),
         status,
         since_ms: s.since.map(|d| taskvault::clock::now_ms() - d.as_millis() as i64),
         all: s.all,

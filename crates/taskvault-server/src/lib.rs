@@ -142,9 +142,10 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/metrics", get(metrics::metrics))
         // The build tools' own protocols (`tools`), under the same layers.
         .merge(tools::turbo::routes())
-        .merge(tools::nx::routes())
         .merge(tools::bazel::routes())
         .layer(axum::middleware::map_response(error::json_errors))
+        // Protocols whose clients want errors as text.
+        .merge(tools::nx::routes())
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), metrics::track))
         // Entry documents and digest lists; blob bodies are streams and not limited here.
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))

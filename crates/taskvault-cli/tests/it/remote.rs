@@ -57,6 +57,19 @@ impl Server {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
+    /// A `taskvault` command on the server's own vault; its stdout (it must succeed).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_taskvault"))
+            .arg("--dir")
+            .arg(self.dir.path().join("vault"))
+            .args(args)
+            .env_remove("TASKVAULT_REMOTE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Stops with SIGTERM and returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let _ = rustix::process::kill_process(

@@ -1,6 +1,7 @@
 //! The build tools' own cache protocols, driven by the real clients (installed by
 //! `scripts/install-tools.sh`; a test whose client is missing says which and skips).
 
+mod bazel;
 mod nx;
 mod turbo;
 

@@ -34,6 +34,9 @@ pub enum ApiError {
     Busy(String),
     #[error("{0}")]
     Internal(String),
+    /// A method the route's protocol does not have.
+    #[error("{0}")]
+    MethodNotAllowed(String),
 }
 
 impl From<Denied> for ApiError {
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }

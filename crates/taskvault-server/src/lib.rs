@@ -143,6 +143,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         // The build tools' own protocols (`tools`), under the same layers.
         .merge(tools::turbo::routes())
         .merge(tools::bazel::routes())
+        .merge(tools::ccache::routes())
         .layer(axum::middleware::map_response(error::json_errors))
         // Protocols whose clients want errors as text.
         .merge(tools::nx::routes())

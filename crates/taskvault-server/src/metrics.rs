@@ -55,6 +55,10 @@ const ROUTES: &[&str] = &[
     "/v1/cache/{hash}",
     "/bazel/{store}/{hash}",
     "/bazel/{instance}/{store}/{hash}",
+    "/ccache/{key}",
+    "/ccache/{dir}/{rest}",
+    "/ns/{ns}/ccache/{key}",
+    "/ns/{ns}/ccache/{dir}/{rest}",
 ];
 
 fn route_label(matched: Option<&MatchedPath>) -> &'static str {

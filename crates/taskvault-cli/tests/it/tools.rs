@@ -2,6 +2,7 @@
 //! `scripts/install-tools.sh`; a test whose client is missing says which and skips).
 
 mod bazel;
+mod ccache;
 mod nx;
 mod turbo;
 

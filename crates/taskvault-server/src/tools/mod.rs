@@ -10,6 +10,7 @@
 //! API's, whatever the client. The wire formats are in `docs/protocols/<tool>.md`.
 
 pub mod bazel;
+pub mod ccache;
 pub mod nx;
 pub mod turbo;
 

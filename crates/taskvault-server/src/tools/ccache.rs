@@ -1,0 +1,154 @@
+//! ccache's HTTP remote storage (`CCACHE_REMOTE_STORAGE=http://cache:9999/ccache`), in its three
+//! layouts: `subdirs` (the default: `/ccache/ab/cdef...`), `flat` (`/ccache/abcdef...`) and
+//! `bazel` (`/ccache/ac/<64 hex>`). A key is opaque here, so both of ccache's spellings (up to
+//! 4.12: two hex digits and base32hex, 4.13 on: hex) work; `subdirs` and `flat` name the same
+//! entry. Namespace `ccache`, or another through `/ns/{ns}/ccache/...`. GET, HEAD, PUT and
+//! DELETE. See `docs/protocols/ccache.md`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+
+use super::{Artifact, Kind};
+use crate::AppState;
+use crate::api::Auth;
+use crate::error::ApiError;
+
+/// Entries under the `subdirs` and `flat` layouts (the same key spelling).
+pub const KIND: Kind = Kind { tool: "ccache", task: "ccache" };
+/// Entries under the `bazel` layout (the key padded to 64 hex digits: another spelling).
+pub const BAZEL_LAYOUT: Kind = Kind { tool: "ccache", task: "ccache-bazel" };
+const DEFAULT_NAMESPACE: &str = "ccache";
+
+pub fn routes() -> axum::Router<Arc<AppState>> {
+    axum::Router::new()
+        .route("/ccache/{key}", any(flat))
+        .route("/ccache/{dir}/{rest}", any(nested))
+        .route("/ns/{ns}/ccache/{key}", any(flat_in))
+        .route("/ns/{ns}/ccache/{dir}/{rest}", any(nested_in))
+}
+
+/// The entry a two-segment path names: `ac/<64 hex>` under the bazel layout, else a subdirs
+/// key split after its first two characters.
+fn nested_key(dir: &str, rest: &str) -> Result<(Kind, String), ApiError> {
+    let hex64 = rest.len() == 64 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if dir == "ac" && hex64 {
+        return Ok((BAZEL_LAYOUT, rest.to_owned()));
+    }
+    if dir.len() == 2 {
+        return Ok((KIND, format!("{dir}{rest}")));
+    }
+    Err(ApiError::NotFound(format!("{dir}/{rest} is not a ccache storage path")))
+}
+
+async fn serve(
+    s: Arc<AppState>,
+    caller: crate::tokens::Caller,
+    method: Method,
+    a: Artifact<'_>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    super::namespace(a.ns)?;
+    super::client_key(a.key)?;
+    match method {
+        Method::GET | Method::HEAD => {
+            let found = super::fetch(&s, &caller, a, method == Method::HEAD).await?;
+            super::respond(&s, found, &headers, HeaderMap::new(), "not in the cache")
+        }
+        Method::PUT => {
+            super::store(&s, &caller, a, &headers, body, super::Store::default()).await?;
+            Ok(StatusCode::CREATED.into_response())
+        }
+        Method::DELETE => match super::remove(&s, &caller, a).await? {
+            true => Ok(StatusCode::OK.into_response()),
+            false => Err(ApiError::NotFound("not in the cache".into())),
+        },
+        other => Err(ApiError::MethodNotAllowed(format!(
+            "{other} is not part of ccache's HTTP storage (GET, HEAD, PUT, DELETE)"
+        ))),
+    }
+}
+
+async fn flat(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    Auth(caller): Auth,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    serve(
+        s,
+        caller,
+        method,
+        Artifact { ns: DEFAULT_NAMESPACE, kind: KIND, key: &key },
+        headers,
+        body,
+    )
+    .await
+}
+
+async fn nested(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    Auth(caller): Auth,
+    Path((dir, rest)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (kind, key) = nested_key(&dir, &rest)?;
+    serve(s, caller, method, Artifact { ns: DEFAULT_NAMESPACE, kind, key: &key }, headers, body)
+        .await
+}
+
+async fn flat_in(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    Auth(caller): Auth,
+    Path((ns, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    serve(s, caller, method, Artifact { ns: &ns, kind: KIND, key: &key }, headers, body).await
+}
+
+async fn nested_in(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    Auth(caller): Auth,
+    Path((ns, dir, rest)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (kind, key) = nested_key(&dir, &rest)?;
+    serve(s, caller, method, Artifact { ns: &ns, kind, key: &key }, headers, body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_and_spellings_name_their_entries() {
+        // subdirs, both spellings: the key is the two parts joined (what flat names).
+        assert_eq!(
+            nested_key("85", "f421erj70qc68mt1rkl20b80446c8to").unwrap(),
+            (KIND, "85f421erj70qc68mt1rkl20b80446c8to".into())
+        );
+        assert_eq!(
+            nested_key("64", "c86485a0e254c204bc2cfe334e853988b618d4").unwrap(),
+            (KIND, "64c86485a0e254c204bc2cfe334e853988b618d4".into())
+        );
+        // bazel: ac/ and 64 hex digits, a spelling of its own.
+        let padded = "64c86485a0e254c204bc2cfe334e853988b618d464c86485a0e254c204bc2cfe";
+        assert_eq!(nested_key("ac", padded).unwrap(), (BAZEL_LAYOUT, padded.into()));
+        // A subdirs key that happens to start with "ac" stays a subdirs key.
+        assert_eq!(nested_key("ac", "f421erj70qc68mt1rkl20b80446c8to").unwrap().0, KIND);
+        assert!(nested_key("abc", "def").is_err());
+    }
+}

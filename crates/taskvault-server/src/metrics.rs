@@ -59,6 +59,12 @@ const ROUTES: &[&str] = &[
     "/ccache/{dir}/{rest}",
     "/ns/{ns}/ccache/{key}",
     "/ns/{ns}/ccache/{dir}/{rest}",
+    "/sccache",
+    "/sccache/",
+    "/sccache/{*path}",
+    "/ns/{ns}/sccache",
+    "/ns/{ns}/sccache/",
+    "/ns/{ns}/sccache/{*path}",
 ];
 
 fn route_label(matched: Option<&MatchedPath>) -> &'static str {
@@ -75,6 +81,8 @@ fn method_label(m: &axum::http::Method) -> &'static str {
         Method::POST => "POST",
         Method::DELETE => "DELETE",
         Method::OPTIONS => "OPTIONS",
+        _ if m.as_str() == "PROPFIND" => "PROPFIND",
+        _ if m.as_str() == "MKCOL" => "MKCOL",
         Method::PATCH => "PATCH",
         _ => "other",
     }

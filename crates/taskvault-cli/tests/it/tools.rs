@@ -4,6 +4,7 @@
 mod bazel;
 mod ccache;
 mod nx;
+mod sccache;
 mod turbo;
 
 use std::path::{Path, PathBuf};

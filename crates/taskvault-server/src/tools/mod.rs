@@ -12,6 +12,7 @@
 pub mod bazel;
 pub mod ccache;
 pub mod nx;
+pub mod sccache;
 pub mod turbo;
 
 use std::io::Write as _;

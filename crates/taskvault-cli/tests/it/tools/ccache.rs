@@ -8,7 +8,7 @@ use super::{Server, client, corrupt_every_blob, succeeded, system, text};
 
 /// A C file with 64 KiB of random constant data: its object (and so ccache's result) is too
 /// large to live inside the server's database, and differs from any other such file.
-fn source(dir: &Path, seed: u64) -> PathBuf {
+pub fn source(dir: &Path, seed: u64) -> PathBuf {
     let data = super::super::noise(64 << 10, seed);
     let mut c = String::from("const unsigned char blob[] = {");
     for b in data {

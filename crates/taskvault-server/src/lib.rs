@@ -145,6 +145,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .merge(tools::bazel::routes())
         .merge(tools::ccache::routes())
         .merge(tools::sccache::routes())
+        .merge(tools::gradle::routes())
         .layer(axum::middleware::map_response(error::json_errors))
         // Protocols whose clients want errors as text.
         .merge(tools::nx::routes())

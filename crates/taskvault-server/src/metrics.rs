@@ -65,6 +65,8 @@ const ROUTES: &[&str] = &[
     "/ns/{ns}/sccache",
     "/ns/{ns}/sccache/",
     "/ns/{ns}/sccache/{*path}",
+    "/gradle/{key}",
+    "/gradle/{ns}/{key}",
 ];
 
 fn route_label(matched: Option<&MatchedPath>) -> &'static str {

@@ -3,6 +3,7 @@
 
 mod bazel;
 mod ccache;
+mod gradle;
 mod nx;
 mod sccache;
 mod turbo;

@@ -11,6 +11,7 @@
 
 pub mod bazel;
 pub mod ccache;
+pub mod gradle;
 pub mod nx;
 pub mod sccache;
 pub mod turbo;

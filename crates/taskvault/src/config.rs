@@ -363,6 +363,16 @@ impl Settings {
     pub fn policy(&self, task: &str) -> &Policy {
         self.policies.get(task).unwrap_or(&self.default_policy)
     }
+
+    /// The policy of `task` in `namespace`: the task's own block, else the namespace's
+    /// (`policies: {"ns:NAME": ...}`, how a server sets a team's or a build tool's TTL and
+    /// size limit), else the default.
+    pub fn policy_for(&self, namespace: &str, task: &str) -> &Policy {
+        self.policies
+            .get(task)
+            .or_else(|| self.policies.get(&format!("ns:{namespace}")))
+            .unwrap_or(&self.default_policy)
+    }
 }
 
 #[cfg(test)]

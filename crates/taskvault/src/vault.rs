@@ -402,7 +402,7 @@ impl Vault {
         reuse_stored: bool,
         defer: &mut Option<Option<DetachedClaim>>,
     ) -> Result<Arc<Entry>> {
-        let policy = self.settings.policy(&key.task);
+        let policy = self.settings.policy_for(&key.namespace, &key.task);
         let (kind, walked) = stage::inspect(output)?;
         let size: u64 = match output {
             Output::Bytes(b) => b.len() as u64,
@@ -641,7 +641,7 @@ impl Vault {
             return false;
         }
         self.settings
-            .policy(&e.task)
+            .policy_for(&e.namespace, &e.task)
             .ttl_seconds
             .is_some_and(|t| now >= e.created_ms.saturating_add(secs_to_ms(t)))
     }

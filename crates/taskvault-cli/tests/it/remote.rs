@@ -18,6 +18,18 @@ impl Server {
         Server::start_in(tempfile::tempdir().unwrap(), &[])
     }
 
+    /// A server whose vault runs with the config file `config` (YAML), and `args` to `serve`.
+    pub fn start_with_config(config: &str, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.yaml");
+        std::fs::write(&path, config).unwrap();
+        let mut all = vec!["--config", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        Server::start_in(dir, &all)
+    }
+
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_taskvault"))
             .arg("--dir")

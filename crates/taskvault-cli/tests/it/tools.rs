@@ -5,6 +5,7 @@ mod bazel;
 mod ccache;
 mod gradle;
 mod nx;
+mod protocols;
 mod sccache;
 mod turbo;
 

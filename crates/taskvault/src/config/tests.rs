@@ -32,6 +32,19 @@ fn seed_example_with_per_task_policies_and_fallback() {
 }
 
 #[test]
+fn a_namespace_policy_applies_to_its_tasks_without_their_own() {
+    let cfg = parse(
+        "policies:\n  default:\n    ttl_seconds: 100\n  ns:web:\n    ttl_seconds: 200\n    max_size_bytes: 10\n  turbo:\n    ttl_seconds: 300\n",
+    )
+    .unwrap();
+    let s = cfg.settings(Path::new("/proj"));
+    assert_eq!(s.policy_for("web", "nx").ttl_seconds, Some(200), "the namespace's block");
+    assert_eq!(s.policy_for("web", "nx").max_size_bytes, Some(10));
+    assert_eq!(s.policy_for("web", "turbo").ttl_seconds, Some(300), "the task's own first");
+    assert_eq!(s.policy_for("other", "nx").ttl_seconds, Some(100), "else the default");
+}
+
+#[test]
 fn malformed_yaml_reports_line_and_column() {
     let err = parse("max_size_gb: 10\npolicies:\n  default: [\n").unwrap_err().to_string();
     assert!(err.contains("line"), "{err}");

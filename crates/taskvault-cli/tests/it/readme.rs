@@ -62,6 +62,11 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
     ),
     ("# /etc/systemd/system/taskvault.service", "a deployment example (no systemd here)"),
     ("FROM debian:bookworm-slim", "a deployment example (no Docker engine here)"),
+    (
+        "bazel build //... --remote_cache=",
+        "each tool's setting: tests/it/tools/*.rs drive the real clients with the same settings",
+    ),
+    ("// Gradle, settings.gradle", "Gradle's setting: tests/it/tools/gradle.rs writes it"),
 ];
 
 const STUBS: &[(&str, &str)] = &[

@@ -59,7 +59,16 @@ pub struct Artifact<'a> {
 /// A tool's key: the namespace, the task of its kind, and the client's key as the one
 /// labelled ingredient.
 pub fn key(s: &AppState, ns: &str, kind: Kind, client_key: &str) -> Result<TaskKey, ApiError> {
-    let alg = s.vault.settings().algorithm;
+    key_in(s.vault.settings().algorithm, ns, kind, client_key)
+}
+
+/// [`key`] with the vault's algorithm given.
+pub fn key_in(
+    alg: taskvault::Algorithm,
+    ns: &str,
+    kind: Kind,
+    client_key: &str,
+) -> Result<TaskKey, ApiError> {
     let extras = vec![(KEY_LABEL.to_owned(), client_key.as_bytes().to_vec())];
     TaskKey::new(alg, ns, kind.task, Vec::new(), extras)
         .map_err(|e| ApiError::BadRequest(e.to_string()))
@@ -383,4 +392,39 @@ pub fn header_text<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// The JSON error of a request no route of the protocol answers.
 pub fn not_found(what: &str) -> Response {
     ApiError::NotFound(what.to_owned()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ingredient_of_a_tool_key_counts() {
+        let alg = taskvault::Algorithm::Blake3;
+        let k = |ns: &str, kind: Kind, key: &str| key_in(alg, ns, kind, key).unwrap().digest();
+        let base = k("web", turbo::KIND, "abc");
+        assert_eq!(base, k("web", turbo::KIND, "abc"), "stable");
+        assert_ne!(base, k("web2", turbo::KIND, "abc"), "namespace");
+        assert_ne!(base, k("web", nx::KIND, "abc"), "tool (task)");
+        assert_ne!(base, k("web", turbo::KIND, "abd"), "client key");
+        assert_ne!(
+            k("ccache", ccache::KIND, "ab"),
+            k("ccache", ccache::BAZEL_LAYOUT, "ab"),
+            "ccache's two spellings"
+        );
+        assert_ne!(k("b", bazel::AC, "x"), k("b", bazel::CAS, "x"), "Bazel's two stores");
+        assert_ne!(
+            base,
+            key_in(taskvault::Algorithm::Sha256, "web", turbo::KIND, "abc").unwrap().digest()
+        );
+    }
+
+    #[test]
+    fn client_keys_are_printable_and_bounded() {
+        assert!(client_key("98f3ad594fc8ed01").is_ok());
+        assert!(client_key(".sccache_check").is_ok());
+        for bad in ["", "a/b", "a\\b", "sp ace", "nul\0", &"x".repeat(257)] {
+            assert!(client_key(bad).is_err(), "{bad:?}");
+        }
+    }
 }

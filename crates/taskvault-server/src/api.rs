@@ -28,6 +28,8 @@ const DOWNLOAD_CHUNK: usize = 256 << 10;
 const DOWNLOAD_AHEAD: usize = 4;
 /// Upload chunks are written to disk in batches of about this many bytes.
 const UPLOAD_BATCH: usize = 1 << 20;
+/// A batch this small is written on the async worker itself.
+const SMALL_WRITE: usize = 64 << 10;
 /// The most digests one missing-blobs query may ask about.
 pub const MISSING_MAX: usize = 100_000;
 
@@ -666,8 +668,14 @@ pub(crate) async fn receive(
         }
         if batched >= UPLOAD_BATCH || (done && !batch.is_empty()) {
             let chunks = std::mem::take(&mut batch);
+            // A small body is written as it is (into memory, or a few pages of a file): moving
+            // the worker's other tasks away would cost more than the write.
+            if batched <= SMALL_WRITE {
+                chunks.iter().try_for_each(|c| write(c))?;
+            } else {
+                tokio::task::block_in_place(|| chunks.iter().try_for_each(|c| write(c)))?;
+            }
             batched = 0;
-            tokio::task::block_in_place(|| chunks.iter().try_for_each(|c| write(c)))?;
         }
         if done {
             return Ok(total);

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod claims;
 pub mod error;
+pub mod group;
 pub mod hot;
 pub mod metrics;
 pub mod tokens;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub claims: claims::Claims,
     /// Small verified blobs kept in memory.
     pub hot: hot::HotBlobs,
+    /// Saves of the build tools' uploads, committed together when they arrive together.
+    pub group: group::GroupCommit,
 }
 
 /// The directory of the server's own state (tokens, uploads, proofs) inside the vault.
@@ -181,6 +184,7 @@ pub fn state(vault: Vault, options: ServeOptions) -> Result<Arc<AppState>> {
         cap_bytes,
         claims: claims::Claims::default(),
         hot: hot::HotBlobs::new(16 << 20),
+        group: group::GroupCommit::default(),
     }))
 }
 

@@ -32,7 +32,9 @@ pub use error::{Error, Result};
 pub use key::{Input, InputKind, InputRecord, TaskKey};
 pub use vault::GcReport;
 pub use vault::exchange::{Admitted, Arrived, BlobStream, DestinationFile, Exported};
-pub use vault::{ItemProgress, Output, Progress, SaveOptions, Served, Stats, Vault, VerifyReport};
+pub use vault::{
+    ItemProgress, Output, PreparedSave, Progress, SaveOptions, Served, Stats, Vault, VerifyReport,
+};
 
 /// The README's Rust examples, compiled by `cargo test --doc -p taskvault` (scripts/test.sh).
 #[doc = include_str!("../../../README.md")]

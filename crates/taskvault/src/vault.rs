@@ -58,6 +58,32 @@ pub enum Output<'a> {
 /// What a new vault's `.gitignore` says: ignore everything here.
 const VAULT_GITIGNORE: &str = "# Made by TaskVault: this directory is a cache, not source.\n*\n";
 
+/// A save staged and not yet committed ([`Vault::prepare_save`]).
+#[derive(Debug)]
+pub struct PreparedSave {
+    entry: Entry,
+    blobs: Vec<crate::store::StagedBlob>,
+    op: String,
+}
+
+impl PreparedSave {
+    /// The entry it will commit.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+impl Drop for PreparedSave {
+    fn drop(&mut self) {
+        // Files a commit placed were renamed away; the others are leftovers.
+        for b in &self.blobs {
+            if let Some(p) = &b.staged {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
 /// Options of one save. `Default` is a plain save under the task's policy.
 #[derive(Debug, Clone, Default)]
 pub struct SaveOptions {
@@ -331,6 +357,76 @@ impl Vault {
         saved.map(Arc::unwrap_or_clone)
     }
 
+    /// Stages a save ([`Vault::save`]'s checks, its blobs hashed and stored in staging files)
+    /// without committing it: [`Vault::commit_prepared`] commits many such saves in one
+    /// transaction (a server's concurrent uploads). Dropped uncommitted, its staging files go.
+    pub fn prepare_save(
+        &self,
+        key: &TaskKey,
+        output: Output<'_>,
+        opts: &SaveOptions,
+    ) -> Result<PreparedSave> {
+        let (entry, staging) = self.stage_save(key, output, opts, false)?;
+        let op = opts.audit_op.clone().unwrap_or_else(|| "save".into());
+        Ok(PreparedSave { entry, blobs: staging.into_blobs(), op })
+    }
+
+    /// Commits prepared saves in one transaction (in their order: a later save of a key
+    /// supersedes an earlier one), then audits each and enforces the cap once. Either all
+    /// commit or none does. Returns the entries as committed.
+    pub fn commit_prepared(&self, saves: Vec<PreparedSave>) -> Result<Vec<Entry>> {
+        if saves.is_empty() {
+            return Ok(Vec::new());
+        }
+        for s in &saves {
+            self.commit_deferred_of(&s.entry.key)?;
+        }
+        let lock = self.blob_lock(false)?;
+        let refs: Vec<(&Entry, &[crate::store::StagedBlob])> =
+            saves.iter().map(|s| (&s.entry, s.blobs.as_slice())).collect();
+        let committed = self.meta.commit_saves(&refs, &mut |b| {
+            let staged = b.staged.as_deref().expect("only staged blobs are placed");
+            self.blobs.put(&b.info.digest, staged)
+        })?;
+        // A record of the key written before this commit must not outlive it.
+        if self.hot.any_record() {
+            for s in &saves {
+                self.hot.remove(&s.entry.key)?;
+            }
+        }
+        drop(lock);
+        if committed.iter().any(|c| c.superseded.is_some()) {
+            self.bump_generation()?;
+        }
+        let mut entries = Vec::with_capacity(saves.len());
+        let mut unreferenced = Vec::new();
+        let mut lines = String::new();
+        for (s, c) in saves.iter().zip(committed) {
+            unreferenced.extend(c.unreferenced);
+            let mut e = s.entry.clone();
+            e.parent = c.superseded;
+            let r = Record {
+                event: Event::Save,
+                op: &s.op,
+                task: &e.task,
+                hash: &e.key,
+                size: Some(e.size),
+                detail: None,
+            };
+            match &self.resident {
+                Some(_) => self.audit_record(&r),
+                None => lines.push_str(&self.audit.line(&r)),
+            }
+            entries.push(e);
+        }
+        // One write for the batch's lines.
+        self.audit.append_lines(&lines);
+        drop(saves);
+        self.reap(&unreferenced)?;
+        self.enforce_cap()?;
+        Ok(entries)
+    }
+
     /// Saves `data` as the result of `key`, whose claim is `claim`. In a resident vault a result
     /// small enough to live in the database is staged now and committed with others shortly
     /// after (see `vault::resident`): the entry returned is what will be committed, this
@@ -402,6 +498,19 @@ impl Vault {
         reuse_stored: bool,
         defer: &mut Option<Option<DetachedClaim>>,
     ) -> Result<Arc<Entry>> {
+        let (entry, mut staging) = self.stage_save(key, output, opts, reuse_stored)?;
+        self.commit_staged(entry, &mut staging, output, opts, defer)
+    }
+
+    /// Stages a save's blobs and builds its entry (checked against the policy), committing
+    /// nothing.
+    fn stage_save(
+        &self,
+        key: &TaskKey,
+        output: Output<'_>,
+        opts: &SaveOptions,
+        reuse_stored: bool,
+    ) -> Result<(Entry, stage::Staging<'_>)> {
         let policy = self.settings.policy_for(&key.namespace, &key.task);
         let (kind, walked) = stage::inspect(output)?;
         let size: u64 = match output {
@@ -463,7 +572,7 @@ impl Vault {
             None => policy.ttl_seconds.map(secs_to_ms),
         }
         .filter(|t| *t > 0);
-        let mut entry = Entry {
+        let entry = Entry {
             id: self.run_id(key, now),
             key: key.digest().hex(),
             namespace: key.namespace.clone(),
@@ -493,6 +602,17 @@ impl Vault {
             }),
             embedded: None,
         };
+        Ok((entry, staging))
+    }
+
+    fn commit_staged(
+        &self,
+        mut entry: Entry,
+        staging: &mut stage::Staging<'_>,
+        output: Output<'_>,
+        opts: &SaveOptions,
+        defer: &mut Option<Option<DetachedClaim>>,
+    ) -> Result<Arc<Entry>> {
         if let (Some(r), Output::Bytes(b), Some(claim)) = (&self.resident, output, defer.as_mut())
             && let Some(blobs) = staging.take_if_inline()
         {
@@ -518,7 +638,6 @@ impl Vault {
             _ => None,
         };
         let committed = self.commit(&entry, staging.blobs())?;
-        drop(staging);
         entry.parent = committed.superseded;
         let entry = Arc::new(entry);
         if let (Some(r), Some(generation), Output::Bytes(b)) = (&self.resident, kept_at, output)

@@ -346,18 +346,26 @@ pub async fn store(
         let digest =
             std::mem::replace(&mut incoming.hasher, state.vault.settings().algorithm.hasher())
                 .finish();
-        match incoming.file.take() {
-            None => {
-                state.vault.save(&key, Output::Bytes(&incoming.memory), &opts)?;
-            }
+        // A received file is either moved in by the commit or copied while staged: it is
+        // removed after the commit in both cases (a moved one is gone by then).
+        let mut received = None;
+        let prepared = match incoming.file.take() {
+            None => state.vault.prepare_save(&key, Output::Bytes(&incoming.memory), &opts),
             Some((path, w)) => {
                 let f = w.into_inner().map_err(|e| crate::uploads::io_error(e.into_error()))?;
                 drop(f);
-                let saved = state.vault.save(&key, Output::Received { path: &path, digest }, &opts);
-                let _ = std::fs::remove_file(&path);
-                saved?;
+                let prepared =
+                    state.vault.prepare_save(&key, Output::Received { path: &path, digest }, &opts);
+                received = Some(path);
+                prepared
             }
+        };
+        let saved =
+            prepared.map_err(ApiError::from).and_then(|p| state.group.save(&state.vault, p));
+        if let Some(path) = received {
+            let _ = std::fs::remove_file(path);
         }
+        saved?;
         Ok(())
     })
     .await??;

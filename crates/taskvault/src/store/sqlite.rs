@@ -334,7 +334,7 @@ const SHARED_FIELDS: &[&str] = &["namespace", "host", "user", "output_kind"];
 /// Key ingredients (extras) whose value is particular to a call; every other extra (the code,
 /// the command line, the serializer) is the same for many runs and lives in `shared_bodies`,
 /// its place kept in order.
-const PER_RUN_EXTRAS: &[&str] = &["py.args"];
+const PER_RUN_EXTRAS: &[&str] = &["py.args", "tool.key"];
 
 /// Entry fields the columns hold: never in the document.
 const COLUMN_FIELDS: &[&str] = &[

@@ -134,6 +134,11 @@ impl<'v> Staging<'v> {
         &self.blobs
     }
 
+    /// The staged blobs, kept: their files are the caller's to place or delete.
+    pub(crate) fn into_blobs(mut self) -> Vec<StagedBlob> {
+        std::mem::take(&mut self.blobs)
+    }
+
     /// The staged blobs, if all of them live in the database (no staging files to keep).
     pub(crate) fn take_if_inline(&mut self) -> Option<Vec<StagedBlob>> {
         if self.blobs.iter().all(|b| b.staged.is_none() && b.info.inline.is_some()) {

@@ -5,13 +5,14 @@
 #      10 s), against turborepo-remote-cache (npm, the ducktors server, local storage), both with
 #      a token and logging only warnings; requests per second, three rounds alternating;
 #   2. a clean Bazel rebuild (a fresh output root) of a 200-genrule workspace with the server as
-#      its HTTP remote cache, against nginx with WebDAV PUT (Debian) as the cache; wall time.
-# Installs wrk, hyperfine and nginx from Debian, turborepo-remote-cache from npm (into
+#      its HTTP remote cache, against nginx with WebDAV PUT (Debian) as the cache; wall time,
+#      five rounds alternating, measured first (before the upload load leaves the disk busy).
+# Installs wrk and nginx from Debian, turborepo-remote-cache from npm (into
 # bench-out/tools), Bazel through scripts/install-tools.sh. Results: bench-out/tools_vs_peers.md.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 need=()
-for t in nginx:nginx-light wrk:wrk hyperfine:hyperfine curl:curl; do
+for t in nginx:nginx-light wrk:wrk curl:curl; do
     command -v "${t%%:*}" >/dev/null || [ -x "/usr/sbin/${t%%:*}" ] || need+=("${t##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -57,56 +58,6 @@ NODE_ENV=production STORAGE_PROVIDER=local STORAGE_PATH="$work/trc" STORAGE_PATH
 pids+=("$!")
 trc_url="http://127.0.0.1:$trc_port"
 wait_http "$trc_url/v8/artifacts/status"
-
-head -c 1024 /dev/urandom >"$work/1k.bin"
-head -c $((10 << 20)) /dev/urandom >"$work/10m.bin"
-for base in "$tv_url" "$trc_url"; do
-    for f in 1k 10m; do
-        code="$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H "Authorization: Bearer $token" \
-            -H 'Content-Type: application/octet-stream' --data-binary "@$work/$f.bin" \
-            "$base/v8/artifacts/bench$f?slug=web")"
-        case "$code" in 2*) ;; *) echo "PUT to $base answered $code" >&2; exit 1 ;; esac
-        curl -sf -H "Authorization: Bearer $token" "$base/v8/artifacts/bench$f?slug=web" |
-            cmp - "$work/$f.bin"
-    done
-done
-
-cat >"$work/put.lua" <<'EOF'
-local f = io.open(os.getenv("BODY_FILE"), "rb")
-local body = f:read("*a")
-f:close()
-wrk.method = "PUT"
-wrk.body = body
-wrk.headers["Content-Type"] = "application/octet-stream"
-wrk.headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
-EOF
-rps() { # method url file -> requests/s; fails on any non-2xx
-    if [ "$1" = GET ]; then
-        wrk -t2 -c32 -d10s -H "Authorization: Bearer $token" "$2" >"$work/wrk.txt"
-    else
-        BODY_FILE="$3" TOKEN="$token" wrk -t2 -c32 -d10s -s "$work/put.lua" "$2" >"$work/wrk.txt"
-    fi
-    if grep -q "Non-2xx" "$work/wrk.txt"; then cat "$work/wrk.txt" >&2; return 1; fi
-    awk '/Requests\/sec/ {print $2}' "$work/wrk.txt"
-}
-{
-    echo "# taskvault serve against the build tools' own servers ($(date -u +%Y-%m-%d), $(nproc) cores)"
-    echo
-    echo "## 1. Turborepo artifacts under 32 connections (wrk -t2 -c32 -d10s), requests/s"
-    echo
-    echo "| request | round | turborepo-remote-cache | taskvault serve | ratio |"
-    echo "|---|---|---|---|---|"
-} >"$report"
-for spec in GET:1k GET:10m PUT:1k PUT:10m; do
-    method="${spec%%:*}"
-    f="${spec#*:}"
-    for round in 1 2 3; do
-        p="$(rps "$method" "$trc_url/v8/artifacts/bench$f?slug=web" "$work/$f.bin")"
-        t="$(rps "$method" "$tv_url/v8/artifacts/bench$f?slug=web" "$work/$f.bin")"
-        r="$(python3 -c "print(f'{$t/$p:.2f}')")"
-        echo "| $method $f | $round | $p | $t | $r |" >>"$report"
-    done
-done
 
 # 2. Bazel: 200 genrules, a clean rebuild from each cache.
 bazel="$tools/bazel/bazel"
@@ -170,18 +121,105 @@ for c in "$tv_cache" "$nginx_cache"; do
         { echo "a clean build from $c was not all remote cache hits" >&2; exit 1; }
     chmod -R u+w "$work/check" && rm -rf "$work/check"
 done
+# Alternating runs (a disk still writing back one server's files slows whichever runs next).
+build_in_root() { build "$1" "$work/root" "${@:2}"; }
 {
     echo
-    echo "## 2. A clean Bazel rebuild of 200 genrules (fresh output root), wall time"
+    echo "## 2. A clean Bazel rebuild of 200 genrules (fresh output root, all remote cache hits), wall seconds"
     echo
-} >>"$report"
-hyperfine -N --warmup 1 --runs 5 --export-markdown "$work/bazel.md" \
-    --prepare "sh -c 'chmod -R u+w $work/root 2>/dev/null; rm -rf $work/root'" \
-    -n "nginx WebDAV as the remote cache" \
-    "sh -c 'cd $ws && $bazel --batch --output_user_root=$work/root build //:all --symlink_prefix=/ --remote_cache=$nginx_cache'" \
-    --prepare "sh -c 'chmod -R u+w $work/root 2>/dev/null; rm -rf $work/root'" \
-    -n "taskvault serve as the remote cache" \
-    "sh -c 'cd $ws && $bazel --batch --output_user_root=$work/root build //:all --symlink_prefix=/ --remote_cache=$tv_cache \"$header\"'" \
-    >/dev/null
+    echo "| round | nginx WebDAV | taskvault serve | ratio |"
+    echo "|---|---|---|---|"
+} >"$work/bazel.md"
+nsum=0
+tsum=0
+for round in 1 2 3 4 5; do
+    chmod -R u+w "$work/root" 2>/dev/null || true
+    rm -rf "$work/root"
+    sync
+    t0="$(date +%s.%N)"; build_in_root "$nginx_cache"; t1="$(date +%s.%N)"
+    n="$(python3 -c "print(f'{$t1 - $t0:.2f}')")"
+    chmod -R u+w "$work/root" && rm -rf "$work/root" && sync
+    t0="$(date +%s.%N)"; build_in_root "$tv_cache" "$header"; t1="$(date +%s.%N)"
+    t="$(python3 -c "print(f'{$t1 - $t0:.2f}')")"
+    echo "| $round | $n | $t | $(python3 -c "print(f'{$t/$n:.2f}')") |" >>"$work/bazel.md"
+    nsum="$(python3 -c "print($nsum + $n)")"
+    tsum="$(python3 -c "print($tsum + $t)")"
+done
+echo "| mean | $(python3 -c "print(f'{$nsum/5:.2f}')") | $(python3 -c "print(f'{$tsum/5:.2f}')") | $(python3 -c "print(f'{$tsum/$nsum:.2f}')") |" >>"$work/bazel.md"
+
+head -c 1024 /dev/urandom >"$work/1k.bin"
+head -c $((10 << 20)) /dev/urandom >"$work/10m.bin"
+for base in "$tv_url" "$trc_url"; do
+    for f in 1k 10m; do
+        code="$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H "Authorization: Bearer $token" \
+            -H 'Content-Type: application/octet-stream' --data-binary "@$work/$f.bin" \
+            "$base/v8/artifacts/bench$f?slug=web")"
+        case "$code" in 2*) ;; *) echo "PUT to $base answered $code" >&2; exit 1 ;; esac
+        curl -sf -H "Authorization: Bearer $token" "$base/v8/artifacts/bench$f?slug=web" |
+            cmp - "$work/$f.bin"
+    done
+done
+
+# PUTs of new artifacts (each request its own hash, as turbo uploads them), or of one hash
+# over and over (UNIQUE=0: 10 MiB ones, so that the disk does not fill).
+cat >"$work/put.lua" <<'EOF'
+local f = io.open(os.getenv("BODY_FILE"), "rb")
+local body = f:read("*a")
+f:close()
+local unique = os.getenv("UNIQUE") == "1"
+local path = os.getenv("URL_PATH")
+local headers = {
+    ["Content-Type"] = "application/octet-stream",
+    ["Authorization"] = "Bearer " .. os.getenv("TOKEN"),
+}
+local n = 0
+local threads = 0
+function setup(thread)
+    thread:set("tid", threads)
+    threads = threads + 1
+end
+request = function()
+    n = n + 1
+    local p = path
+    if unique then
+        p = "/v8/artifacts/new" .. tid .. "x" .. n .. "x" .. math.random(1000000000) .. "?slug=web"
+    end
+    return wrk.format("PUT", p, headers, body)
+end
+EOF
+rps() { # method base path file -> requests/s; fails on any non-2xx
+    if [ "$1" = GET ]; then
+        wrk -t2 -c32 -d10s -H "Authorization: Bearer $token" "$2$3" >"$work/wrk.txt"
+    else
+        local unique=1
+        [ "$(stat -c %s "$4")" -gt 1048576 ] && unique=0
+        BODY_FILE="$4" TOKEN="$token" URL_PATH="$3" UNIQUE="$unique" \
+            wrk -t2 -c32 -d10s -s "$work/put.lua" "$2" >"$work/wrk.txt"
+    fi
+    if grep -q "Non-2xx" "$work/wrk.txt"; then cat "$work/wrk.txt" >&2; return 1; fi
+    awk '/Requests\/sec/ {print $2}' "$work/wrk.txt"
+}
+{
+    echo "# taskvault serve against the build tools' own servers ($(date -u +%Y-%m-%d), $(nproc) cores)"
+    echo
+    echo "## 1. Turborepo artifacts under 32 connections (wrk -t2 -c32 -d10s), requests/s"
+    echo
+    echo "GET: one artifact over and over. PUT 1k: a new artifact (hash) per request, as turbo"
+    echo "uploads; PUT 10m: one hash over and over (new ones would fill the disk in seconds)."
+    echo
+    echo "| request | round | turborepo-remote-cache | taskvault serve | ratio |"
+    echo "|---|---|---|---|---|"
+} >"$report"
+for spec in GET:1k GET:10m PUT:1k PUT:10m; do
+    method="${spec%%:*}"
+    f="${spec#*:}"
+    for round in 1 2 3; do
+        p="$(rps "$method" "$trc_url" "/v8/artifacts/bench$f?slug=web" "$work/$f.bin")"
+        t="$(rps "$method" "$tv_url" "/v8/artifacts/bench$f?slug=web" "$work/$f.bin")"
+        r="$(python3 -c "print(f'{$t/$p:.2f}')")"
+        echo "| $method $f | $round | $p | $t | $r |" >>"$report"
+    done
+done
+
 cat "$work/bazel.md" >>"$report"
 cat "$report"

@@ -92,3 +92,44 @@ mod tests {
         assert_eq!(vault.stats().unwrap().entries, 16);
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Not a test: `cargo test --release -p taskvault-server group_commit_timing -- --ignored
+    /// --nocapture` prints what preparing and committing 1 KiB saves costs, in batches of 16.
+    #[test]
+    #[ignore]
+    fn group_commit_timing() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault =
+            Vault::open(taskvault::config::Settings::for_dir(dir.path().join("v"))).unwrap();
+        let vault = if std::env::var_os("LONG_LIVED").is_some() {
+            vault.long_lived().unwrap()
+        } else {
+            vault
+        };
+        let alg = vault.settings().algorithm;
+        let n: u32 = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+        let data = vec![7u8; 1024];
+        let (mut prep, mut commit) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+            let t = std::time::Instant::now();
+            let saves: Vec<_> = chunk
+                .iter()
+                .map(|i| {
+                    let extras = vec![("tool.key".into(), i.to_le_bytes().to_vec())];
+                    let key = taskvault::TaskKey::new(alg, "ns", "t", Vec::new(), extras).unwrap();
+                    let opts = taskvault::SaveOptions::default();
+                    vault.prepare_save(&key, taskvault::Output::Bytes(&data), &opts).unwrap()
+                })
+                .collect();
+            prep += t.elapsed();
+            let t = std::time::Instant::now();
+            vault.commit_prepared(saves).unwrap();
+            commit += t.elapsed();
+        }
+        eprintln!("prepare {:?}/save, commit {:?}/save", prep / n, commit / n);
+    }
+}

@@ -242,6 +242,16 @@ impl Vault {
         Ok(self)
     }
 
+    /// For a long-lived process that is not resident (a server, where many clients save and
+    /// look up at once): the metadata store checkpoints on a thread of its own instead of in
+    /// the committing writer, lookups read on a connection of their own (through a memory map,
+    /// never waiting for a writer), and batches of saves get a larger page cache. Hits are
+    /// still counted as they happen, and hot records still written.
+    pub fn long_lived(self) -> Result<Vault> {
+        self.meta.long_lived()?;
+        Ok(self)
+    }
+
     pub(crate) fn is_resident(&self) -> bool {
         self.resident.is_some()
     }

@@ -24,6 +24,7 @@ pub fn serve(_cli: &Cli, resolved: Resolved, a: &ServeArgs) -> Result<Outcome> {
         SocketAddr::new(ip, resolved.service_port)
     });
     let vault = Vault::open(resolved.settings)
+        .and_then(Vault::long_lived)
         .with_context(|| format!("cannot open the vault at {}", dir.display()))?;
     let mut options = ServeOptions::new(listen);
     options.insecure_no_auth = a.insecure_no_auth;

@@ -1,57 +1,89 @@
 //! Group commit: saves that arrive together commit in one transaction.
 //!
-//! Each save is staged by its own request (hashing, compressing, staging files: in parallel on
-//! the blocking pool), then queued here. The first request to take the commit lock commits
-//! everything queued by then, its own save included, and hands every request its result; the
-//! ones that queued meanwhile find theirs done when they get the lock. No save waits for a
-//! timer: a lone save commits at once, and under load one transaction carries many.
+//! Each save is staged by its own request (hashing, compressing, staging files: a small one on
+//! the async worker, a large one on the blocking pool), then queued here for the committing
+//! thread, which commits everything queued when it wakes in one transaction and answers each
+//! request. No save waits for a timer: a lone save commits at once, and under load one
+//! transaction carries many.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::mpsc;
 
 use taskvault::{Entry, PreparedSave, Vault};
 
 use crate::error::ApiError;
 
-type Slot = Arc<Mutex<Option<Result<Entry, String>>>>;
+/// The most saves one transaction takes (more wait for the next).
+const BATCH_MAX: usize = 1024;
 
-#[derive(Debug, Default)]
-pub struct GroupCommit {
-    queue: Mutex<Vec<(PreparedSave, Slot)>>,
-    commit: Mutex<()>,
+struct Job {
+    save: PreparedSave,
+    done: tokio::sync::oneshot::Sender<Result<Entry, String>>,
 }
 
-impl GroupCommit {
-    /// Commits `save` (with whatever else is queued), returning its entry as committed. A
-    /// failed transaction fails every save in it (each is then a miss for its client).
-    pub fn save(&self, vault: &Vault, save: PreparedSave) -> Result<Entry, ApiError> {
-        let slot: Slot = Arc::new(Mutex::new(None));
-        lock(&self.queue).push((save, Arc::clone(&slot)));
-        let _committing = lock(&self.commit);
-        if let Some(done) = lock(&slot).take() {
-            return done.map_err(ApiError::Internal);
-        }
-        let batch = std::mem::take(&mut *lock(&self.queue));
-        let (saves, slots): (Vec<PreparedSave>, Vec<Slot>) = batch.into_iter().unzip();
-        match vault.commit_prepared(saves) {
-            Ok(entries) => {
-                for (s, e) in slots.iter().zip(entries) {
-                    *lock(s) = Some(Ok(e));
-                }
-            }
-            Err(e) => {
-                tracing::error!("group commit of {} saves: {e}", slots.len());
-                for s in &slots {
-                    *lock(s) = Some(Err(format!("the commit failed: {e}")));
-                }
-            }
-        }
-        let done = lock(&slot).take().expect("this save was in the batch it committed");
-        done.map_err(ApiError::Internal)
+/// Commits queued saves on a thread of its own (`taskvault-commit`): it takes everything
+/// queued when it wakes, commits it in one transaction, answers each, and sleeps until the
+/// next save. Requests wait on their answer without holding a thread.
+#[derive(Debug)]
+pub struct GroupCommit {
+    queue: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+impl GroupCommit {
+    /// Starts the committing thread for `vault`; it ends once this is dropped.
+    pub fn start(vault: Arc<Vault>) -> std::io::Result<GroupCommit> {
+        let (queue, jobs) = mpsc::channel::<Job>();
+        std::thread::Builder::new().name("taskvault-commit".into()).spawn(move || {
+            while let Ok(first) = jobs.recv() {
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MAX {
+                    match jobs.try_recv() {
+                        Ok(j) => batch.push(j),
+                        Err(_) => break,
+                    }
+                }
+                commit(&vault, batch);
+            }
+        })?;
+        Ok(GroupCommit { queue })
+    }
+
+    /// Commits `save` (with whatever else is queued), returning its entry as committed. A
+    /// failed transaction fails every save in it (each is then a miss for its client).
+    pub async fn save(&self, save: PreparedSave) -> Result<Entry, ApiError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .send(Job { save, done })
+            .map_err(|_| ApiError::Busy("the server is stopping".into()))?;
+        match answer.await {
+            Ok(r) => r.map_err(ApiError::Internal),
+            Err(_) => Err(ApiError::Internal("the committing thread stopped".into())),
+        }
+    }
+}
+
+fn commit(vault: &Vault, batch: Vec<Job>) {
+    let (saves, answers): (Vec<PreparedSave>, Vec<_>) =
+        batch.into_iter().map(|j| (j.save, j.done)).unzip();
+    match vault.commit_prepared(saves) {
+        Ok(entries) => {
+            for (a, e) in answers.into_iter().zip(entries) {
+                let _ = a.send(Ok(e));
+            }
+        }
+        Err(e) => {
+            tracing::error!("group commit of {} saves: {e}", answers.len());
+            for a in answers {
+                let _ = a.send(Err(format!("the commit failed: {e}")));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -61,13 +93,14 @@ mod tests {
     #[test]
     fn concurrent_saves_all_commit_and_each_gets_its_own_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let vault =
-            Vault::open(taskvault::config::Settings::for_dir(dir.path().join("v"))).unwrap();
-        let group = GroupCommit::default();
+        let vault = Vault::open(taskvault::config::Settings::for_dir(dir.path().join("v")));
+        let vault = Arc::new(vault.unwrap());
+        let group = GroupCommit::start(Arc::clone(&vault)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let alg = vault.settings().algorithm;
         std::thread::scope(|s| {
             for i in 0..16u32 {
-                let (vault, group) = (&vault, &group);
+                let (vault, group, rt) = (&vault, &group, &rt);
                 s.spawn(move || {
                     let key = taskvault::TaskKey::new(
                         alg,
@@ -82,7 +115,7 @@ mod tests {
                     let p = vault
                         .prepare_save(&key, taskvault::Output::Bytes(data.as_bytes()), &opts)
                         .unwrap();
-                    let e = group.save(vault, p).unwrap();
+                    let e = rt.block_on(group.save(p)).unwrap();
                     assert_eq!(e.key, key.digest().hex());
                     let (_, got) = vault.get_bytes(&key).unwrap().expect("committed");
                     assert_eq!(got, data.as_bytes());

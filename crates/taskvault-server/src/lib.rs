@@ -57,7 +57,7 @@ impl ServeOptions {
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AppState {
-    pub vault: Vault,
+    pub vault: Arc<Vault>,
     pub tokens: tokens::Tokens,
     pub uploads: uploads::Uploads,
     pub metrics: metrics::Metrics,
@@ -174,6 +174,9 @@ pub fn state(vault: Vault, options: ServeOptions) -> Result<Arc<AppState>> {
     let uploads =
         uploads::Uploads::new(&dir).with_context(|| format!("cannot prepare {}", dir.display()))?;
     let cap_bytes = vault.settings().max_size_bytes.filter(|c| *c > 0);
+    let vault = Arc::new(vault);
+    let group = group::GroupCommit::start(Arc::clone(&vault))
+        .context("cannot start the committing thread")?;
     Ok(Arc::new(AppState {
         upload_slots: Arc::new(tokio::sync::Semaphore::new(options.max_concurrent_uploads)),
         vault,
@@ -184,7 +187,7 @@ pub fn state(vault: Vault, options: ServeOptions) -> Result<Arc<AppState>> {
         cap_bytes,
         claims: claims::Claims::default(),
         hot: hot::HotBlobs::new(16 << 20),
-        group: group::GroupCommit::default(),
+        group,
     }))
 }
 

@@ -341,34 +341,44 @@ pub async fn store(
         audit_op: Some(op(caller, kind)),
         ..SaveOptions::default()
     };
-    let state = Arc::clone(s);
-    tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        let digest =
-            std::mem::replace(&mut incoming.hasher, state.vault.settings().algorithm.hasher())
-                .finish();
-        // A received file is either moved in by the commit or copied while staged: it is
-        // removed after the commit in both cases (a moved one is gone by then).
-        let mut received = None;
-        let prepared = match incoming.file.take() {
-            None => state.vault.prepare_save(&key, Output::Bytes(&incoming.memory), &opts),
-            Some((path, w)) => {
-                let f = w.into_inner().map_err(|e| crate::uploads::io_error(e.into_error()))?;
-                drop(f);
-                let prepared =
-                    state.vault.prepare_save(&key, Output::Received { path: &path, digest }, &opts);
-                received = Some(path);
-                prepared
+    let alg = s.vault.settings().algorithm;
+    let digest = std::mem::replace(&mut incoming.hasher, alg.hasher()).finish();
+    // A body small enough to live in the database is staged right here (memory only); a
+    // larger one is written and synced on the blocking pool. A received file is either moved in
+    // by the commit or copied while staged: it is removed after the commit either way.
+    let small = incoming.file.is_none()
+        && incoming.memory.len() as u64 <= s.vault.settings().inline_max_bytes;
+    let (prepared, received) = if small {
+        (s.vault.prepare_save(&key, Output::Bytes(&incoming.memory), &opts)?, None)
+    } else {
+        let state = Arc::clone(s);
+        tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+            match incoming.file.take() {
+                None => {
+                    let out = Output::Bytes(&incoming.memory);
+                    Ok((state.vault.prepare_save(&key, out, &opts)?, None))
+                }
+                Some((path, w)) => {
+                    let f = w.into_inner().map_err(|e| crate::uploads::io_error(e.into_error()))?;
+                    drop(f);
+                    let out = Output::Received { path: &path, digest };
+                    match state.vault.prepare_save(&key, out, &opts) {
+                        Ok(p) => Ok((p, Some(path))),
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&path);
+                            Err(e.into())
+                        }
+                    }
+                }
             }
-        };
-        let saved =
-            prepared.map_err(ApiError::from).and_then(|p| state.group.save(&state.vault, p));
-        if let Some(path) = received {
-            let _ = std::fs::remove_file(path);
-        }
-        saved?;
-        Ok(())
-    })
-    .await??;
+        })
+        .await??
+    };
+    let saved = s.group.save(prepared).await;
+    if let Some(path) = received {
+        let _ = std::fs::remove_file(path);
+    }
+    saved?;
     s.metrics.bytes_in(len);
     s.metrics.tool_saved(kind.tool, len);
     Ok(Stored::Created)

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 
-use super::{Artifact, Kind, Store};
+use super::{Artifact, Kind, Params, Store, param};
 use crate::AppState;
 use crate::api::Auth;
 use crate::error::ApiError;
@@ -24,7 +24,7 @@ const DEFAULT_NAMESPACE: &str = "bazel";
 pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/bazel/{store}/{hash}", get(download).head(exists).put(upload))
-        .route("/bazel/{instance}/{store}/{hash}", get(download_in).head(exists_in).put(upload_in))
+        .route("/bazel/{instance}/{store}/{hash}", get(download).head(exists).put(upload))
 }
 
 /// The kind of store a path names, and its SHA-256 (64 lowercase hex).
@@ -85,57 +85,35 @@ async fn put_in(
 async fn download(
     State(s): State<Arc<AppState>>,
     Auth(caller): Auth,
-    Path((store, hash)): Path<(String, String)>,
+    Path(p): Path<Params>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    get_in(s, caller, DEFAULT_NAMESPACE, &store, &hash, &headers, false).await
+    get_in(s, caller, namespace_of(&p), param(&p, "store"), param(&p, "hash"), &headers, false)
+        .await
 }
 
 async fn exists(
     State(s): State<Arc<AppState>>,
     Auth(caller): Auth,
-    Path((store, hash)): Path<(String, String)>,
+    Path(p): Path<Params>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    get_in(s, caller, DEFAULT_NAMESPACE, &store, &hash, &headers, true).await
+    get_in(s, caller, namespace_of(&p), param(&p, "store"), param(&p, "hash"), &headers, true).await
 }
 
 async fn upload(
     State(s): State<Arc<AppState>>,
     Auth(caller): Auth,
-    Path((store, hash)): Path<(String, String)>,
+    Path(p): Path<Params>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    put_in(s, caller, DEFAULT_NAMESPACE, &store, &hash, &headers, body).await
+    put_in(s, caller, namespace_of(&p), param(&p, "store"), param(&p, "hash"), &headers, body).await
 }
 
-async fn download_in(
-    State(s): State<Arc<AppState>>,
-    Auth(caller): Auth,
-    Path((ns, store, hash)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    get_in(s, caller, &ns, &store, &hash, &headers, false).await
-}
-
-async fn exists_in(
-    State(s): State<Arc<AppState>>,
-    Auth(caller): Auth,
-    Path((ns, store, hash)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    get_in(s, caller, &ns, &store, &hash, &headers, true).await
-}
-
-async fn upload_in(
-    State(s): State<Arc<AppState>>,
-    Auth(caller): Auth,
-    Path((ns, store, hash)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<StatusCode, ApiError> {
-    put_in(s, caller, &ns, &store, &hash, &headers, body).await
+/// The namespace a path names: its instance prefix, else `bazel`.
+fn namespace_of(p: &Params) -> &str {
+    p.get("instance").map_or(DEFAULT_NAMESPACE, String::as_str)
 }
 
 #[cfg(test)]

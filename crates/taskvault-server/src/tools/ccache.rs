@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
-use super::{Artifact, Kind};
+use super::{Artifact, Kind, Params, param};
 use crate::AppState;
 use crate::api::Auth;
 use crate::error::ApiError;
@@ -28,8 +28,8 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/ccache/{key}", any(flat))
         .route("/ccache/{dir}/{rest}", any(nested))
-        .route("/ns/{ns}/ccache/{key}", any(flat_in))
-        .route("/ns/{ns}/ccache/{dir}/{rest}", any(nested_in))
+        .route("/ns/{ns}/ccache/{key}", any(flat))
+        .route("/ns/{ns}/ccache/{dir}/{rest}", any(nested))
 }
 
 /// The entry a two-segment path names: `ac/<64 hex>` under the bazel layout, else a subdirs
@@ -78,55 +78,30 @@ async fn flat(
     State(s): State<Arc<AppState>>,
     method: Method,
     Auth(caller): Auth,
-    Path(key): Path<String>,
+    Path(p): Path<Params>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    serve(
-        s,
-        caller,
-        method,
-        Artifact { ns: DEFAULT_NAMESPACE, kind: KIND, key: &key },
-        headers,
-        body,
-    )
-    .await
+    let a = Artifact { ns: namespace_of(&p), kind: KIND, key: param(&p, "key") };
+    serve(s, caller, method, a, headers, body).await
 }
 
 async fn nested(
     State(s): State<Arc<AppState>>,
     method: Method,
     Auth(caller): Auth,
-    Path((dir, rest)): Path<(String, String)>,
+    Path(p): Path<Params>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (kind, key) = nested_key(&dir, &rest)?;
-    serve(s, caller, method, Artifact { ns: DEFAULT_NAMESPACE, kind, key: &key }, headers, body)
-        .await
+    let (kind, key) = nested_key(param(&p, "dir"), param(&p, "rest"))?;
+    let a = Artifact { ns: namespace_of(&p), kind, key: &key };
+    serve(s, caller, method, a, headers, body).await
 }
 
-async fn flat_in(
-    State(s): State<Arc<AppState>>,
-    method: Method,
-    Auth(caller): Auth,
-    Path((ns, key)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    serve(s, caller, method, Artifact { ns: &ns, kind: KIND, key: &key }, headers, body).await
-}
-
-async fn nested_in(
-    State(s): State<Arc<AppState>>,
-    method: Method,
-    Auth(caller): Auth,
-    Path((ns, dir, rest)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let (kind, key) = nested_key(&dir, &rest)?;
-    serve(s, caller, method, Artifact { ns: &ns, kind, key: &key }, headers, body).await
+/// The namespace a path names: `/ns/{ns}/ccache/...`, else `ccache`.
+fn namespace_of(p: &Params) -> &str {
+    p.get("ns").map_or(DEFAULT_NAMESPACE, String::as_str)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 
-use super::{Artifact, Kind, Store};
+use super::{Artifact, Kind, Params, Store, param};
 use crate::AppState;
 use crate::api::Auth;
 use crate::error::ApiError;
@@ -24,7 +24,7 @@ const CONTENT_TYPE: &str = "application/vnd.gradle.build-cache-artifact.v1";
 pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/gradle/{key}", get(download).head(exists).put(upload))
-        .route("/gradle/{ns}/{key}", get(download_in).head(exists_in).put(upload_in))
+        .route("/gradle/{ns}/{key}", get(download).head(exists).put(upload))
 }
 
 async fn get_in(
@@ -60,58 +60,33 @@ async fn put_in(
 async fn download(
     State(s): State<Arc<AppState>>,
     Auth(caller): Auth,
-    Path(key): Path<String>,
+    Path(p): Path<Params>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let a = Artifact { ns: DEFAULT_NAMESPACE, kind: KIND, key: &key };
-    get_in(s, caller, a, &headers, false).await
+    get_in(s, caller, artifact(&p), &headers, false).await
 }
 
 async fn exists(
     State(s): State<Arc<AppState>>,
     Auth(caller): Auth,
-    Path(key): Path<String>,
+    Path(p): Path<Params>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let a = Artifact { ns: DEFAULT_NAMESPACE, kind: KIND, key: &key };
-    get_in(s, caller, a, &headers, true).await
+    get_in(s, caller, artifact(&p), &headers, true).await
 }
 
 async fn upload(
     State(s): State<Arc<AppState>>,
     Auth(caller): Auth,
-    Path(key): Path<String>,
+    Path(p): Path<Params>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    put_in(s, caller, Artifact { ns: DEFAULT_NAMESPACE, kind: KIND, key: &key }, &headers, body)
-        .await
+    put_in(s, caller, artifact(&p), &headers, body).await
 }
 
-async fn download_in(
-    State(s): State<Arc<AppState>>,
-    Auth(caller): Auth,
-    Path((ns, key)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    get_in(s, caller, Artifact { ns: &ns, kind: KIND, key: &key }, &headers, false).await
-}
-
-async fn exists_in(
-    State(s): State<Arc<AppState>>,
-    Auth(caller): Auth,
-    Path((ns, key)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    get_in(s, caller, Artifact { ns: &ns, kind: KIND, key: &key }, &headers, true).await
-}
-
-async fn upload_in(
-    State(s): State<Arc<AppState>>,
-    Auth(caller): Auth,
-    Path((ns, key)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<StatusCode, ApiError> {
-    put_in(s, caller, Artifact { ns: &ns, kind: KIND, key: &key }, &headers, body).await
+/// The artifact a path names: `{key}` in `gradle`, or `{ns}/{key}`.
+fn artifact(p: &Params) -> Artifact<'_> {
+    let ns = p.get("ns").map_or(DEFAULT_NAMESPACE, String::as_str);
+    Artifact { ns, kind: KIND, key: param(p, "key") }
 }

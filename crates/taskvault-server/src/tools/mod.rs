@@ -402,6 +402,15 @@ pub async fn remove(s: &Arc<AppState>, caller: &Caller, a: Artifact<'_>) -> Resu
     .await?
 }
 
+/// A route's path parameters by name (one handler serves a protocol's routes with and
+/// without a namespace).
+pub type Params = std::collections::HashMap<String, String>;
+
+/// A path parameter (the routes that call a handler always have the ones it asks for).
+pub fn param<'p>(p: &'p Params, name: &str) -> &'p str {
+    p.get(name).map_or("", String::as_str)
+}
+
 /// A header value, if it is there and text.
 pub fn header_text<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
     h.get(name).and_then(|v| v.to_str().ok())

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
-use super::{Artifact, Kind};
+use super::{Artifact, Kind, Params, param};
 use crate::AppState;
 use crate::api::Auth;
 use crate::error::ApiError;
@@ -28,10 +28,10 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/sccache", any(root))
         .route("/sccache/", any(root))
-        .route("/sccache/{*path}", any(object))
-        .route("/ns/{ns}/sccache", any(root_in))
-        .route("/ns/{ns}/sccache/", any(root_in))
-        .route("/ns/{ns}/sccache/{*path}", any(object_in))
+        .route("/sccache/{*path}", any(handle))
+        .route("/ns/{ns}/sccache", any(handle))
+        .route("/ns/{ns}/sccache/", any(handle))
+        .route("/ns/{ns}/sccache/{*path}", any(handle))
 }
 
 /// What a path under the root names: a collection (it ends with `/`), or an object whose key
@@ -142,50 +142,32 @@ async fn serve(
     }
 }
 
+/// Every route: the namespace and the path under the root come from the route's parameters.
+async fn handle(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    Auth(caller): Auth,
+    Path(p): Path<Params>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let path = param(&p, "path");
+    let (ns, href) = match p.get("ns") {
+        Some(ns) => (ns.as_str(), format!("/ns/{ns}/sccache/{path}")),
+        None => (DEFAULT_NAMESPACE, format!("/sccache/{path}")),
+    };
+    serve(s, caller, method, ns, path, &href, headers, body).await
+}
+
+/// The root collection (a route without parameters).
 async fn root(
-    State(s): State<Arc<AppState>>,
+    s: State<Arc<AppState>>,
     method: Method,
-    Auth(caller): Auth,
+    auth: Auth,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    serve(s, caller, method, DEFAULT_NAMESPACE, "", "/sccache/", headers, body).await
-}
-
-async fn root_in(
-    State(s): State<Arc<AppState>>,
-    method: Method,
-    Auth(caller): Auth,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let href = format!("/ns/{ns}/sccache/");
-    serve(s, caller, method, &ns, "", &href, headers, body).await
-}
-
-async fn object(
-    State(s): State<Arc<AppState>>,
-    method: Method,
-    Auth(caller): Auth,
-    Path(path): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let href = format!("/sccache/{path}");
-    serve(s, caller, method, DEFAULT_NAMESPACE, &path, &href, headers, body).await
-}
-
-async fn object_in(
-    State(s): State<Arc<AppState>>,
-    method: Method,
-    Auth(caller): Auth,
-    Path((ns, path)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let href = format!("/ns/{ns}/sccache/{path}");
-    serve(s, caller, method, &ns, &path, &href, headers, body).await
+    handle(s, method, auth, Path(Params::new()), headers, body).await
 }
 
 #[cfg(test)]

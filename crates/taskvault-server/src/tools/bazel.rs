@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 
@@ -23,8 +23,8 @@ const DEFAULT_NAMESPACE: &str = "bazel";
 
 pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
-        .route("/bazel/{store}/{hash}", get(download).head(exists).put(upload))
-        .route("/bazel/{instance}/{store}/{hash}", get(download).head(exists).put(upload))
+        .route("/bazel/{store}/{hash}", get(download).put(upload))
+        .route("/bazel/{instance}/{store}/{hash}", get(download).put(upload))
 }
 
 /// The kind of store a path names, and its SHA-256 (64 lowercase hex).
@@ -82,23 +82,16 @@ async fn put_in(
     Ok(StatusCode::OK)
 }
 
+/// GET (and HEAD: axum answers it with this handler; nothing is counted for it).
 async fn download(
     State(s): State<Arc<AppState>>,
+    method: Method,
     Auth(caller): Auth,
     Path(p): Path<Params>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    get_in(s, caller, namespace_of(&p), param(&p, "store"), param(&p, "hash"), &headers, false)
-        .await
-}
-
-async fn exists(
-    State(s): State<Arc<AppState>>,
-    Auth(caller): Auth,
-    Path(p): Path<Params>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    get_in(s, caller, namespace_of(&p), param(&p, "store"), param(&p, "hash"), &headers, true).await
+    let head = method == Method::HEAD;
+    get_in(s, caller, namespace_of(&p), param(&p, "store"), param(&p, "hash"), &headers, head).await
 }
 
 async fn upload(

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::any;
 
-use super::{Artifact, Kind, Params, param};
+use super::{Artifact, Kind, Params, Storage, param};
 use crate::AppState;
 use crate::api::Auth;
 use crate::error::ApiError;
@@ -45,6 +45,12 @@ fn nested_key(dir: &str, rest: &str) -> Result<(Kind, String), ApiError> {
     Err(ApiError::NotFound(format!("{dir}/{rest} is not a ccache storage path")))
 }
 
+const ANSWERS: Storage = Storage {
+    name: "ccache's HTTP storage",
+    created: StatusCode::CREATED,
+    deleted: StatusCode::OK,
+};
+
 async fn serve(
     s: Arc<AppState>,
     caller: crate::tokens::Caller,
@@ -55,23 +61,7 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     super::namespace(a.ns)?;
     super::client_key(a.key)?;
-    match method {
-        Method::GET | Method::HEAD => {
-            let found = super::fetch(&s, &caller, a, method == Method::HEAD).await?;
-            super::respond(&s, found, &headers, HeaderMap::new(), "not in the cache")
-        }
-        Method::PUT => {
-            super::store(&s, &caller, a, &headers, body, super::Store::default()).await?;
-            Ok(StatusCode::CREATED.into_response())
-        }
-        Method::DELETE => match super::remove(&s, &caller, a).await? {
-            true => Ok(StatusCode::OK.into_response()),
-            false => Err(ApiError::NotFound("not in the cache".into())),
-        },
-        other => Err(ApiError::MethodNotAllowed(format!(
-            "{other} is not part of ccache's HTTP storage (GET, HEAD, PUT, DELETE)"
-        ))),
-    }
+    super::storage(&s, &caller, &method, a, (&headers, body), ANSWERS).await
 }
 
 async fn flat(

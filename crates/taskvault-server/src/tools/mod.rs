@@ -402,6 +402,47 @@ pub async fn remove(s: &Arc<AppState>, caller: &Caller, a: Artifact<'_>) -> Resu
     .await?
 }
 
+/// What a plain storage protocol (ccache, sccache) answers to its writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Storage {
+    /// The protocol, for a method it does not have (405).
+    pub name: &'static str,
+    /// A PUT's answer.
+    pub created: StatusCode,
+    /// A DELETE's answer.
+    pub deleted: StatusCode,
+}
+
+/// GET, HEAD, PUT and DELETE of one artifact, the verbs of a plain storage protocol.
+pub async fn storage(
+    s: &Arc<AppState>,
+    caller: &Caller,
+    method: &axum::http::Method,
+    a: Artifact<'_>,
+    (headers, body): (&HeaderMap, Body),
+    answers: Storage,
+) -> Result<Response, ApiError> {
+    use axum::http::Method;
+    match *method {
+        Method::GET | Method::HEAD => {
+            let found = fetch(s, caller, a, method == Method::HEAD).await?;
+            respond(s, found, headers, HeaderMap::new(), "not in the cache")
+        }
+        Method::PUT => {
+            store(s, caller, a, headers, body, Store::default()).await?;
+            Ok(answers.created.into_response())
+        }
+        Method::DELETE => match remove(s, caller, a).await? {
+            true => Ok(answers.deleted.into_response()),
+            false => Err(ApiError::NotFound("not in the cache".into())),
+        },
+        ref other => Err(ApiError::MethodNotAllowed(format!(
+            "{other} is not part of {} (GET, HEAD, PUT, DELETE)",
+            answers.name
+        ))),
+    }
+}
+
 /// A route's path parameters by name (one handler serves a protocol's routes with and
 /// without a namespace).
 pub type Params = std::collections::HashMap<String, String>;

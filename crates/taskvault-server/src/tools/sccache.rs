@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
-use super::{Artifact, Kind, Params, param};
+use super::{Artifact, Kind, Params, Storage, param};
 use crate::AppState;
 use crate::api::Auth;
 use crate::error::ApiError;
@@ -123,24 +123,14 @@ async fn serve(
         return Err(ApiError::MethodNotAllowed(format!("{method} of a collection")));
     };
     let a = Artifact { ns, kind: KIND, key };
-    match method {
-        Method::GET | Method::HEAD => {
-            let found = super::fetch(&s, &caller, a, method == Method::HEAD).await?;
-            super::respond(&s, found, &headers, HeaderMap::new(), "not in the cache")
-        }
-        Method::PUT => {
-            super::store(&s, &caller, a, &headers, body, super::Store::default()).await?;
-            Ok(StatusCode::CREATED.into_response())
-        }
-        Method::DELETE => match super::remove(&s, &caller, a).await? {
-            true => Ok(StatusCode::NO_CONTENT.into_response()),
-            false => Err(ApiError::NotFound("not in the cache".into())),
-        },
-        other => Err(ApiError::MethodNotAllowed(format!(
-            "{other} is not part of sccache's WebDAV storage"
-        ))),
-    }
+    super::storage(&s, &caller, &method, a, (&headers, body), ANSWERS).await
 }
+
+const ANSWERS: Storage = Storage {
+    name: "sccache's WebDAV storage",
+    created: StatusCode::CREATED,
+    deleted: StatusCode::NO_CONTENT,
+};
 
 /// Every route: the namespace and the path under the root come from the route's parameters.
 async fn handle(

@@ -54,7 +54,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
     }
 }
 
-fn check_ns(ns: &str) -> Result<(), ApiError> {
+pub(crate) fn check_ns(ns: &str) -> Result<(), ApiError> {
     if valid_namespace(ns) {
         Ok(())
     } else {

@@ -28,7 +28,7 @@ use taskvault::{Digest, Entry, Output, SaveOptions, TaskKey};
 use crate::AppState;
 use crate::api::{UploadSlot, receive, send_stream, upload_slot};
 use crate::error::ApiError;
-use crate::tokens::{Caller, Scope, valid_namespace};
+use crate::tokens::{Caller, Scope};
 
 /// The label of the client's key among a tool entry's key ingredients.
 pub const KEY_LABEL: &str = "tool.key";
@@ -74,16 +74,9 @@ pub fn key_in(
         .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-/// Checks a namespace taken from a path or a query.
+/// Checks a namespace taken from a path or a query (as the native API does).
 pub fn namespace(ns: &str) -> Result<(), ApiError> {
-    if valid_namespace(ns) {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "{ns:?} is not a namespace: 1 to 64 letters, digits, '.', '_' or '-', not starting \
-             with '.'"
-        )))
-    }
+    crate::api::check_ns(ns)
 }
 
 /// Checks a client's key: printable ASCII without `/`, 1 to 256 bytes.

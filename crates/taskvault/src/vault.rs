@@ -391,30 +391,14 @@ impl Vault {
         for s in &saves {
             self.commit_deferred_of(&s.entry.key)?;
         }
-        let lock = self.blob_lock(false)?;
         let refs: Vec<(&Entry, &[crate::store::StagedBlob])> =
             saves.iter().map(|s| (&s.entry, s.blobs.as_slice())).collect();
-        let committed = self.meta.commit_saves(&refs, &mut |b| {
-            let staged = b.staged.as_deref().expect("only staged blobs are placed");
-            self.blobs.put(&b.info.digest, staged)
-        })?;
-        // A record of the key written before this commit must not outlive it.
-        if self.hot.any_record() {
-            for s in &saves {
-                self.hot.remove(&s.entry.key)?;
-            }
-        }
-        drop(lock);
-        if committed.iter().any(|c| c.superseded.is_some()) {
-            self.bump_generation()?;
-        }
+        let superseded = self.commit_many(&refs)?;
         let mut entries = Vec::with_capacity(saves.len());
-        let mut unreferenced = Vec::new();
         let mut lines = String::new();
-        for (s, c) in saves.iter().zip(committed) {
-            unreferenced.extend(c.unreferenced);
+        for (s, parent) in saves.iter().zip(superseded) {
             let mut e = s.entry.clone();
-            e.parent = c.superseded;
+            e.parent = parent;
             let r = Record {
                 event: Event::Save,
                 op: &s.op,
@@ -432,7 +416,6 @@ impl Vault {
         // One write for the batch's lines.
         self.audit.append_lines(&lines);
         drop(saves);
-        self.reap(&unreferenced)?;
         self.enforce_cap()?;
         Ok(entries)
     }

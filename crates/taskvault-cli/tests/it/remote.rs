@@ -25,8 +25,6 @@ impl Server {
         std::fs::write(&path, config).unwrap();
         let mut all = vec!["--config", path.to_str().unwrap()];
         all.extend_from_slice(args);
-        let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
         Server::start_in(dir, &all)
     }
 

@@ -97,7 +97,11 @@ pub fn metrics(server: &Server) -> String {
 
 /// The value of one metric series (0 if absent).
 pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    number_after(text, series).unwrap_or(0.0)
+}
+
+/// The number that follows `name` on the first line starting with it (a metric series, a
+/// ccache or sccache counter).
+pub fn number_after(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
 }

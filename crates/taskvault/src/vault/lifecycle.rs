@@ -35,34 +35,48 @@ impl Vault {
 
     /// Commits deferred saves in one transaction, then releases their claims.
     pub(crate) fn commit_batch(&self, batch: Vec<super::resident::Deferred>) -> Result<()> {
-        let lock = self.blob_lock(false)?;
         let saves: Vec<(&Entry, &[StagedBlob])> =
             batch.iter().map(|d| (&*d.entry, d.blobs.as_slice())).collect();
-        let committed = self.meta.commit_saves(&saves, &mut |b| {
-            let staged = b.staged.as_deref().expect("only staged blobs are placed");
-            self.blobs.put(&b.info.digest, staged)
-        });
         // On an error the claims go with the batch: waiters find no entry and compute
         // themselves; the caller reports the error.
-        let committed = committed?;
+        self.commit_many(&saves)?;
+        for d in &batch {
+            self.audit_save(&d.entry, "save");
+        }
+        drop(batch);
+        Ok(())
+    }
+
+    /// Commits saves in one transaction: their blob files placed, the hot records of their
+    /// keys removed, the generation moved on if one replaced a live run, blobs no run uses any
+    /// more reaped. Returns, in order, the run each replaced. Auditing is the caller's.
+    pub(crate) fn commit_many(
+        &self,
+        saves: &[(&Entry, &[StagedBlob])],
+    ) -> Result<Vec<Option<String>>> {
+        let lock = self.blob_lock(false)?;
+        let committed = self.meta.commit_saves(saves, &mut |b| {
+            let staged = b.staged.as_deref().expect("only staged blobs are placed");
+            self.blobs.put(&b.info.digest, staged)
+        })?;
         // Listed after the commit: a record written later comes from a later commit.
         if self.hot.any_record() {
-            for d in &batch {
-                self.hot.remove(&d.entry.key)?;
+            for (e, _) in saves {
+                self.hot.remove(&e.key)?;
             }
         }
         drop(lock);
         if committed.iter().any(|c| c.superseded.is_some()) {
             self.bump_generation()?;
         }
-        let unreferenced: Vec<Digest> =
-            committed.into_iter().flat_map(|c| c.unreferenced).collect();
-        self.reap(&unreferenced)?;
-        for d in &batch {
-            self.audit_save(&d.entry, "save");
+        let mut superseded = Vec::with_capacity(committed.len());
+        let mut unreferenced: Vec<Digest> = Vec::new();
+        for c in committed {
+            superseded.push(c.superseded);
+            unreferenced.extend(c.unreferenced);
         }
-        drop(batch);
-        Ok(())
+        self.reap(&unreferenced)?;
+        Ok(superseded)
     }
 
     /// Writes the key's hot record after its commit (under the shared lock, so no removal of the

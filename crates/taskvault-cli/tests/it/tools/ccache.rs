@@ -35,9 +35,8 @@ fn compile(ccache: &Path, dir: &Path, local: &Path, storage: &str) -> Output {
 fn stat(ccache: &Path, local: &Path, name: &str) -> u64 {
     let o = Command::new(ccache).arg("--print-stats").env("CCACHE_DIR", local).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    out.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
+    let n = super::number_after(&out, name).unwrap_or_else(|| panic!("no {name} in:\n{out}"));
+    n as u64
 }
 
 fn check(ccache: &Path) {

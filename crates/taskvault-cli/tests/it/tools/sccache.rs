@@ -53,10 +53,8 @@ fn attempt(
 }
 
 fn count(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {name:?} in:\n{stats}"))
+    let n = super::number_after(stats, name).unwrap_or_else(|| panic!("no {name:?} in:\n{stats}"));
+    n as u64
 }
 
 #[test]

@@ -20,6 +20,9 @@ pub struct StagedBlob {
     pub info: BlobInfo,
     /// The staging file when the blob is not inline.
     pub staged: Option<std::path::PathBuf>,
+    /// The staging file's bytes are not yet durable (a duplicate upload, expected to go
+    /// unused): whoever moves it in syncs it first.
+    pub unsynced: bool,
 }
 
 /// A live entry found by [`MetaStore::lookup_many`], with the rows of its blobs.

@@ -5,19 +5,26 @@
 use crate::audit::Event;
 use crate::digest::Digest;
 use crate::entry::Entry;
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 use crate::store::{Committed, MetaStore, Removed, StagedBlob};
 
 use super::Vault;
 
 impl Vault {
+    /// Moves a staged blob file into the blob store (inside a commit, which found its row new),
+    /// making its bytes durable first if staging left them unsynced.
+    fn place(&self, b: &StagedBlob) -> Result<()> {
+        let staged = b.staged.as_deref().expect("only staged blobs are placed");
+        if b.unsynced {
+            std::fs::File::open(staged).and_then(|f| f.sync_all()).at(staged)?;
+        }
+        self.blobs.put(&b.info.digest, staged)
+    }
+
     /// Commits a save, placing new blob files, under the shared blob lock (see [`Vault::reap`]).
     pub(crate) fn commit(&self, entry: &Entry, blobs: &[StagedBlob]) -> Result<Committed> {
         let lock = self.blob_lock(false)?;
-        let committed = self.meta.commit_save(entry, blobs, &mut |b| {
-            let staged = b.staged.as_deref().expect("only staged blobs are placed");
-            self.blobs.put(&b.info.digest, staged)
-        })?;
+        let committed = self.meta.commit_save(entry, blobs, &mut |b| self.place(b))?;
         if self.is_resident() {
             // A resident vault does not use hot records; an older record of the key must not
             // outlive this commit.
@@ -55,10 +62,7 @@ impl Vault {
         saves: &[(&Entry, &[StagedBlob])],
     ) -> Result<Vec<Option<String>>> {
         let lock = self.blob_lock(false)?;
-        let committed = self.meta.commit_saves(saves, &mut |b| {
-            let staged = b.staged.as_deref().expect("only staged blobs are placed");
-            self.blobs.put(&b.info.digest, staged)
-        })?;
+        let committed = self.meta.commit_saves(saves, &mut |b| self.place(b))?;
         // Listed after the commit: a record written later comes from a later commit.
         if self.hot.any_record() {
             for (e, _) in saves {

@@ -189,7 +189,7 @@ impl<'v> Staging<'v> {
         if self.reuse_stored {
             let (digest, _) = hash_file(self.alg(), path)?;
             if let Some(info) = self.vault.meta().blob(&digest)? {
-                return Ok(self.push(StagedBlob { info, staged: None }));
+                return Ok(self.push(StagedBlob { info, staged: None, unsynced: false }));
             }
         }
         let blob = self.stage_stream(&mut src, len, path)?;
@@ -198,7 +198,7 @@ impl<'v> Staging<'v> {
 
     /// References a blob stored already (its row as read).
     pub(crate) fn stored(&mut self, info: BlobInfo) {
-        self.push(StagedBlob { info, staged: None });
+        self.push(StagedBlob { info, staged: None, unsynced: false });
     }
 
     /// Stages bytes whose digest is already known; fails if they do not make it.
@@ -240,6 +240,16 @@ impl<'v> Staging<'v> {
         if len <= self.vault.settings.inline_max_bytes || digest.algorithm() != self.alg() {
             return self.file_expecting(path, digest);
         }
+        if let Some(info) = self.vault.meta().blob(&digest)?.filter(|i| i.inline.is_none()) {
+            // Stored already (a client uploading the same artifact again): the commit will
+            // most likely find the blob's row and leave this copy unused, so it is not synced
+            // now. Should the blob be evicted meanwhile, the commit syncs it as it moves it in.
+            return Ok(self.push(StagedBlob {
+                info: BlobInfo { digest, size: len, stored_size: len, codec: Codec::Raw, ..info },
+                staged: Some(path.to_owned()),
+                unsynced: true,
+            }));
+        }
         let mut sample = vec![0u8; SAMPLE.min(len as usize)];
         src.read_exact(&mut sample).at(path)?;
         let compressed = zstd::bulk::compress(&sample, ZSTD_LEVEL)
@@ -251,6 +261,7 @@ impl<'v> Staging<'v> {
         Ok(self.push(StagedBlob {
             info: BlobInfo { digest, size: len, stored_size: len, codec: Codec::Raw, inline: None },
             staged: Some(path.to_owned()),
+            unsynced: false,
         }))
     }
 
@@ -304,6 +315,7 @@ impl<'v> Staging<'v> {
         Ok(StagedBlob {
             info: BlobInfo { digest, size, stored_size, codec, inline: None },
             staged: guard.keep(),
+            unsynced: false,
         })
     }
 }
@@ -369,5 +381,6 @@ fn inline_blob(digest: Digest, data: &[u8]) -> StagedBlob {
             inline: Some(stored),
         },
         staged: None,
+        unsynced: false,
     }
 }

@@ -1816,7 +1816,7 @@ fn an_admitted_entry_takes_small_blobs_from_memory_and_refuses_bytes_that_do_not
 fn a_received_file_is_stored_as_bytes_and_one_that_does_not_match_its_digest_is_refused() {
     let f = fx();
     let alg = f.vault.settings.algorithm;
-    for (n, data) in [(1usize, noise(3, 100)), (2, noise(4, 300_000)), (3, text(300_000))] {
+    for (n, data) in [(1usize, noise(100, 3)), (2, noise(300_000, 4)), (3, text(300_000))] {
         let key = f.key("tool", format!("{n}").as_bytes());
         let path = f.vault.staging_path("test-");
         std::fs::write(&path, &data).unwrap();
@@ -1832,7 +1832,7 @@ fn a_received_file_is_stored_as_bytes_and_one_that_does_not_match_its_digest_is_
         // The same bytes under a digest they do not make.
         let key = f.key("tool", format!("wrong {n}").as_bytes());
         std::fs::write(&path, &data).unwrap();
-        let digest = alg.digest(b"something else");
+        let digest = alg.digest(format!("something else {n}").as_bytes());
         let out = Output::Received { path: &path, digest };
         let saved = f.vault.save(&key, out, &SaveOptions::default());
         // Small and compressible files are hashed again as they are staged; a large
@@ -1843,4 +1843,64 @@ fn a_received_file_is_stored_as_bytes_and_one_that_does_not_match_its_digest_is_
         }
         let _ = std::fs::remove_file(&path);
     }
+}
+
+#[test]
+fn a_received_file_whose_blob_is_stored_already_is_referenced_not_kept_again() {
+    let f = fx();
+    let alg = f.vault.settings.algorithm;
+    // Large and incompressible: the kind taken as it is (synced and moved in) when new.
+    let data = noise(300_000, 5);
+    let digest = alg.digest(&data);
+    let receive = || {
+        let path = f.vault.staging_path("test-");
+        std::fs::write(&path, &data).unwrap();
+        path
+    };
+    let first = receive();
+    let a = f.key("tool", b"first");
+    f.vault.save(&a, Output::Received { path: &first, digest }, &SaveOptions::default()).unwrap();
+    let blobs_before = f.vault.meta().blobs().unwrap().len();
+
+    // The same artifact uploaded again under another key: one blob, both keys served, and
+    // the second upload's file is gone from the vault's temporary directory.
+    let second = receive();
+    let b = f.key("tool", b"again");
+    f.vault.save(&b, Output::Received { path: &second, digest }, &SaveOptions::default()).unwrap();
+    assert!(!second.exists(), "the duplicate upload was left behind");
+    assert_eq!(f.vault.meta().blobs().unwrap().len(), blobs_before);
+    for k in [&a, &b] {
+        assert_eq!(f.vault.get_bytes(k).unwrap().map(|(_, b)| b), Some(data.clone()));
+    }
+    let report = f.vault.verify().unwrap();
+    assert!(report.corrupt.is_empty() && report.orphans_removed == 0, "{report:?}");
+}
+
+#[test]
+fn a_duplicate_upload_whose_blob_goes_before_its_commit_is_stored_from_its_own_bytes() {
+    let f = fx();
+    let alg = f.vault.settings.algorithm;
+    let data = noise(300_000, 6);
+    let digest = alg.digest(&data);
+    let receive = || {
+        let path = f.vault.staging_path("test-");
+        std::fs::write(&path, &data).unwrap();
+        path
+    };
+    let a = f.key("tool", b"first");
+    let first = receive();
+    f.vault.save(&a, Output::Received { path: &first, digest }, &SaveOptions::default()).unwrap();
+
+    // Staged against the stored blob, which then goes with the only run using it.
+    let b = f.key("tool", b"again");
+    let second = receive();
+    let out = Output::Received { path: &second, digest };
+    let prepared = f.vault.prepare_save(&b, out, &SaveOptions::default()).unwrap();
+    assert!(f.vault.remove_key(&a.digest().hex(), "test").unwrap());
+    assert!(f.vault.meta().blob(&digest).unwrap().is_none(), "the blob should be gone");
+
+    f.vault.commit_prepared(vec![prepared]).unwrap();
+    assert_eq!(f.vault.get_bytes(&b).unwrap().map(|(_, b)| b), Some(data.clone()));
+    let report = f.vault.verify().unwrap();
+    assert!(report.corrupt.is_empty(), "{report:?}");
 }

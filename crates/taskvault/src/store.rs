@@ -2,6 +2,7 @@
 //! swapped (SQLite and the local disk here; PostgreSQL, Redis and object stores later).
 
 pub mod local;
+pub mod object;
 pub(crate) mod packed;
 pub mod sqlite;
 

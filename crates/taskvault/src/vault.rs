@@ -204,7 +204,10 @@ impl Vault {
             }
         }
         let meta = SqliteMeta::open(&dir.join("cache.db"))?;
-        let blobs = LocalBlobs::new(dir.join("blobs"), dir.join("quarantine"));
+        let blobs: Box<dyn crate::store::BlobStore> = match &settings.blobs_url {
+            Some(url) => Box::new(crate::store::object::ObjectBlobs::open(url)?),
+            None => Box::new(LocalBlobs::new(dir.join("blobs"), dir.join("quarantine"))),
+        };
         let audit =
             AuditLog::new(dir.join("audit.log"), settings.audit_format, settings.audit_max_bytes);
         let accesses = AccessJournal::new(dir.join("access.log"));
@@ -212,7 +215,7 @@ impl Vault {
         Ok(Vault {
             settings,
             meta: Box::new(meta),
-            blobs: Box::new(blobs),
+            blobs,
             audit,
             accesses,
             hot,

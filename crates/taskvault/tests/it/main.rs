@@ -2,6 +2,7 @@
 //! (selected by `TASKVAULT_IT_ROLE`), so workers use the real engine with no extra binary.
 
 mod fuzz;
+mod object;
 mod procs;
 
 use std::path::Path;

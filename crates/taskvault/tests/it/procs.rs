@@ -7,7 +7,7 @@ use taskvault::{Claim, Input, Output, SaveOptions, TaskKey, Vault};
 
 use crate::{Rng, check_content, content, open, role, spawn_worker};
 
-fn key(v: &Vault, k: u64) -> TaskKey {
+pub(crate) fn key(v: &Vault, k: u64) -> TaskKey {
     v.key("stress", &[Input::Bytes(format!("input-{k}").into_bytes())]).unwrap()
 }
 
@@ -30,7 +30,7 @@ fn wait_ok(children: Vec<std::process::Child>) -> Vec<String> {
 
 /// Worker: 500 mixed operations on 16 overlapping keys; every hit must be byte-identical to a
 /// saved version of its key.
-fn mixed_worker(dir: &std::path::Path, worker: u64) {
+pub(crate) fn mixed_worker(dir: &std::path::Path, worker: u64) {
     let v = open(dir);
     let mut r = Rng::new(worker * 7919 + 17);
     let (mut hits, mut misses, mut saves) = (0, 0, 0);
@@ -99,7 +99,7 @@ fn eight_processes_mixed_saves_and_gets() {
 }
 
 /// Worker: saves forever, until killed.
-fn saver(dir: &std::path::Path, worker: u64) {
+pub(crate) fn saver(dir: &std::path::Path, worker: u64) {
     let v = open(dir);
     let mut r = Rng::new(worker + 1);
     loop {

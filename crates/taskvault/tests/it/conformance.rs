@@ -1,0 +1,321 @@
+//! The backend conformance suite: the same cases run against every pair of metadata and blob
+//! store the vault can be opened on. Each pair is one test (one server started for it); its
+//! cases run in order and name themselves on stderr, and a failing case panics with its name.
+//!
+//! Pairs today: SQLite + the local disk, SQLite + S3 (SeaweedFS). A new backend adds a test
+//! here that builds its [`Backend`] and calls [`suite`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use taskvault::store::BlobStore;
+use taskvault::store::local::LocalBlobs;
+use taskvault::store::object::ObjectBlobs;
+use taskvault::{Input, Output, SaveOptions, Settings, TaskKey, Vault};
+use taskvault_testkit::noise;
+
+use crate::procs::{key, mixed_worker, saver};
+use crate::seaweed::Seaweed;
+use crate::{check_content, role, spawn_worker_on};
+
+/// One pair of stores under test. Every case gets a vault of its own (a fresh directory and,
+/// for an object store, a prefix of its own).
+struct Backend {
+    /// The test function, which the cases' worker processes run again.
+    test: &'static str,
+    /// The blob store URL for a case's prefix; `None`: the local disk.
+    blobs: Box<dyn Fn(&str) -> Option<String>>,
+}
+
+/// A case's vault: its directory, its blob store URL, and handles on both.
+struct Case {
+    dir: tempfile::TempDir,
+    blobs: Option<String>,
+}
+
+impl Case {
+    fn vault_dir(&self) -> PathBuf {
+        self.dir.path().join("vault")
+    }
+
+    fn open_with(&self, f: impl FnOnce(&mut Settings)) -> Vault {
+        let mut s = Settings::for_dir(self.vault_dir());
+        s.blobs_url = self.blobs.clone();
+        s.host = "conformance".into();
+        f(&mut s);
+        Vault::open(s).unwrap()
+    }
+
+    fn open(&self) -> Vault {
+        self.open_with(|_| {})
+    }
+
+    /// The blob store as a second, independent handle (to tamper with it, or list it).
+    fn store(&self) -> Box<dyn BlobStore> {
+        match &self.blobs {
+            Some(url) => Box::new(ObjectBlobs::open(url).unwrap()),
+            None => Box::new(LocalBlobs::new(
+                self.vault_dir().join("blobs"),
+                self.vault_dir().join("quarantine"),
+            )),
+        }
+    }
+
+    fn stored(&self) -> usize {
+        self.store().list().unwrap().len()
+    }
+
+    fn file(&self, name: &str, data: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+}
+
+impl Backend {
+    fn case(&self, name: &str) -> Case {
+        Case { dir: tempfile::tempdir().unwrap(), blobs: (self.blobs)(name) }
+    }
+}
+
+fn k(v: &Vault, name: &str) -> TaskKey {
+    v.key("conformance", &[Input::Bytes(name.as_bytes().to_vec())]).unwrap()
+}
+
+fn text(n: usize) -> Vec<u8> {
+    (0..).flat_map(|i: u64| format!("line {i}\n").into_bytes()).take(n).collect()
+}
+
+/// Runs every case against `b`.
+fn suite(b: &Backend) {
+    type CaseFn = fn(&Backend, &str);
+    let cases: &[(&str, CaseFn)] = &[
+        ("saves-and-hits", saves_and_hits),
+        ("history", history),
+        ("eviction-order", eviction_order),
+        ("corruption", corruption),
+        ("concurrent-writers", concurrent_writers),
+        ("crash-during-a-commit", crash_during_a_commit),
+        ("removal", removal),
+    ];
+    for (name, case) in cases {
+        eprintln!("{}: {name}", b.test);
+        case(b, name);
+    }
+}
+
+/// Every kind of output comes back byte for byte: inline, large raw, large compressed, a
+/// directory tree; from the handle that saved it and from a vault opened afresh.
+fn saves_and_hits(b: &Backend, name: &str) {
+    let c = b.case(name);
+    let v = c.open();
+    let outputs: Vec<(&str, Vec<u8>)> = vec![
+        ("inline", b"a small result".to_vec()),
+        ("raw", noise(300_000, 1)),
+        ("compressible", text(500_000)),
+        ("empty", Vec::new()),
+    ];
+    for (n, data) in &outputs {
+        let src = c.file(&format!("src/{n}"), data);
+        v.save(&k(&v, n), Output::Path(&src), &SaveOptions::default()).unwrap();
+    }
+    let tree = c.dir.path().join("tree");
+    for (rel, data) in [("a.txt", text(1000)), ("sub/b.bin", noise(70_000, 2))] {
+        std::fs::create_dir_all(tree.join(rel).parent().unwrap()).unwrap();
+        std::fs::write(tree.join(rel), data).unwrap();
+    }
+    v.save(&k(&v, "tree"), Output::Path(&tree), &SaveOptions::default()).unwrap();
+    for v in [v, c.open()] {
+        for (n, data) in &outputs {
+            let dest = c.dir.path().join(format!("out/{n}"));
+            let _ = std::fs::remove_file(&dest);
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            assert!(v.get(&k(&v, n), &dest).unwrap().is_some(), "{name}: {n} missed");
+            assert!(std::fs::read(&dest).unwrap() == *data, "{name}: {n} restored wrong");
+            assert_eq!(v.get_bytes(&k(&v, n)).unwrap().map(|(_, b)| b).as_ref(), Some(data));
+        }
+        let dest = c.dir.path().join("out/tree");
+        let _ = std::fs::remove_dir_all(&dest);
+        assert!(v.get(&k(&v, "tree"), &dest).unwrap().is_some());
+        for rel in ["a.txt", "sub/b.bin"] {
+            assert_eq!(
+                std::fs::read(dest.join(rel)).unwrap(),
+                std::fs::read(tree.join(rel)).unwrap()
+            );
+        }
+    }
+    let report = c.open().verify().unwrap();
+    assert!(report.corrupt.is_empty() && report.orphans_removed == 0, "{name}: {report:?}");
+}
+
+/// A new save of a key supersedes the live run and keeps the old one as history.
+fn history(b: &Backend, name: &str) {
+    let c = b.case(name);
+    let v = c.open();
+    let key = k(&v, "h");
+    for i in 0..3u64 {
+        v.save(&key, Output::Bytes(&noise(50_000, 10 + i)), &SaveOptions::default()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let live = v.live_entry(&key.digest().hex()).unwrap().unwrap();
+    let runs = v.history(&live).unwrap();
+    assert_eq!(runs.len(), 3, "{name}: {runs:?}");
+    assert_eq!(v.get_bytes(&key).unwrap().map(|(_, b)| b), Some(noise(50_000, 12)));
+    let v = c.open();
+    assert_eq!(v.history(&live).unwrap().len(), 3);
+    assert_eq!(runs.last().map(|r| &r.id), Some(&live.id), "{name}: history is oldest first");
+}
+
+/// Over the cap, the least recently used entries go first, down to the low-water mark, and
+/// their blobs with them.
+fn eviction_order(b: &Backend, name: &str) {
+    let c = b.case(name);
+    let v = c.open_with(|s| {
+        s.max_size_bytes = Some(10 * 100_000);
+        s.low_water_percent = 80;
+        s.inline_max_bytes = 0;
+    });
+    let keys: Vec<TaskKey> = (0..10).map(|i| k(&v, &format!("e{i}"))).collect();
+    for (i, key) in keys.iter().enumerate() {
+        v.save(key, Output::Bytes(&noise(100_000, 100 + i as u64)), &SaveOptions::default())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(v.get_bytes(&keys[0]).unwrap().is_some());
+    std::thread::sleep(Duration::from_millis(2));
+    let last = k(&v, "e10");
+    v.save(&last, Output::Bytes(&noise(100_000, 110)), &SaveOptions::default()).unwrap();
+    let s = v.stats().unwrap();
+    assert!(s.total_bytes <= 800_000, "{name}: {}", s.total_bytes);
+    assert_eq!(s.entries, 8, "{name}");
+    assert!(v.peek(&keys[0]).unwrap().is_some(), "{name}: the recently used one went");
+    for gone in &keys[1..4] {
+        assert!(v.peek(gone).unwrap().is_none(), "{name}: not least recently used first");
+    }
+    assert!(v.peek(&last).unwrap().is_some());
+    assert_eq!(c.stored(), 8, "{name}: evicted blobs are still stored");
+}
+
+/// A blob changed behind the vault's back is never served: the hit is a miss, the blob leaves
+/// its digest, the key can be saved again.
+fn corruption(b: &Backend, name: &str) {
+    let c = b.case(name);
+    let v = c.open();
+    let key = k(&v, "c");
+    let data = noise(200_000, 20);
+    let e = v.save(&key, Output::Bytes(&data), &SaveOptions::default()).unwrap();
+    let digest = e.outputs[0].digest.unwrap();
+    let mut bad = data.clone();
+    bad[123_456] ^= 0x40;
+    let tampered = c.file("tampered", &bad);
+    c.store().put(&digest, &tampered).unwrap();
+    let dest = c.dir.path().join("restored");
+    let got = v.get(&key, &dest);
+    assert!(!matches!(got, Ok(Some(_))), "{name}: a corrupt blob was served");
+    assert!(std::fs::read(&dest).map_or(true, |b| b != bad), "{name}: corrupt bytes written");
+    assert!(v.get_bytes(&key).unwrap().is_none(), "{name}: still served after");
+    assert!(v.stats().unwrap().counters.corrupt >= 1);
+    v.save(&key, Output::Bytes(&data), &SaveOptions::default()).unwrap();
+    assert_eq!(v.get_bytes(&key).unwrap().map(|(_, b)| b), Some(data));
+}
+
+/// Four processes saving and reading 16 overlapping keys at once: every hit is a version that
+/// was saved, and the vault verifies clean afterwards.
+fn concurrent_writers(b: &Backend, name: &str) {
+    let c = b.case(name);
+    let dir = c.vault_dir();
+    let workers: Vec<_> =
+        (0..4).map(|w| spawn_worker_on(b.test, "mixed", &dir, c.blobs.as_deref(), w)).collect();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: a worker failed\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v = c.open();
+    for i in 0..16 {
+        if let Some((_, bytes)) = v.get_bytes(&key(&v, i)).unwrap() {
+            check_content(i, &bytes).unwrap();
+        }
+    }
+    let report = v.verify().unwrap();
+    assert!(report.corrupt.is_empty(), "{name}: {report:?}");
+}
+
+/// A saving process SIGKILLed at random moments, again and again: nothing it left is served
+/// wrong, and the vault verifies clean.
+fn crash_during_a_commit(b: &Backend, name: &str) {
+    let c = b.case(name);
+    let dir = c.vault_dir();
+    let mut rng = crate::Rng::new(77);
+    let mut served = 0;
+    for round in 0..12 {
+        let mut child = spawn_worker_on(b.test, "saver", &dir, c.blobs.as_deref(), round);
+        std::thread::sleep(Duration::from_millis(60 + rng.below(200)));
+        child.kill().unwrap();
+        assert!(!child.wait().unwrap().success());
+        let v = c.open();
+        for i in 0..16 {
+            let dest = c.dir.path().join("restored");
+            if v.get(&key(&v, i), &dest).unwrap().is_some() {
+                let bytes = std::fs::read(&dest).unwrap();
+                check_content(i, &bytes).unwrap_or_else(|e| panic!("{name} round {round}: {e}"));
+                served += 1;
+            }
+        }
+    }
+    assert!(served > 0, "{name}: nothing survived the crashes");
+    let report = c.open().verify().unwrap();
+    assert!(report.corrupt.is_empty(), "{name}: {report:?}");
+}
+
+/// Removing entries and collecting garbage leaves no blob behind.
+fn removal(b: &Backend, name: &str) {
+    let c = b.case(name);
+    let v = c.open();
+    let keys: Vec<TaskKey> = (0..3).map(|i| k(&v, &format!("r{i}"))).collect();
+    for (i, key) in keys.iter().enumerate() {
+        v.save(key, Output::Bytes(&noise(80_000, 30 + i as u64)), &SaveOptions::default()).unwrap();
+    }
+    assert_eq!(c.stored(), 3);
+    assert!(v.remove_key(&keys[0].digest().hex(), "test").unwrap());
+    assert_eq!(c.stored(), 2, "{name}: a removed entry's blob is still stored");
+    assert_eq!(v.clear().unwrap(), 2);
+    v.gc(None, None).unwrap();
+    assert_eq!(c.stored(), 0, "{name}: blobs outlived their entries");
+}
+
+/// Runs a worker role if this process is one.
+fn worker() -> bool {
+    let Some((role, dir, w)) = role() else { return false };
+    match role.as_str() {
+        "mixed" => mixed_worker(&dir, w),
+        "saver" => saver(&dir, w),
+        other => panic!("unknown role {other}"),
+    }
+    true
+}
+
+#[test]
+fn sqlite_and_local_disk() {
+    if worker() {
+        return;
+    }
+    suite(&Backend { test: "conformance::sqlite_and_local_disk", blobs: Box::new(|_| None) });
+}
+
+#[test]
+fn sqlite_and_s3() {
+    if worker() {
+        return;
+    }
+    let Some(s3) = Seaweed::start() else { return };
+    let endpoint = s3.endpoint().to_owned();
+    let url = move |case: &str| Some(crate::seaweed::url(&endpoint, "conformance", case));
+    suite(&Backend { test: "conformance::sqlite_and_s3", blobs: Box::new(url) });
+    eprintln!("conformance::sqlite_and_s3: object-store specifics");
+    crate::object::blobs_in_s3_are_uploaded_served_verified_and_deleted(&s3);
+}

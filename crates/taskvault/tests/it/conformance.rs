@@ -18,13 +18,16 @@ use crate::procs::{key, mixed_worker, saver};
 use crate::seaweed::Seaweed;
 use crate::{check_content, role, spawn_worker_on};
 
+/// A case's name -> the blob store URL for it; `None`: the local disk.
+type BlobsFor = Box<dyn Fn(&str) -> Option<String>>;
+
 /// One pair of stores under test. Every case gets a vault of its own (a fresh directory and,
 /// for an object store, a prefix of its own).
 struct Backend {
     /// The test function, which the cases' worker processes run again.
     test: &'static str,
     /// The blob store URL for a case's prefix; `None`: the local disk.
-    blobs: Box<dyn Fn(&str) -> Option<String>>,
+    blobs: BlobsFor,
 }
 
 /// A case's vault: its directory, its blob store URL, and handles on both.

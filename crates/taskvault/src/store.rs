@@ -102,6 +102,12 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     fn put(&self, digest: &Digest, staged: &Path) -> Result<()>;
     /// Opens a blob, or `None` if it is missing.
     fn open(&self, digest: &Digest) -> Result<Option<BlobReader>>;
+    /// [`BlobStore::open`] when the metadata says how many bytes are stored: a store that
+    /// would otherwise ask (an object store) saves that request. A blob of another length is
+    /// `Unusable`, or fails as it is read.
+    fn open_sized(&self, digest: &Digest, _stored_size: u64) -> Result<Option<BlobReader>> {
+        self.open(digest)
+    }
     /// Deletes a blob; a missing blob is not an error.
     fn remove(&self, digest: &Digest) -> Result<()>;
     /// Moves a blob that failed verification out of the way (kept for inspection where possible).

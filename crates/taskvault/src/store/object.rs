@@ -138,22 +138,42 @@ impl BlobStore for ObjectBlobs {
 
     fn open(&self, digest: &Digest) -> Result<Option<BlobReader>> {
         let (op, path) = (self.op.clone(), Self::path(digest));
-        let len = match self.run(async move { op.stat(&path).await }) {
-            Ok(meta) => meta.content_length(),
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.err("cannot read", digest, e)),
-        };
-        let reader = ObjectReader {
+        match self.run(async move { op.stat(&path).await }) {
+            Ok(meta) => self.open_sized(digest, meta.content_length()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("cannot read", digest, e)),
+        }
+    }
+
+    fn open_sized(&self, digest: &Digest, stored_size: u64) -> Result<Option<BlobReader>> {
+        let mut reader = ObjectReader {
             op: self.op.clone(),
             path: Self::path(digest),
             handle: self.rt.as_ref().expect("runtime").handle().clone(),
             shown: self.shown.clone(),
             pos: 0,
-            len,
+            len: stored_size,
             buf: Vec::new(),
             at: 0,
         };
-        Ok(Some(BlobReader::Stream(Box::new(reader))))
+        // The first range is read now: one request says whether the blob is there and brings
+        // all of it when it fits one range.
+        match reader.fetch() {
+            Ok(()) => Ok(Some(BlobReader::Stream(Box::new(reader)))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => {
+                // Perhaps not the length the metadata says (truncated, replaced): then it is
+                // no blob of that digest. Otherwise the store failed.
+                let (op, path) = (self.op.clone(), Self::path(digest));
+                match self.run(async move { op.stat(&path).await }) {
+                    Ok(m) if m.content_length() != stored_size => Ok(Some(BlobReader::Unusable(
+                        format!("object is {} bytes, expected {stored_size}", m.content_length()),
+                    ))),
+                    Err(s) if s.kind() == ErrorKind::NotFound => Ok(None),
+                    _ => Err(self.err("cannot read", digest, e)),
+                }
+            }
+        }
     }
 
     fn remove(&self, digest: &Digest) -> Result<()> {
@@ -249,30 +269,46 @@ impl std::fmt::Debug for ObjectReader {
     }
 }
 
+impl ObjectReader {
+    /// Fetches the next range into the buffer.
+    fn fetch(&mut self) -> std::result::Result<(), opendal::Error> {
+        let end = (self.pos + READ_CHUNK).min(self.len);
+        if end == self.pos {
+            self.buf.clear();
+            self.at = 0;
+            return Ok(()); // an empty blob: nothing to fetch
+        }
+        let (op, path, range) = (self.op.clone(), self.path.clone(), self.pos..end);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(op.read_with(&path).range(range).await);
+        });
+        let got = rx.recv().map_err(|_| {
+            opendal::Error::new(ErrorKind::Unexpected, "the object store's runtime stopped")
+        })??;
+        self.buf = got.to_vec();
+        self.at = 0;
+        if self.buf.is_empty() {
+            // Shorter than the metadata says: the caller's verification reports it.
+            self.len = self.pos;
+        }
+        self.pos += self.buf.len() as u64;
+        Ok(())
+    }
+}
+
 impl Read for ObjectReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if self.at == self.buf.len() {
             if self.pos >= self.len {
                 return Ok(0);
             }
-            let end = (self.pos + READ_CHUNK).min(self.len);
-            let (op, path, range) = (self.op.clone(), self.path.clone(), self.pos..end);
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            self.handle.spawn(async move {
-                let _ = tx.send(op.read_with(&path).range(range).await);
-            });
-            let got = rx.recv().map_err(|_| std::io::Error::other("the runtime stopped"))?;
-            let got = got.map_err(|e| {
+            self.fetch().map_err(|e| {
                 std::io::Error::other(format!("{}: reading {}: {e}", self.shown, self.path))
             })?;
-            self.buf = got.to_vec();
-            self.at = 0;
             if self.buf.is_empty() {
-                // Shorter than it was when opened: the caller's verification reports it.
-                self.len = self.pos;
                 return Ok(0);
             }
-            self.pos += self.buf.len() as u64;
         }
         let n = out.len().min(self.buf.len() - self.at);
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);

@@ -267,7 +267,7 @@ impl Vault {
                 }
             }));
         }
-        let reader: Box<dyn Read + Send> = match self.blobs.open(digest)? {
+        let reader: Box<dyn Read + Send> = match self.blobs.open_sized(digest, info.stored_size)? {
             None => return Ok(None),
             Some(BlobReader::Unusable(why)) => {
                 let mut s = stream(Box::new(std::io::empty()));

@@ -93,7 +93,7 @@ impl Vault {
             sink.write_all(plain.as_deref().unwrap_or(data))?;
             return Ok(Ok(()));
         }
-        let reader = match self.blob_store().open(digest)? {
+        let reader = match self.blob_store().open_sized(digest, info.stored_size)? {
             Some(BlobReader::Unusable(why)) => return Ok(Err(format!("blob file {why}"))),
             Some(r) => r,
             None => return Ok(Err("blob file is missing".into())),

@@ -77,6 +77,16 @@ pub(crate) fn blobs_in_s3_are_uploaded_served_verified_and_deleted(s3: &Seaweed)
     assert!(!digests(&store).contains(&raw.to_string()), "the tampered object is still there");
     assert!(v.get(&keys[0], &dest).unwrap().is_none());
 
+    // A truncated object: not served either (it cannot be the blob its row describes).
+    let short_key = v.key("short", &[Input::Bytes(b"short".to_vec())]).unwrap();
+    let data = noise(100_000, 9);
+    let e = v.save(&short_key, Output::Bytes(&data), &SaveOptions::default()).unwrap();
+    let short = work.path().join("short");
+    std::fs::write(&short, &data[..50_000]).unwrap();
+    store.put(&e.outputs[0].digest.unwrap(), &short).unwrap();
+    assert!(v.get_bytes(&short_key).unwrap().is_none(), "a truncated object was served");
+    assert!(v.get_bytes(&short_key).unwrap().is_none());
+
     // The others still hit; removing them deletes their objects.
     for key in &keys[1..] {
         assert!(v.remove_key(&key.digest().hex(), "test").unwrap());

@@ -7,7 +7,8 @@
 #      alternating, spread over 64 distinct blobs (64 MiB: past the server's 16 MiB memory cache
 #      of small blobs, so most GETs read the blob store).
 # Issue 17's targets, for PostgreSQL + SeaweedFS once PostgreSQL metadata exists: hit latency
-# <= 2x, throughput >= 0.7x of SQLite + local disk. Results: bench-out/backends.md.
+# <= 2x, throughput >= 0.7x of SQLite + local disk. Results: bench-out/backends.md. KEEP=SECONDS
+# leaves the servers up that long after the report (to profile them).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 need=()
@@ -25,6 +26,7 @@ report="$out/backends.md"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tvbackends.XXXXXX")"
 pids=()
 cleanup() {
+    [ -n "${KEEP:-}" ] && { echo "kept $work"; sleep "${KEEP}"; }
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"

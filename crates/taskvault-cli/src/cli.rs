@@ -176,6 +176,10 @@ pub struct ServeArgs {
     /// Longest wait for a request's next bytes (e.g. 60s).
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub timeout: std::time::Duration,
+    /// The token file (read only; re-read when it changes), instead of server/tokens.json in
+    /// the vault: a mounted Kubernetes Secret, say. Also TASKVAULT_TOKENS_FILE.
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, PartialEq, Subcommand)]

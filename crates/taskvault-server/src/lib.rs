@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub max_concurrent_uploads: usize,
     /// Longest wait for a request's next bytes (or an upload slot).
     pub request_timeout: Duration,
+    /// The token file; default `server/tokens.json` of the vault ([`tokens::tokens_path`]).
+    pub tokens_file: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -50,6 +52,7 @@ impl ServeOptions {
             max_upload_bytes: 16 << 30,
             max_concurrent_uploads: 64,
             request_timeout: Duration::from_secs(60),
+            tokens_file: None,
         }
     }
 }
@@ -162,7 +165,8 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
 /// told to.
 pub fn state(vault: Vault, options: ServeOptions) -> Result<Arc<AppState>> {
     let dir = server_dir(&vault.settings().vault_dir);
-    let tokens = tokens::Tokens::new(&dir)?;
+    let tokens_file = options.tokens_file.clone().unwrap_or_else(|| tokens::tokens_path(&dir));
+    let tokens = tokens::Tokens::new(&tokens_file)?;
     if !options.listen.ip().is_loopback() && !tokens.required()? && !options.insecure_no_auth {
         anyhow::bail!(
             "refusing to serve {} without tokens: anyone who can reach it could read and write \

@@ -115,19 +115,23 @@ fn store(path: &Path, file: &TokenFile) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` on the token file under an exclusive lock, and writes back what it leaves.
-fn update<T>(server_dir: &Path, f: impl FnOnce(&mut Vec<TokenRecord>) -> Result<T>) -> Result<T> {
-    std::fs::create_dir_all(server_dir)
-        .with_context(|| format!("cannot create {}", server_dir.display()))?;
-    let lock_path = server_dir.join("tokens.lock");
+/// Runs `f` on the token file under an exclusive lock (a file beside it), and writes back what
+/// it leaves.
+fn update<T>(path: &Path, f: impl FnOnce(&mut Vec<TokenRecord>) -> Result<T>) -> Result<T> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path.file_name().map_or("tokens".into(), |n| n.to_string_lossy().into_owned());
+    let lock_path = dir.join(format!("{name}.lock"));
     let lock = std::fs::File::create(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
     lock.lock()?;
-    let path = tokens_path(server_dir);
-    let mut file = load(&path)?;
+    let mut file = load(path)?;
     let out = f(&mut file.tokens)?;
     file.version = 1;
-    store(&path, &file)?;
+    store(path, &file)?;
     lock.unlock()?;
     Ok(out)
 }
@@ -147,7 +151,7 @@ pub fn hash_token(token: &str) -> String {
 
 /// Makes a token and stores its hash; returns the token (shown once) and its record.
 pub fn create(
-    server_dir: &Path,
+    path: &Path,
     name: &str,
     scope: Scope,
     namespaces: &[String],
@@ -180,7 +184,7 @@ pub fn create(
         revoked_ms: None,
     };
     let stored = record.clone();
-    update(server_dir, |tokens| {
+    update(path, |tokens| {
         if tokens.iter().any(|t| t.name == name && t.revoked_ms.is_none()) {
             anyhow::bail!(
                 "a token named {name:?} exists already; revoke it first or pick another name"
@@ -193,13 +197,13 @@ pub fn create(
 }
 
 /// Every token record, revoked ones included.
-pub fn list(server_dir: &Path) -> Result<Vec<TokenRecord>> {
-    Ok(load(&tokens_path(server_dir))?.tokens)
+pub fn list(path: &Path) -> Result<Vec<TokenRecord>> {
+    Ok(load(path)?.tokens)
 }
 
 /// Revokes the token with this id or name; returns its record.
-pub fn revoke(server_dir: &Path, which: &str) -> Result<TokenRecord> {
-    update(server_dir, |tokens| {
+pub fn revoke(path: &Path, which: &str) -> Result<TokenRecord> {
+    update(path, |tokens| {
         let live: Vec<usize> = (0..tokens.len())
             .filter(|&i| tokens[i].revoked_ms.is_none())
             .filter(|&i| tokens[i].id == which || tokens[i].name == which)
@@ -271,9 +275,10 @@ pub enum Denied {
 }
 
 impl Tokens {
-    pub fn new(server_dir: &Path) -> Result<Tokens> {
-        let path = tokens_path(server_dir);
-        let tokens = Tokens { path, cache: RwLock::new((None, Arc::default())) };
+    /// The tokens of the file at `path` (the server only reads it: it may be read-only, a
+    /// Kubernetes Secret, say; a change to it applies to the next request).
+    pub fn new(path: &Path) -> Result<Tokens> {
+        let tokens = Tokens { path: path.to_owned(), cache: RwLock::new((None, Arc::default())) };
         tokens.current()?;
         Ok(tokens)
     }
@@ -391,11 +396,12 @@ mod tests {
     #[test]
     fn tokens_are_stored_hashed_and_checked_by_scope_and_namespace() {
         let dir = tempfile::tempdir().unwrap();
-        let (token, rec) = create(dir.path(), "ci", Scope::Write, &["ci".into()]).unwrap();
-        let text = std::fs::read_to_string(tokens_path(dir.path())).unwrap();
+        let file = tokens_path(dir.path());
+        let (token, rec) = create(&file, "ci", Scope::Write, &["ci".into()]).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
         assert!(!text.contains(&token), "the token itself is never stored");
         assert!(text.contains(&rec.hash));
-        let tokens = Tokens::new(dir.path()).unwrap();
+        let tokens = Tokens::new(&file).unwrap();
         assert!(matches!(tokens.authenticate(None), Err(Denied::Unauthenticated(_))));
         let caller = tokens.authenticate(Some(&format!("Bearer {token}"))).unwrap();
         assert!(caller.check(Scope::Write, "ci").is_ok());
@@ -404,7 +410,7 @@ mod tests {
         assert!(matches!(caller.check(Scope::Read, "web"), Err(Denied::Forbidden(_))));
         let wrong = format!("Bearer {}x", token);
         assert!(matches!(tokens.authenticate(Some(&wrong)), Err(Denied::Unauthenticated(_))));
-        revoke(dir.path(), "ci").unwrap();
+        revoke(&file, "ci").unwrap();
         assert_eq!(
             tokens.authenticate(Some(&format!("Bearer {token}"))).unwrap_err(),
             Denied::Unauthenticated("the token has been revoked")

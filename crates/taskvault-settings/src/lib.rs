@@ -43,6 +43,9 @@ pub struct Resolved {
     pub service_port: u16,
     /// The server of the remote tier, if one is configured.
     pub remote: Option<Remote>,
+    /// `TASKVAULT_TOKENS_FILE`: the server's token file instead of `server/tokens.json` of the
+    /// vault (a Kubernetes Secret, say), for `taskvault serve` and `taskvault token`.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// The remote tier's server, resolved: the `remote:` block of the config file, with
@@ -252,6 +255,7 @@ pub fn resolve(o: &Overrides) -> Result<Resolved> {
         log_origin,
         service_port: file.service_port,
         remote,
+        tokens_file: env_path("TASKVAULT_TOKENS_FILE"),
     })
 }
 

@@ -12,9 +12,17 @@ use crate::Outcome;
 use crate::cli::{Cli, ServeArgs, TokenCommand};
 use crate::human;
 
+/// The token file: the flag, else `TASKVAULT_TOKENS_FILE`, else the vault's own.
+fn tokens_file(resolved: &Resolved, flag: Option<&std::path::Path>) -> std::path::PathBuf {
+    flag.map(std::path::Path::to_owned)
+        .or_else(|| resolved.tokens_file.clone())
+        .unwrap_or_else(|| tokens::tokens_path(&server_dir(&resolved.settings.vault_dir)))
+}
+
 pub fn serve(_cli: &Cli, resolved: Resolved, a: &ServeArgs) -> Result<Outcome> {
     let dir = resolved.settings.vault_dir.clone();
-    let has_tokens = !tokens::list(&server_dir(&dir))?.is_empty();
+    let tokens_file = tokens_file(&resolved, a.tokens_file.as_deref());
+    let has_tokens = !tokens::list(&tokens_file)?.is_empty();
     let listen = a.listen.unwrap_or_else(|| {
         let ip = if has_tokens || a.insecure_no_auth {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
@@ -31,6 +39,7 @@ pub fn serve(_cli: &Cli, resolved: Resolved, a: &ServeArgs) -> Result<Outcome> {
     options.max_upload_bytes = a.max_upload_size;
     options.max_concurrent_uploads = a.max_uploads.max(1);
     options.request_timeout = a.timeout;
+    options.tokens_file = Some(tokens_file);
     taskvault_server::serve_blocking(vault, options, |addr| {
         // The first line on stdout is the address (a test or a script reads it, with port 0).
         let _ = writeln!(std::io::stdout(), "listening on http://{addr}");
@@ -48,11 +57,11 @@ pub fn serve(_cli: &Cli, resolved: Resolved, a: &ServeArgs) -> Result<Outcome> {
 }
 
 pub fn token(cli: &Cli, resolved: &Resolved, c: &TokenCommand) -> Result<Outcome> {
-    let dir = server_dir(&resolved.settings.vault_dir);
+    let file = tokens_file(resolved, None);
     match c {
         TokenCommand::Create { scope, namespaces, name } => {
             let name = name.clone().unwrap_or_else(|| format!("{scope}:{}", namespaces.join(",")));
-            let (token, rec) = tokens::create(&dir, &name, *scope, namespaces)?;
+            let (token, rec) = tokens::create(&file, &name, *scope, namespaces)?;
             if cli.json {
                 human::json(&serde_json::json!({"token": token, "record": rec}))?;
             } else {
@@ -63,12 +72,12 @@ pub fn token(cli: &Cli, resolved: &Resolved, c: &TokenCommand) -> Result<Outcome
                     rec.name,
                     rec.scope,
                     rec.namespaces.join(", "),
-                    tokens::tokens_path(&dir).display()
+                    file.display()
                 ));
             }
         }
         TokenCommand::List => {
-            let list = tokens::list(&dir)?;
+            let list = tokens::list(&file)?;
             if cli.json {
                 human::json(&list)?;
             } else if list.is_empty() {
@@ -91,7 +100,7 @@ pub fn token(cli: &Cli, resolved: &Resolved, c: &TokenCommand) -> Result<Outcome
             }
         }
         TokenCommand::Revoke { token } => {
-            let rec = tokens::revoke(&dir, token)?;
+            let rec = tokens::revoke(&file, token)?;
             if cli.json {
                 human::json(&rec)?;
             } else {

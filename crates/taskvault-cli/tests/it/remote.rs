@@ -694,3 +694,48 @@ fn limits_metrics_audit_and_only_missing_blobs_uploaded() {
     assert!(audit.contains("serve:ci"), "the audit trail names the token: {audit}");
     assert_eq!(cap_server.stop(), Some(0));
 }
+
+#[test]
+fn a_token_file_kept_outside_the_vault_is_only_read_and_its_changes_apply() {
+    // Made where a deployment keeps secrets (a Kubernetes Secret mounted read-only, say), with
+    // the same `taskvault token` commands.
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("tokens.json");
+    let token = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_taskvault"))
+            .arg("--dir")
+            .arg(secrets.path().join("scratch"))
+            .arg("token")
+            .args(args)
+            .env("TASKVAULT_TOKENS_FILE", &file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let writer = token(&["create", "--scope", "write", "--namespace", "default", "--name", "ci"]);
+    assert!(file.is_file());
+    let before: Vec<_> =
+        std::fs::read_dir(secrets.path()).unwrap().map(|e| e.unwrap().path()).collect();
+
+    let server =
+        Server::start_in(tempfile::tempdir().unwrap(), &["--tokens-file", file.to_str().unwrap()]);
+    let h = http();
+    let key = "0".repeat(64);
+    let url = format!("{}/v1/ns/default/entries/{key}", server.url);
+    assert_eq!(h.get(&url).call().unwrap().status(), 401, "the file's tokens are required");
+    let auth = format!("Bearer {writer}");
+    assert_eq!(h.get(&url).header("Authorization", &auth).call().unwrap().status(), 404);
+    assert!(
+        !server.dir.path().join("vault/server/tokens.json").exists(),
+        "the vault's own token file was used or made"
+    );
+
+    // Revoked in the file: refused from the next request on, without a restart.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    token(&["revoke", "ci"]);
+    assert_eq!(h.get(&url).header("Authorization", &auth).call().unwrap().status(), 401);
+    let after: Vec<_> =
+        std::fs::read_dir(secrets.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(before.len(), after.len(), "the server wrote beside the token file");
+}

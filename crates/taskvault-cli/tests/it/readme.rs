@@ -67,6 +67,14 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
         "each tool's setting: tests/it/tools/*.rs drive the real clients with the same settings",
     ),
     ("// Gradle, settings.gradle", "Gradle's setting: tests/it/tools/gradle.rs writes it"),
+    (
+        "storage:",
+        "blobs in an object store: crates/taskvault/tests/it/conformance.rs runs vaults on a real S3 server",
+    ),
+    (
+        "TASKVAULT_TOKENS_FILE=",
+        "a token file outside the vault: tests/it/remote.rs (a_token_file_kept_outside_...); no kubectl here",
+    ),
 ];
 
 const STUBS: &[(&str, &str)] = &[

@@ -116,6 +116,18 @@ pub enum Command {
     },
     /// Check every stored blob against its digest; quarantine the bad ones.
     Verify,
+    /// Copy the vault's blobs to another blob store (verified, resumable).
+    ///
+    /// Every blob is verified as it is read here and read back from the target; a rerun skips
+    /// what the target holds. Then point `storage.blobs` at the target.
+    #[command(
+        after_help = "Examples:\n  taskvault migrate --to 's3://build-cache/taskvault?region=eu-west-1'\n  taskvault migrate --to local      # back to files under cache_dir"
+    )]
+    Migrate {
+        /// The target: an object store URL (s3://, gcs://, azblob://) or `local`.
+        #[arg(long, value_name = "STORAGE")]
+        to: String,
+    },
     /// Write entries and their blobs to an archive (.tar.zst).
     Export {
         archive: PathBuf,

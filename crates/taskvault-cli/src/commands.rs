@@ -58,6 +58,7 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
         Command::Gc { older_than, max_size, .. } => admin::gc(cli, v, *older_than, *max_size),
         Command::Clear { yes } => admin::clear(cli, v, *yes),
         Command::Verify => admin::verify(cli, v),
+        Command::Migrate { to } => admin::migrate(cli, v, to),
         Command::Export { archive, select } => admin::export(cli, v, archive, select),
         Command::Import { archive } => admin::import(cli, v, archive),
         Command::Stats(a) => admin::stats(cli, v, a),

@@ -4,6 +4,7 @@
 mod admin;
 pub mod exchange;
 mod lifecycle;
+pub mod migrate;
 mod resident;
 mod restore;
 mod stage;

@@ -154,6 +154,66 @@ pub fn verify(cli: &Cli, v: &Vault) -> Result<Outcome> {
     Ok(if r.corrupt.is_empty() && r.damaged_rows.is_empty() { Outcome::Ok } else { Outcome::Miss })
 }
 
+/// `taskvault migrate --to STORAGE`: the vault's blobs copied to another blob store.
+pub fn migrate(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
+    use taskvault::store::BlobStore;
+    let settings = v.settings();
+    let here = settings.blobs_url.as_deref().unwrap_or("local");
+    let shown = |u: &str| u.split('?').next().unwrap_or(u).to_owned();
+    if to == here {
+        anyhow::bail!("the vault's blobs are in {} already", shown(to));
+    }
+    let target: Box<dyn BlobStore> = if to == "local" {
+        let dir = &settings.vault_dir;
+        Box::new(taskvault::store::local::LocalBlobs::new(
+            dir.join("blobs"),
+            dir.join("quarantine"),
+        ))
+    } else if taskvault::store::object::is_object_url(to) {
+        Box::new(taskvault::store::object::ObjectBlobs::open(to)?)
+    } else if ["postgres", "postgresql", "redis", "sqlite"].iter().any(|s| to.starts_with(s)) {
+        anyhow::bail!(
+            "--to {}: this release moves blobs (local or an object store); metadata stays in SQLite",
+            shown(to)
+        );
+    } else {
+        anyhow::bail!(
+            "--to {}: not a blob store (local, or {}://...)",
+            shown(to),
+            taskvault::store::object::SCHEMES.join("://, ")
+        );
+    };
+    let r = v.copy_blobs_to(target.as_ref())?;
+    if cli.json {
+        human::json(&r)?;
+    } else {
+        human::out(format!(
+            "copied {} blobs ({}) to {}, each verified there; {} were there already",
+            r.copied,
+            human::size(r.bytes as i64),
+            shown(to),
+            r.present
+        ))?;
+        for (d, why) in &r.corrupt {
+            human::out(format!("corrupt {d}: {why} (quarantined, not copied)"))?;
+        }
+        let left = if here == "local" {
+            format!(
+                " The copies under {} can go afterwards.",
+                settings.vault_dir.join("blobs").display()
+            )
+        } else {
+            String::new()
+        };
+        let what = if to == "local" { "`local`" } else { "the URL given to --to" };
+        human::note(format!(
+            "Now set storage.blobs to {what} in the config, with no saves meanwhile (or run \
+             migrate again just before).{left}"
+        ));
+    }
+    Ok(if r.corrupt.is_empty() { Outcome::Ok } else { Outcome::Miss })
+}
+
 pub fn export(cli: &Cli, v: &Vault, archive: &Path, select: &Select) -> Result<Outcome> {
     // Only live entries carry their outputs; read a batch at a time.
     let r = v.export_where(&super::filter(select)?, archive)?;

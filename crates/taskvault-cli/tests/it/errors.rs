@@ -189,3 +189,19 @@ fn unknown_hash_and_ambiguous_prefix() {
     one_error_line(&p.run(&["show", "abcdef"]), "no entry matches");
     one_error_line(&p.run(&["show", "xyz"]), "not a hash");
 }
+
+#[test]
+fn migrate_names_what_it_cannot_do() {
+    let p = Project::new();
+    p.write("in", "i");
+    p.write("out", "o");
+    p.run(&["cache", "save", "t", "in", "out"]).ok();
+    one_error_line(&p.run(&["migrate", "--to", "local"]), "blobs are in local already");
+    one_error_line(
+        &p.run(&["migrate", "--to", "postgres://db/tv?password=x"]),
+        "this release moves blobs",
+    );
+    let r = p.run(&["migrate", "--to", "/mnt/elsewhere"]);
+    one_error_line(&r, "not a blob store (local, or s3://");
+    assert!(!r.stderr().contains("password=x"));
+}

@@ -321,4 +321,6 @@ fn sqlite_and_s3() {
     suite(&Backend { test: "conformance::sqlite_and_s3", blobs: Box::new(url) });
     eprintln!("conformance::sqlite_and_s3: object-store specifics");
     crate::object::blobs_in_s3_are_uploaded_served_verified_and_deleted(&s3);
+    eprintln!("conformance::sqlite_and_s3: migration to S3 and back");
+    crate::object::blobs_migrate_between_the_local_disk_and_s3(&s3);
 }

@@ -114,3 +114,58 @@ fn a_blob_store_url_with_an_unknown_scheme_or_no_server_is_a_clear_error() {
     assert!(err.to_string().contains("s3://b/p"), "{err}");
     assert!(v.live_entry(&key.digest().hex()).unwrap().is_none(), "a failed upload left an entry");
 }
+
+/// `copy_blobs_to` (`taskvault migrate`): a local vault's blobs moved to S3 and back, verified,
+/// resumable, a corrupt one left behind. Run by `conformance::sqlite_and_s3` on its server.
+pub(crate) fn blobs_migrate_between_the_local_disk_and_s3(s3: &Seaweed) {
+    use taskvault::store::local::LocalBlobs;
+    let url = s3.url("taskvault-it", "migrated");
+    let dir = tempfile::tempdir().unwrap();
+    let vdir = dir.path().join("vault");
+    let local = Vault::open(Settings::for_dir(&vdir)).unwrap();
+    let text: Vec<u8> = (0..30_000).flat_map(|i| format!("row {i}\n").into_bytes()).collect();
+    let outputs = [
+        ("raw", noise(200_000, 11)),
+        ("zstd", text),
+        ("inline", b"tiny".to_vec()),
+        ("bad", noise(90_000, 12)),
+    ];
+    let mut keys = Vec::new();
+    for (name, data) in &outputs {
+        let key = local.key(name, &[Input::Bytes(name.as_bytes().to_vec())]).unwrap();
+        let e = local.save(&key, Output::Bytes(data), &SaveOptions::default()).unwrap();
+        keys.push((key, e.outputs[0].digest.unwrap()));
+    }
+    // One local blob file damaged before the move: reported, quarantined, not copied.
+    let mut bad = outputs[3].1.clone();
+    bad[7] ^= 1;
+    let tampered = dir.path().join("tampered");
+    std::fs::write(&tampered, &bad).unwrap();
+    let local_store = LocalBlobs::new(vdir.join("blobs"), vdir.join("quarantine"));
+    local_store.put(&keys[3].1, &tampered).unwrap();
+
+    let target = ObjectBlobs::open(&url).unwrap();
+    let r = local.copy_blobs_to(&target).unwrap();
+    assert_eq!((r.copied, r.present, r.corrupt.len()), (2, 0, 1), "{r:?}");
+    assert_eq!(r.corrupt[0].0, keys[3].1.to_string());
+    let again = local.copy_blobs_to(&target).unwrap();
+    assert_eq!((again.copied, again.present), (0, 2), "a rerun copies nothing twice: {again:?}");
+    drop(local);
+
+    // Switched over, with the local files gone: every good output is served from S3.
+    std::fs::remove_dir_all(vdir.join("blobs")).unwrap();
+    let on_s3 = vault(&vdir, &url);
+    for ((name, data), (key, _)) in outputs.iter().zip(&keys).take(3) {
+        assert_eq!(on_s3.get_bytes(key).unwrap().map(|(_, b)| b).as_ref(), Some(data), "{name}");
+    }
+    assert!(on_s3.get_bytes(&keys[3].0).unwrap().is_none(), "the corrupt one is a miss");
+
+    // And back to the local disk.
+    let r = on_s3.copy_blobs_to(&local_store).unwrap();
+    assert_eq!((r.copied, r.corrupt.len()), (2, 0), "{r:?}");
+    drop(on_s3);
+    let local = Vault::open(Settings::for_dir(&vdir)).unwrap();
+    for ((name, data), (key, _)) in outputs.iter().zip(&keys).take(3) {
+        assert_eq!(local.get_bytes(key).unwrap().map(|(_, b)| b).as_ref(), Some(data), "{name}");
+    }
+}

@@ -1,0 +1,182 @@
+//! Copying a vault's blobs to another blob store (`taskvault migrate --to s3://...`): every blob
+//! is verified against its digest as it is read from this vault, written to the target in its
+//! stored form (compressed or not, so its row stays true), then read back from the target and
+//! compared. Blobs the target already holds are skipped, so an interrupted run resumes where it
+//! stopped. Outputs kept inline in the metadata are not blobs of the store and stay where they
+//! are.
+
+use std::io::{Read, Write};
+
+use crate::digest::Digest;
+use crate::entry::{BlobInfo, Codec};
+use crate::error::{Error, IoContext, Result};
+use crate::store::{BlobReader, BlobStore};
+
+use super::{Vault, unique_name};
+
+/// Blob rows read per batch of the walk.
+const BATCH: usize = 512;
+
+/// What [`Vault::copy_blobs_to`] did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MigrateReport {
+    /// Blobs copied and verified on the target.
+    pub copied: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+    /// Blobs the target held already (an earlier, interrupted run).
+    pub present: u64,
+    /// Blobs that failed verification here: not copied, quarantined (as `verify` would).
+    pub corrupt: Vec<(String, String)>,
+}
+
+impl Vault {
+    /// Copies every blob of this vault's blob store to `target` (see the module docs).
+    pub fn copy_blobs_to(&self, target: &dyn BlobStore) -> Result<MigrateReport> {
+        let mut report = MigrateReport::default();
+        let present: std::collections::HashSet<Digest> =
+            target.list()?.into_iter().map(|(d, _)| d).collect();
+        let mut after: Option<String> = None;
+        loop {
+            let rows = self.meta.blobs_after(after.as_deref(), BATCH)?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.digest.to_string());
+            for info in rows.iter().filter(|i| i.inline.is_none()) {
+                if present.contains(&info.digest) {
+                    report.present += 1;
+                    continue;
+                }
+                match self.copy_blob(info, target)? {
+                    Ok(()) => {
+                        report.copied += 1;
+                        report.bytes += info.stored_size;
+                    }
+                    Err(why) => {
+                        self.corrupt(&info.digest, &why, "migrate")?;
+                        report.corrupt.push((info.digest.to_string(), why));
+                    }
+                }
+                self.report_progress(report.bytes);
+            }
+        }
+        Ok(report)
+    }
+
+    /// One blob: `Ok(Err(why))` when this vault's copy fails verification.
+    fn copy_blob(&self, info: &BlobInfo, target: &dyn BlobStore) -> Result<Result<(), String>> {
+        let d = info.digest;
+        let tmp = self.tmp_dir().join(unique_name("migrate-"));
+        let guard = TmpFile(&tmp);
+        let stored = match self.blobs.open_sized(&d, info.stored_size)? {
+            Some(BlobReader::File(f)) => Box::new(f) as Box<dyn Read>,
+            Some(BlobReader::Stream(s)) => Box::new(s),
+            Some(BlobReader::Unusable(why)) => return Ok(Err(format!("blob file {why}"))),
+            None => return Ok(Err("blob file is missing".into())),
+        };
+        // The stored bytes go to a staging file as they are; their plain form is hashed on the
+        // way (through the decoder for a compressed blob).
+        let stored_hash = {
+            let mut out = std::fs::File::create(&tmp).at(&tmp)?;
+            let mut tee = Tee { inner: stored, out: &mut out, hasher: blake3::Hasher::new(), n: 0 };
+            let plain = match info.codec {
+                Codec::Raw => hash_plain(&d, &mut tee),
+                Codec::Zstd => match zstd::stream::Decoder::new(&mut tee) {
+                    Ok(mut dec) => hash_plain(&d, &mut dec),
+                    Err(e) => Err(format!("zstd: {e}")),
+                },
+            };
+            let (hash, n) = (tee.hasher.finalize(), tee.n);
+            match plain {
+                Ok(size) if size != info.size => {
+                    return Ok(Err(format!("{size} bytes, the row says {}", info.size)));
+                }
+                Ok(_) if n != info.stored_size => {
+                    return Ok(Err(format!("{n} stored bytes, the row says {}", info.stored_size)));
+                }
+                Ok(_) => {}
+                Err(why) => return Ok(Err(why)),
+            }
+            out.sync_all().at(&tmp)?;
+            hash
+        };
+        target.put(&d, &tmp)?;
+        drop(guard);
+        // Read back from the target: the bytes it will serve are the bytes written.
+        let back = match target.open_sized(&d, info.stored_size)? {
+            Some(BlobReader::File(f)) => Box::new(f) as Box<dyn Read>,
+            Some(BlobReader::Stream(s)) => Box::new(s),
+            Some(BlobReader::Unusable(why)) => return Err(target_err(&d, &why)),
+            None => return Err(target_err(&d, "not there after it was written")),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let n = std::io::copy(&mut { back }, &mut HashWriter(&mut hasher)).map_err(Error::Io)?;
+        if n != info.stored_size || hasher.finalize() != stored_hash {
+            let _ = target.remove(&d);
+            return Err(target_err(&d, "the copy read back differs from what was written"));
+        }
+        Ok(Ok(()))
+    }
+}
+
+fn target_err(d: &Digest, why: &str) -> Error {
+    Error::Store { store: "the migration's target".into(), message: format!("blob {d}: {why}") }
+}
+
+/// Reads `r` to its end, hashing with `d`'s algorithm; the length, or why it is not `d`.
+fn hash_plain(d: &Digest, r: &mut dyn Read) -> std::result::Result<u64, String> {
+    let mut h = d.algorithm().hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let got = h.finish();
+    if got == *d { Ok(n) } else { Err(format!("hashes to {got}")) }
+}
+
+/// Copies what is read into a file and a hash of the stored bytes.
+struct Tee<'a> {
+    inner: Box<dyn Read>,
+    out: &'a mut std::fs::File,
+    hasher: blake3::Hasher,
+    n: u64,
+}
+
+impl Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.out.write_all(&buf[..k])?;
+        self.hasher.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+struct HashWriter<'a>(&'a mut blake3::Hasher);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Removes a staging file on every way out (the target's `put` may have moved it already).
+struct TmpFile<'a>(&'a std::path::Path);
+
+impl Drop for TmpFile<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}

@@ -1,5 +1,8 @@
 //! Deterministic data for tests and benchmarks: a tiny PRNG and incompressible bytes, so that
-//! test inputs are reproducible and never accidentally compress or deduplicate away.
+//! test inputs are reproducible and never accidentally compress or deduplicate away. And
+//! `seaweed`, the real S3 server the object-store tests start.
+
+pub mod seaweed;
 
 /// xorshift64*: small, fast, and good enough to make bytes that zstd cannot shrink.
 #[derive(Debug, Clone)]

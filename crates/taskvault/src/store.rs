@@ -108,6 +108,12 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     fn open_sized(&self, digest: &Digest, _stored_size: u64) -> Result<Option<BlobReader>> {
         self.open(digest)
     }
+    /// Whether `put` is slow (an upload over the network): then the vault puts new blobs
+    /// before its metadata transaction (under the shared blob lock, so no removal races with
+    /// them) rather than inside it, where every other writer would wait on the upload.
+    fn puts_before_commit(&self) -> bool {
+        false
+    }
     /// Deletes a blob; a missing blob is not an error.
     fn remove(&self, digest: &Digest) -> Result<()>;
     /// Moves a blob that failed verification out of the way (kept for inspection where possible).

@@ -176,6 +176,10 @@ impl BlobStore for ObjectBlobs {
         }
     }
 
+    fn puts_before_commit(&self) -> bool {
+        true
+    }
+
     fn remove(&self, digest: &Digest) -> Result<()> {
         let (op, path) = (self.op.clone(), Self::path(digest));
         match self.run(async move { op.delete(&path).await }) {

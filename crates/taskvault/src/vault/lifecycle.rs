@@ -15,16 +15,42 @@ impl Vault {
     /// making its bytes durable first if staging left them unsynced.
     fn place(&self, b: &StagedBlob) -> Result<()> {
         let staged = b.staged.as_deref().expect("only staged blobs are placed");
-        if b.unsynced {
+        if b.unsynced && !self.blobs.puts_before_commit() {
             std::fs::File::open(staged).and_then(|f| f.sync_all()).at(staged)?;
         }
         self.blobs.put(&b.info.digest, staged)
     }
 
+    /// For a blob store whose `put` is slow: puts the staged blobs no row describes yet, before
+    /// the metadata transaction (the caller holds the shared blob lock). Returns their digests;
+    /// the commit skips placing those. A row that appears meanwhile only makes an upload
+    /// redundant; one that goes meanwhile is placed inside the commit as usual.
+    fn put_early<'b>(
+        &self,
+        blobs: impl IntoIterator<Item = &'b StagedBlob>,
+    ) -> Result<std::collections::HashSet<Digest>> {
+        let mut done = std::collections::HashSet::new();
+        if !self.blobs.puts_before_commit() {
+            return Ok(done);
+        }
+        for b in blobs {
+            let Some(staged) = b.staged.as_deref() else { continue };
+            if done.contains(&b.info.digest) || self.meta.blob(&b.info.digest)?.is_some() {
+                continue;
+            }
+            self.blobs.put(&b.info.digest, staged)?;
+            done.insert(b.info.digest);
+        }
+        Ok(done)
+    }
+
     /// Commits a save, placing new blob files, under the shared blob lock (see [`Vault::reap`]).
     pub(crate) fn commit(&self, entry: &Entry, blobs: &[StagedBlob]) -> Result<Committed> {
         let lock = self.blob_lock(false)?;
-        let committed = self.meta.commit_save(entry, blobs, &mut |b| self.place(b))?;
+        let early = self.put_early(blobs)?;
+        let committed = self.meta.commit_save(entry, blobs, &mut |b| {
+            if early.contains(&b.info.digest) { Ok(()) } else { self.place(b) }
+        })?;
         if self.is_resident() {
             // A resident vault does not use hot records; an older record of the key must not
             // outlive this commit.
@@ -62,7 +88,10 @@ impl Vault {
         saves: &[(&Entry, &[StagedBlob])],
     ) -> Result<Vec<Option<String>>> {
         let lock = self.blob_lock(false)?;
-        let committed = self.meta.commit_saves(saves, &mut |b| self.place(b))?;
+        let early = self.put_early(saves.iter().flat_map(|(_, b)| b.iter()))?;
+        let committed = self.meta.commit_saves(saves, &mut |b| {
+            if early.contains(&b.info.digest) { Ok(()) } else { self.place(b) }
+        })?;
         // Listed after the commit: a record written later comes from a later commit.
         if self.hot.any_record() {
             for (e, _) in saves {

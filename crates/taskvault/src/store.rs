@@ -121,8 +121,22 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Makes `dest` a hard link to the stored bytes of a raw blob. `false` when this store or
     /// this filesystem cannot (the caller copies instead).
     fn link(&self, digest: &Digest, dest: &Path) -> Result<bool>;
-    /// Every blob present, with when it was written (if the store knows).
-    fn list(&self) -> Result<Vec<(Digest, Option<std::time::SystemTime>)>>;
+    /// Calls `f` with every blob present and when it was written (if the store knows), as the
+    /// store lists them: memory stays bounded however many there are. `f` may remove the blob
+    /// it is given.
+    fn visit(
+        &self,
+        f: &mut dyn FnMut(Digest, Option<std::time::SystemTime>) -> Result<()>,
+    ) -> Result<()>;
+    /// Every blob present (a whole listing in memory: for small stores and tests).
+    fn list(&self) -> Result<Vec<(Digest, Option<std::time::SystemTime>)>> {
+        let mut out = Vec::new();
+        self.visit(&mut |d, t| {
+            out.push((d, t));
+            Ok(())
+        })?;
+        Ok(out)
+    }
 }
 
 /// Metadata: entries, blob rows, the references of live entries to blobs, counters and claim

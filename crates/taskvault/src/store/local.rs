@@ -127,8 +127,10 @@ impl BlobStore for LocalBlobs {
         }
     }
 
-    fn list(&self) -> Result<Vec<(Digest, Option<std::time::SystemTime>)>> {
-        let mut out = Vec::new();
+    fn visit(
+        &self,
+        f: &mut dyn FnMut(Digest, Option<std::time::SystemTime>) -> Result<()>,
+    ) -> Result<()> {
         for alg in [Algorithm::Blake3, Algorithm::Sha256] {
             let top = self.root.join(alg.name());
             let fans = match std::fs::read_dir(&top) {
@@ -138,15 +140,15 @@ impl BlobStore for LocalBlobs {
             };
             for fan in fans {
                 let fan = fan.at(&top)?.path();
-                for f in std::fs::read_dir(&fan).at(&fan)? {
-                    let f = f.at(&fan)?;
-                    let name = f.file_name();
+                for item in std::fs::read_dir(&fan).at(&fan)? {
+                    let item = item.at(&fan)?;
+                    let name = item.file_name();
                     if let Some(d) = name.to_str().and_then(|n| Digest::from_hex(alg, n).ok()) {
-                        out.push((d, f.metadata().and_then(|m| m.modified()).ok()));
+                        f(d, item.metadata().and_then(|m| m.modified()).ok())?;
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }

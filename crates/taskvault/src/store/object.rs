@@ -23,6 +23,8 @@ const READ_CHUNK: u64 = 8 << 20;
 /// Part size and parts in flight of an upload (multipart where the service has it).
 const WRITE_CHUNK: usize = 16 << 20;
 const WRITE_CONCURRENCY: usize = 4;
+/// Entries fetched from the runtime per step of a listing.
+const LIST_PAGE: usize = 1000;
 
 /// The URL schemes this build serves (OpenDAL services compiled in).
 pub const SCHEMES: &[&str] = &["s3", "gcs", "azblob"];
@@ -211,34 +213,67 @@ impl BlobStore for ObjectBlobs {
         Ok(false) // not on this filesystem: the caller copies
     }
 
-    fn list(&self) -> Result<Vec<(Digest, Option<std::time::SystemTime>)>> {
+    fn visit(
+        &self,
+        f: &mut dyn FnMut(Digest, Option<std::time::SystemTime>) -> Result<()>,
+    ) -> Result<()> {
+        let failed = |e: opendal::Error| Error::Store {
+            store: self.shown.clone(),
+            message: format!("cannot list blobs: {e}"),
+        };
         let op = self.op.clone();
-        let entries = self
-            .run(async move { op.list_with("blobs/").recursive(true).await })
-            .map_err(|e| Error::Store {
-                store: self.shown.clone(),
-                message: format!("cannot list blobs: {e}"),
-            })?;
-        let mut out = Vec::new();
-        for e in entries {
-            let mut parts = e.path().split('/');
-            let (Some("blobs"), Some(alg), Some(_fan), Some(hex), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let alg = match alg {
-                "blake3" => Algorithm::Blake3,
-                "sha256" => Algorithm::Sha256,
-                _ => continue,
-            };
-            if let Ok(d) = Digest::from_hex(alg, hex) {
-                let when = e.metadata().last_modified().map(std::time::SystemTime::from);
-                out.push((d, when));
+        let mut lister = self
+            .run(async move { op.lister_with("blobs/").recursive(true).await })
+            .map_err(failed)?;
+        loop {
+            // A page of entries at a time from the runtime; `f` runs here, between pages.
+            let (l, page, error) = self.run(async move {
+                use futures_util::StreamExt as _;
+                let mut page = Vec::with_capacity(LIST_PAGE);
+                let mut error = None;
+                while page.len() < LIST_PAGE {
+                    match lister.next().await {
+                        Some(Ok(e)) => page.push(e),
+                        Some(Err(e)) => {
+                            error = Some(e);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                (lister, page, error)
+            });
+            lister = l;
+            let done = page.len() < LIST_PAGE;
+            for e in page {
+                if let Some(d) = blob_digest(e.path()) {
+                    f(d, e.metadata().last_modified().map(std::time::SystemTime::from))?;
+                }
+            }
+            if let Some(e) = error {
+                return Err(failed(e));
+            }
+            if done {
+                return Ok(());
             }
         }
-        Ok(out)
     }
+}
+
+/// The digest an object path `blobs/<algorithm>/<2 hex>/<hex>` names, if it is one.
+fn blob_digest(path: &str) -> Option<Digest> {
+    let mut parts = path.split('/');
+    let (Some("blobs"), Some(alg), Some(_fan), Some(hex), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let alg = match alg {
+        "blake3" => Algorithm::Blake3,
+        "sha256" => Algorithm::Sha256,
+        _ => return None,
+    };
+    Digest::from_hex(alg, hex).ok()
 }
 
 /// Reads into `buf` until it is full or the file ends; the bytes read.

@@ -292,12 +292,13 @@ impl Vault {
     fn remove_orphans(&self) -> Result<u64> {
         let _lock = self.blob_lock(true)?;
         let mut removed = 0;
-        for (d, _) in self.blob_store().list()? {
+        self.blob_store().visit(&mut |d, _| {
             if !self.meta().has_blob(&d)? {
                 self.blob_store().remove(&d)?;
                 removed += 1;
             }
-        }
+            Ok(())
+        })?;
         Ok(removed)
     }
 

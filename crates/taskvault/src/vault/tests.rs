@@ -1845,6 +1845,13 @@ fn a_received_file_is_stored_as_bytes_and_one_that_does_not_match_its_digest_is_
     }
 }
 
+/// `data` as a server receives an upload: a file of the vault's temporary directory.
+fn received(f: &Fx, data: &[u8]) -> PathBuf {
+    let path = f.vault.staging_path("test-");
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
 #[test]
 fn a_received_file_whose_blob_is_stored_already_is_referenced_not_kept_again() {
     let f = fx();
@@ -1852,11 +1859,7 @@ fn a_received_file_whose_blob_is_stored_already_is_referenced_not_kept_again() {
     // Large and incompressible: the kind taken as it is (synced and moved in) when new.
     let data = noise(300_000, 5);
     let digest = alg.digest(&data);
-    let receive = || {
-        let path = f.vault.staging_path("test-");
-        std::fs::write(&path, &data).unwrap();
-        path
-    };
+    let receive = || received(&f, &data);
     let first = receive();
     let a = f.key("tool", b"first");
     f.vault.save(&a, Output::Received { path: &first, digest }, &SaveOptions::default()).unwrap();
@@ -1882,11 +1885,7 @@ fn a_duplicate_upload_whose_blob_goes_before_its_commit_is_stored_from_its_own_b
     let alg = f.vault.settings.algorithm;
     let data = noise(300_000, 6);
     let digest = alg.digest(&data);
-    let receive = || {
-        let path = f.vault.staging_path("test-");
-        std::fs::write(&path, &data).unwrap();
-        path
-    };
+    let receive = || received(&f, &data);
     let a = f.key("tool", b"first");
     let first = receive();
     f.vault.save(&a, Output::Received { path: &first, digest }, &SaveOptions::default()).unwrap();

@@ -90,14 +90,20 @@ impl ObjectBlobs {
         format!("blobs/{}/{}/{}", d.algorithm().name(), &hex[..2], hex)
     }
 
-    /// Runs one request on the store's runtime and waits for it, from any thread.
-    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+    /// Runs one request on the store's runtime and waits for it, from any thread. A request
+    /// that never answers (its task panicked) is an error, never a panic here.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = opendal::Result<T>> + Send + 'static,
+    ) -> opendal::Result<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let rt = self.rt.as_ref().expect("the runtime lives as long as the store");
         rt.spawn(async move {
             let _ = tx.send(f.await);
         });
-        rx.recv().expect("the object store's runtime stopped")
+        rx.recv().unwrap_or_else(|_| {
+            Err(opendal::Error::new(ErrorKind::Unexpected, "the object store's runtime stopped"))
+        })
     }
 
     fn err(&self, what: &str, d: &Digest, e: opendal::Error) -> Error {
@@ -121,10 +127,12 @@ impl BlobStore for ObjectBlobs {
                 break;
             }
             let chunk = buf[..n].to_vec();
-            let (w, written) = self.run(async move {
-                let r = writer.write(chunk).await;
-                (writer, r)
-            });
+            let (w, written) = self
+                .run(async move {
+                    let r = writer.write(chunk).await;
+                    Ok((writer, r))
+                })
+                .map_err(|e| self.err("cannot upload", digest, e))?;
             writer = w;
             if let Err(e) = written {
                 let _ = self.run(async move { writer.abort().await });
@@ -227,22 +235,24 @@ impl BlobStore for ObjectBlobs {
             .map_err(failed)?;
         loop {
             // A page of entries at a time from the runtime; `f` runs here, between pages.
-            let (l, page, error) = self.run(async move {
-                use futures_util::StreamExt as _;
-                let mut page = Vec::with_capacity(LIST_PAGE);
-                let mut error = None;
-                while page.len() < LIST_PAGE {
-                    match lister.next().await {
-                        Some(Ok(e)) => page.push(e),
-                        Some(Err(e)) => {
-                            error = Some(e);
-                            break;
+            let (l, page, error) = self
+                .run(async move {
+                    use futures_util::StreamExt as _;
+                    let mut page = Vec::with_capacity(LIST_PAGE);
+                    let mut error = None;
+                    while page.len() < LIST_PAGE {
+                        match lister.next().await {
+                            Some(Ok(e)) => page.push(e),
+                            Some(Err(e)) => {
+                                error = Some(e);
+                                break;
+                            }
+                            None => break,
                         }
-                        None => break,
                     }
-                }
-                (lister, page, error)
-            });
+                    Ok((lister, page, error))
+                })
+                .map_err(failed)?;
             lister = l;
             let done = page.len() < LIST_PAGE;
             for e in page {

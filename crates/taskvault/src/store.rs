@@ -95,6 +95,17 @@ pub enum BlobReader {
 pub trait ReadDebug: Read + Send + std::fmt::Debug {}
 impl<T: Read + Send + std::fmt::Debug> ReadDebug for T {}
 
+/// The blob store of the vault at `vault_dir`: the object store at `url`, or (`None`) files
+/// under the vault directory.
+pub fn blob_store(vault_dir: &Path, url: Option<&str>) -> Result<Box<dyn BlobStore>> {
+    Ok(match url {
+        Some(url) => Box::new(object::ObjectBlobs::open(url)?),
+        None => {
+            Box::new(local::LocalBlobs::new(vault_dir.join("blobs"), vault_dir.join("quarantine")))
+        }
+    })
+}
+
 /// Content-addressed storage of blob bytes (as stored: raw or compressed).
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Moves a staged file in under `digest`, atomically and durably. Called while the metadata

@@ -28,7 +28,6 @@ use crate::digest::Digest;
 use crate::entry::{Entry, Status};
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Input, InputRecord, TaskKey};
-use crate::store::local::LocalBlobs;
 use crate::store::sqlite::SqliteMeta;
 use crate::store::{BlobStore, MetaStore};
 use crate::tree::{Node, NodeKind};
@@ -205,10 +204,7 @@ impl Vault {
             }
         }
         let meta = SqliteMeta::open(&dir.join("cache.db"))?;
-        let blobs: Box<dyn crate::store::BlobStore> = match &settings.blobs_url {
-            Some(url) => Box::new(crate::store::object::ObjectBlobs::open(url)?),
-            None => Box::new(LocalBlobs::new(dir.join("blobs"), dir.join("quarantine"))),
-        };
+        let blobs = crate::store::blob_store(dir, settings.blobs_url.as_deref())?;
         let audit =
             AuditLog::new(dir.join("audit.log"), settings.audit_format, settings.audit_max_bytes);
         let accesses = AccessJournal::new(dir.join("access.log"));

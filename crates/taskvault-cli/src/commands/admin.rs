@@ -156,21 +156,15 @@ pub fn verify(cli: &Cli, v: &Vault) -> Result<Outcome> {
 
 /// `taskvault migrate --to STORAGE`: the vault's blobs copied to another blob store.
 pub fn migrate(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
-    use taskvault::store::BlobStore;
+    use taskvault::store::object::{SCHEMES, is_object_url, shown};
     let settings = v.settings();
     let here = settings.blobs_url.as_deref().unwrap_or("local");
-    let shown = |u: &str| u.split('?').next().unwrap_or(u).to_owned();
     if to == here {
         anyhow::bail!("the vault's blobs are in {} already", shown(to));
     }
-    let target: Box<dyn BlobStore> = if to == "local" {
-        let dir = &settings.vault_dir;
-        Box::new(taskvault::store::local::LocalBlobs::new(
-            dir.join("blobs"),
-            dir.join("quarantine"),
-        ))
-    } else if taskvault::store::object::is_object_url(to) {
-        Box::new(taskvault::store::object::ObjectBlobs::open(to)?)
+    let target = if to == "local" || is_object_url(to) {
+        let url = (to != "local").then_some(to);
+        taskvault::store::blob_store(&settings.vault_dir, url)?
     } else if ["postgres", "postgresql", "redis", "sqlite"].iter().any(|s| to.starts_with(s)) {
         anyhow::bail!(
             "--to {}: this release moves blobs (local or an object store); metadata stays in SQLite",
@@ -180,7 +174,7 @@ pub fn migrate(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
         anyhow::bail!(
             "--to {}: not a blob store (local, or {}://...)",
             shown(to),
-            taskvault::store::object::SCHEMES.join("://, ")
+            SCHEMES.join("://, ")
         );
     };
     let r = v.copy_blobs_to(target.as_ref())?;

@@ -62,7 +62,7 @@ impl ObjectBlobs {
     /// from the service's usual environment variables, such as `AWS_ACCESS_KEY_ID`). Makes no
     /// request: an unreachable store shows on first use.
     pub fn open(url: &str) -> Result<ObjectBlobs> {
-        let shown = url.split('?').next().unwrap_or(url).to_owned();
+        let shown = shown(url).to_owned();
         let bad = |message: String| Error::Store { store: shown.clone(), message };
         if !is_object_url(url) {
             return Err(bad(format!("unknown scheme; this build serves {}", SCHEMES.join(", "))));
@@ -90,20 +90,15 @@ impl ObjectBlobs {
         format!("blobs/{}/{}/{}", d.algorithm().name(), &hex[..2], hex)
     }
 
-    /// Runs one request on the store's runtime and waits for it, from any thread. A request
-    /// that never answers (its task panicked) is an error, never a panic here.
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.rt.as_ref().expect("the runtime lives as long as the store").handle()
+    }
+
     fn run<T: Send + 'static>(
         &self,
         f: impl Future<Output = opendal::Result<T>> + Send + 'static,
     ) -> opendal::Result<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let rt = self.rt.as_ref().expect("the runtime lives as long as the store");
-        rt.spawn(async move {
-            let _ = tx.send(f.await);
-        });
-        rx.recv().unwrap_or_else(|_| {
-            Err(opendal::Error::new(ErrorKind::Unexpected, "the object store's runtime stopped"))
-        })
+        run_on(self.handle(), f)
     }
 
     fn err(&self, what: &str, d: &Digest, e: opendal::Error) -> Error {
@@ -159,7 +154,7 @@ impl BlobStore for ObjectBlobs {
         let mut reader = ObjectReader {
             op: self.op.clone(),
             path: Self::path(digest),
-            handle: self.rt.as_ref().expect("runtime").handle().clone(),
+            handle: self.handle().clone(),
             shown: self.shown.clone(),
             pos: 0,
             len: stored_size,
@@ -286,6 +281,26 @@ fn blob_digest(path: &str) -> Option<Digest> {
     Digest::from_hex(alg, hex).ok()
 }
 
+/// Runs one request on the store's runtime and waits for it, from any thread. A request that
+/// never answers (its task panicked) is an error, never a panic here.
+fn run_on<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    f: impl Future<Output = opendal::Result<T>> + Send + 'static,
+) -> opendal::Result<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv().unwrap_or_else(|_| {
+        Err(opendal::Error::new(ErrorKind::Unexpected, "the object store's runtime stopped"))
+    })
+}
+
+/// A store URL as messages show it: without its query, which may carry credentials.
+pub fn shown(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
 /// Reads into `buf` until it is full or the file ends; the bytes read.
 fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -328,13 +343,7 @@ impl ObjectReader {
             return Ok(()); // an empty blob: nothing to fetch
         }
         let (op, path, range) = (self.op.clone(), self.path.clone(), self.pos..end);
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.handle.spawn(async move {
-            let _ = tx.send(op.read_with(&path).range(range).await);
-        });
-        let got = rx.recv().map_err(|_| {
-            opendal::Error::new(ErrorKind::Unexpected, "the object store's runtime stopped")
-        })??;
+        let got = run_on(&self.handle, async move { op.read_with(&path).range(range).await })?;
         self.buf = got.to_vec();
         self.at = 0;
         if self.buf.is_empty() {

@@ -67,11 +67,9 @@ impl Vault {
         let d = info.digest;
         let tmp = self.tmp_dir().join(unique_name("migrate-"));
         let guard = TmpFile(&tmp);
-        let stored = match self.blobs.open_sized(&d, info.stored_size)? {
-            Some(BlobReader::File(f)) => Box::new(f) as Box<dyn Read>,
-            Some(BlobReader::Stream(s)) => Box::new(s),
-            Some(BlobReader::Unusable(why)) => return Ok(Err(format!("blob file {why}"))),
-            None => return Ok(Err("blob file is missing".into())),
+        let stored = match readable(self.blobs.open_sized(&d, info.stored_size)?) {
+            Ok(r) => r,
+            Err(why) => return Ok(Err(format!("blob file {why}"))),
         };
         // The stored bytes go to a staging file as they are; their plain form is hashed on the
         // way (through the decoder for a compressed blob).
@@ -102,12 +100,8 @@ impl Vault {
         target.put(&d, &tmp)?;
         drop(guard);
         // Read back from the target: the bytes it will serve are the bytes written.
-        let back = match target.open_sized(&d, info.stored_size)? {
-            Some(BlobReader::File(f)) => Box::new(f) as Box<dyn Read>,
-            Some(BlobReader::Stream(s)) => Box::new(s),
-            Some(BlobReader::Unusable(why)) => return Err(target_err(&d, &why)),
-            None => return Err(target_err(&d, "not there after it was written")),
-        };
+        let back = readable(target.open_sized(&d, info.stored_size)?)
+            .map_err(|why| target_err(&d, &format!("{why}, after it was written")))?;
         let mut hasher = blake3::Hasher::new();
         let n = std::io::copy(&mut { back }, &mut HashWriter(&mut hasher)).map_err(Error::Io)?;
         if n != info.stored_size || hasher.finalize() != stored_hash {
@@ -115,6 +109,16 @@ impl Vault {
             return Err(target_err(&d, "the copy read back differs from what was written"));
         }
         Ok(Ok(()))
+    }
+}
+
+/// The bytes of an opened blob, or why there are none to read.
+fn readable(opened: Option<BlobReader>) -> std::result::Result<Box<dyn Read>, String> {
+    match opened {
+        Some(BlobReader::File(f)) => Ok(Box::new(f)),
+        Some(BlobReader::Stream(s)) => Ok(Box::new(s)),
+        Some(BlobReader::Unusable(why)) => Err(why),
+        None => Err("is missing".into()),
     }
 }
 

@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use taskvault::store::BlobStore;
-use taskvault::store::local::LocalBlobs;
-use taskvault::store::object::ObjectBlobs;
 use taskvault::{Input, Output, SaveOptions, Settings, TaskKey, Vault};
 use taskvault_testkit::noise;
 
@@ -55,13 +53,7 @@ impl Case {
 
     /// The blob store as a second, independent handle (to tamper with it, or list it).
     fn store(&self) -> Box<dyn BlobStore> {
-        match &self.blobs {
-            Some(url) => Box::new(ObjectBlobs::open(url).unwrap()),
-            None => Box::new(LocalBlobs::new(
-                self.vault_dir().join("blobs"),
-                self.vault_dir().join("quarantine"),
-            )),
-        }
+        taskvault::store::blob_store(&self.vault_dir(), self.blobs.as_deref()).unwrap()
     }
 
     fn stored(&self) -> usize {

@@ -3,6 +3,7 @@
 import asyncio
 import concurrent.futures as cf
 import datetime as dt
+import gc
 import json
 import os
 import pathlib
@@ -219,21 +220,25 @@ def test_map_on_a_dask_cluster_lands_results_in_the_vault(client, counter, monke
     assert [r.commit_hash for r in again] == [r.commit_hash for r in refs] and counter.n == 4
 
 
-def test_a_forked_child_uses_its_parents_client_while_the_parent_commits(client, counter):
-    # The parent's commit thread is busy when the child is forked; the child must neither hang on
-    # what that thread held nor lose its own results.
+def _stacks(pid):
+    """The native stacks of process `pid`'s threads, if gdb is here (for a hang's report)."""
+    try:
+        out = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"(no stacks: {e})"
+    return out.stdout[-20000:]
+
+
+def _fork_children_while(client, counter, children, churn):
+    """Forks `children` children, each computing `add(n, 1000)` with the parent's client, while
+    `churn(stop)` keeps another thread of the parent busy; fails (with the hung child's native
+    stacks) if a child hangs."""
     stop = threading.Event()
-
-    def churn():
-        i = 0
-        while not stop.is_set():
-            client.submit(square, i)
-            i += 1
-
-    t = threading.Thread(target=churn)
+    t = threading.Thread(target=churn, args=(stop,))
     t.start()
     try:
-        for n in range(20):
+        for n in range(children):
             pid = os.fork()
             if pid == 0:
                 code = 1
@@ -248,18 +253,45 @@ def test_a_forked_child_uses_its_parents_client_while_the_parent_commits(client,
                 if done:
                     break
                 if time.monotonic() > deadline:
+                    stacks = _stacks(pid)
                     os.kill(pid, 9)
                     os.waitpid(pid, 0)
-                    pytest.fail(f"child {n} hung")
-                time.sleep(0.005)
+                    pytest.fail(f"child {n} hung; its threads:\n{stacks}")
+                time.sleep(0.002)
             assert os.waitstatus_to_exitcode(status) == 0, f"child {n} failed"
     finally:
         stop.set()
         t.join()
-    assert counter.n == 20
+    assert counter.n == children
     # What the children saved is in the vault: the parent hits it.
-    assert [client.submit(add, counter.file, n, 1000).load() for n in range(20)] == [n + 1000 for n in range(20)]
-    assert counter.n == 20
+    assert [client.submit(add, counter.file, n, 1000).load() for n in range(children)] == [n + 1000 for n in range(children)]
+    assert counter.n == children
+
+
+def test_a_forked_child_uses_its_parents_client_while_the_parent_commits(client, counter):
+    # The parent's commit thread is busy when the child is forked; the child must neither hang on
+    # what that thread held nor lose its own results.
+    def churn(stop):
+        i = 0
+        while not stop.is_set():
+            client.submit(square, i)
+            i += 1
+
+    _fork_children_while(client, counter, 20, churn)
+
+
+def test_a_forked_child_does_not_hang_while_the_parent_closes_vaults(client, counter, tmp_path):
+    # Closing a vault closes its SQLite connections, often on a background thread (its checkpoint
+    # thread ending): a child forked meanwhile must not inherit SQLite's locks held.
+    def churn(stop):
+        i = 0
+        while not stop.is_set():
+            with Client(store_dir=tmp_path / f"other-{i % 4}") as other:
+                other.submit(square, i)
+            gc.collect()
+            i += 1
+
+    _fork_children_while(client, counter, 150, churn)
 
 
 def test_concurrent_threads_run_once(client, counter):

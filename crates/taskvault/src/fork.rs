@@ -3,7 +3,7 @@
 //! does not have: the child hangs at its first allocation in SQLite. That happens to a Python
 //! worker forked (a process pool) while the parent's commit or checkpoint thread is committing.
 //!
-//! So every call into SQLite holds a [`Busy`] token, and `fork()` (through `pthread_atfork`)
+//! So every call into SQLite holds a [`Busy`] token (closing a connection too: [`Guarded`]), and `fork()` (through `pthread_atfork`)
 //! waits until no token is held and lets no new one be taken until it is done. Tokens nest within
 //! a thread; a thread already holding one is never made to wait.
 
@@ -57,6 +57,39 @@ impl Drop for Busy {
     fn drop(&mut self) {
         DEPTH.set(DEPTH.get() - 1);
         HELD.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A value whose drop calls into SQLite (a connection: closing one takes SQLite's global
+/// mutexes), dropped holding a [`Busy`] token. A connection is often closed by a background
+/// thread (a checkpoint thread ending, a commit thread letting go of the last handle on a
+/// vault), at any moment, so its close must hold off a fork like any other call.
+#[derive(Debug)]
+pub(crate) struct Guarded<T>(Option<T>);
+
+impl<T> Guarded<T> {
+    pub(crate) fn new(value: T) -> Guarded<T> {
+        Guarded(Some(value))
+    }
+}
+
+impl<T> std::ops::Deref for Guarded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("a guarded value is only taken by its drop")
+    }
+}
+
+impl<T> std::ops::DerefMut for Guarded<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.as_mut().expect("a guarded value is only taken by its drop")
+    }
+}
+
+impl<T> Drop for Guarded<T> {
+    fn drop(&mut self) {
+        let _busy = busy();
+        drop(self.0.take());
     }
 }
 

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
@@ -20,7 +20,7 @@ const RACY_NS: i64 = 2_000_000_000;
 #[derive(Debug)]
 pub(crate) struct StatCache {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    conn: Mutex<crate::store::sqlite::Db>,
 }
 
 /// What identifies a file's content without reading it.

@@ -12,6 +12,9 @@ use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
 use crate::error::{Error, Result};
 use crate::store::{Access, Committed, Damaged, MetaStore, Removed, StagedBlob};
 
+/// A connection, closed holding a fork token (see `crate::fork`).
+pub(crate) type Db = crate::fork::Guarded<Connection>;
+
 /// The schema version this build writes. Older databases are migrated on open.
 pub const SCHEMA_VERSION: i64 = 7;
 
@@ -560,12 +563,12 @@ fn merge_shared(doc: &mut Json, body: &str) -> std::result::Result<(), String> {
 #[derive(Debug)]
 pub struct SqliteMeta {
     path: PathBuf,
-    conn: std::sync::OnceLock<Mutex<Connection>>,
+    conn: std::sync::OnceLock<Mutex<Db>>,
     /// Set by `long_lived`: checkpoints run on a thread of their own.
     checkpointer: std::sync::OnceLock<Checkpointer>,
     /// Set by `long_lived`: lookups read on a connection of their own, so that they never wait
     /// for this process's commits (WAL readers see the last commit and do not block writers).
-    reader: std::sync::OnceLock<Mutex<Connection>>,
+    reader: std::sync::OnceLock<Mutex<Db>>,
     /// Held by this process's write transactions, and by the checkpoint thread when the WAL
     /// must start over (see `Checkpointer`).
     write_gate: Arc<Mutex<()>>,
@@ -586,7 +589,7 @@ impl Checkpointer {
     /// holds `WAL_RESTART_PAGES`, the thread checkpoints once more holding `gate` (this
     /// process's writers wait, for the few pages committed since): the next commit then starts
     /// the WAL from its beginning.
-    fn start(conn: Connection, gate: Arc<Mutex<()>>) -> Result<Checkpointer> {
+    fn start(conn: Db, gate: Arc<Mutex<()>>) -> Result<Checkpointer> {
         let state = Arc::new((Mutex::new((false, false)), Condvar::new()));
         let s = Arc::clone(&state);
         std::thread::Builder::new()
@@ -648,7 +651,7 @@ impl SqliteMeta {
     }
 
     /// The writer connection (callers hold a `fork::busy` token while they use it).
-    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Db>> {
         let m = match self.conn.get() {
             Some(m) => m,
             None => {
@@ -744,10 +747,10 @@ pub(crate) fn open_database(
     path: &Path,
     version: i64,
     migrate: fn(&Connection) -> rusqlite::Result<()>,
-) -> Result<Connection> {
+) -> Result<Db> {
     let db = |source| Error::Db { path: path.to_owned(), source };
     let _busy = crate::fork::busy();
-    let conn = Connection::open(path).map_err(db)?;
+    let conn = Db::new(Connection::open(path).map_err(db)?);
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
     if found > version {

@@ -68,6 +68,10 @@ impl ObjectBlobs {
             return Err(bad(format!("unknown scheme; this build serves {}", SCHEMES.join(", "))));
         }
         opendal::install_default();
+        // TLS through rustls with `ring` (an error means a provider is already installed, which
+        // serves as well), and OpenDAL's reqwest transport over it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        opendal_http_transport_reqwest::install_default();
         let op = Operator::from_uri(url).map_err(|e| bad(e.to_string()))?;
         let op = op.layer(opendal::layers::TimeoutLayer::new()).layer(
             opendal::layers::RetryLayer::new()

@@ -277,12 +277,7 @@ fn blob_digest(path: &str) -> Option<Digest> {
     else {
         return None;
     };
-    let alg = match alg {
-        "blake3" => Algorithm::Blake3,
-        "sha256" => Algorithm::Sha256,
-        _ => return None,
-    };
-    Digest::from_hex(alg, hex).ok()
+    Digest::from_hex(alg.parse::<Algorithm>().ok()?, hex).ok()
 }
 
 /// Runs one request on the store's runtime and waits for it, from any thread. A request that

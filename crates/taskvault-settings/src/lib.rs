@@ -150,7 +150,8 @@ impl Resolved {
     /// Whether a vault exists at the resolved directory (commands that only read never make
     /// one).
     pub fn vault_exists(&self) -> bool {
-        taskvault::Vault::exists(&self.settings.vault_dir)
+        // A vault whose metadata is in a database server is there as soon as it is configured.
+        self.settings.metadata_url.is_some() || taskvault::Vault::exists(&self.settings.vault_dir)
     }
 
     /// The error of a command that only reads, run where there is no vault.

@@ -1,7 +1,9 @@
 //! Deterministic data for tests and benchmarks: a tiny PRNG and incompressible bytes, so that
 //! test inputs are reproducible and never accidentally compress or deduplicate away. And
-//! `seaweed`, the real S3 server the object-store tests start.
+//! `seaweed`, the real S3 server the object-store tests start, and `postgres`, the schemas of the
+//! PostgreSQL server the metadata tests use.
 
+pub mod postgres;
 pub mod seaweed;
 
 /// xorshift64*: small, fast, and good enough to make bytes that zstd cannot shrink.

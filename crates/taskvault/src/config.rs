@@ -62,7 +62,9 @@ pub struct ConfigFile {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageFile {
-    /// `sqlite` (default): the database in `cache_dir`.
+    /// `sqlite` (default): the database in `cache_dir`. Or a PostgreSQL URL,
+    /// `postgres://user@host:port/database?schema=NAME` (any libpq parameter; `schema` keeps the
+    /// tables in a schema of their own).
     #[serde(default = "default_metadata")]
     pub metadata: String,
     /// `local` (default): files under `cache_dir`. Or an object store URL, one of the OpenDAL
@@ -293,12 +295,13 @@ impl ConfigFile {
                 }
             }
         }
-        if self.storage.metadata != "sqlite" {
+        let metadata = &self.storage.metadata;
+        if metadata != "sqlite" && !crate::store::postgres::is_postgres_url(metadata) {
             return bad(
                 &["storage", "metadata"],
                 format!(
-                    "storage.metadata {:?} is not available in this release (supported: sqlite)",
-                    self.storage.metadata
+                    "storage.metadata must be sqlite or a PostgreSQL URL (postgres://...), got {:?}",
+                    crate::store::postgres::shown(metadata)
                 ),
             );
         }
@@ -375,6 +378,8 @@ impl ConfigFile {
                 .map(|(k, v)| (k.clone(), resolve(v)))
                 .collect(),
             blobs_url: (self.storage.blobs != "local").then(|| self.storage.blobs.clone()),
+            metadata_url: (self.storage.metadata != "sqlite")
+                .then(|| self.storage.metadata.clone()),
             host: String::new(),
             user: String::new(),
         }
@@ -407,6 +412,8 @@ pub struct Settings {
     pub policies: BTreeMap<String, Policy>,
     /// Blobs in this object store (an OpenDAL URL) instead of under `vault_dir`.
     pub blobs_url: Option<String>,
+    /// Metadata in this PostgreSQL database instead of SQLite under `vault_dir`.
+    pub metadata_url: Option<String>,
     /// Recorded in provenance; the caller fills them in.
     pub host: String,
     pub user: String,

@@ -72,6 +72,10 @@ pub enum Error {
     #[error("blob {0} was removed while a save referenced it")]
     BlobVanished(String),
 
+    /// A metadata store on a server (PostgreSQL) refused or failed a request.
+    #[error("metadata store {store}: {message}")]
+    Meta { store: String, message: String },
+
     /// The blob store (an object store: S3, GCS, Azure Blob) refused or failed a request.
     #[error("blob store {store}: {message}")]
     Store { store: String, message: String },

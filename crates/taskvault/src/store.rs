@@ -4,6 +4,7 @@
 pub mod local;
 pub mod object;
 pub(crate) mod packed;
+pub mod postgres;
 pub mod sqlite;
 
 use std::fs::File;

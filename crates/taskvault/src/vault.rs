@@ -203,7 +203,10 @@ impl Vault {
                 std::fs::rename(&tmp, &ignore).at(&ignore)?;
             }
         }
-        let meta = SqliteMeta::open(&dir.join("cache.db"))?;
+        let meta: Box<dyn crate::store::MetaStore> = match &settings.metadata_url {
+            Some(url) => Box::new(crate::store::postgres::PgMeta::open(url)?),
+            None => Box::new(SqliteMeta::open(&dir.join("cache.db"))?),
+        };
         let blobs = crate::store::blob_store(dir, settings.blobs_url.as_deref())?;
         let audit =
             AuditLog::new(dir.join("audit.log"), settings.audit_format, settings.audit_max_bytes);
@@ -211,7 +214,7 @@ impl Vault {
         let hot = crate::hot::HotRecords::new(dir);
         Ok(Vault {
             settings,
-            meta: Box::new(meta),
+            meta,
             blobs,
             audit,
             accesses,

@@ -2,8 +2,9 @@
 //! store the vault can be opened on. Each pair is one test (one server started for it); its
 //! cases run in order and name themselves on stderr, and a failing case panics with its name.
 //!
-//! Pairs today: SQLite + the local disk, SQLite + S3 (SeaweedFS). A new backend adds a test
-//! here that builds its [`Backend`] and calls [`suite`].
+//! Pairs today: SQLite + the local disk, SQLite + S3 (SeaweedFS), PostgreSQL + the local disk,
+//! PostgreSQL + S3. A new backend adds a test here that builds its [`Backend`] and calls
+//! [`suite`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,10 +15,14 @@ use taskvault_testkit::noise;
 
 use crate::procs::{key, mixed_worker, saver};
 use crate::{check_content, role, spawn_worker_on};
+use taskvault_testkit::postgres::Schema;
 use taskvault_testkit::seaweed::Seaweed;
 
 /// A case's name -> the blob store URL for it; `None`: the local disk.
 type BlobsFor = Box<dyn Fn(&str) -> Option<String>>;
+
+/// A case's name -> its metadata store (a PostgreSQL schema of its own); `None`: SQLite.
+type MetadataFor = Box<dyn Fn(&str) -> Option<Schema>>;
 
 /// One pair of stores under test. Every case gets a vault of its own (a fresh directory and,
 /// for an object store, a prefix of its own).
@@ -26,12 +31,14 @@ struct Backend {
     test: &'static str,
     /// The blob store URL for a case's prefix; `None`: the local disk.
     blobs: BlobsFor,
+    metadata: MetadataFor,
 }
 
 /// A case's vault: its directory, its blob store URL, and handles on both.
 struct Case {
     dir: tempfile::TempDir,
     blobs: Option<String>,
+    metadata: Option<Schema>,
 }
 
 impl Case {
@@ -42,9 +49,14 @@ impl Case {
     fn open_with(&self, f: impl FnOnce(&mut Settings)) -> Vault {
         let mut s = Settings::for_dir(self.vault_dir());
         s.blobs_url = self.blobs.clone();
+        s.metadata_url = self.metadata_url();
         s.host = "conformance".into();
         f(&mut s);
         Vault::open(s).unwrap()
+    }
+
+    fn metadata_url(&self) -> Option<String> {
+        self.metadata.as_ref().map(Schema::url)
     }
 
     fn open(&self) -> Vault {
@@ -70,7 +82,11 @@ impl Case {
 
 impl Backend {
     fn case(&self, name: &str) -> Case {
-        Case { dir: tempfile::tempdir().unwrap(), blobs: (self.blobs)(name) }
+        Case {
+            dir: tempfile::tempdir().unwrap(),
+            blobs: (self.blobs)(name),
+            metadata: (self.metadata)(name),
+        }
     }
 }
 
@@ -142,6 +158,8 @@ fn saves_and_hits(b: &Backend, name: &str) {
     }
     let report = c.open().verify().unwrap();
     assert!(report.corrupt.is_empty() && report.orphans_removed == 0, "{name}: {report:?}");
+    // The metadata is where the backend keeps it: no SQLite file beside a database server's.
+    assert_eq!(c.vault_dir().join("cache.db").exists(), c.metadata.is_none(), "{name}");
 }
 
 /// A new save of a key supersedes the live run and keeps the old one as history.
@@ -220,8 +238,18 @@ fn corruption(b: &Backend, name: &str) {
 fn concurrent_writers(b: &Backend, name: &str) {
     let c = b.case(name);
     let dir = c.vault_dir();
-    let workers: Vec<_> =
-        (0..4).map(|w| spawn_worker_on(b.test, "mixed", &dir, c.blobs.as_deref(), w)).collect();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            spawn_worker_on(
+                b.test,
+                "mixed",
+                &dir,
+                c.blobs.as_deref(),
+                c.metadata_url().as_deref(),
+                w,
+            )
+        })
+        .collect();
     for w in workers {
         let out = w.wait_with_output().unwrap();
         assert!(
@@ -248,7 +276,14 @@ fn crash_during_a_commit(b: &Backend, name: &str) {
     let mut rng = crate::Rng::new(77);
     let mut served = 0;
     for round in 0..12 {
-        let mut child = spawn_worker_on(b.test, "saver", &dir, c.blobs.as_deref(), round);
+        let mut child = spawn_worker_on(
+            b.test,
+            "saver",
+            &dir,
+            c.blobs.as_deref(),
+            c.metadata_url().as_deref(),
+            round,
+        );
         std::thread::sleep(Duration::from_millis(60 + rng.below(200)));
         child.kill().unwrap();
         assert!(!child.wait().unwrap().success());
@@ -299,7 +334,11 @@ fn sqlite_and_local_disk() {
     if worker() {
         return;
     }
-    suite(&Backend { test: "conformance::sqlite_and_local_disk", blobs: Box::new(|_| None) });
+    suite(&Backend {
+        test: "conformance::sqlite_and_local_disk",
+        blobs: Box::new(|_| None),
+        metadata: Box::new(|_| None),
+    });
 }
 
 #[test]
@@ -311,9 +350,43 @@ fn sqlite_and_s3() {
     let endpoint = s3.endpoint().to_owned();
     let url =
         move |case: &str| Some(taskvault_testkit::seaweed::url(&endpoint, "conformance", case));
-    suite(&Backend { test: "conformance::sqlite_and_s3", blobs: Box::new(url) });
+    suite(&Backend {
+        test: "conformance::sqlite_and_s3",
+        blobs: Box::new(url),
+        metadata: Box::new(|_| None),
+    });
     eprintln!("conformance::sqlite_and_s3: object-store specifics");
     crate::object::blobs_in_s3_are_uploaded_served_verified_and_deleted(&s3);
     eprintln!("conformance::sqlite_and_s3: migration to S3 and back");
     crate::object::blobs_migrate_between_the_local_disk_and_s3(&s3);
+}
+
+#[test]
+fn postgres_and_local_disk() {
+    if worker() {
+        return;
+    }
+    let Some(server) = taskvault_testkit::postgres::server() else { return };
+    suite(&Backend {
+        test: "conformance::postgres_and_local_disk",
+        blobs: Box::new(|_| None),
+        metadata: Box::new(move |case| Some(Schema::new(&server, case))),
+    });
+}
+
+#[test]
+fn postgres_and_s3() {
+    if worker() {
+        return;
+    }
+    let Some(server) = taskvault_testkit::postgres::server() else { return };
+    let Some(s3) = Seaweed::start() else { return };
+    let endpoint = s3.endpoint().to_owned();
+    let url =
+        move |case: &str| Some(taskvault_testkit::seaweed::url(&endpoint, "conformance-pg", case));
+    suite(&Backend {
+        test: "conformance::postgres_and_s3",
+        blobs: Box::new(url),
+        metadata: Box::new(move |case| Some(Schema::new(&server, case))),
+    });
 }

@@ -16,24 +16,31 @@ pub const ROLE: &str = "TASKVAULT_IT_ROLE";
 /// The environment variable that hands a worker the blob store URL of the vault under test.
 pub const BLOBS: &str = "TASKVAULT_IT_BLOBS";
 
+/// The environment variable that hands a worker the metadata URL (PostgreSQL) of the vault.
+pub const METADATA: &str = "TASKVAULT_IT_METADATA";
+
 /// Starts this test binary as a worker running `test` with `role`.
 pub fn spawn_worker(test: &str, role: &str, vault: &Path, worker: usize) -> Child {
-    spawn_worker_on(test, role, vault, None, worker)
+    spawn_worker_on(test, role, vault, None, None, worker)
 }
 
-/// [`spawn_worker`] for a vault whose blobs live at `blobs` (an object store URL).
+/// [`spawn_worker`] for a vault whose blobs live at `blobs` (an object store URL) and whose
+/// metadata at `metadata` (a PostgreSQL URL).
 pub fn spawn_worker_on(
     test: &str,
     role: &str,
     vault: &Path,
     blobs: Option<&str>,
+    metadata: Option<&str>,
     worker: usize,
 ) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    match blobs {
-        Some(url) => cmd.env(BLOBS, url),
-        None => cmd.env_remove(BLOBS),
-    };
+    for (var, url) in [(BLOBS, blobs), (METADATA, metadata)] {
+        match url {
+            Some(url) => cmd.env(var, url),
+            None => cmd.env_remove(var),
+        };
+    }
     cmd.args(["--exact", test, "--nocapture", "--test-threads", "1"])
         .env(ROLE, role)
         .env("TASKVAULT_IT_VAULT", vault)
@@ -52,10 +59,12 @@ pub fn role() -> Option<(String, std::path::PathBuf, u64)> {
     Some((role, vault, worker))
 }
 
-/// Opens the vault at `dir`, its blobs where this worker was told ([`BLOBS`]) or local.
+/// Opens the vault at `dir`, its blobs and metadata where this worker was told ([`BLOBS`],
+/// [`METADATA`]) or local.
 pub fn open(dir: &Path) -> Vault {
     let mut s = Settings::for_dir(dir);
     s.blobs_url = std::env::var(BLOBS).ok();
+    s.metadata_url = std::env::var(METADATA).ok();
     Vault::open(s).unwrap()
 }
 

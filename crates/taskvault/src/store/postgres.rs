@@ -1,0 +1,1391 @@
+//! Metadata in PostgreSQL (`storage.metadata: postgres://...`): the same facts as the SQLite
+//! store (entries, blob rows with their reference counts, tags, counters, claim failures), for
+//! several processes on several machines at once. Schema versions live in `taskvault_schema`;
+//! see `docs/format.md`.
+//!
+//! The engine is synchronous; this store owns a small tokio runtime that drives its pool of
+//! connections, and a caller's thread waits for each statement. Every method is one
+//! transaction (READ COMMITTED). Writers that touch a key take a transaction-scoped advisory
+//! lock on it first, so two replicas saving one key never both make a live run; a transaction
+//! that loses a deadlock or a serialization conflict is run again.
+
+use std::future::Future;
+use std::sync::Mutex;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{FromSql, ToSql};
+
+use crate::digest::Digest;
+use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
+use crate::error::{Error, Result};
+use crate::store::{Access, Committed, Damaged, MetaStore, Removed, StagedBlob, Stale};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Version 1. Ids, keys and digests sort byte by byte (`COLLATE "C"`), so a prefix is a range of
+/// an index. A run's document is its whole entry as JSON; the columns beside it are what SQL
+/// selects, orders and updates by, and win over the document when it is read. Tags are kept in
+/// the document and, for `log --tag`, in `tags`. The census is kept by triggers in the
+/// transaction of every write.
+const SCHEMA_V1: &str = r#"
+CREATE TABLE entries(
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT COLLATE "C" NOT NULL UNIQUE,
+    key TEXT COLLATE "C" NOT NULL,
+    live BOOLEAN NOT NULL,
+    status TEXT NOT NULL,
+    task TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    last_access_ms BIGINT NOT NULL,
+    access_count BIGINT NOT NULL DEFAULT 0,
+    expires_ms BIGINT,
+    size BIGINT NOT NULL DEFAULT 0,
+    ttl_explicit BOOLEAN NOT NULL DEFAULT false,
+    doc TEXT NOT NULL
+);
+CREATE UNIQUE INDEX entries_live_key ON entries(key) WHERE live;
+CREATE INDEX entries_key ON entries(key, created_ms, seq);
+CREATE INDEX entries_lru ON entries(greatest(last_access_ms, created_ms), created_ms) WHERE live;
+CREATE INDEX entries_expiry ON entries(expires_ms) WHERE live AND expires_ms IS NOT NULL;
+CREATE INDEX entries_created ON entries(created_ms, seq);
+CREATE INDEX entries_task_created ON entries(task, created_ms, seq);
+CREATE INDEX entries_status_created ON entries(status, created_ms, seq) WHERE NOT live;
+CREATE TABLE tags(
+    seq BIGINT NOT NULL REFERENCES entries(seq) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY(name, value, seq)
+);
+CREATE INDEX tags_seq ON tags(seq);
+CREATE TABLE blobs(
+    digest TEXT COLLATE "C" PRIMARY KEY,
+    size BIGINT NOT NULL,
+    stored_size BIGINT NOT NULL,
+    codec TEXT NOT NULL,
+    data BYTEA,
+    refs BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE counters(name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO counters(name, value) VALUES
+    ('hits', 0), ('misses', 0), ('saves', 0), ('evictions', 0), ('corrupt', 0),
+    ('expired', 0), ('time_saved_ms', 0), ('stored_bytes', 0), ('remote_hits', 0);
+CREATE TABLE task_counters(
+    task TEXT PRIMARY KEY,
+    hits BIGINT NOT NULL DEFAULT 0,
+    misses BIGINT NOT NULL DEFAULT 0,
+    time_saved_ms BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE failures(key TEXT COLLATE "C" PRIMARY KEY, message TEXT NOT NULL, at_ms BIGINT NOT NULL);
+CREATE TABLE census(name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO census(name, value) VALUES
+    ('live', 0), ('runs', 0), ('failed_runs', 0), ('blobs', 0), ('inline_blobs', 0),
+    ('inline_bytes', 0);
+CREATE FUNCTION taskvault_census_entries() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'DELETE' THEN
+        UPDATE census SET value = value + CASE name
+            WHEN 'runs' THEN (TG_OP = 'INSERT')::int
+            WHEN 'live' THEN NEW.live::int
+            ELSE (NEW.status = 'failed')::int END
+        WHERE name IN ('runs', 'live', 'failed_runs');
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        UPDATE census SET value = value - CASE name
+            WHEN 'runs' THEN (TG_OP = 'DELETE')::int
+            WHEN 'live' THEN OLD.live::int
+            ELSE (OLD.status = 'failed')::int END
+        WHERE name IN ('runs', 'live', 'failed_runs');
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER census_entries AFTER INSERT OR DELETE OR UPDATE OF live, status ON entries
+    FOR EACH ROW EXECUTE FUNCTION taskvault_census_entries();
+CREATE FUNCTION taskvault_census_blobs() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'DELETE' THEN
+        UPDATE census SET value = value + CASE name
+            WHEN 'blobs' THEN (TG_OP = 'INSERT')::int
+            WHEN 'inline_blobs' THEN (NEW.data IS NOT NULL)::int
+            ELSE CASE WHEN NEW.data IS NOT NULL THEN NEW.stored_size ELSE 0 END END
+        WHERE name IN ('blobs', 'inline_blobs', 'inline_bytes');
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        UPDATE census SET value = value - CASE name
+            WHEN 'blobs' THEN (TG_OP = 'DELETE')::int
+            WHEN 'inline_blobs' THEN (OLD.data IS NOT NULL)::int
+            ELSE CASE WHEN OLD.data IS NOT NULL THEN OLD.stored_size ELSE 0 END END
+        WHERE name IN ('blobs', 'inline_blobs', 'inline_bytes');
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER census_blobs AFTER INSERT OR DELETE OR UPDATE OF data, stored_size ON blobs
+    FOR EACH ROW EXECUTE FUNCTION taskvault_census_blobs();
+"#;
+
+/// The columns [`entry_from_row`] reads, in its order.
+const ENTRY_COLS: &str = "seq, id, key, live, status, task, created_ms, last_access_ms, \
+    access_count, expires_ms, size, ttl_explicit, doc";
+
+/// Connections a store opens at most (each waiting caller holds one for its transaction).
+const POOL_SIZE: usize = 16;
+
+/// How often a transaction that lost a deadlock or a serialization conflict is run again.
+const RETRIES: usize = 8;
+
+/// A statement's parameter.
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// The PostgreSQL metadata store.
+pub struct PgMeta {
+    /// The URL as messages show it (no password, no query).
+    shown: String,
+    /// The schema its tables live in (`?schema=`), `None` for the connection's default.
+    schema: Option<String>,
+    pool: Pool,
+    /// Whether the schema is known to be created and current (checked on first use).
+    ready: Mutex<bool>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for PgMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgMeta").field("store", &self.shown).finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgMeta {
+    fn drop(&mut self) {
+        // Connections end with the runtime that drives them; never wait for a server here.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Whether `url` names a PostgreSQL metadata store.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// `url` as messages show it: no password, no query.
+pub fn shown(url: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &base[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}{}", &base[..s + 3], &base[at..])
+        }
+        _ => base.to_owned(),
+    }
+}
+
+impl PgMeta {
+    /// Prepares the store at `url` (`postgres://user[:password]@host[:port]/database`, with any
+    /// of libpq's parameters, and `schema=NAME` to keep the tables in a schema of their own).
+    /// Connects on first use: an unreachable server shows then.
+    pub fn open(url: &str) -> Result<PgMeta> {
+        let shown = shown(url);
+        let bad = |message: String| Error::Meta { store: shown.clone(), message };
+        if !is_postgres_url(url) {
+            return Err(bad("not a postgres:// URL".into()));
+        }
+        // `schema` is ours; every other parameter is libpq's.
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut schema = None;
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("schema", name)) => schema = Some(name.to_owned()),
+                _ => rest.push(pair),
+            }
+        }
+        if let Some(s) = &schema
+            && (s.is_empty()
+                || s.len() > 63
+                || !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                || s.as_bytes()[0].is_ascii_digit())
+        {
+            return Err(bad(format!(
+                "schema {s:?}: use lowercase letters, digits and _ (not first), at most 63"
+            )));
+        }
+        let url =
+            if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| bad(format!("{e}")))?;
+        if let Some(s) = &schema {
+            config.options(format!("-c search_path={s}"));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("taskvault");
+        }
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(60)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .map_err(|e| bad(format!("{e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("taskvault-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| bad(format!("cannot start its runtime: {e}")))?;
+        Ok(PgMeta { shown, schema, pool, ready: Mutex::new(false), rt: Some(rt) })
+    }
+
+    fn bad(&self, message: impl std::fmt::Display) -> Error {
+        Error::Meta { store: self.shown.clone(), message: message.to_string() }
+    }
+
+    /// Runs `f` on the store's runtime and waits for it, from any thread: inside another
+    /// runtime's worker it steps out of that runtime first, never blocking its other tasks.
+    fn wait<F: Future + Send>(&self, f: F) -> F::Output
+    where
+        F::Output: Send,
+    {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let rt = self.rt.as_ref().expect("the runtime lives as long as the store");
+        match Handle::try_current() {
+            Err(_) => rt.block_on(f),
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| rt.block_on(f))
+            }
+            Ok(_) => std::thread::scope(|s| {
+                s.spawn(|| rt.block_on(f)).join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            }),
+        }
+    }
+
+    /// A connection from the pool, the schema made or migrated on first use.
+    fn conn(&self) -> Result<Object> {
+        let c = self.wait(self.pool.get()).map_err(|e| self.bad(format!("connecting: {e}")))?;
+        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        if !*ready {
+            self.migrate(&c)?;
+            *ready = true;
+        }
+        Ok(c)
+    }
+
+    /// Creates or checks the schema, one process at a time (under an advisory lock).
+    fn migrate(&self, c: &Object) -> Result<()> {
+        let tx = Tx { pg: self, c, retry: Default::default() };
+        tx.batch("BEGIN")?;
+        let out = (|| {
+            tx.one("SELECT pg_advisory_xact_lock($1)", &[&self.lock_id("init", "")])?;
+            if let Some(s) = &self.schema {
+                // Validated in `open`: letters, digits and _.
+                tx.batch(&format!("CREATE SCHEMA IF NOT EXISTS {s}"))?;
+            }
+            tx.batch("CREATE TABLE IF NOT EXISTS taskvault_schema(version INTEGER NOT NULL)")?;
+            let found: Option<i32> =
+                tx.opt("SELECT max(version) FROM taskvault_schema", &[])?.and_then(|r| r.get(0));
+            match found {
+                None => {
+                    tx.batch(SCHEMA_V1)?;
+                    tx.exec(
+                        "INSERT INTO taskvault_schema(version) VALUES ($1)",
+                        &[&SCHEMA_VERSION],
+                    )?;
+                }
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(self.bad(format!(
+                        "schema version {v} is newer than this taskvault understands \
+                         ({SCHEMA_VERSION}); upgrade taskvault"
+                    )));
+                }
+                Some(_) => {}
+            }
+            Ok(())
+        })();
+        match out {
+            Ok(()) => tx.batch("COMMIT"),
+            Err(e) => {
+                let _ = tx.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// An advisory lock id for `what` (`key`, ...) of `name`, particular to this store's schema.
+    fn lock_id(&self, what: &str, name: &str) -> i64 {
+        let mut h = blake3::Hasher::new();
+        for part in [self.schema.as_deref().unwrap_or(""), what, name] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+        i64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+    }
+
+    /// Runs the statements of `f` on one connection, each on its own (no transaction).
+    fn with<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let c = self.conn()?;
+        f(&Tx { pg: self, c: &c, retry: Default::default() })
+    }
+
+    /// Runs `f` in a transaction, again while it loses a deadlock or a serialization conflict;
+    /// rolls back on any error.
+    fn write<T>(&self, mut f: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let c = self.conn()?;
+        let mut attempt = 0;
+        loop {
+            let tx = Tx { pg: self, c: &c, retry: Default::default() };
+            tx.batch("BEGIN")?;
+            let out = f(&tx).and_then(|v| tx.batch("COMMIT").map(|()| v));
+            match out {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let _ = tx.batch("ROLLBACK");
+                    attempt += 1;
+                    if !tx.retry.get() || attempt >= RETRIES {
+                        return Err(e);
+                    }
+                    tracing::debug!("{}: transaction run again ({e})", self.shown);
+                }
+            }
+        }
+    }
+}
+
+/// Statements on one connection, waited for.
+struct Tx<'a> {
+    pg: &'a PgMeta,
+    c: &'a Object,
+    /// Set when a statement lost a deadlock or a serialization conflict.
+    retry: std::cell::Cell<bool>,
+}
+
+impl Tx<'_> {
+    fn err(&self, e: tokio_postgres::Error) -> Error {
+        if matches!(
+            e.code(),
+            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        ) {
+            self.retry.set(true);
+        }
+        let message = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.severity(), db.message()),
+            None => e.to_string(),
+        };
+        self.pg.bad(message)
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        self.pg.wait(self.c.batch_execute(sql)).map_err(|e| self.err(e))
+    }
+
+    fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+        let c = self.c;
+        self.pg
+            .wait(async move {
+                let st = c.prepare_cached(sql).await?;
+                c.query(&st, params).await
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    fn opt(&self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    fn one(&self, sql: &str, params: &[Param<'_>]) -> Result<Row> {
+        self.opt(sql, params)?.ok_or_else(|| self.pg.bad(format!("no row from {sql:?}")))
+    }
+
+    fn exec(&self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
+        let c = self.c;
+        self.pg
+            .wait(async move {
+                let st = c.prepare_cached(sql).await?;
+                c.execute(&st, params).await
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Column `i` of `row`: a column of another type is an error, never a panic.
+    fn col<'r, T: FromSql<'r>>(&self, row: &'r Row, i: usize) -> Result<T> {
+        row.try_get(i).map_err(|e| self.err(e))
+    }
+
+    fn bump(&self, name: &str, by: i64) -> Result<()> {
+        if by != 0 {
+            self.exec("UPDATE counters SET value = value + $2 WHERE name = $1", &[&name, &by])?;
+        }
+        Ok(())
+    }
+
+    /// Takes the advisory locks of `keys` (sorted, so two writers never wait on each other
+    /// in a cycle), held until the transaction ends.
+    fn lock_keys<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Result<()> {
+        let mut ids: Vec<i64> = keys.into_iter().map(|k| self.pg.lock_id("key", k)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        match ids.as_slice() {
+            [] => {}
+            [one] => {
+                self.one("SELECT pg_advisory_xact_lock($1)", &[one])?;
+            }
+            _ => {
+                self.one(
+                    "SELECT count(pg_advisory_xact_lock(k)) FROM \
+                     (SELECT k FROM unnest($1::BIGINT[]) k ORDER BY k) s",
+                    &[&ids],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the lock of `key` if no other transaction holds it.
+    fn try_lock_key(&self, key: &str) -> Result<bool> {
+        let row =
+            self.one("SELECT pg_try_advisory_xact_lock($1)", &[&self.pg.lock_id("key", key)])?;
+        self.col(&row, 0)
+    }
+
+    fn live_entry(&self, key: &str) -> Result<Option<Decoded>> {
+        let row = self
+            .opt(&format!("SELECT {ENTRY_COLS} FROM entries WHERE key = $1 AND live"), &[&key])?;
+        Ok(row.map(|r| entry_from_row(&r)))
+    }
+
+    fn entries(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Decoded>> {
+        Ok(self.query(sql, params)?.iter().map(entry_from_row).collect())
+    }
+
+    fn blob_row(&self, digest: &Digest) -> Result<Option<BlobRow>> {
+        let row = self.opt(
+            "SELECT digest, size, stored_size, codec, data FROM blobs WHERE digest = $1",
+            &[&digest.to_string()],
+        )?;
+        Ok(row.map(|r| blob_from_row(&r)))
+    }
+
+    /// One reference less to each of `digests` (distinct), dropping those no live entry uses
+    /// (their files added to `unlink`); returns bytes freed.
+    fn unref_digests(&self, digests: &[Digest], unlink: &mut Vec<Digest>) -> Result<u64> {
+        let mut freed = 0;
+        for d in digests {
+            let row = self.opt(
+                "UPDATE blobs SET refs = refs - 1 WHERE digest = $1 RETURNING refs",
+                &[&d.to_string()],
+            )?;
+            if let Some(row) = row
+                && self.col::<i64>(&row, 0)? <= 0
+            {
+                freed += self.drop_blob_row(d, unlink)?;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Deletes the row of blob `digest` (its file added to `unlink`); returns its stored bytes.
+    fn drop_blob_row(&self, digest: &Digest, unlink: &mut Vec<Digest>) -> Result<u64> {
+        let Some(row) = self.opt(
+            "DELETE FROM blobs WHERE digest = $1 RETURNING stored_size, data IS NOT NULL",
+            &[&digest.to_string()],
+        )?
+        else {
+            return Ok(0);
+        };
+        let stored: i64 = self.col(&row, 0)?;
+        self.bump("stored_bytes", -stored)?;
+        if !self.col::<bool>(&row, 1)? {
+            unlink.push(*digest);
+        }
+        Ok(stored.max(0) as u64)
+    }
+
+    /// Drops the references of the live run of `key` to its blobs. A live row that cannot be
+    /// read keeps its blobs (never freed too early; `verify` drops the row).
+    fn unref_key(&self, key: &str, unlink: &mut Vec<Digest>) -> Result<u64> {
+        let Some(Ok(live)) = self.live_entry(key)? else { return Ok(0) };
+        self.unref_digests(&live.blob_digests(), unlink)
+    }
+
+    /// Removes every run of `key` (whose lock the caller holds); returns the live entry, if
+    /// any, and bytes freed.
+    fn remove_key(&self, key: &str, unlink: &mut Vec<Digest>) -> Result<(Option<Entry>, u64)> {
+        let live = sound(self.live_entry(key)?).pop();
+        let freed = self.unref_key(key, unlink)?;
+        self.exec("DELETE FROM entries WHERE key = $1", &[&key])?;
+        Ok((live, freed))
+    }
+
+    /// Marks the live entries using blob `digest` corrupt and drops their references; returns
+    /// how many were live. Blobs count their users but do not name them: this reads the live
+    /// documents that mention the digest, a scan paid only when a blob turns out corrupt.
+    fn retire_users(&self, digest: &Digest, r: &mut Removed) -> Result<i64> {
+        let pattern = format!("%{}%", digest.hex());
+        let keys: Vec<String> = self
+            .query("SELECT key FROM entries WHERE live AND doc LIKE $1", &[&pattern])?
+            .iter()
+            .map(|row| self.col(row, 0))
+            .collect::<Result<_>>()?;
+        let mut retired = 0;
+        for k in keys {
+            self.lock_keys([k.as_str()])?;
+            let Some(Ok(e)) = self.live_entry(&k)? else { continue };
+            if !e.blob_digests().contains(digest) {
+                continue;
+            }
+            self.unref_digests(&e.blob_digests(), &mut r.unreferenced)?;
+            self.exec(
+                "UPDATE entries SET live = false, status = 'corrupt' WHERE key = $1 AND live",
+                &[&k],
+            )?;
+            r.entries.push(e);
+            retired += 1;
+        }
+        Ok(retired)
+    }
+
+    /// Inserts `entry` as a run of its key; returns its position.
+    fn insert_run(&self, entry: &Entry, live: bool) -> Result<i64> {
+        let doc = serde_json::to_string(entry).expect("entries serialize");
+        let last_access =
+            if entry.last_access_ms > entry.created_ms { entry.last_access_ms } else { 0 };
+        let row = self.one(
+            "INSERT INTO entries(id, key, live, status, task, created_ms, last_access_ms,
+                access_count, expires_ms, size, ttl_explicit, doc)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq",
+            &[
+                &entry.id,
+                &entry.key,
+                &live,
+                &entry.status.name(),
+                &entry.task,
+                &entry.created_ms,
+                &last_access,
+                &entry.access_count,
+                &entry.expires_ms,
+                &(entry.size as i64),
+                &entry.ttl_explicit,
+                &doc,
+            ],
+        )?;
+        let seq: i64 = self.col(&row, 0)?;
+        for (name, value) in &entry.tags {
+            self.exec(
+                "INSERT INTO tags(seq, name, value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&seq, name, value],
+            )?;
+        }
+        Ok(seq)
+    }
+
+    /// Records one save (the caller holds its key's lock); see [`MetaStore::commit_save`].
+    fn save(
+        &self,
+        entry: &Entry,
+        blobs: &[StagedBlob],
+        place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
+        tally: &mut Tally,
+    ) -> Result<Committed> {
+        let mut unreferenced = Vec::new();
+        for b in blobs {
+            let d = b.info.digest.to_string();
+            if b.staged.is_none() && b.info.inline.is_none() {
+                // A reference to a stored blob: it must still be there, and sound (checked
+                // again, holding its row, when the reference is counted below).
+                if matches!(self.blob_row(&b.info.digest)?, Some(Ok(_))) {
+                    continue;
+                }
+                return Err(Error::BlobVanished(d));
+            }
+            let insert = || {
+                self.exec(
+                    "INSERT INTO blobs(digest, size, stored_size, codec, data)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest) DO NOTHING",
+                    &[
+                        &d,
+                        &(b.info.size as i64),
+                        &(b.info.stored_size as i64),
+                        &b.info.codec.name(),
+                        &b.info.inline,
+                    ],
+                )
+            };
+            let mut added = insert()?;
+            if added == 0 && matches!(self.blob_row(&b.info.digest)?, Some(Err(_))) {
+                // A damaged row is replaced by what this save brings.
+                tracing::warn!("replacing the damaged metadata row of blob {d}");
+                let mut gone = Vec::new();
+                self.drop_blob_row(&b.info.digest, &mut gone)?;
+                added = insert()?;
+            }
+            if added == 0 {
+                continue; // stored already
+            }
+            if b.staged.is_some() {
+                place(b)?;
+            }
+            tally.stored_bytes += b.info.stored_size as i64;
+        }
+        let old = self.opt("SELECT id FROM entries WHERE key = $1 AND live", &[&entry.key])?;
+        let old: Option<String> = old.map(|r| self.col(&r, 0)).transpose()?;
+        // New references first, so blobs shared by the old and new run are never dropped.
+        let digests: Vec<String> = entry.blob_digests().iter().map(Digest::to_string).collect();
+        if !digests.is_empty() {
+            let counted =
+                self.exec("UPDATE blobs SET refs = refs + 1 WHERE digest = ANY($1)", &[&digests])?;
+            if counted < digests.len() as u64 {
+                // Removed by another writer since it was looked at.
+                let missing = digests.first().cloned().unwrap_or_default();
+                return Err(Error::BlobVanished(missing));
+            }
+        }
+        if let Some(old) = &old {
+            self.unref_key(&entry.key, &mut unreferenced)?;
+            self.exec(
+                "UPDATE entries SET live = false, status = 'superseded' WHERE id = $1",
+                &[old],
+            )?;
+        }
+        let mut entry = entry.clone();
+        entry.parent = old.clone();
+        entry.status = Status::Live;
+        self.insert_run(&entry, true)?;
+        if tally.failures {
+            self.exec("DELETE FROM failures WHERE key = $1", &[&entry.key])?;
+        }
+        tally.saves += 1;
+        Ok(Committed { superseded: old, unreferenced })
+    }
+
+    fn tally(&self) -> Result<Tally> {
+        let row = self.one("SELECT EXISTS(SELECT 1 FROM failures)", &[])?;
+        Ok(Tally { saves: 0, stored_bytes: 0, failures: self.col(&row, 0)? })
+    }
+
+    fn write_tally(&self, t: &Tally) -> Result<()> {
+        self.bump("saves", t.saves)?;
+        self.bump("stored_bytes", t.stored_bytes)
+    }
+
+    /// The keys of `rows` (a statement selecting `key` first).
+    fn keys(&self, rows: &[Row]) -> Result<Vec<String>> {
+        rows.iter().map(|r| self.col(r, 0)).collect()
+    }
+}
+
+/// What the saves of one transaction add to the counters, written once at its end.
+struct Tally {
+    saves: i64,
+    stored_bytes: i64,
+    /// Whether `failures` may hold rows (saves clear their key's).
+    failures: bool,
+}
+
+/// A row read back: its entry, or (its run id, why it is damaged).
+type Decoded = std::result::Result<Entry, (String, String)>;
+
+/// A blob row read back, or (its digest as stored, why it cannot be used).
+type BlobRow = std::result::Result<BlobInfo, (String, String)>;
+
+/// A run's row: its document, with what the columns hold put over it. A document that does
+/// not decode, or names another run or key than its columns, is damaged and never served.
+fn entry_from_row(row: &Row) -> Decoded {
+    let id: String = row.try_get(1).unwrap_or_else(|_| "(unreadable)".into());
+    let damaged = |why: String| Err((id.clone(), why));
+    let (Ok(key), Ok(doc)) = (row.try_get::<_, String>(2), row.try_get::<_, String>(12)) else {
+        return damaged("its key or document cannot be read".into());
+    };
+    let mut e: Entry = match serde_json::from_str(&doc) {
+        Ok(e) => e,
+        Err(err) => return damaged(format!("its document does not decode: {err}")),
+    };
+    if e.id != id || e.key != key {
+        return damaged(format!("its document describes run {} of key {}", e.id, e.key));
+    }
+    let int = |i: usize| row.try_get::<_, i64>(i).ok();
+    e.status = match row.try_get::<_, String>(4).ok().as_deref().and_then(Status::parse) {
+        // A live run's column says so too; anything else reads as corrupt, never served.
+        Some(Status::Live) if row.try_get::<_, bool>(3).unwrap_or(false) => Status::Live,
+        Some(Status::Live) | None => Status::Corrupt,
+        Some(s) => s,
+    };
+    match row.try_get::<_, String>(5) {
+        Ok(t) => e.task = t,
+        Err(_) => return damaged("its task is not text".into()),
+    }
+    let Some(created) = int(6) else { return damaged("its creation time is not a number".into()) };
+    e.created_ms = created;
+    // 0 until the run is first used: its creation.
+    e.last_access_ms = int(7).unwrap_or(0).max(created);
+    e.access_count = int(8).unwrap_or(0);
+    e.expires_ms = row.try_get::<_, Option<i64>>(9).ok().flatten();
+    e.size = int(10).unwrap_or(0).max(0) as u64;
+    e.ttl_explicit = row.try_get::<_, bool>(11).unwrap_or(false);
+    Ok(e)
+}
+
+fn blob_from_row(r: &Row) -> BlobRow {
+    let shown: String = r.try_get(0).unwrap_or_else(|_| "(unreadable)".into());
+    let bad = |why: &str| (shown.clone(), why.to_owned());
+    let digest: Digest = shown.parse().map_err(|_| bad("the digest does not parse"))?;
+    let count = |i: usize| r.try_get::<_, i64>(i).ok().filter(|n| *n >= 0).map(|n| n as u64);
+    let size = count(1).ok_or_else(|| bad("the size is not a count of bytes"))?;
+    let stored_size = count(2).ok_or_else(|| bad("the stored size is not a count of bytes"))?;
+    let codec = r
+        .try_get::<_, String>(3)
+        .ok()
+        .and_then(|c| Codec::parse(&c))
+        .ok_or_else(|| bad("unknown codec"))?;
+    let inline: Option<Vec<u8>> = r.try_get(4).map_err(|_| bad("the inline data is not bytes"))?;
+    Ok(BlobInfo { digest, size, stored_size, codec, inline })
+}
+
+/// The entries of decoded rows; damaged ones are left out with a warning (`verify` reports and
+/// removes them).
+fn sound(rows: impl IntoIterator<Item = Decoded>) -> Vec<Entry> {
+    rows.into_iter()
+        .filter_map(|r| {
+            r.map_err(|(id, why)| tracing::warn!("damaged metadata row of run {id} skipped: {why}"))
+                .ok()
+        })
+        .collect()
+}
+
+fn decoded(row: Option<Decoded>) -> Result<Option<Entry>> {
+    row.transpose().map_err(|(run, message)| Error::DamagedRow { run, message })
+}
+
+/// The greatest text that starts with `prefix` (for a range of an index in byte order).
+fn prefix_end(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+impl MetaStore for PgMeta {
+    fn lookup(&self, key: &str) -> Result<Option<Entry>> {
+        decoded(self.with(|t| t.live_entry(key))?)
+    }
+
+    fn lookup_many(&self, keys: &[String]) -> Result<Vec<Option<crate::store::Found>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|t| {
+            // One snapshot for both statements.
+            t.batch("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+            let rows = t.entries(
+                &format!("SELECT {ENTRY_COLS} FROM entries WHERE key = ANY($1) AND live"),
+                &[&keys],
+            )?;
+            let mut by_key: std::collections::HashMap<String, Entry> =
+                rows.into_iter().filter_map(|r| r.ok()).map(|e| (e.key.clone(), e)).collect();
+            let mut digests: Vec<String> =
+                by_key.values().flat_map(|e| e.blob_digests()).map(|d| d.to_string()).collect();
+            digests.sort();
+            digests.dedup();
+            let blobs: std::collections::HashMap<Digest, BlobInfo> = t
+                .query(
+                    "SELECT digest, size, stored_size, codec, data FROM blobs
+                     WHERE digest = ANY($1)",
+                    &[&digests],
+                )?
+                .iter()
+                .filter_map(|r| blob_from_row(r).ok())
+                .map(|b| (b.digest, b))
+                .collect();
+            Ok(keys
+                .iter()
+                .map(|k| {
+                    let e = by_key.remove(k)?;
+                    let rows =
+                        e.blob_digests().iter().filter_map(|d| blobs.get(d).cloned()).collect();
+                    Some((e, rows))
+                })
+                .collect())
+        })
+    }
+
+    fn blob(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        // A damaged row is no row: what used it reads as corrupt, and a save replaces it.
+        Ok(self.with(|t| t.blob_row(digest))?.and_then(|r| r.ok()))
+    }
+
+    fn commit_save(
+        &self,
+        entry: &Entry,
+        blobs: &[StagedBlob],
+        place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
+    ) -> Result<Committed> {
+        self.write(|t| {
+            t.lock_keys([entry.key.as_str()])?;
+            let mut tally = t.tally()?;
+            let c = t.save(entry, blobs, place, &mut tally)?;
+            t.write_tally(&tally)?;
+            Ok(c)
+        })
+    }
+
+    fn commit_saves(
+        &self,
+        saves: &[(&Entry, &[StagedBlob])],
+        place: &mut dyn FnMut(&StagedBlob) -> Result<()>,
+    ) -> Result<Vec<Committed>> {
+        self.write(|t| {
+            t.lock_keys(saves.iter().map(|(e, _)| e.key.as_str()))?;
+            let mut tally = t.tally()?;
+            let out = saves
+                .iter()
+                .map(|(e, b)| t.save(e, b, place, &mut tally))
+                .collect::<Result<Vec<_>>>()?;
+            t.write_tally(&tally)?;
+            Ok(out)
+        })
+    }
+
+    fn apply_accesses(&self, accesses: &[Access]) -> Result<()> {
+        if accesses.is_empty() {
+            return Ok(());
+        }
+        // Hits in the order of their runs, so two replicas never lock rows in a cycle.
+        let mut hits: Vec<(&str, i64, i64)> = Vec::new();
+        let mut per_task: std::collections::BTreeMap<String, (i64, i64, i64)> = Default::default();
+        let (mut misses, mut remote) = (0i64, 0i64);
+        for a in accesses {
+            match a {
+                Access::Hit { id, at_ms, duration_ms } => {
+                    hits.push((id, *at_ms, duration_ms.unwrap_or(0)))
+                }
+                Access::Miss { task } => {
+                    misses += 1;
+                    per_task.entry(task.clone()).or_default().1 += 1;
+                }
+                Access::RemoteHit => remote += 1,
+            }
+        }
+        hits.sort();
+        self.write(|t| {
+            let mut per_task = per_task.clone();
+            let mut saved = 0;
+            for (id, at_ms, duration) in &hits {
+                let row = t.opt(
+                    "UPDATE entries SET last_access_ms = greatest(last_access_ms, created_ms, $2),
+                        access_count = access_count + 1
+                     WHERE id = $1 RETURNING task",
+                    &[id, at_ms],
+                )?;
+                let task: String = row.map(|r| t.col(&r, 0)).transpose()?.unwrap_or_default();
+                saved += duration;
+                let e = per_task.entry(task).or_default();
+                e.0 += 1;
+                e.2 += duration;
+            }
+            t.bump("hits", hits.len() as i64)?;
+            t.bump("misses", misses)?;
+            t.bump("time_saved_ms", saved)?;
+            t.bump("remote_hits", remote)?;
+            for (task, (h, m, s)) in &per_task {
+                t.exec(
+                    "INSERT INTO task_counters(task, hits, misses, time_saved_ms)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (task) DO UPDATE SET hits = task_counters.hits + excluded.hits,
+                        misses = task_counters.misses + excluded.misses,
+                        time_saved_ms = task_counters.time_saved_ms + excluded.time_saved_ms",
+                    &[task, h, m, s],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_keys(&self, keys: &[String], count_as: Option<&str>) -> Result<Removed> {
+        self.write(|t| {
+            t.lock_keys(keys.iter().map(String::as_str))?;
+            let mut r = Removed::default();
+            for k in keys {
+                if let (Some(e), _) = t.remove_key(k, &mut r.unreferenced)? {
+                    r.entries.push(e);
+                }
+            }
+            if let Some(c) = count_as {
+                t.bump(c, r.entries.len() as i64)?;
+            }
+            Ok(r)
+        })
+    }
+
+    fn remove_run(&self, id: &str) -> Result<Removed> {
+        self.write(|t| {
+            let mut r = Removed::default();
+            let Some(row) = t.opt("SELECT key FROM entries WHERE id = $1", &[&id])? else {
+                return Ok(r);
+            };
+            let key: String = t.col(&row, 0)?;
+            t.lock_keys([key.as_str()])?;
+            // Read again holding the key's lock.
+            let Some(row) = t.opt("SELECT live FROM entries WHERE id = $1", &[&id])? else {
+                return Ok(r);
+            };
+            if t.col::<bool>(&row, 0)? {
+                r.entries.extend(sound(t.live_entry(&key)?));
+                t.unref_key(&key, &mut r.unreferenced)?;
+            }
+            t.exec("DELETE FROM entries WHERE id = $1", &[&id])?;
+            // The runs of the key that followed it no longer name it as their parent.
+            for child in sound(
+                t.entries(&format!("SELECT {ENTRY_COLS} FROM entries WHERE key = $1"), &[&key])?,
+            ) {
+                if child.parent.as_deref() != Some(id) {
+                    continue;
+                }
+                let mut child = child;
+                child.parent = None;
+                let doc = serde_json::to_string(&child).expect("entries serialize");
+                t.exec("UPDATE entries SET doc = $2 WHERE id = $1", &[&child.id, &doc])?;
+            }
+            Ok(r)
+        })
+    }
+
+    fn task_stats(&self) -> Result<Vec<crate::entry::TaskStats>> {
+        self.with(|t| {
+            t.query(
+                "SELECT task, sum(entries)::BIGINT, sum(bytes)::BIGINT, sum(hits)::BIGINT,
+                        sum(misses)::BIGINT, sum(saved)::BIGINT FROM (
+                    SELECT task, count(*) AS entries, coalesce(sum(size), 0) AS bytes,
+                           0 AS hits, 0 AS misses, 0 AS saved
+                      FROM entries WHERE live GROUP BY task
+                    UNION ALL
+                    SELECT task, 0, 0, hits, misses, time_saved_ms FROM task_counters
+                 ) s GROUP BY task ORDER BY task",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(crate::entry::TaskStats {
+                    task: t.col(r, 0)?,
+                    entries: t.col(r, 1)?,
+                    bytes: t.col(r, 2)?,
+                    hits: t.col(r, 3)?,
+                    misses: t.col(r, 4)?,
+                    time_saved_ms: t.col(r, 5)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn reset_counters(&self) -> Result<()> {
+        self.write(|t| {
+            t.batch(
+                "UPDATE counters SET value = 0 WHERE name <> 'stored_bytes';
+                 DELETE FROM task_counters;",
+            )
+        })
+    }
+
+    fn census(&self) -> Result<crate::entry::Census> {
+        self.with(|t| {
+            let mut out = crate::entry::Census::default();
+            for r in t.query("SELECT name, value FROM census", &[])? {
+                let v: i64 = t.col(&r, 1)?;
+                match t.col::<String>(&r, 0)?.as_str() {
+                    "runs" => out.runs = v,
+                    "failed_runs" => out.failed_runs = v,
+                    "blobs" => out.blobs = v,
+                    "inline_blobs" => out.inline_blobs = v,
+                    "inline_bytes" => out.inline_bytes = v,
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn forget_corrupt_blob(&self, digest: &Digest) -> Result<Removed> {
+        self.write(|t| {
+            let mut r = Removed::default();
+            t.retire_users(digest, &mut r)?;
+            // The corrupt blob itself is quarantined by the caller, not unlinked.
+            r.unreferenced.retain(|x| x != digest);
+            // The blob row goes even if no entry referenced it any more.
+            let mut gone = Vec::new();
+            t.drop_blob_row(digest, &mut gone)?;
+            t.bump("corrupt", 1)?;
+            Ok(r)
+        })
+    }
+
+    fn list(&self, f: &Filter) -> Result<Vec<Entry>> {
+        let mut cond = String::new();
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        if !f.all && f.status.is_none() {
+            cond.push_str(" AND live");
+        }
+        if let Some(s) = f.status {
+            args.push(Box::new(s.name().to_owned()));
+            cond.push_str(&format!(" AND status = ${}", args.len()));
+            cond.push_str(if s == Status::Live { " AND live" } else { " AND NOT live" });
+        }
+        if let Some(task) = &f.task {
+            args.push(Box::new(task.clone()));
+            cond.push_str(&format!(" AND task = ${}", args.len()));
+        }
+        if let Some(since) = f.since_ms {
+            args.push(Box::new(since));
+            cond.push_str(&format!(" AND created_ms >= ${}", args.len()));
+        }
+        if let Some((k, v)) = &f.tag {
+            args.push(Box::new(k.clone()));
+            let kn = args.len();
+            match v {
+                Some(v) => {
+                    args.push(Box::new(v.clone()));
+                    cond.push_str(&format!(
+                        " AND seq IN (SELECT seq FROM tags WHERE name = ${kn} AND value = ${})",
+                        args.len()
+                    ));
+                }
+                None => {
+                    cond.push_str(&format!(" AND seq IN (SELECT seq FROM tags WHERE name = ${kn})"))
+                }
+            }
+        }
+        let limit = f.limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
+        let sql = format!(
+            "SELECT {ENTRY_COLS} FROM entries WHERE true{cond} ORDER BY created_ms DESC, seq DESC{limit}"
+        );
+        let params: Vec<Param<'_>> = args.iter().map(|a| &**a as Param<'_>).collect();
+        Ok(sound(self.with(|t| t.entries(&sql, &params))?))
+    }
+
+    fn resolve_prefix(&self, prefix: &str) -> Result<(Vec<String>, Vec<String>)> {
+        let end = prefix_end(prefix);
+        self.with(|t| {
+            let ids = t.keys(&t.query(
+                "SELECT id FROM entries WHERE id >= $1 AND id < $2 ORDER BY id LIMIT 5",
+                &[&prefix, &end],
+            )?)?;
+            let keys = t.keys(&t.query(
+                "SELECT DISTINCT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key LIMIT 5",
+                &[&prefix, &end],
+            )?)?;
+            Ok((ids, keys))
+        })
+    }
+
+    fn run(&self, id: &str) -> Result<Option<Entry>> {
+        let row = self.with(|t| {
+            Ok(t.entries(&format!("SELECT {ENTRY_COLS} FROM entries WHERE id = $1"), &[&id])?.pop())
+        })?;
+        decoded(row)
+    }
+
+    fn history(&self, key: &str) -> Result<Vec<Entry>> {
+        Ok(sound(self.with(|t| {
+            t.entries(
+                &format!(
+                    "SELECT {ENTRY_COLS} FROM entries WHERE key = $1 ORDER BY created_ms, seq"
+                ),
+                &[&key],
+            )
+        })?))
+    }
+
+    fn evict(&self, now_ms: i64, target_bytes: Option<u64>, limit: usize) -> Result<Removed> {
+        self.write(|t| {
+            // One evictor at a time, on every replica.
+            t.one("SELECT pg_advisory_xact_lock($1)", &[&self.lock_id("evict", "")])?;
+            let mut r = Removed::default();
+            let row = t.one("SELECT value FROM counters WHERE name = 'stored_bytes'", &[])?;
+            let mut stored: i64 = t.col(&row, 0)?;
+            let over = |stored: i64| target_bytes.is_none_or(|b| stored > b as i64);
+            let (mut expired, mut evicted) = (0usize, 0usize);
+            // A key a writer holds is being saved (used right now): passed over.
+            let mut passed: std::collections::HashSet<String> = Default::default();
+            let expired_keys = t.keys(&t.query(
+                "SELECT key FROM entries WHERE live AND expires_ms IS NOT NULL
+                 AND expires_ms <= $1 ORDER BY expires_ms LIMIT $2",
+                &[&now_ms, &(limit as i64)],
+            )?)?;
+            for k in expired_keys {
+                if !over(stored) || expired >= limit {
+                    break;
+                }
+                if !t.try_lock_key(&k)? {
+                    continue;
+                }
+                let (e, freed) = t.remove_key(&k, &mut r.unreferenced)?;
+                stored -= freed as i64;
+                expired += 1;
+                r.entries.extend(e);
+            }
+            if target_bytes.is_some() {
+                while over(stored) && expired + evicted < limit {
+                    let batch = t.keys(&t.query(
+                        "SELECT key FROM entries WHERE live
+                         ORDER BY greatest(last_access_ms, created_ms), created_ms LIMIT $1",
+                        &[&(64 + passed.len() as i64)],
+                    )?)?;
+                    let batch: Vec<String> =
+                        batch.into_iter().filter(|k| !passed.contains(k)).collect();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for k in batch {
+                        if !over(stored) || expired + evicted >= limit {
+                            break;
+                        }
+                        if !t.try_lock_key(&k)? {
+                            passed.insert(k);
+                            continue;
+                        }
+                        let (e, freed) = t.remove_key(&k, &mut r.unreferenced)?;
+                        stored -= freed as i64;
+                        evicted += 1;
+                        r.entries.extend(e);
+                    }
+                }
+            }
+            t.bump("expired", expired as i64)?;
+            t.bump("evictions", evicted as i64)?;
+            Ok(r)
+        })
+    }
+
+    fn counters(&self) -> Result<Counters> {
+        self.with(|t| {
+            let mut out = Counters::default();
+            for r in t.query("SELECT name, value FROM counters", &[])? {
+                let v: i64 = t.col(&r, 1)?;
+                match t.col::<String>(&r, 0)?.as_str() {
+                    "hits" => out.hits = v,
+                    "misses" => out.misses = v,
+                    "saves" => out.saves = v,
+                    "evictions" => out.evictions = v,
+                    "corrupt" => out.corrupt = v,
+                    "expired" => out.expired = v,
+                    "time_saved_ms" => out.time_saved_ms = v,
+                    "stored_bytes" => out.stored_bytes = v,
+                    "remote_hits" => out.remote_hits = v,
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn live_entries(&self) -> Result<i64> {
+        self.with(|t| {
+            let r = t.one("SELECT value FROM census WHERE name = 'live'", &[])?;
+            t.col(&r, 0)
+        })
+    }
+
+    fn blobs(&self) -> Result<Vec<BlobInfo>> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.blobs_after(after.as_deref(), 1024)?;
+            let Some(last) = page.last() else { return Ok(out) };
+            after = Some(last.digest.to_string());
+            out.extend(page);
+        }
+    }
+
+    fn blobs_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<BlobInfo>> {
+        self.with(|t| {
+            Ok(t.query(
+                "SELECT digest, size, stored_size, codec, data FROM blobs WHERE digest > $1
+                 ORDER BY digest LIMIT $2",
+                &[&after.unwrap_or(""), &(limit as i64)],
+            )?
+            .iter()
+            .filter_map(|r| blob_from_row(r).ok())
+            .collect())
+        })
+    }
+
+    fn live_keys_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+        self.with(|t| {
+            t.query(
+                "SELECT seq, key FROM entries WHERE seq > $1 AND live ORDER BY seq LIMIT $2",
+                &[&after, &(limit as i64)],
+            )?
+            .iter()
+            .map(|r| Ok((t.col(r, 0)?, t.col(r, 1)?)))
+            .collect()
+        })
+    }
+
+    fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        self.with(|t| {
+            let r = t.one(
+                "SELECT EXISTS(SELECT 1 FROM blobs WHERE digest = $1)",
+                &[&digest.to_string()],
+            )?;
+            t.col(&r, 0)
+        })
+    }
+
+    fn stale_keys(&self, stale: &Stale, limit: usize) -> Result<Vec<String>> {
+        self.with(|t| match stale {
+            Stale::AccessedBefore(ms) => t.keys(&t.query(
+                "SELECT key FROM entries WHERE live AND greatest(last_access_ms, created_ms) <= $1
+                 ORDER BY greatest(last_access_ms, created_ms), created_ms LIMIT $2",
+                &[ms, &(limit as i64)],
+            )?),
+            Stale::CreatedBefore { before_ms, task, except } => {
+                let mut sql = "SELECT key FROM entries WHERE live AND created_ms <= $1
+                    AND NOT ttl_explicit"
+                    .to_owned();
+                let mut args: Vec<Param<'_>> = vec![before_ms];
+                if let Some(task) = task {
+                    args.push(task);
+                    sql.push_str(&format!(" AND task = ${}", args.len()));
+                }
+                for x in except {
+                    args.push(x);
+                    sql.push_str(&format!(" AND task <> ${}", args.len()));
+                }
+                sql.push_str(&format!(" ORDER BY created_ms LIMIT {limit}"));
+                t.keys(&t.query(&sql, &args)?)
+            }
+        })
+    }
+
+    fn damaged(&self) -> Result<Damaged> {
+        self.with(|t| {
+            let mut out = Damaged::default();
+            // A page of rows at a time, in the order they were written.
+            let mut after = 0i64;
+            loop {
+                let rows = t.query(
+                    &format!(
+                        "SELECT {ENTRY_COLS} FROM entries WHERE seq > $1 ORDER BY seq LIMIT 1024"
+                    ),
+                    &[&after],
+                )?;
+                let Some(last) = rows.last() else { break };
+                after = t.col(last, 0)?;
+                for row in &rows {
+                    if let Err((id, why)) = entry_from_row(row) {
+                        let key = row.try_get::<_, String>(2).unwrap_or_default();
+                        let live = row.try_get::<_, bool>(3).unwrap_or(false);
+                        out.entries.push((id, key, live, why));
+                    }
+                }
+            }
+            let mut after = String::new();
+            loop {
+                let rows = t.query(
+                    "SELECT digest, size, stored_size, codec, data FROM blobs WHERE digest > $1
+                     ORDER BY digest LIMIT 1024",
+                    &[&after],
+                )?;
+                let Some(last) = rows.last() else { break };
+                after = t.col(last, 0)?;
+                out.blobs.extend(rows.iter().filter_map(|r| blob_from_row(r).err()));
+            }
+            Ok(out)
+        })
+    }
+
+    fn drop_damaged_run(&self, id: &str) -> Result<Removed> {
+        self.write(|t| {
+            let mut r = Removed::default();
+            let Some(row) = t.opt("SELECT key FROM entries WHERE id = $1", &[&id])? else {
+                return Ok(r);
+            };
+            let key: String = t.col(&row, 0)?;
+            t.lock_keys([key.as_str()])?;
+            let row = t.opt("DELETE FROM entries WHERE id = $1 RETURNING live", &[&id])?;
+            if let Some(row) = row
+                && t.col::<bool>(&row, 0)?
+            {
+                t.unref_key(&key, &mut r.unreferenced)?;
+                t.bump("corrupt", 1)?;
+            }
+            Ok(r)
+        })
+    }
+
+    fn drop_damaged_blob(&self, digest: &str) -> Result<Removed> {
+        self.write(|t| {
+            let mut r = Removed::default();
+            // A digest that does not even parse names no entry's blob.
+            if let Ok(d) = digest.parse::<Digest>() {
+                let retired = t.retire_users(&d, &mut r)?;
+                t.bump("corrupt", retired)?;
+            }
+            if let Some(row) =
+                t.opt("DELETE FROM blobs WHERE digest = $1 RETURNING stored_size", &[&digest])?
+            {
+                let stored: i64 = t.col(&row, 0).unwrap_or(0);
+                t.bump("stored_bytes", -stored.max(0))?;
+            }
+            Ok(r)
+        })
+    }
+
+    fn clear(&self) -> Result<u64> {
+        self.write(|t| {
+            let row = t.one("SELECT value FROM census WHERE name = 'live'", &[])?;
+            let live: i64 = t.col(&row, 0)?;
+            // TRUNCATE waits for every other transaction on the tables and fires no row
+            // triggers: the census is zeroed with it.
+            t.batch(
+                "TRUNCATE tags, entries, blobs, failures;
+                 UPDATE census SET value = 0;
+                 UPDATE counters SET value = 0 WHERE name = 'stored_bytes';",
+            )?;
+            Ok(live.max(0) as u64)
+        })
+    }
+
+    fn record_failure(&self, key: &str, message: &str, at_ms: i64) -> Result<()> {
+        self.write(|t| {
+            t.exec(
+                "INSERT INTO failures(key, message, at_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET message = excluded.message, at_ms = excluded.at_ms",
+                &[&key, &message, &at_ms],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn record_failed_run(&self, entry: &Entry, message: &str) -> Result<Entry> {
+        self.write(|t| {
+            t.lock_keys([entry.key.as_str()])?;
+            let latest = t.opt(
+                "SELECT id FROM entries WHERE key = $1 ORDER BY created_ms DESC, seq DESC LIMIT 1",
+                &[&entry.key],
+            )?;
+            let mut entry = entry.clone();
+            entry.parent = latest.map(|r| t.col(&r, 0)).transpose()?;
+            entry.status = Status::Failed;
+            // A failed run is never served: it has no expiry and no use.
+            let row = Entry { last_access_ms: 0, access_count: 0, expires_ms: None, ..entry.clone() };
+            t.insert_run(&row, false)?;
+            t.exec(
+                "INSERT INTO failures(key, message, at_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET message = excluded.message, at_ms = excluded.at_ms",
+                &[&entry.key, &message, &entry.created_ms],
+            )?;
+            Ok(entry)
+        })
+    }
+
+    fn failure(&self, key: &str) -> Result<Option<(String, i64)>> {
+        self.with(|t| {
+            t.opt("SELECT message, at_ms FROM failures WHERE key = $1", &[&key])?
+                .map(|r| Ok((t.col(&r, 0)?, t.col(&r, 1)?)))
+                .transpose()
+        })
+    }
+}

@@ -29,6 +29,9 @@ const RECORD_MAX: u64 = 16 << 20;
 pub(crate) struct HotRecords {
     dir: PathBuf,
     pending: PathBuf,
+    /// No record is read or written: the metadata store is shared with other machines, whose
+    /// removals this protocol cannot see.
+    off: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -61,7 +64,12 @@ impl Drop for Pending {
 impl HotRecords {
     pub(crate) fn new(vault_dir: &std::path::Path) -> HotRecords {
         let dir = vault_dir.join("hot");
-        HotRecords { pending: dir.join(".pending"), dir }
+        HotRecords { pending: dir.join(".pending"), dir, off: false }
+    }
+
+    /// Hot records that are never used (for a metadata store other machines change).
+    pub(crate) fn off(vault_dir: &std::path::Path) -> HotRecords {
+        HotRecords { off: true, ..HotRecords::new(vault_dir) }
     }
 
     /// Whether any record may exist (a listing, so that a batch of saves by a resident vault,
@@ -80,12 +88,12 @@ impl HotRecords {
 
     /// Whether a record for the key exists (one stat; it may still turn out unusable).
     pub(crate) fn exists(&self, key_hex: &str) -> bool {
-        std::fs::symlink_metadata(self.dir.join(key_hex)).is_ok_and(|m| m.is_file())
+        !self.off && std::fs::symlink_metadata(self.dir.join(key_hex)).is_ok_and(|m| m.is_file())
     }
 
     /// The entry and blob rows recorded for a key, if the hot path may be used.
     pub(crate) fn read(&self, key_hex: &str) -> Option<(Entry, Vec<BlobInfo>)> {
-        if self.removal_pending() {
+        if self.off || self.removal_pending() {
             return None;
         }
         // Never blocks on a FIFO or reads a device planted here; a record is small.
@@ -115,6 +123,9 @@ impl HotRecords {
 
     /// Writes (or replaces) a key's record atomically. It is a cache: no fsync.
     pub(crate) fn write(&self, entry: &Entry, infos: &[BlobInfo]) -> Result<()> {
+        if self.off {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.dir).at(&self.dir)?;
         let record = Record {
             format: FORMAT,

@@ -161,6 +161,18 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn long_lived(&self) -> Result<()> {
         Ok(())
     }
+    /// Whether processes on other machines change this store (a database server): then what a
+    /// process keeps of it on its own disk (hot records) would go stale, and is not kept.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Takes the vault's blob lock (shared by savers from placing a blob to their commit,
+    /// exclusive while a removal commits and unlinks files) for every process that uses this
+    /// store; `None`: the store has none, and the lock file in the vault directory serves (every
+    /// user is on one machine).
+    fn blob_lock(&self, _exclusive: bool) -> Result<Option<Box<dyn std::any::Any + Send>>> {
+        Ok(None)
+    }
     /// The live entry of a key, if any (expiry is the caller's business).
     fn lookup(&self, key: &str) -> Result<Option<Entry>>;
     /// The live entries of `keys`, in order, each with the rows of its blobs, read together:

@@ -211,7 +211,11 @@ impl Vault {
         let audit =
             AuditLog::new(dir.join("audit.log"), settings.audit_format, settings.audit_max_bytes);
         let accesses = AccessJournal::new(dir.join("access.log"));
-        let hot = crate::hot::HotRecords::new(dir);
+        let hot = if meta.shared() {
+            crate::hot::HotRecords::off(dir)
+        } else {
+            crate::hot::HotRecords::new(dir)
+        };
         Ok(Vault {
             settings,
             meta,

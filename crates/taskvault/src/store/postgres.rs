@@ -147,6 +147,8 @@ pub struct PgMeta {
     pool: Pool,
     /// Whether the schema is known to be created and current (checked on first use).
     ready: Mutex<bool>,
+    /// This process's side of the blob lock (see [`MetaStore::blob_lock`]).
+    gate: std::sync::Arc<Gate>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -240,7 +242,14 @@ impl PgMeta {
             .enable_all()
             .build()
             .map_err(|e| bad(format!("cannot start its runtime: {e}")))?;
-        Ok(PgMeta { shown, schema, pool, ready: Mutex::new(false), rt: Some(rt) })
+        Ok(PgMeta {
+            shown,
+            schema,
+            pool,
+            ready: Mutex::new(false),
+            gate: Default::default(),
+            rt: Some(rt),
+        })
     }
 
     fn bad(&self, message: impl std::fmt::Display) -> Error {
@@ -253,17 +262,7 @@ impl PgMeta {
     where
         F::Output: Send,
     {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        let rt = self.rt.as_ref().expect("the runtime lives as long as the store");
-        match Handle::try_current() {
-            Err(_) => rt.block_on(f),
-            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| rt.block_on(f))
-            }
-            Ok(_) => std::thread::scope(|s| {
-                s.spawn(|| rt.block_on(f)).join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-            }),
-        }
+        wait_on(self.rt.as_ref().expect("the runtime lives as long as the store").handle(), f)
     }
 
     /// A connection from the pool, the schema made or migrated on first use.
@@ -767,7 +766,165 @@ fn prefix_end(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")
 }
 
+/// This process's holders of the blob lock. The lock between processes is a session-level
+/// advisory lock on one connection of the process's own; in the process, holders are counted
+/// here first, so the session takes the exclusive lock only when no holder of this process
+/// shares it (a session never conflicts with its own locks), and a waiting exclusive holder
+/// keeps new shared ones out.
+#[derive(Debug, Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    cv: std::sync::Condvar,
+    /// The connection that holds the advisory locks, made on first use and again after an
+    /// error (a closed session has released its locks).
+    session: Mutex<Option<std::sync::Arc<deadpool_postgres::ClientWrapper>>>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    shared: usize,
+    exclusive: bool,
+    writers_waiting: usize,
+}
+
+impl Gate {
+    fn enter(&self, exclusive: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if exclusive {
+            st.writers_waiting += 1;
+            while st.exclusive || st.shared > 0 {
+                st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.writers_waiting -= 1;
+            st.exclusive = true;
+        } else {
+            while st.exclusive || st.writers_waiting > 0 {
+                st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.shared += 1;
+        }
+    }
+
+    fn leave(&self, exclusive: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if exclusive {
+            st.exclusive = false;
+        } else {
+            st.shared -= 1;
+        }
+        drop(st);
+        self.cv.notify_all();
+    }
+}
+
+/// A held blob lock: released (in the session, then in the process) when dropped. It holds
+/// what it needs of its store: the gate, the session, the runtime's handle, and where to say
+/// what went wrong.
+struct BlobGuard {
+    gate: std::sync::Arc<Gate>,
+    session: std::sync::Arc<deadpool_postgres::ClientWrapper>,
+    handle: tokio::runtime::Handle,
+    shown: String,
+    exclusive: bool,
+    id: i64,
+}
+
+impl Drop for BlobGuard {
+    fn drop(&mut self) {
+        let owner = &*self;
+        let sql = if self.exclusive {
+            "SELECT pg_advisory_unlock($1)"
+        } else {
+            "SELECT pg_advisory_unlock_shared($1)"
+        };
+        let session = std::sync::Arc::clone(&owner.session);
+        let id = self.id;
+        let unlocked = wait_on(&owner.handle, async move { session.query_one(sql, &[&id]).await });
+        if let Err(e) = unlocked {
+            // The session is unusable; closing it releases whatever it held.
+            tracing::warn!("{}: releasing the blob lock: {e}", owner.shown);
+            let mut s = owner.gate.session.lock().unwrap_or_else(|p| p.into_inner());
+            if s.as_ref().is_some_and(|c| std::sync::Arc::ptr_eq(c, &owner.session)) {
+                *s = None;
+            }
+        }
+        owner.gate.leave(self.exclusive);
+    }
+}
+
+/// Waits for `f` on the runtime behind `handle`, from any thread (see [`PgMeta::wait`]).
+fn wait_on<F: Future + Send>(handle: &tokio::runtime::Handle, f: F) -> F::Output
+where
+    F::Output: Send,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Err(_) => handle.block_on(f),
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(f))
+        }
+        Ok(_) => std::thread::scope(|s| {
+            s.spawn(|| handle.block_on(f)).join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        }),
+    }
+}
+
+impl PgMeta {
+    /// The connection that holds this process's advisory locks.
+    fn lock_session(&self) -> Result<std::sync::Arc<deadpool_postgres::ClientWrapper>> {
+        let mut s = self.gate.session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = s.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(std::sync::Arc::clone(c));
+        }
+        // Out of the pool for good: its session's locks are this process's.
+        let c = std::sync::Arc::new(Object::take(self.conn()?));
+        *s = Some(std::sync::Arc::clone(&c));
+        Ok(c)
+    }
+}
+
 impl MetaStore for PgMeta {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn blob_lock(&self, exclusive: bool) -> Result<Option<Box<dyn std::any::Any + Send>>> {
+        self.gate.enter(exclusive);
+        let id = self.lock_id("blobs", "");
+        let sql = if exclusive {
+            "SELECT pg_advisory_lock($1)"
+        } else {
+            "SELECT pg_advisory_lock_shared($1)"
+        };
+        let taken = self.lock_session().and_then(|session| {
+            let s = std::sync::Arc::clone(&session);
+            self.wait(async move { s.query_one(sql, &[&id]).await })
+                .map(|_| session)
+                .map_err(|e| self.bad(format!("taking the blob lock: {e}")))
+        });
+        let session = match taken {
+            Ok(s) => s,
+            Err(e) => {
+                self.gate.session.lock().unwrap_or_else(|p| p.into_inner()).take();
+                self.gate.leave(exclusive);
+                return Err(e);
+            }
+        };
+        Ok(Some(Box::new(BlobGuard {
+            gate: std::sync::Arc::clone(&self.gate),
+            session,
+            handle: self
+                .rt
+                .as_ref()
+                .expect("the runtime lives as long as the store")
+                .handle()
+                .clone(),
+            shown: self.shown.clone(),
+            exclusive,
+            id,
+        })))
+    }
+
     fn lookup(&self, key: &str) -> Result<Option<Entry>> {
         decoded(self.with(|t| t.live_entry(key))?)
     }
@@ -1387,5 +1544,147 @@ impl MetaStore for PgMeta {
                 .map(|r| Ok((t.col(&r, 0)?, t.col(&r, 1)?)))
                 .transpose()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use taskvault_testkit::postgres::{Schema, server};
+
+    /// Two stores on one schema: two processes (or machines) sharing a vault.
+    fn pair(label: &str) -> Option<(Schema, Arc<PgMeta>, Arc<PgMeta>)> {
+        let schema = Schema::new(&server()?, label);
+        let a = Arc::new(PgMeta::open(&schema.url()).unwrap());
+        let b = Arc::new(PgMeta::open(&schema.url()).unwrap());
+        Some((schema, a, b))
+    }
+
+    fn entry(key: &str, id: &str) -> Entry {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "key": key, "namespace": "default", "task": "t", "status": "live",
+            "output_kind": "bytes", "outputs": [], "size": 0, "created_ms": 1,
+            "expires_ms": null, "duration_ms": null, "parent": null,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_blob_lock_is_held_across_stores_and_inside_one() {
+        let Some((_schema, a, b)) = pair("blob_lock") else { return };
+        let held = a.blob_lock(true).unwrap().expect("a database server has its own lock");
+        let released = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (b, released) = (Arc::clone(&b), Arc::clone(&released));
+            std::thread::spawn(move || {
+                let _shared = b.blob_lock(false).unwrap();
+                assert!(released.load(Ordering::SeqCst), "taken while another store held it");
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        released.store(true, Ordering::SeqCst);
+        drop(held);
+        waiter.join().unwrap();
+
+        // In one store: shared holders together; an exclusive one waits for them.
+        let s1 = a.blob_lock(false).unwrap();
+        let s2 = a.blob_lock(false).unwrap();
+        let released = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (a, released) = (Arc::clone(&a), Arc::clone(&released));
+            std::thread::spawn(move || {
+                let _x = a.blob_lock(true).unwrap();
+                assert!(released.load(Ordering::SeqCst), "exclusive while shared holders held it");
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(s1);
+        released.store(true, Ordering::SeqCst);
+        drop(s2);
+        writer.join().unwrap();
+        // And the other store's exclusive lock is free again.
+        drop(b.blob_lock(true).unwrap());
+    }
+
+    #[test]
+    fn stores_saving_one_key_at_once_leave_one_live_run() {
+        let Some((_schema, a, b)) = pair("one_live_run") else { return };
+        let key = "k".repeat(64);
+        let savers: Vec<_> = [a, b]
+            .into_iter()
+            .enumerate()
+            .map(|(n, store)| {
+                let key = key.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let e = entry(&key, &format!("{n}-{i:02}"));
+                        store.commit_save(&e, &[], &mut |_| Ok(())).unwrap();
+                    }
+                    store
+                })
+            })
+            .collect();
+        let stores: Vec<_> = savers.into_iter().map(|t| t.join().unwrap()).collect();
+        let runs = stores[0].history(&key).unwrap();
+        assert_eq!(runs.len(), 40);
+        assert_eq!(runs.iter().filter(|r| r.status == Status::Live).count(), 1);
+        assert_eq!(stores[1].live_entries().unwrap(), 1, "the census agrees");
+        assert_eq!(stores[1].counters().unwrap().saves, 40);
+        // Each run but the first names the one it replaced.
+        let parents = runs.iter().filter(|r| r.parent.is_some()).count();
+        assert_eq!(parents, 39, "{runs:?}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_messages_hide_the_password() {
+        let Some(server) = server() else { return };
+        let schema = Schema::new(&server, "newer");
+        let store = PgMeta::open(&schema.url()).unwrap();
+        assert_eq!(store.live_entries().unwrap(), 0);
+        store.write(|t| t.exec("INSERT INTO taskvault_schema(version) VALUES (99)", &[])).unwrap();
+        let again = PgMeta::open(&schema.url()).unwrap();
+        let err = again.live_entries().unwrap_err().to_string();
+        assert!(err.contains("schema version 99 is newer"), "{err}");
+
+        assert_eq!(
+            shown("postgres://user:s3cret@db:5432/x?password=s3cret"),
+            "postgres://user@db:5432/x"
+        );
+        let err = PgMeta::open("postgres://u:s3cret@x/y?schema=Bad-Name").unwrap_err().to_string();
+        assert!(err.contains("schema") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn an_unreachable_server_is_an_error_naming_it() {
+        // A port nothing listens on: connecting fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let store = PgMeta::open(&format!(
+            "postgres://taskvault:pw@127.0.0.1:{port}/test?connect_timeout=2"
+        ))
+        .unwrap();
+        let err = store.lookup("k").unwrap_err().to_string();
+        assert!(err.contains(&format!("postgres://taskvault@127.0.0.1:{port}/test")), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn a_store_is_used_from_inside_a_runtime() {
+        let Some(server) = server() else { return };
+        let schema = Schema::new(&server, "in_runtime");
+        let store = Arc::new(PgMeta::open(&schema.url()).unwrap());
+        // A server's worker thread, and a single-threaded runtime's.
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let s = Arc::clone(&store);
+        assert_eq!(
+            rt.block_on(async move { tokio::spawn(async move { s.live_entries() }).await })
+                .unwrap()
+                .unwrap(),
+            0
+        );
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(rt.block_on(async { store.live_entries() }).unwrap(), 0);
     }
 }

@@ -141,10 +141,16 @@ impl Vault {
         }
     }
 
-    /// Locks `blobs.lock`: shared by savers from placing a file to writing its hot record,
-    /// exclusive while a removal commits, forgets hot records and unlinks files.
-    pub(crate) fn blob_lock(&self, exclusive: bool) -> Result<crate::claim::FileLock> {
-        crate::claim::lock_file(&self.settings.vault_dir.join("blobs.lock"), exclusive)
+    /// Takes the blob lock: shared by savers from placing a file to writing its hot record,
+    /// exclusive while a removal commits, forgets hot records and unlinks files. The metadata
+    /// store's own when it has one (a database server: every machine's processes), else
+    /// `blobs.lock` in the vault directory.
+    pub(crate) fn blob_lock(&self, exclusive: bool) -> Result<BlobLock> {
+        if let Some(held) = self.meta.blob_lock(exclusive)? {
+            return Ok(BlobLock::Store(held));
+        }
+        let file = crate::claim::lock_file(&self.settings.vault_dir.join("blobs.lock"), exclusive)?;
+        Ok(BlobLock::File(file))
     }
 
     /// Unlinks the files of blobs whose rows were dropped, unless a save adopted the digest again
@@ -199,4 +205,11 @@ impl Vault {
         }
         Ok(r.entries)
     }
+}
+
+/// A held blob lock (see [`Vault::blob_lock`]); released when dropped.
+#[allow(dead_code)] // held for its drop
+pub(crate) enum BlobLock {
+    File(crate::claim::FileLock),
+    Store(Box<dyn std::any::Any + Send>),
 }

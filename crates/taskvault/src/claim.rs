@@ -57,7 +57,7 @@ pub trait Destination {
 pub struct ClaimGuard<'v> {
     vault: &'v Vault,
     key: String,
-    _lock: ClaimLock,
+    _lock: Held,
 }
 
 impl ClaimGuard<'_> {
@@ -78,7 +78,15 @@ impl ClaimGuard<'_> {
 #[derive(Debug)]
 pub struct DetachedClaim {
     key: String,
-    _lock: ClaimLock,
+    _lock: Held,
+}
+
+/// A held claim: a lock in the claims files, or the metadata store's own (a database server,
+/// which machines share). Released when dropped.
+#[derive(Debug)]
+enum Held {
+    File(#[allow(dead_code)] ClaimLock),
+    Store(#[allow(dead_code)] crate::store::StoreClaim),
 }
 
 impl Vault {
@@ -149,11 +157,16 @@ impl Vault {
         // Our own deferred save of this key holds its claim until it commits.
         self.commit_deferred_of(&hex)?;
         let started = now_ms();
-        let acquired =
-            ClaimLock::acquire(self.claims_dir(), key.digest().as_bytes(), self.claim_files())?;
-        let (lock, waited) = match acquired {
-            Acquired::Immediately(l) => (l, false),
-            Acquired::AfterWaiting(l) => (l, true),
+        let (lock, waited) = match self.meta().claim(&hex)? {
+            Some((held, waited)) => (Held::Store(held), waited),
+            None => match ClaimLock::acquire(
+                self.claims_dir(),
+                key.digest().as_bytes(),
+                self.claim_files(),
+            )? {
+                Acquired::Immediately(l) => (Held::File(l), false),
+                Acquired::AfterWaiting(l) => (Held::File(l), true),
+            },
         };
         if let Some(e) = self.peek(key)? {
             return Ok(Claim::Ready(Box::new(e)));

@@ -27,6 +27,15 @@ pub struct StagedBlob {
     pub unsynced: bool,
 }
 
+/// A claim held in a metadata store (see [`MetaStore::claim`]); released when dropped.
+pub struct StoreClaim(pub Box<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for StoreClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreClaim")
+    }
+}
+
 /// A live entry found by [`MetaStore::lookup_many`], with the rows of its blobs.
 pub type Found = (Entry, Vec<BlobInfo>);
 
@@ -171,6 +180,12 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// store; `None`: the store has none, and the lock file in the vault directory serves (every
     /// user is on one machine).
     fn blob_lock(&self, _exclusive: bool) -> Result<Option<Box<dyn std::any::Any + Send>>> {
+        Ok(None)
+    }
+    /// Claims `key` for every process that uses this store (see [`crate::Vault::claim`]):
+    /// blocks while another claimant holds it; the held claim and whether it waited. `None`:
+    /// the store has no claims of its own, and the claims files in the vault directory serve.
+    fn claim(&self, _key: &str) -> Result<Option<(StoreClaim, bool)>> {
         Ok(None)
     }
     /// The live entry of a key, if any (expiry is the caller's business).

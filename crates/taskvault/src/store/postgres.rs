@@ -132,6 +132,9 @@ const ENTRY_COLS: &str = "seq, id, key, live, status, task, created_ms, last_acc
 /// Connections a store opens at most (each waiting caller holds one for its transaction).
 const POOL_SIZE: usize = 16;
 
+/// Connections a store opens at most to wait for other processes' claims.
+const WAITERS: usize = 8;
+
 /// How often a transaction that lost a deadlock or a serialization conflict is run again.
 const RETRIES: usize = 8;
 
@@ -149,6 +152,11 @@ pub struct PgMeta {
     ready: Mutex<bool>,
     /// This process's side of the blob lock (see [`MetaStore::blob_lock`]).
     gate: std::sync::Arc<Gate>,
+    /// This process's claims (see [`MetaStore::claim`]).
+    claims: std::sync::Arc<ClaimState>,
+    /// Connections that wait for another process's claim to end (each blocks in the server
+    /// until it does): apart from `pool`, so waiters never starve the writers they wait for.
+    waiters: Pool,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -224,18 +232,23 @@ impl PgMeta {
         if config.get_application_name().is_none() {
             config.application_name("taskvault");
         }
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(std::time::Duration::from_secs(60)))
-            .create_timeout(Some(std::time::Duration::from_secs(10)))
-            .build()
-            .map_err(|e| bad(format!("{e}")))?;
+        let pool_of = |size: usize, wait: Option<std::time::Duration>| {
+            let manager = Manager::from_config(
+                config.clone(),
+                tokio_postgres::NoTls,
+                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(wait)
+                .create_timeout(Some(std::time::Duration::from_secs(10)))
+                .build()
+                .map_err(|e| bad(format!("{e}")))
+        };
+        let pool = pool_of(POOL_SIZE, Some(std::time::Duration::from_secs(60)))?;
+        // A waiter waits as long as the claim it waits for is held.
+        let waiters = pool_of(WAITERS, None)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("taskvault-postgres")
@@ -248,6 +261,8 @@ impl PgMeta {
             pool,
             ready: Mutex::new(false),
             gate: Default::default(),
+            claims: Default::default(),
+            waiters,
             rt: Some(rt),
         })
     }
@@ -777,7 +792,7 @@ struct Gate {
     cv: std::sync::Condvar,
     /// The connection that holds the advisory locks, made on first use and again after an
     /// error (a closed session has released its locks).
-    session: Mutex<Option<std::sync::Arc<deadpool_postgres::ClientWrapper>>>,
+    session: Session,
 }
 
 #[derive(Debug, Default)]
@@ -843,10 +858,7 @@ impl Drop for BlobGuard {
         if let Err(e) = unlocked {
             // The session is unusable; closing it releases whatever it held.
             tracing::warn!("{}: releasing the blob lock: {e}", owner.shown);
-            let mut s = owner.gate.session.lock().unwrap_or_else(|p| p.into_inner());
-            if s.as_ref().is_some_and(|c| std::sync::Arc::ptr_eq(c, &owner.session)) {
-                *s = None;
-            }
+            forget_session(&owner.gate.session, &owner.session);
         }
         owner.gate.leave(self.exclusive);
     }
@@ -869,10 +881,79 @@ where
     }
 }
 
+/// A connection kept out of the pool for session-level advisory locks, and made again after
+/// an error (a closed session has released its locks).
+type Session = Mutex<Option<std::sync::Arc<deadpool_postgres::ClientWrapper>>>;
+
+/// This process's claims. A claim is a session-level advisory lock on one connection the
+/// process keeps for them, which only ever tries locks (`pg_try_advisory_lock`: it never waits
+/// in the server, so releases are never stuck behind a wait). In the process, claims are counted
+/// here first (a session never conflicts with its own locks), and a thread waits for another's
+/// on the condition variable. A claim another process holds is waited for on a connection of
+/// `waiters`, blocked in a shared lock of the same id until the holder releases it or its
+/// session ends (the holder died): no polling, and a dead claimant frees its claims at once.
+#[derive(Debug, Default)]
+struct ClaimState {
+    held: Mutex<std::collections::HashSet<i64>>,
+    cv: std::sync::Condvar,
+    session: Session,
+}
+
+impl ClaimState {
+    fn release_here(&self, id: i64) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.cv.notify_all();
+    }
+}
+
+/// A held claim (see [`ClaimState`]): released in the session, then in the process.
+struct PgClaim {
+    state: std::sync::Arc<ClaimState>,
+    session: std::sync::Arc<deadpool_postgres::ClientWrapper>,
+    handle: tokio::runtime::Handle,
+    shown: String,
+    id: i64,
+}
+
+impl Drop for PgClaim {
+    fn drop(&mut self) {
+        let (session, id) = (std::sync::Arc::clone(&self.session), self.id);
+        let unlocked = wait_on(&self.handle, async move {
+            session.query_one("SELECT pg_advisory_unlock($1)", &[&id]).await
+        });
+        if let Err(e) = unlocked {
+            tracing::warn!("{}: releasing a claim: {e}", self.shown);
+            forget_session(&self.state.session, &self.session);
+        }
+        self.state.release_here(self.id);
+    }
+}
+
+/// Drops `slot`'s session if it is `broken` (the next user makes a new one).
+fn forget_session(slot: &Session, broken: &std::sync::Arc<deadpool_postgres::ClientWrapper>) {
+    let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if s.as_ref().is_some_and(|c| std::sync::Arc::ptr_eq(c, broken)) {
+        *s = None;
+    }
+}
+
 impl PgMeta {
-    /// The connection that holds this process's advisory locks.
-    fn lock_session(&self) -> Result<std::sync::Arc<deadpool_postgres::ClientWrapper>> {
-        let mut s = self.gate.session.lock().unwrap_or_else(|p| p.into_inner());
+    /// Waits until no other process holds the claim `id` (see [`ClaimState`]).
+    fn wait_for_claim(&self, id: i64) -> Result<()> {
+        let c = self
+            .wait(self.waiters.get())
+            .map_err(|e| self.bad(format!("connecting to wait for a claim: {e}")))?;
+        self.wait(async {
+            c.query_one("SELECT pg_advisory_lock_shared($1)", &[&id]).await?;
+            c.query_one("SELECT pg_advisory_unlock_shared($1)", &[&id]).await
+        })
+        .map_err(|e| self.bad(format!("waiting for a claim: {e}")))?;
+        Ok(())
+    }
+
+    /// The session of `slot`, made (out of the pool) if there is none or it closed.
+    fn session(&self, slot: &Session) -> Result<std::sync::Arc<deadpool_postgres::ClientWrapper>> {
+        let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = s.as_ref().filter(|c| !c.is_closed()) {
             return Ok(std::sync::Arc::clone(c));
         }
@@ -888,6 +969,56 @@ impl MetaStore for PgMeta {
         true
     }
 
+    fn claim(&self, key: &str) -> Result<Option<(crate::store::StoreClaim, bool)>> {
+        let id = self.lock_id("claim", key);
+        let st = &self.claims;
+        let mut waited = false;
+        loop {
+            {
+                let mut held = st.held.lock().unwrap_or_else(|p| p.into_inner());
+                while held.contains(&id) {
+                    waited = true;
+                    held = st.cv.wait(held).unwrap_or_else(|p| p.into_inner());
+                }
+                held.insert(id);
+            }
+            let tried = self.session(&st.session).and_then(|session| {
+                let s = std::sync::Arc::clone(&session);
+                let row = self.wait(async move {
+                    s.query_one("SELECT pg_try_advisory_lock($1)", &[&id]).await
+                });
+                match row.and_then(|r| r.try_get::<_, bool>(0)) {
+                    Ok(took) => Ok((took, session)),
+                    Err(e) => {
+                        forget_session(&st.session, &session);
+                        Err(self.bad(format!("taking a claim: {e}")))
+                    }
+                }
+            });
+            match tried {
+                Ok((true, session)) => {
+                    let held = PgClaim {
+                        state: std::sync::Arc::clone(st),
+                        session,
+                        handle: self.rt.as_ref().expect("the runtime lives").handle().clone(),
+                        shown: self.shown.clone(),
+                        id,
+                    };
+                    return Ok(Some((crate::store::StoreClaim(Box::new(held)), waited)));
+                }
+                Ok((false, _)) => {
+                    st.release_here(id);
+                    waited = true;
+                    self.wait_for_claim(id)?;
+                }
+                Err(e) => {
+                    st.release_here(id);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
     fn blob_lock(&self, exclusive: bool) -> Result<Option<Box<dyn std::any::Any + Send>>> {
         self.gate.enter(exclusive);
         let id = self.lock_id("blobs", "");
@@ -896,7 +1027,7 @@ impl MetaStore for PgMeta {
         } else {
             "SELECT pg_advisory_lock_shared($1)"
         };
-        let taken = self.lock_session().and_then(|session| {
+        let taken = self.session(&self.gate.session).and_then(|session| {
             let s = std::sync::Arc::clone(&session);
             self.wait(async move { s.query_one(sql, &[&id]).await })
                 .map(|_| session)

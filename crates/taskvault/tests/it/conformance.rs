@@ -109,6 +109,7 @@ fn suite(b: &Backend) {
         ("concurrent-writers", concurrent_writers),
         ("crash-during-a-commit", crash_during_a_commit),
         ("removal", removal),
+        ("claims", claims),
     ];
     for (name, case) in cases {
         eprintln!("{}: {name}", b.test);
@@ -370,12 +371,94 @@ fn machines(b: &Backend, name: &str) {
     assert!(report.corrupt.is_empty() && report.orphans_removed == 0, "{name}: {report:?}");
 }
 
+/// Claims: of six processes that miss one key at once, exactly one computes it and the others
+/// are handed its result; a claimant killed while it computes frees its claim, and a waiter
+/// takes over. With stores every machine shares (metadata and blobs), each process has a vault
+/// directory of its own (a machine of its own); otherwise they share one.
+fn claims(b: &Backend, name: &str) {
+    let c = b.case(name);
+    let dir_of = |w: usize| match (&c.metadata, &c.blobs) {
+        (Some(_), Some(_)) => c.dir.path().join(format!("machine-{w}")),
+        _ => c.vault_dir(),
+    };
+    let meta = c.metadata_url();
+    let spawn = |role: &str, w: usize| {
+        spawn_worker_on(b.test, role, &dir_of(w), c.blobs.as_deref(), meta.as_deref(), w)
+    };
+    let computed = || claims_computed(c.dir.path());
+    let finish = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{name}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+            .lines()
+            .find_map(|l| l.split_once("OUTCOME ").map(|(_, o)| o.to_owned()))
+            .unwrap_or_else(|| panic!("{name}: no outcome in {stdout}"))
+    };
+    let children: Vec<_> = (0..6).map(|w| spawn("claim", w)).collect();
+    let mut outcomes: Vec<String> = children.into_iter().map(finish).collect();
+    outcomes.sort();
+    assert_eq!(computed(), 1, "{name}: {outcomes:?}");
+    assert_eq!(outcomes, ["computed", "ready", "ready", "ready", "ready", "ready"], "{name}");
+
+    let mut hang = spawn("claim-hang", 6);
+    while computed() < 2 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let waiter = spawn("claim-again", 7);
+    std::thread::sleep(Duration::from_millis(300));
+    hang.kill().unwrap();
+    hang.wait().unwrap();
+    assert_eq!(finish(waiter), "computed", "{name}: the waiter did not take over");
+    assert_eq!(computed(), 3, "{name}");
+}
+
+/// How many times a claims worker computed (lines of `computed` beside the vaults).
+fn claims_computed(case_dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(case_dir.join("computed")).map_or(0, |s| s.lines().count())
+}
+
+/// Worker of [`claims`]: claims key 1 (`claim`) or 2 (`claim-hang`, `claim-again`); computing
+/// appends a line to `computed` in the case directory, then saves after a while, or hangs until
+/// killed.
+fn claimer(role: &str, dir: &std::path::Path) {
+    use std::io::Write as _;
+    let v = crate::open(dir);
+    let k = key(&v, if role == "claim" { 1 } else { 2 });
+    match v.claim(&k).unwrap() {
+        taskvault::Claim::Compute(guard) => {
+            let case_dir = dir.parent().unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(case_dir.join("computed"))
+                .unwrap();
+            writeln!(f, "{}", std::process::id()).unwrap();
+            if role == "claim-hang" {
+                loop {
+                    std::thread::sleep(Duration::from_secs(60));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(400));
+            v.save(&k, Output::Bytes(b"answer"), &SaveOptions::default()).unwrap();
+            drop(guard);
+            println!("OUTCOME computed");
+        }
+        taskvault::Claim::Ready(_) => {
+            assert_eq!(v.get_bytes(&k).unwrap().unwrap().1, b"answer");
+            println!("OUTCOME ready");
+        }
+        taskvault::Claim::Failed(m) => println!("OUTCOME failed {m}"),
+    }
+}
+
 /// Runs a worker role if this process is one.
 fn worker() -> bool {
     let Some((role, dir, w)) = role() else { return false };
     match role.as_str() {
         "mixed" => mixed_worker(&dir, w),
         "saver" => saver(&dir, w),
+        "claim" | "claim-hang" | "claim-again" => claimer(&role, &dir),
         other => panic!("unknown role {other}"),
     }
     true

@@ -175,6 +175,16 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn shared(&self) -> bool {
         false
     }
+    /// For a store other machines change: calls `changed` after every commit, by any process,
+    /// that removed or replaced a live run (and whenever such a commit may have been missed),
+    /// for as long as the store lives. Returns a flag that says whether changes are being
+    /// watched right now; `None`: this store is not shared, nothing to watch.
+    fn watch_changes(
+        &self,
+        _changed: std::sync::Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> {
+        Ok(None)
+    }
     /// Takes the vault's blob lock (shared by savers from placing a blob to their commit,
     /// exclusive while a removal commits and unlinks files) for every process that uses this
     /// store; `None`: the store has none, and the lock file in the vault directory serves (every

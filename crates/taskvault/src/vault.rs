@@ -243,9 +243,17 @@ impl Vault {
     /// they are current, hits and misses are counted and audited in batches, hot records are
     /// not used. Call [`Vault::flush`] before the process exits (dropping the vault does).
     pub fn resident(mut self) -> Result<Vault> {
-        let g = crate::generation::Generation::open(&self.settings.vault_dir.join("generation"))?;
+        let path = self.settings.vault_dir.join("generation");
+        let g = crate::generation::Generation::open(&path)?;
         self.meta.long_lived()?;
-        self.resident = Some(resident::Resident::new(g));
+        // Removals and replacements on other machines move this machine's generation on.
+        let watching = if self.meta.shared() {
+            let mine = crate::generation::Generation::open(&path)?;
+            self.meta.watch_changes(Arc::new(move || mine.bump()))?
+        } else {
+            None
+        };
+        self.resident = Some(resident::Resident::new(g, watching));
         Ok(self)
     }
 

@@ -157,6 +157,8 @@ pub struct PgMeta {
     /// Connections that wait for another process's claim to end (each blocks in the server
     /// until it does): apart from `pool`, so waiters never starve the writers they wait for.
     waiters: Pool,
+    /// How to connect (for the connection that listens for changes).
+    config: tokio_postgres::Config,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -263,6 +265,7 @@ impl PgMeta {
             gate: Default::default(),
             claims: Default::default(),
             waiters,
+            config,
             rt: Some(rt),
         })
     }
@@ -293,7 +296,7 @@ impl PgMeta {
 
     /// Creates or checks the schema, one process at a time (under an advisory lock).
     fn migrate(&self, c: &Object) -> Result<()> {
-        let tx = Tx { pg: self, c, retry: Default::default() };
+        let tx = Tx { pg: self, c, retry: Default::default(), changed: Default::default() };
         tx.batch("BEGIN")?;
         let out = (|| {
             tx.one("SELECT pg_advisory_xact_lock($1)", &[&self.lock_id("init", "")])?;
@@ -341,10 +344,16 @@ impl PgMeta {
         i64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
     }
 
+    /// The channel commits that remove or replace live runs notify (an identifier particular
+    /// to this store's schema).
+    fn channel(&self) -> String {
+        format!("taskvault_{:016x}", self.lock_id("changes", "") as u64)
+    }
+
     /// Runs the statements of `f` on one connection, each on its own (no transaction).
     fn with<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
         let c = self.conn()?;
-        f(&Tx { pg: self, c: &c, retry: Default::default() })
+        f(&Tx { pg: self, c: &c, retry: Default::default(), changed: Default::default() })
     }
 
     /// Runs `f` in a transaction, again while it loses a deadlock or a serialization conflict;
@@ -353,9 +362,17 @@ impl PgMeta {
         let c = self.conn()?;
         let mut attempt = 0;
         loop {
-            let tx = Tx { pg: self, c: &c, retry: Default::default() };
+            let tx = Tx { pg: self, c: &c, retry: Default::default(), changed: Default::default() };
             tx.batch("BEGIN")?;
-            let out = f(&tx).and_then(|v| tx.batch("COMMIT").map(|()| v));
+            let out = f(&tx)
+                .and_then(|v| {
+                    if tx.changed.get() {
+                        // Delivered when (and only if) the transaction commits.
+                        tx.one("SELECT pg_notify($1, '')", &[&self.channel()])?;
+                    }
+                    Ok(v)
+                })
+                .and_then(|v| tx.batch("COMMIT").map(|()| v));
             match out {
                 Ok(v) => return Ok(v),
                 Err(e) => {
@@ -377,6 +394,9 @@ struct Tx<'a> {
     c: &'a Object,
     /// Set when a statement lost a deadlock or a serialization conflict.
     retry: std::cell::Cell<bool>,
+    /// Set when the transaction removed or replaced a live run: other machines are told at
+    /// its commit (see [`MetaStore::watch_changes`]).
+    changed: std::cell::Cell<bool>,
 }
 
 impl Tx<'_> {
@@ -533,7 +553,9 @@ impl Tx<'_> {
     fn remove_key(&self, key: &str, unlink: &mut Vec<Digest>) -> Result<(Option<Entry>, u64)> {
         let live = sound(self.live_entry(key)?).pop();
         let freed = self.unref_key(key, unlink)?;
-        self.exec("DELETE FROM entries WHERE key = $1", &[&key])?;
+        if self.exec("DELETE FROM entries WHERE key = $1", &[&key])? > 0 {
+            self.changed.set(true);
+        }
         Ok((live, freed))
     }
 
@@ -561,6 +583,7 @@ impl Tx<'_> {
             )?;
             r.entries.push(e);
             retired += 1;
+            self.changed.set(true);
         }
         Ok(retired)
     }
@@ -661,6 +684,7 @@ impl Tx<'_> {
             }
         }
         if let Some(old) = &old {
+            self.changed.set(true);
             self.unref_key(&entry.key, &mut unreferenced)?;
             self.exec(
                 "UPDATE entries SET live = false, status = 'superseded' WHERE id = $1",
@@ -864,6 +888,41 @@ impl Drop for BlobGuard {
     }
 }
 
+/// Listens on `channel` until the connection ends: `watching` is set once notifications are
+/// sure to arrive, and `changed` called then (what happened before may have been missed) and on
+/// every notification.
+async fn listen(
+    config: &tokio_postgres::Config,
+    channel: &str,
+    watching: &std::sync::atomic::AtomicBool,
+    changed: &(dyn Fn() + Send + Sync),
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    // The channel is made of hex digits: nothing to quote.
+    client.batch_execute(&format!("LISTEN {channel}")).await?;
+    watching.store(true, std::sync::atomic::Ordering::SeqCst);
+    changed();
+    while rx.recv().await.is_some() {
+        changed();
+    }
+    driver.abort();
+    Ok(())
+}
+
 /// Waits for `f` on the runtime behind `handle`, from any thread (see [`PgMeta::wait`]).
 fn wait_on<F: Future + Send>(handle: &tokio::runtime::Handle, f: F) -> F::Output
 where
@@ -967,6 +1026,38 @@ impl PgMeta {
 impl MetaStore for PgMeta {
     fn shared(&self) -> bool {
         true
+    }
+
+    fn watch_changes(
+        &self,
+        changed: std::sync::Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let watching = std::sync::Arc::new(AtomicBool::new(false));
+        let (config, channel, shown) = (self.config.clone(), self.channel(), self.shown.clone());
+        let flag = std::sync::Arc::clone(&watching);
+        let rt = self.rt.as_ref().expect("the runtime lives as long as the store");
+        rt.spawn(async move {
+            let mut complained = false;
+            loop {
+                match listen(&config, &channel, &flag, &*changed).await {
+                    Ok(()) => complained = false,
+                    Err(e) if !complained => {
+                        tracing::warn!(
+                            "{shown}: not told of other machines' changes ({e}); results are \
+                             not kept in memory until it reconnects"
+                        );
+                        complained = true;
+                    }
+                    Err(_) => {}
+                }
+                flag.store(false, Ordering::SeqCst);
+                changed();
+                // Before connecting again (not a poll of the data: nothing is kept meanwhile).
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        Ok(Some(watching))
     }
 
     fn claim(&self, key: &str) -> Result<Option<(crate::store::StoreClaim, bool)>> {
@@ -1220,6 +1311,7 @@ impl MetaStore for PgMeta {
                 return Ok(r);
             };
             if t.col::<bool>(&row, 0)? {
+                t.changed.set(true);
                 r.entries.extend(sound(t.live_entry(&key)?));
                 t.unref_key(&key, &mut r.unreferenced)?;
             }
@@ -1596,6 +1688,7 @@ impl MetaStore for PgMeta {
             if let Some(row) = row
                 && t.col::<bool>(&row, 0)?
             {
+                t.changed.set(true);
                 t.unref_key(&key, &mut r.unreferenced)?;
                 t.bump("corrupt", 1)?;
             }
@@ -1625,6 +1718,7 @@ impl MetaStore for PgMeta {
         self.write(|t| {
             let row = t.one("SELECT value FROM census WHERE name = 'live'", &[])?;
             let live: i64 = t.col(&row, 0)?;
+            t.changed.set(true);
             // TRUNCATE waits for every other transaction on the tables and fires no row
             // triggers: the census is zeroed with it.
             t.batch(

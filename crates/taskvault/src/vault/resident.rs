@@ -102,6 +102,10 @@ pub(crate) struct Buffer {
 #[derive(Debug)]
 pub(crate) struct Resident {
     pub(crate) generation: Generation,
+    /// For a metadata store other machines change: whether their changes reach the generation
+    /// right now (see `MetaStore::watch_changes`). While they do not, nothing is kept or
+    /// served from memory.
+    pub(crate) watching: Option<Arc<std::sync::atomic::AtomicBool>>,
     memo: Mutex<Memo>,
     buffer: Mutex<Buffer>,
     queue: Mutex<Queue>,
@@ -114,9 +118,13 @@ pub(crate) struct Resident {
 }
 
 impl Resident {
-    pub(crate) fn new(generation: Generation) -> Resident {
+    pub(crate) fn new(
+        generation: Generation,
+        watching: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Resident {
         Resident {
             generation,
+            watching,
             memo: Mutex::default(),
             buffer: Mutex::new(Buffer {
                 pid: crate::fork::pid(),
@@ -188,8 +196,16 @@ impl Resident {
         }
     }
 
+    /// Whether every change that could make a kept result stale moves the generation on.
+    fn sees_changes(&self) -> bool {
+        self.watching.as_ref().is_none_or(|w| w.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     /// The kept result of `key`, if it was kept under generation `now_generation`.
     pub(crate) fn recall(&self, key: &str, now_generation: u64) -> Option<Served> {
+        if !self.sees_changes() {
+            return None;
+        }
         let memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
         let k = memo.kept.get(key)?;
         (k.generation == now_generation).then(|| k.served.clone())
@@ -198,7 +214,7 @@ impl Resident {
     /// Keeps a result read (or saved) after the generation was `generation`.
     pub(crate) fn keep(&self, served: &Served, generation: u64) {
         let n = served.bytes.len();
-        if n > MEMO_MAX_BYTES {
+        if n > MEMO_MAX_BYTES || !self.sees_changes() {
             return;
         }
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());

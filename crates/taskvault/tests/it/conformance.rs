@@ -343,6 +343,26 @@ fn machines(b: &Backend, name: &str) {
         a.get_bytes(&shared).unwrap().is_none(),
         "{name}: served after another machine removed it"
     );
+
+    // A resident vault (the Python SDK's) keeps what it served in memory; a removal on another
+    // machine reaches it by notification, and it is no longer served from memory.
+    let (_, resident) = elsewhere("machine-r");
+    let resident = resident.resident().unwrap();
+    // Time for it to start listening (before, it keeps nothing).
+    std::thread::sleep(Duration::from_millis(500));
+    let served = || match resident.fetch_or_claim(&shared, None).unwrap() {
+        taskvault::Fetched::Hit(s) => Some(s.bytes.to_vec()),
+        _ => None,
+    };
+    a.save(&shared, Output::Bytes(b"kept in memory"), &SaveOptions::default()).unwrap();
+    assert_eq!(served().as_deref(), Some(&b"kept in memory"[..]), "{name}");
+    assert!(other.remove_key(&shared.digest().hex(), "test").unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while served().is_some() {
+        assert!(std::time::Instant::now() < deadline, "{name}: served from memory after removal");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(resident);
     let workers: Vec<_> = (0..4)
         .map(|w| {
             let dir = c.dir.path().join(format!("worker-{w}"));

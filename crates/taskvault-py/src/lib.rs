@@ -198,14 +198,30 @@ impl Vault {
     /// Opens the vault the `taskvault` command would use here (`dir` beats TASKVAULT_DIR,
     /// which beats `.taskvault/config.yaml`, which beats the default `.taskvault/cache`).
     #[new]
-    #[pyo3(signature = (dir=None, config=None))]
-    fn new(py: Python<'_>, dir: Option<PathBuf>, config: Option<PathBuf>) -> PyResult<Vault> {
+    #[pyo3(signature = (dir=None, config=None, store=None))]
+    fn new(
+        py: Python<'_>,
+        dir: Option<PathBuf>,
+        config: Option<PathBuf>,
+        store: Option<String>,
+    ) -> PyResult<Vault> {
+        if let Some(url) = &store
+            && !taskvault::store::postgres::is_postgres_url(url)
+        {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "store must be a PostgreSQL URL (postgres://...) or None, got {:?}",
+                taskvault::store::postgres::shown(url)
+            )));
+        }
         let o = taskvault_settings::Overrides { dir, config, verbose: 0, identity: true };
-        let resolved = py
+        let mut resolved = py
             .detach(|| {
                 taskvault_settings::resolve(&o).and_then(|r| r.check_creatable().map(|()| r))
             })
             .map_err(from_anyhow)?;
+        if store.is_some() {
+            resolved.settings.metadata_url = store;
+        }
         let inner = py
             .detach(|| taskvault::Vault::open(resolved.settings).and_then(|v| v.resident()))
             .map_err(to_py)?;
@@ -227,6 +243,12 @@ impl Vault {
     #[getter]
     fn remote_url(&self) -> Option<String> {
         self.remote.as_ref().map(|r| r.url().to_owned())
+    }
+
+    /// The shared metadata store (PostgreSQL) as messages show it, if the vault uses one.
+    #[getter]
+    fn store_url(&self) -> Option<String> {
+        self.inner.settings().metadata_url.as_deref().map(taskvault::store::postgres::shown)
     }
 
     /// The vault directory.

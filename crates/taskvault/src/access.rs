@@ -32,14 +32,9 @@ impl AccessJournal {
             .at(&self.path)
     }
 
-    /// Appends one access. Appenders share the lock; the folder takes it exclusively, so no line
-    /// is written between its read and its truncate. Returns true when the journal should be
-    /// folded.
-    pub(crate) fn record(&self, a: &Access) -> Result<bool> {
-        self.record_many(std::slice::from_ref(a))
-    }
-
-    /// Appends several accesses in one write (see [`AccessJournal::record`]).
+    /// Appends accesses in one write. Appenders share the lock; the folder takes it
+    /// exclusively, so no line is written between its read and its truncate. Returns true when
+    /// the journal should be folded.
     pub(crate) fn record_many(&self, accesses: &[Access]) -> Result<bool> {
         if accesses.is_empty() {
             return Ok(false);
@@ -137,10 +132,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = AccessJournal::new(dir.path().join("access.log"));
         let id = "a".repeat(64);
-        j.record(&Access::Hit { id: id.clone(), at_ms: 5, duration_ms: Some(7) }).unwrap();
-        j.record(&Access::Miss { task: "t".into() }).unwrap();
-        j.record(&Access::Hit { id: id.clone(), at_ms: 6, duration_ms: None }).unwrap();
-        j.record(&Access::RemoteHit).unwrap();
+        j.record_many(&[Access::Hit { id: id.clone(), at_ms: 5, duration_ms: Some(7) }]).unwrap();
+        j.record_many(&[Access::Miss { task: "t".into() }]).unwrap();
+        j.record_many(&[Access::Hit { id: id.clone(), at_ms: 6, duration_ms: None }]).unwrap();
+        j.record_many(&[Access::RemoteHit]).unwrap();
         std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join("access.log"))
@@ -174,7 +169,7 @@ mod tests {
     fn a_failed_apply_keeps_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let j = AccessJournal::new(dir.path().join("access.log"));
-        j.record(&Access::Miss { task: "t".into() }).unwrap();
+        j.record_many(&[Access::Miss { task: "t".into() }]).unwrap();
         let err = j.fold(|_| Err(crate::Error::Other("db down".into())));
         assert!(err.is_err());
         let mut n = 0;

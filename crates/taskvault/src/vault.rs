@@ -281,9 +281,20 @@ impl Vault {
         Ok(())
     }
 
+    /// Records accesses in the local journal (folded into the store later; true when it is due),
+    /// or, with a metadata store other machines share, in the store at once: another machine's
+    /// `stats` and eviction never read this machine's journal.
+    pub(crate) fn journal(&self, accesses: &[crate::store::Access]) -> Result<bool> {
+        if self.meta.shared() {
+            self.meta.apply_accesses(accesses)?;
+            return Ok(false);
+        }
+        self.accesses.record_many(accesses)
+    }
+
     fn write_buffered(&self, (accesses, audit): (Vec<crate::store::Access>, String)) -> Result<()> {
         self.audit.append_lines(&audit);
-        if self.accesses.record_many(&accesses)? {
+        if self.journal(&accesses)? {
             self.accesses.fold(|batch| self.meta.apply_accesses(batch))?;
         }
         Ok(())
@@ -685,7 +696,7 @@ impl Vault {
             }
             return Ok(());
         }
-        if self.accesses.record(&a)? {
+        if self.journal(std::slice::from_ref(&a))? {
             self.fold_accesses()?;
         }
         self.audit.record(audit);

@@ -119,7 +119,8 @@ class ResultRef(Generic[T]):
         # must be committed before another process looks for it.
         c = self._client
         c._vault.flush()
-        return (_rebuild_ref, (os.fspath(c.store_dir), c._serializer, self.commit_hash, self.hash, self.size, self.task))
+        return (_rebuild_ref, (os.fspath(c.store_dir), c._serializer, self.commit_hash, self.hash, self.size, self.task,
+                               c._store_url))
 
 
 _clients: dict[tuple[str, str], "Client"] = {}
@@ -149,23 +150,24 @@ def _reopen_after_fork() -> None:
         old = c._vault
         _inherited.append(old)
         _open_vaults.discard(old)
-        c._vault = _native.Vault(os.fspath(old.dir), c._config)
+        c._vault = _native.Vault(os.fspath(old.dir), c._config, c._store_url)
         _open_vaults.add(c._vault)
 
 
 os.register_at_fork(after_in_child=_reopen_after_fork)
 
 
-def _client_for(store_dir: str, serializer: Any) -> "Client":
-    k = (store_dir, serializer_name(serializer))
+def _client_for(store_dir: str, serializer: Any, store: str | None = None) -> "Client":
+    k = (store_dir, serializer_name(serializer), store)
     c = _clients.get(k)
     if c is None:
-        c = _clients[k] = Client(store_dir=store_dir, serializer=serializer)
+        c = _clients[k] = Client(store_dir=store_dir, store=store, serializer=serializer)
     return c
 
 
-def _rebuild_ref(store_dir: str, serializer: Any, commit_hash: str, digest: str, size: int, task: str) -> "ResultRef":
-    return ResultRef(_client_for(store_dir, serializer), commit_hash, digest, size, task, None)
+def _rebuild_ref(store_dir: str, serializer: Any, commit_hash: str, digest: str, size: int, task: str,
+                 store: str | None = None) -> "ResultRef":
+    return ResultRef(_client_for(store_dir, serializer, store), commit_hash, digest, size, task, None)
 
 
 #: A run as ``log`` / ``show`` / ``history`` return it (cashet's ``Commit``, with the entry
@@ -277,29 +279,34 @@ class Client:
     ``Client(path)``: a path to a YAML file is the config to use (the vault is its
     ``cache_dir``); any other path is the vault directory (cashet's ``store_dir``, made if
     missing). Without one: ``TASKVAULT_DIR``, then ``CASHET_DIR``, then ``.taskvault/config.yaml``
-    found from here up. ``store`` takes only ``None`` today (the vault is local); ``executor``
-    is a ``concurrent.futures.Executor`` for ``submit_many`` and ``map``."""
+    found from here up. ``store`` is where the metadata lives when not in the vault directory: a
+    PostgreSQL URL (``postgres://user@host/db?schema=name``) shared by every machine that uses it
+    (results then count as coming from the network: the default serializer is
+    ``SafePickleSerializer``); it overrides ``storage.metadata`` of the config. ``executor`` is a
+    ``concurrent.futures.Executor`` for ``submit_many`` and ``map``."""
 
     def __init__(self, store_dir: str | os.PathLike | None = None, store: Any = None, executor: Any = None,
                  serializer: Any = None, max_workers: int = 1, *, config: str | os.PathLike | None = None):
         if not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers!r}")
-        if store is not None:
-            raise TypeError("Client(store=...) is not supported: the vault is a directory; pass store_dir "
-                            "(or a config file) instead")
+        if store is not None and not isinstance(store, str):
+            raise TypeError("store must be a URL string (postgres://...), or None for the vault directory's "
+                            "own database")
+        self._store_url = store
         if executor is not None and not isinstance(executor, cf.Executor):
             raise TypeError("executor must be a concurrent.futures.Executor (a thread or process pool, "
                             "Dask's or Ray's)")
         self._executor = executor
         vault_dir, self._config = _resolve_location(store_dir, config)
-        self._vault = _native.Vault(vault_dir, self._config)
+        self._vault = _native.Vault(vault_dir, self._config, store)
         _open_vaults.add(self._vault)
         _clients_alive.add(self)
         # Results from a remote came over the network: by default they are loaded by the
         # restricted unpickler, never by plain pickle (pass serializer=PickleSerializer() to
         # trust the team's server with arbitrary objects).
         if serializer is None:
-            serializer = SafePickleSerializer() if self._vault.remote_url else PickleSerializer()
+            shared = self._vault.remote_url or self._vault.store_url
+            serializer = SafePickleSerializer() if shared else PickleSerializer()
         self._serializer = serializer
         for m in ("dumps", "loads"):
             if not callable(getattr(self._serializer, m, None)):
@@ -585,7 +592,8 @@ class Client:
                     f, a, k = items[i]
                     a, k = _substitute((a, k), by_key)
                     if remote:
-                        fut = ex.submit(_remote_submit, os.fspath(self.store_dir), self._serializer, f, a, k)
+                        fut = ex.submit(_remote_submit, os.fspath(self.store_dir), self._serializer, f, a, k,
+                                        self._store_url)
                     else:
                         fut = ex.submit(self.submit, f, *a, **k)
                     pending[fut] = i
@@ -1059,9 +1067,10 @@ def _topological(deps: list[set[int]]) -> list[int]:
     return order
 
 
-def _remote_submit(store_dir: str, serializer: Any, func: Callable, args: tuple, kwargs: dict) -> tuple:
+def _remote_submit(store_dir: str, serializer: Any, func: Callable, args: tuple, kwargs: dict,
+                   store: str | None = None) -> tuple:
     """Runs one submit in another process (a process pool, Dask, Ray) on the same vault."""
-    c = _client_for(store_dir, serializer)
+    c = _client_for(store_dir, serializer, store)
     r = c.submit(func, *args, **kwargs)
     # The caller looks the run up by id: commit it before answering.
     c._vault.flush()

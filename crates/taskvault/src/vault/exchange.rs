@@ -393,7 +393,7 @@ impl Vault {
             }
             return Ok(());
         }
-        if self.accesses.record(&a)? {
+        if self.journal(std::slice::from_ref(&a))? {
             self.fold_accesses()?;
         }
         Ok(())

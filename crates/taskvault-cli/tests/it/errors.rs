@@ -197,10 +197,15 @@ fn migrate_names_what_it_cannot_do() {
     p.write("out", "o");
     p.run(&["cache", "save", "t", "in", "out"]).ok();
     one_error_line(&p.run(&["migrate", "--to", "local"]), "blobs are in local already");
-    one_error_line(
-        &p.run(&["migrate", "--to", "postgres://db/tv?password=x"]),
-        "this release moves blobs",
-    );
+    one_error_line(&p.run(&["migrate", "--to", "sqlite"]), "metadata is in sqlite already");
+    let r = p.run(&["migrate", "--to", "redis://:password=x@db/0"]);
+    one_error_line(&r, "Redis metadata is not available yet");
+    assert!(!r.stderr().contains("password=x"));
+    // A PostgreSQL server that does not answer: an error naming it, never its password.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let r = p.run(&["migrate", "--to", &format!("postgres://tv:password=x@127.0.0.1:{port}/tv")]);
+    one_error_line(&r, &format!("metadata store postgres://tv@127.0.0.1:{port}/tv"));
+    assert!(!r.stderr().contains("password=x"));
     let r = p.run(&["migrate", "--to", "/mnt/elsewhere"]);
     one_error_line(&r, "not a blob store (local, or s3://");
     assert!(!r.stderr().contains("password=x"));

@@ -1,4 +1,5 @@
-//! Copying a vault's blobs to another blob store (`taskvault migrate --to s3://...`): every blob
+//! Copying a vault's metadata to another metadata store (`Vault::copy_metadata_to`), and its
+//! blobs to another blob store (`taskvault migrate --to s3://...`): every blob
 //! is verified against its digest as it is read from this vault, written to the target in its
 //! stored form (compressed or not, so its row stays true), then read back from the target and
 //! compared. Blobs the target already holds are skipped, so an interrupted run resumes where it
@@ -8,9 +9,10 @@
 use std::io::{Read, Write};
 
 use crate::digest::Digest;
+use crate::entry::Status;
 use crate::entry::{BlobInfo, Codec};
 use crate::error::{Error, IoContext, Result};
-use crate::store::{BlobReader, BlobStore};
+use crate::store::{BlobReader, BlobStore, MetaStore, StagedBlob};
 
 use super::{Vault, unique_name};
 
@@ -182,5 +184,125 @@ struct TmpFile<'a>(&'a std::path::Path);
 impl Drop for TmpFile<'_> {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.0);
+    }
+}
+
+/// What [`Vault::copy_metadata_to`] did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MetadataReport {
+    /// Live entries whose runs were copied (and checked on the target).
+    pub entries: u64,
+    /// Runs copied: live ones, the runs they replaced and failed runs, oldest first per key.
+    pub runs: u64,
+    /// Runs the target held already (an earlier, interrupted run).
+    pub present: u64,
+    /// Runs left behind: corrupt ones (never served anyway).
+    pub skipped: u64,
+}
+
+/// Live keys read per batch of the walk.
+const KEYS: usize = 256;
+
+impl Vault {
+    /// Copies this vault's metadata (every live entry with its history and failed runs, blob
+    /// rows, tags) to the metadata store `target` (`taskvault migrate --to postgres://...`). The
+    /// blob bytes stay where they are: both stores describe the same blob store. Each key's runs
+    /// are replayed oldest first, as the saves that made them (the same run ids, times, tags and
+    /// parents), then the target's live run is checked against this vault's. Runs the target
+    /// holds are skipped, so an interrupted copy resumes; hit and miss counters start again from
+    /// zero on the target.
+    pub fn copy_metadata_to(&self, target: &dyn MetaStore) -> Result<MetadataReport> {
+        self.fold_accesses()?;
+        let mut report = MetadataReport::default();
+        let mut after = 0;
+        loop {
+            let keys = self.meta.live_keys_after(after, KEYS)?;
+            let Some((last, _)) = keys.last() else { return Ok(report) };
+            after = *last;
+            for (_, key) in &keys {
+                self.copy_key(key, target, &mut report)?;
+                self.report_items(report.entries, 0);
+            }
+        }
+    }
+
+    fn copy_key(&self, key: &str, target: &dyn MetaStore, r: &mut MetadataReport) -> Result<()> {
+        let there: std::collections::HashSet<String> =
+            target.history(key)?.into_iter().map(|e| e.id).collect();
+        let runs = self.meta.history(key)?;
+        let Some(live) = runs.iter().find(|e| e.status == Status::Live).map(|e| e.id.clone())
+        else {
+            return Ok(());
+        };
+        for run in runs {
+            if there.contains(&run.id) {
+                r.present += 1;
+                continue;
+            }
+            match run.status {
+                Status::Live | Status::Superseded => {
+                    let blobs = self.blobs_of(&run)?;
+                    // The bytes are in the blob store already: nothing to place.
+                    target.commit_save(&run, &blobs, &mut |_| Ok(()))?;
+                }
+                Status::Failed => {
+                    let message = run.details.get("error").and_then(|m| m.as_str()).unwrap_or("");
+                    target.record_failed_run(&run, message)?;
+                }
+                Status::Corrupt => {
+                    r.skipped += 1;
+                    continue;
+                }
+            }
+            r.runs += 1;
+        }
+        match target.lookup(key)? {
+            Some(e) if e.id == live => {}
+            other => {
+                return Err(Error::Other(format!(
+                    "copying the metadata of key {key}: the target's live run is {}, not {live}",
+                    other.map_or_else(|| "missing".to_owned(), |e| e.id)
+                )));
+            }
+        }
+        r.entries += 1;
+        Ok(())
+    }
+
+    /// The blob rows of `run` as a save brings them: inline bytes as they are, others as rows
+    /// whose bytes the blob store holds (a placeholder staging path that is never read). A run
+    /// that was replaced may have lost its blobs (dropped when no live entry used them): its rows
+    /// are then made from its output nodes, and dropped again when the next run replaces it.
+    fn blobs_of(&self, run: &crate::entry::Entry) -> Result<Vec<StagedBlob>> {
+        run.blob_digests()
+            .into_iter()
+            .map(|d| {
+                let info = match (run.embedded_blob(&d), self.meta.blob(&d)?) {
+                    (Some(b), _) => b.clone(),
+                    (None, Some(row)) => row,
+                    (None, None) if run.status == Status::Superseded => {
+                        let size = run
+                            .outputs
+                            .iter()
+                            .chain(&run.console)
+                            .find(|n| n.digest == Some(d))
+                            .map_or(0, |n| n.size);
+                        BlobInfo {
+                            digest: d,
+                            size,
+                            stored_size: size,
+                            codec: Codec::Raw,
+                            inline: None,
+                        }
+                    }
+                    (None, None) => {
+                        return Err(Error::Other(format!("run {}: blob {d} has no row", run.id)));
+                    }
+                };
+                let staged =
+                    info.inline.is_none().then(|| std::path::PathBuf::from("(in the blob store)"));
+                Ok(StagedBlob { info, staged, unsynced: false })
+            })
+            .collect()
     }
 }

@@ -522,11 +522,14 @@ fn postgres_and_local_disk() {
         return;
     }
     let Some(server) = taskvault_testkit::postgres::server() else { return };
+    let cases = server.clone();
     suite(&Backend {
         test: "conformance::postgres_and_local_disk",
         blobs: Box::new(|_| None),
-        metadata: Box::new(move |case| Some(Schema::new(&server, case))),
+        metadata: Box::new(move |case| Some(Schema::new(&cases, case))),
     });
+    eprintln!("conformance::postgres_and_local_disk: metadata migration");
+    metadata_migrates_between_sqlite_and_postgres(&server);
 }
 
 #[test]
@@ -547,4 +550,93 @@ fn postgres_and_s3() {
     suite(&b);
     eprintln!("conformance::postgres_and_s3: machines");
     machines(&b, "machines");
+}
+
+/// A run as the migration test compares it: id, status, parent, tags.
+type RunSummary = (String, String, Option<String>, Vec<(String, String)>);
+
+/// `migrate` of metadata: a SQLite vault (live entries of every output kind, a key with history,
+/// a failed run, tags) copied to PostgreSQL serves the same hits with the same history and tags;
+/// a rerun copies nothing twice; copied back to a new SQLite database, it serves them again.
+fn metadata_migrates_between_sqlite_and_postgres(server: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let vdir = dir.path().join("vault");
+    let sqlite = Vault::open(Settings::for_dir(&vdir)).unwrap();
+    let outputs = [
+        ("small", b"tiny".to_vec()),
+        ("inline", text(5_000)),
+        ("raw", noise(200_000, 50)),
+        ("zstd", text(300_000)),
+    ];
+    let tags = |v: &str| SaveOptions {
+        tags: [("team".to_owned(), v.to_owned())].into_iter().collect(),
+        ..SaveOptions::default()
+    };
+    let mut keys = Vec::new();
+    for (name, data) in &outputs {
+        let key = k(&sqlite, name);
+        sqlite.save(&key, Output::Bytes(&noise(100, 1)), &tags("old")).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        sqlite.save(&key, Output::Bytes(data), &tags(name)).unwrap();
+        keys.push(key);
+    }
+    let failed = k(&sqlite, "failed");
+    sqlite.save(&failed, Output::Bytes(b"ok once"), &SaveOptions::default()).unwrap();
+    sqlite.record_failed_run(&failed, "boom", &SaveOptions::default(), None).unwrap();
+    keys.push(failed);
+    let snapshot = |v: &Vault| -> Vec<Vec<RunSummary>> {
+        keys.iter()
+            .map(|key| {
+                let live = v.live_entry(&key.digest().hex()).unwrap().unwrap();
+                v.history(&live)
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| {
+                        (e.id, e.status.name().to_owned(), e.parent, e.tags.into_iter().collect())
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let before = snapshot(&sqlite);
+    assert_eq!(before[4].len(), 2, "the failed run is history");
+
+    let schema = Schema::new(server, "migrate");
+    let pg = taskvault::store::postgres::PgMeta::open(&schema.url()).unwrap();
+    let r = sqlite.copy_metadata_to(&pg).unwrap();
+    assert_eq!((r.entries, r.runs, r.present), (5, 10, 0), "{r:?}");
+    let again = sqlite.copy_metadata_to(&pg).unwrap();
+    assert_eq!((again.runs, again.present), (0, 10), "a rerun copies nothing twice: {again:?}");
+    drop(pg);
+    drop(sqlite);
+
+    let mut s = Settings::for_dir(&vdir);
+    s.metadata_url = Some(schema.url());
+    let on_pg = Vault::open(s).unwrap();
+    for (key, (name, data)) in keys.iter().zip(&outputs) {
+        assert_eq!(on_pg.get_bytes(key).unwrap().map(|(_, b)| b).as_ref(), Some(data), "{name}");
+    }
+    assert_eq!(snapshot(&on_pg), before, "history, parents and tags came along");
+    let tagged = on_pg
+        .list(&taskvault::Filter {
+            tag: Some(("team".into(), Some("raw".into()))),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(tagged.len(), 1);
+    assert_eq!(on_pg.stats().unwrap().entries, 5);
+
+    // And back, into a new SQLite database beside the same blobs.
+    std::fs::rename(vdir.join("cache.db"), dir.path().join("old.db")).unwrap();
+    let back = taskvault::store::sqlite::SqliteMeta::open(&vdir.join("cache.db")).unwrap();
+    let r = on_pg.copy_metadata_to(&back).unwrap();
+    assert_eq!((r.entries, r.runs), (5, 10), "{r:?}");
+    drop(back);
+    drop(on_pg);
+    let sqlite = Vault::open(Settings::for_dir(&vdir)).unwrap();
+    for (key, (name, data)) in keys.iter().zip(&outputs) {
+        assert_eq!(sqlite.get_bytes(key).unwrap().map(|(_, b)| b).as_ref(), Some(data), "{name}");
+    }
+    assert_eq!(snapshot(&sqlite), before);
+    assert!(sqlite.verify().unwrap().corrupt.is_empty());
 }

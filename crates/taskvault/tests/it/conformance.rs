@@ -640,3 +640,93 @@ fn metadata_migrates_between_sqlite_and_postgres(server: &str) {
     assert_eq!(snapshot(&sqlite), before);
     assert!(sqlite.verify().unwrap().corrupt.is_empty());
 }
+
+/// A PostgreSQL server (one of this test's own) stopped as a crash would and started again
+/// under load: while it is down, lookups and saves fail with an error naming the store (a
+/// server answers 5xx, a client then misses); no lookup ever serves a wrong result; once it is
+/// back, the same vault handles serve, save, claim and keep results in memory again, with no
+/// reopening.
+#[test]
+fn postgres_restarts() {
+    if worker() {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let Some(pg) = taskvault_testkit::postgres::Cluster::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::for_dir(dir.path().join("vault"));
+    s.metadata_url = Some(pg.url());
+    let v = Vault::open(s.clone()).unwrap();
+    let resident = Vault::open(s).unwrap().resident().unwrap();
+    for i in 0..8 {
+        v.save(&key(&v, i), Output::Bytes(&crate::content(i, 0)), &SaveOptions::default()).unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let (served, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|scope| {
+        for t in 0..3u64 {
+            let (v, stop, served, failed) = (&v, &stop, &served, &failed);
+            scope.spawn(move || {
+                let mut r = crate::Rng::new(t + 1);
+                while !stop.load(Ordering::SeqCst) {
+                    let i = r.below(8);
+                    let outcome = if r.below(4) == 0 {
+                        v.save(
+                            &key(v, i),
+                            Output::Bytes(&crate::content(i, r.below(3))),
+                            &SaveOptions::default(),
+                        )
+                        .map(|_| ())
+                    } else {
+                        v.get_bytes(&key(v, i)).map(|got| {
+                            if let Some((_, bytes)) = got {
+                                check_content(i, &bytes).unwrap();
+                                served.fetch_add(1, Ordering::SeqCst);
+                            }
+                        })
+                    };
+                    if let Err(e) = outcome {
+                        let msg = e.to_string();
+                        assert!(
+                            msg.contains("metadata store postgres://postgres@127.0.0.1"),
+                            "{msg}"
+                        );
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        pg.down();
+        std::thread::sleep(Duration::from_millis(700));
+        let served_before_restart = served.load(Ordering::SeqCst);
+        pg.up();
+        // Service resumes: lookups are served again by the same handles.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while served.load(Ordering::SeqCst) < served_before_restart + 50 {
+            assert!(std::time::Instant::now() < deadline, "service did not resume");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    assert!(failed.load(Ordering::SeqCst) > 0, "the outage was never seen");
+    // Everything works on the same handles: saves, hits, claims, the resident vault's memory.
+    let fresh = key(&v, 100);
+    v.save(&fresh, Output::Bytes(b"after the restart"), &SaveOptions::default()).unwrap();
+    assert_eq!(v.get_bytes(&fresh).unwrap().unwrap().1, b"after the restart");
+    let claimed = key(&v, 101);
+    assert!(matches!(v.claim(&claimed).unwrap(), taskvault::Claim::Compute(_)));
+    // The resident vault keeps results again once it listens; a removal by the other handle
+    // still reaches it.
+    match resident.fetch_or_claim(&fresh, None).unwrap() {
+        taskvault::Fetched::Hit(s) => assert_eq!(&*s.bytes, b"after the restart"),
+        other => panic!("a miss after the restart: {other:?}"),
+    }
+    assert!(v.remove_key(&fresh.digest().hex(), "test").unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while matches!(resident.fetch_or_claim(&fresh, None).unwrap(), taskvault::Fetched::Hit(_)) {
+        assert!(std::time::Instant::now() < deadline, "a removed result is served from memory");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -13,6 +13,60 @@ use crate::store::Access;
 /// The journal is folded by the appender that takes it past this size.
 const FOLD_AT: u64 = 64 * 1024;
 
+/// How often a [`Folder`] folds the journal.
+const FOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Folds a journal into a metadata store every [`FOLD_EVERY`] on a thread of its own, and once
+/// more when dropped: a long-lived process on a store other machines share (a server replica)
+/// thus writes hits in batches, off its requests' path, and the other machines see them within
+/// a second.
+#[derive(Debug)]
+pub(crate) struct Folder {
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Folder {
+    pub(crate) fn start(
+        journal: AccessJournal,
+        meta: std::sync::Arc<dyn crate::store::MetaStore>,
+    ) -> Result<Folder> {
+        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let s = std::sync::Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("taskvault-fold".into())
+            .spawn(move || {
+                loop {
+                    let (lock, cv) = &*s;
+                    let stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let (stopped, _) =
+                        cv.wait_timeout(stopped, FOLD_EVERY).unwrap_or_else(|p| p.into_inner());
+                    let last = *stopped;
+                    drop(stopped);
+                    if let Err(e) = journal.fold(|batch| meta.apply_accesses(batch)) {
+                        tracing::warn!("writing hits to the metadata store: {e}");
+                    }
+                    if last {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| crate::error::Error::Other(format!("starting the fold thread: {e}")))?;
+        Ok(Folder { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct AccessJournal {
     path: PathBuf,

@@ -114,7 +114,7 @@ pub type ItemProgress = dyn Fn(u64, u64) + Send + Sync;
 /// A local vault: SQLite metadata and blobs on disk, under one directory.
 pub struct Vault {
     settings: Settings,
-    meta: Box<dyn MetaStore>,
+    meta: Arc<dyn MetaStore>,
     blobs: Box<dyn BlobStore>,
     audit: AuditLog,
     accesses: AccessJournal,
@@ -136,6 +136,9 @@ pub struct Vault {
     generation: std::sync::OnceLock<crate::generation::Generation>,
     /// Descriptions of the claims file that hold no lock, for the next claims.
     claim_files: Arc<crate::claim::ClaimFiles>,
+    /// For a long-lived process on a shared metadata store: the thread that folds the access
+    /// journal into the store every second.
+    folder: Option<crate::access::Folder>,
     /// The vault directory with symlinks resolved, found on the first restore (destinations
     /// must not be the vault's own files).
     canonical_dir: std::sync::OnceLock<Option<PathBuf>>,
@@ -143,6 +146,8 @@ pub struct Vault {
 
 impl Drop for Vault {
     fn drop(&mut self) {
+        // Its last fold, before the rest is written.
+        drop(self.folder.take());
         if let Err(e) = self.commit_deferred() {
             tracing::warn!("committing deferred saves: {e}");
         }
@@ -203,9 +208,9 @@ impl Vault {
                 std::fs::rename(&tmp, &ignore).at(&ignore)?;
             }
         }
-        let meta: Box<dyn crate::store::MetaStore> = match &settings.metadata_url {
-            Some(url) => Box::new(crate::store::postgres::PgMeta::open(url)?),
-            None => Box::new(SqliteMeta::open(&dir.join("cache.db"))?),
+        let meta: Arc<dyn crate::store::MetaStore> = match &settings.metadata_url {
+            Some(url) => Arc::new(crate::store::postgres::PgMeta::open(url)?),
+            None => Arc::new(SqliteMeta::open(&dir.join("cache.db"))?),
         };
         let blobs = crate::store::blob_store(dir, settings.blobs_url.as_deref())?;
         let audit =
@@ -234,6 +239,7 @@ impl Vault {
             resident: None,
             generation: std::sync::OnceLock::new(),
             claim_files: Arc::default(),
+            folder: None,
             canonical_dir: std::sync::OnceLock::new(),
         })
     }
@@ -262,8 +268,12 @@ impl Vault {
     /// the committing writer, lookups read on a connection of their own (through a memory map,
     /// never waiting for a writer), and batches of saves get a larger page cache. Hits are
     /// still counted as they happen, and hot records still written.
-    pub fn long_lived(self) -> Result<Vault> {
+    pub fn long_lived(mut self) -> Result<Vault> {
         self.meta.long_lived()?;
+        if self.meta.shared() {
+            let journal = AccessJournal::new(self.settings.vault_dir.join("access.log"));
+            self.folder = Some(crate::access::Folder::start(journal, Arc::clone(&self.meta))?);
+        }
         Ok(self)
     }
 
@@ -282,10 +292,13 @@ impl Vault {
     }
 
     /// Records accesses in the local journal (folded into the store later; true when it is due),
-    /// or, with a metadata store other machines share, in the store at once: another machine's
-    /// `stats` and eviction never read this machine's journal.
+    /// or, with a metadata store other machines share, in the store at once (another machine's
+    /// `stats` and eviction never read this machine's journal) unless a folder thread folds the
+    /// journal within a second.
     pub(crate) fn journal(&self, accesses: &[crate::store::Access]) -> Result<bool> {
-        if self.meta.shared() {
+        // A long-lived process on a shared store folds its journal every second on a thread of
+        // its own (`access::Folder`): hits cost no database write on the request's path.
+        if self.meta.shared() && self.folder.is_none() {
             self.meta.apply_accesses(accesses)?;
             return Ok(false);
         }

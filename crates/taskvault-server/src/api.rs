@@ -385,7 +385,7 @@ pub async fn get_blob(
     let ranged = headers.contains_key(header::RANGE);
     if !ranged
         && let Some((bytes, etag)) = s.hot.get(&d)
-        && s.uploads.visible(&ns, &d)
+        && s.uploads.visible(&s.vault, &ns, &d)
     {
         return Ok(whole(&s, bytes, etag));
     }
@@ -582,7 +582,7 @@ pub async fn put_blob(
         let received = receiver.finish(announced)?;
         let len = received.len;
         let fresh = state.uploads.keep(&state.vault, received)?;
-        state.uploads.prove(&ns, &d).map_err(crate::uploads::io_error)?;
+        state.uploads.prove(&state.vault, &ns, &d)?;
         Ok((fresh, len))
     })
     .await?;

@@ -4,7 +4,8 @@
 //! its digest (and size) is it made durable and renamed to `server/uploads/<alg>-<hex>`, where
 //! the commit of an entry takes it into the vault. A namespace may use a blob only once a
 //! client of that namespace has sent its bytes: the proof is an empty file
-//! `server/proofs/<namespace>/<alg>-<hex>`. Content is stored once underneath, but knowing a
+//! `server/proofs/<namespace>/<alg>-<hex>`, or a row of the metadata store when replicas share
+//! it (PostgreSQL). Content is stored once underneath, but knowing a
 //! digest never lets another namespace read it or reference it.
 
 use std::io::Write as _;
@@ -81,7 +82,7 @@ impl Uploads {
 
     /// Whether namespace `ns` may use blob `d` and its bytes are here (in the vault or waiting).
     pub fn present(&self, vault: &Vault, ns: &str, d: &Digest) -> Result<bool, ApiError> {
-        if !self.visible(ns, d) {
+        if !self.visible(vault, ns, d) {
             return Ok(false);
         }
         Ok(self.upload(d).is_some() || vault.has_blob(d)?)
@@ -95,7 +96,7 @@ impl Uploads {
         ns: &str,
         d: &Digest,
     ) -> Result<Option<taskvault::BlobStream>, ApiError> {
-        if !self.visible(ns, d) {
+        if !self.visible(vault, ns, d) {
             return Ok(None);
         }
         if let Some(s) = vault.open_blob(d)? {
@@ -109,15 +110,24 @@ impl Uploads {
         }
     }
 
-    /// Whether namespace `ns` may read blob `d`.
-    pub fn visible(&self, ns: &str, d: &Digest) -> bool {
+    /// Whether namespace `ns` may read blob `d`: a proof in the vault's metadata store when it
+    /// keeps them (a store every replica shares), else in this server's directory. A store that
+    /// cannot answer answers no.
+    pub fn visible(&self, vault: &Vault, ns: &str, d: &Digest) -> bool {
         {
             let known = self.known.read().unwrap_or_else(|p| p.into_inner());
             if known.get(ns).is_some_and(|set| set.contains(d)) {
                 return true;
             }
         }
-        let seen = self.proof(ns, d).exists();
+        let seen = match vault.has_proof(ns, d) {
+            Ok(Some(seen)) => seen,
+            Ok(None) => self.proof(ns, d).exists(),
+            Err(e) => {
+                tracing::warn!("reading the proof of {d} in namespace {ns}: {e}");
+                false
+            }
+        };
         if seen {
             let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
             if known.values().map(|s| s.len()).sum::<usize>() >= KNOWN_PROOFS_MAX {
@@ -128,8 +138,16 @@ impl Uploads {
         seen
     }
 
-    /// Records that a client of `ns` has sent the bytes of `d`.
-    pub fn prove(&self, ns: &str, d: &Digest) -> std::io::Result<()> {
+    /// Records that a client of `ns` has sent the bytes of `d` (in the vault's metadata store
+    /// when it keeps proofs, else in this server's directory).
+    pub fn prove(&self, vault: &Vault, ns: &str, d: &Digest) -> Result<(), ApiError> {
+        if vault.add_proof(ns, d)? {
+            return Ok(());
+        }
+        self.prove_here(ns, d).map_err(io_error)
+    }
+
+    fn prove_here(&self, ns: &str, d: &Digest) -> std::io::Result<()> {
         let p = self.proof(ns, d);
         if p.exists() {
             return Ok(());

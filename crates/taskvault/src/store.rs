@@ -185,6 +185,16 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> {
         Ok(None)
     }
+    /// Records that namespace `ns` has sent the bytes of blob `digest` (a server's proof that a
+    /// namespace may read a blob), where every replica sees it. `false`: this store keeps no
+    /// proofs, and the server keeps them in its own directory.
+    fn add_proof(&self, _ns: &str, _digest: &Digest) -> Result<bool> {
+        Ok(false)
+    }
+    /// Whether namespace `ns` has sent blob `digest`; `None`: this store keeps no proofs.
+    fn has_proof(&self, _ns: &str, _digest: &Digest) -> Result<Option<bool>> {
+        Ok(None)
+    }
     /// Takes the vault's blob lock (shared by savers from placing a blob to their commit,
     /// exclusive while a removal commits and unlinks files) for every process that uses this
     /// store; `None`: the store has none, and the lock file in the vault directory serves (every

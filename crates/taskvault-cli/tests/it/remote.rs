@@ -763,3 +763,66 @@ fn a_server_whose_blobs_live_in_s3_shares_results_between_machines() {
     let stats: serde_json::Value = serde_json::from_str(&server.cli(&["stats", "--json"])).unwrap();
     assert_eq!(stats["entries"], 1);
 }
+
+/// Three `taskvault serve` replicas on one PostgreSQL (a schema of the test's own) and one S3
+/// bucket (SeaweedFS): a result saved through one replica is a remote hit through each of the
+/// others (the entry, the namespace's proof and the blob are where every replica reads them),
+/// and a removal through one is seen by all.
+#[test]
+fn replicas_on_postgres_and_s3_serve_what_any_of_them_saved() {
+    let Some(pg) = taskvault_testkit::postgres::server() else { return };
+    let Some(s3) = taskvault_testkit::seaweed::Seaweed::start() else { return };
+    let schema = taskvault_testkit::postgres::Schema::new(&pg, "replicas");
+    let config = format!(
+        "storage:\n  metadata: {}\n  blobs: {}\n",
+        schema.url(),
+        taskvault_testkit::seaweed::url(s3.endpoint(), "replicas", "vault")
+    );
+    let replicas: Vec<Server> = (0..3)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("server.yaml");
+            std::fs::write(&path, &config).unwrap();
+            let path = path.to_str().unwrap().to_owned();
+            Server::start_in(dir, &["--config", &path])
+        })
+        .collect();
+    let data = noise(2 << 20, 17);
+    let saver = machine(&replicas[0], None);
+    saver.write("in.txt", "inputs");
+    saver.write("out.bin", &data);
+    run(&saver, &["cache", "save", "build", "in.txt", "out.bin"]).ok();
+    for (i, replica) in replicas.iter().enumerate().skip(1) {
+        let m = machine(replica, None);
+        m.write("in.txt", "inputs");
+        let hit = run(&m, &["cache", "get", "build", "in.txt", "got.bin"]).ok();
+        assert!(hit.stderr().contains("from the remote"), "replica {i}: {}", hit.stderr());
+        assert_eq!(std::fs::read(m.path("got.bin")).unwrap(), data, "replica {i}");
+    }
+    // Removed on one replica's machine: a miss through every replica.
+    let admin = |args: &[&str]| {
+        let r = &replicas[2];
+        let config = r.dir.path().join("server.yaml");
+        let out = Command::new(env!("CARGO_BIN_EXE_taskvault"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--dir")
+            .arg(r.dir.path().join("vault"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let log = admin(&["--json", "log", "-n", "1"]);
+    let key = serde_json::from_str::<serde_json::Value>(&log).unwrap()[0]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    admin(&["rm", &key]);
+    for replica in &replicas {
+        let m = machine(replica, None);
+        m.write("in.txt", "inputs");
+        run(&m, &["cache", "get", "build", "in.txt", "got.bin"]).code_is(1);
+    }
+}

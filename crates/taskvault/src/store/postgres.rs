@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::store::{Access, Committed, Damaged, MetaStore, Removed, StagedBlob, Stale};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Version 1. Ids, keys and digests sort byte by byte (`COLLATE "C"`), so a prefix is a range of
 /// an index. A run's document is its whole entry as JSON; the columns beside it are what SQL
@@ -123,6 +123,16 @@ BEGIN
 END $$;
 CREATE TRIGGER census_blobs AFTER INSERT OR DELETE OR UPDATE OF data, stored_size ON blobs
     FOR EACH ROW EXECUTE FUNCTION taskvault_census_blobs();
+"#;
+
+/// Version 2: the proofs of a server's namespaces (a namespace may read a blob once a client
+/// of it has sent the bytes), which every replica must see.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE proofs(
+    namespace TEXT NOT NULL,
+    digest TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY(namespace, digest)
+);
 "#;
 
 /// The columns [`entry_from_row`] reads, in its order.
@@ -307,21 +317,21 @@ impl PgMeta {
             tx.batch("CREATE TABLE IF NOT EXISTS taskvault_schema(version INTEGER NOT NULL)")?;
             let found: Option<i32> =
                 tx.opt("SELECT max(version) FROM taskvault_schema", &[])?.and_then(|r| r.get(0));
-            match found {
-                None => {
-                    tx.batch(SCHEMA_V1)?;
-                    tx.exec(
-                        "INSERT INTO taskvault_schema(version) VALUES ($1)",
-                        &[&SCHEMA_VERSION],
-                    )?;
-                }
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(self.bad(format!(
-                        "schema version {v} is newer than this taskvault understands \
-                         ({SCHEMA_VERSION}); upgrade taskvault"
-                    )));
-                }
-                Some(_) => {}
+            let found = found.unwrap_or(0);
+            if found > SCHEMA_VERSION {
+                return Err(self.bad(format!(
+                    "schema version {found} is newer than this taskvault understands \
+                     ({SCHEMA_VERSION}); upgrade taskvault"
+                )));
+            }
+            if found < 1 {
+                tx.batch(SCHEMA_V1)?;
+            }
+            if found < 2 {
+                tx.batch(SCHEMA_V2)?;
+            }
+            if found < SCHEMA_VERSION {
+                tx.exec("INSERT INTO taskvault_schema(version) VALUES ($1)", &[&SCHEMA_VERSION])?;
             }
             Ok(())
         })();
@@ -1058,6 +1068,26 @@ impl MetaStore for PgMeta {
             }
         });
         Ok(Some(watching))
+    }
+
+    fn add_proof(&self, ns: &str, digest: &Digest) -> Result<bool> {
+        self.with(|t| {
+            t.exec(
+                "INSERT INTO proofs(namespace, digest) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&ns, &digest.to_string()],
+            )
+        })?;
+        Ok(true)
+    }
+
+    fn has_proof(&self, ns: &str, digest: &Digest) -> Result<Option<bool>> {
+        self.with(|t| {
+            let r = t.one(
+                "SELECT EXISTS(SELECT 1 FROM proofs WHERE namespace = $1 AND digest = $2)",
+                &[&ns, &digest.to_string()],
+            )?;
+            Ok(Some(t.col(&r, 0)?))
+        })
     }
 
     fn claim(&self, key: &str) -> Result<Option<(crate::store::StoreClaim, bool)>> {
@@ -1943,5 +1973,26 @@ mod tests {
         assert!(replica.get_bytes(&key).unwrap().is_some());
         drop(replica);
         assert_eq!(other.stats().unwrap().counters.hits, 4);
+    }
+
+    #[test]
+    fn a_version_1_schema_is_migrated_and_keeps_its_runs() {
+        let Some(server) = server() else { return };
+        let schema = Schema::new(&server, "from_v1");
+        let store = PgMeta::open(&schema.url()).unwrap();
+        let key = "a".repeat(64);
+        store.commit_save(&entry(&key, "r1"), &[], &mut |_| Ok(())).unwrap();
+        // Back to what version 1 made.
+        store
+            .write(|t| t.batch("DROP TABLE proofs; UPDATE taskvault_schema SET version = 1"))
+            .unwrap();
+        drop(store);
+        let store = PgMeta::open(&schema.url()).unwrap();
+        let d: Digest = format!("blake3:{}", "0".repeat(64)).parse().unwrap();
+        assert_eq!(store.has_proof("ns", &d).unwrap(), Some(false));
+        assert!(store.add_proof("ns", &d).unwrap());
+        assert_eq!(store.has_proof("ns", &d).unwrap(), Some(true));
+        assert_eq!(store.has_proof("other", &d).unwrap(), Some(false), "proofs are per namespace");
+        assert_eq!(store.lookup(&key).unwrap().unwrap().id, "r1");
     }
 }

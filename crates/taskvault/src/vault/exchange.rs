@@ -371,6 +371,18 @@ impl Vault {
 }
 
 impl Vault {
+    /// Records that namespace `ns` has sent blob `d` (see `MetaStore::add_proof`); `false`
+    /// when the metadata store keeps no proofs.
+    pub fn add_proof(&self, ns: &str, d: &Digest) -> Result<bool> {
+        self.meta.add_proof(ns, d)
+    }
+
+    /// Whether namespace `ns` has sent blob `d`; `None` when the metadata store keeps no
+    /// proofs.
+    pub fn has_proof(&self, ns: &str, d: &Digest) -> Result<Option<bool>> {
+        self.meta.has_proof(ns, d)
+    }
+
     /// The live, unexpired run of `key_hex`, read without counting anything (a server checks
     /// whether a claim is still needed).
     pub fn live_entry(&self, key_hex: &str) -> Result<Option<Entry>> {

@@ -1283,19 +1283,42 @@ impl MetaStore for PgMeta {
             // commit need not wait for its WAL to reach the disk.
             t.batch("SET LOCAL synchronous_commit TO OFF")?;
             let mut per_task = per_task.clone();
-            let mut saved = 0;
-            for (id, at_ms, duration) in &hits {
-                let row = t.opt(
-                    "UPDATE entries SET last_access_ms = greatest(last_access_ms, created_ms, $2),
-                        access_count = access_count + 1
-                     WHERE id = $1 RETURNING task",
-                    &[id, at_ms],
+            // Every hit of the batch in one statement: a run's count and last use, and its task.
+            let ids: Vec<&str> = hits.iter().map(|h| h.0).collect();
+            let ats: Vec<i64> = hits.iter().map(|h| h.1).collect();
+            let durations: Vec<i64> = hits.iter().map(|h| h.2).collect();
+            let mut matched = 0i64;
+            if !hits.is_empty() {
+                let rows = t.query(
+                    "WITH v AS (
+                        SELECT id, max(at) AS at, count(*) AS n, sum(d)::BIGINT AS saved
+                        FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[]) AS u(id, at, d)
+                        GROUP BY id
+                     )
+                     UPDATE entries e
+                     SET last_access_ms = greatest(e.last_access_ms, e.created_ms, v.at),
+                         access_count = e.access_count + v.n
+                     FROM v WHERE e.id = v.id
+                     RETURNING e.task, v.n, v.saved",
+                    &[&ids, &ats, &durations],
                 )?;
-                let task: String = row.map(|r| t.col(&r, 0)).transpose()?.unwrap_or_default();
-                saved += duration;
-                let e = per_task.entry(task).or_default();
-                e.0 += 1;
-                e.2 += duration;
+                for r in &rows {
+                    let (task, n, saved): (String, i64, i64) =
+                        (t.col(r, 0)?, t.col(r, 1)?, t.col(r, 2)?);
+                    let e = per_task.entry(task).or_default();
+                    e.0 += n;
+                    e.2 += saved;
+                    matched += n;
+                }
+            }
+            let saved: i64 = durations.iter().sum();
+            // Hits of runs removed since: counted, under no task (as SQLite counts them).
+            let unmatched = hits.len() as i64 - matched;
+            if unmatched > 0 {
+                let matched_saved: i64 = per_task.values().map(|v| v.2).sum();
+                let e = per_task.entry(String::new()).or_default();
+                e.0 += unmatched;
+                e.2 += saved - matched_saved;
             }
             t.bump("hits", hits.len() as i64)?;
             t.bump("misses", misses)?;
@@ -1994,5 +2017,39 @@ mod tests {
         assert_eq!(store.has_proof("ns", &d).unwrap(), Some(true));
         assert_eq!(store.has_proof("other", &d).unwrap(), Some(false), "proofs are per namespace");
         assert_eq!(store.lookup(&key).unwrap().unwrap().id, "r1");
+    }
+
+    #[test]
+    fn a_batch_of_hits_counts_per_run_and_per_task() {
+        let Some(server) = server() else { return };
+        let schema = Schema::new(&server, "hits");
+        let store = PgMeta::open(&schema.url()).unwrap();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        store.commit_save(&entry(&a, "ra"), &[], &mut |_| Ok(())).unwrap();
+        let mut other = entry(&b, "rb");
+        other.task = "u".into();
+        store.commit_save(&other, &[], &mut |_| Ok(())).unwrap();
+        let hit = |id: &str, at_ms, d| Access::Hit { id: id.into(), at_ms, duration_ms: Some(d) };
+        store
+            .apply_accesses(&[
+                hit("ra", 50, 10),
+                hit("ra", 70, 5),
+                hit("rb", 60, 100),
+                hit("gone", 80, 1),
+                Access::Miss { task: "u".into() },
+                Access::RemoteHit,
+            ])
+            .unwrap();
+        let c = store.counters().unwrap();
+        assert_eq!((c.hits, c.misses, c.time_saved_ms, c.remote_hits), (4, 1, 116, 1));
+        let ra = store.run("ra").unwrap().unwrap();
+        assert_eq!((ra.access_count, ra.last_access_ms), (2, 70));
+        let tasks: Vec<_> = store
+            .task_stats()
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.task, t.hits, t.misses, t.time_saved_ms))
+            .collect();
+        assert_eq!(tasks, [("".into(), 1, 0, 1), ("t".into(), 2, 0, 15), ("u".into(), 1, 1, 100)]);
     }
 }

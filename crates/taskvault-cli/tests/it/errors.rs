@@ -82,8 +82,10 @@ fn config_errors_name_the_problem() {
     one_error_line(&p.run(&["stats"]), "max_size_gb must be 0 or more");
     p.write(".taskvault/config.yaml", "policies:\n  default:\n    max_size_bytes: -1\n");
     one_error_line(&p.run(&["stats"]), "max_size_bytes must be 0 or more");
-    p.write(".taskvault/config.yaml", "storage:\n  metadata: postgres://db/tv\n");
-    one_error_line(&p.run(&["stats"]), "storage.metadata \"postgres://db/tv\" is not available");
+    p.write(".taskvault/config.yaml", "storage:\n  metadata: mysql://u:secret@db/tv\n");
+    let r = p.run(&["stats"]);
+    one_error_line(&r, "storage.metadata must be sqlite or a PostgreSQL URL");
+    assert!(!r.stderr().contains("secret"));
     p.write(".taskvault/config.yaml", "storage:\n  blobs: /mnt/blobs\n");
     one_error_line(&p.run(&["stats"]), "storage.blobs must be local or an object store URL");
     p.write(".taskvault/config.yaml", "storage:\n  blob: s3://b/p\n");

@@ -52,6 +52,10 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
     ("python3 -m venv", "the Python install: scripts/test-python.sh builds the same wheel"),
     ("from taskvault import", "run by crates/taskvault-py/tests/test_readme.py"),
     (
+        "client = Client(store=\"postgres://",
+        "Client(store=...) on a real PostgreSQL: crates/taskvault-py/tests/test_postgres.py",
+    ),
+    (
         "taskvault --dir /srv/taskvault serve",
         "serving and tokens: tests/it/remote.rs runs real servers with the same commands",
     ),

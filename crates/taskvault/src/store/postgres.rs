@@ -310,13 +310,18 @@ impl PgMeta {
         Error::Meta { store: self.shown.clone(), message: message.to_string() }
     }
 
+    /// The handle of the runtime that drives the store's connections.
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.rt.as_ref().expect("the runtime lives as long as the store").handle()
+    }
+
     /// Runs `f` on the store's runtime and waits for it, from any thread: inside another
     /// runtime's worker it steps out of that runtime first, never blocking its other tasks.
     fn wait<F: Future + Send>(&self, f: F) -> F::Output
     where
         F::Output: Send,
     {
-        wait_on(self.rt.as_ref().expect("the runtime lives as long as the store").handle(), f)
+        wait_on(self.handle(), f)
     }
 
     /// A connection from the pool, the schema made or migrated on first use.
@@ -1082,7 +1087,7 @@ impl MetaStore for PgMeta {
         let watching = std::sync::Arc::new(AtomicBool::new(false));
         let (config, channel, shown) = (self.config.clone(), self.channel(), self.shown.clone());
         let flag = std::sync::Arc::clone(&watching);
-        let rt = self.rt.as_ref().expect("the runtime lives as long as the store");
+        let rt = self.handle();
         rt.spawn(async move {
             let mut complained = false;
             loop {
@@ -1157,7 +1162,7 @@ impl MetaStore for PgMeta {
                     let held = PgClaim {
                         state: std::sync::Arc::clone(st),
                         session,
-                        handle: self.rt.as_ref().expect("the runtime lives").handle().clone(),
+                        handle: self.handle().clone(),
                         shown: self.shown.clone(),
                         id,
                     };
@@ -1201,12 +1206,7 @@ impl MetaStore for PgMeta {
         Ok(Some(Box::new(BlobGuard {
             gate: std::sync::Arc::clone(&self.gate),
             session,
-            handle: self
-                .rt
-                .as_ref()
-                .expect("the runtime lives as long as the store")
-                .handle()
-                .clone(),
+            handle: self.handle().clone(),
             shown: self.shown.clone(),
             exclusive,
             id,

@@ -272,6 +272,24 @@ pub struct Counters {
     pub remote_hits: i64,
 }
 
+impl Counters {
+    /// Sets the counter a metadata store names `name` (its row name); other names are ignored.
+    pub fn set(&mut self, name: &str, v: i64) {
+        match name {
+            "hits" => self.hits = v,
+            "misses" => self.misses = v,
+            "saves" => self.saves = v,
+            "evictions" => self.evictions = v,
+            "corrupt" => self.corrupt = v,
+            "expired" => self.expired = v,
+            "time_saved_ms" => self.time_saved_ms = v,
+            "stored_bytes" => self.stored_bytes = v,
+            "remote_hits" => self.remote_hits = v,
+            _ => {}
+        }
+    }
+}
+
 /// What the metadata store holds, counted: runs of every status and blob rows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Census {

@@ -1666,18 +1666,7 @@ impl MetaStore for PgMeta {
             let mut out = Counters::default();
             for r in t.query("SELECT name, value FROM counters", &[])? {
                 let v: i64 = t.col(&r, 1)?;
-                match t.col::<String>(&r, 0)?.as_str() {
-                    "hits" => out.hits = v,
-                    "misses" => out.misses = v,
-                    "saves" => out.saves = v,
-                    "evictions" => out.evictions = v,
-                    "corrupt" => out.corrupt = v,
-                    "expired" => out.expired = v,
-                    "time_saved_ms" => out.time_saved_ms = v,
-                    "stored_bytes" => out.stored_bytes = v,
-                    "remote_hits" => out.remote_hits = v,
-                    _ => {}
-                }
+                out.set(&t.col::<String>(&r, 0)?, v)
             }
             Ok(out)
         })

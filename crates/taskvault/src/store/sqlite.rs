@@ -1702,18 +1702,7 @@ impl MetaStore for SqliteMeta {
         self.with(|c| {
             let mut out = Counters::default();
             for (name, v) in named_values(c, "SELECT name, value FROM counters")? {
-                match name.as_str() {
-                    "hits" => out.hits = v,
-                    "misses" => out.misses = v,
-                    "saves" => out.saves = v,
-                    "evictions" => out.evictions = v,
-                    "corrupt" => out.corrupt = v,
-                    "expired" => out.expired = v,
-                    "time_saved_ms" => out.time_saved_ms = v,
-                    "stored_bytes" => out.stored_bytes = v,
-                    "remote_hits" => out.remote_hits = v,
-                    _ => {}
-                }
+                out.set(&name, v)
             }
             Ok(out)
         })

@@ -75,3 +75,27 @@ def test_a_store_that_is_not_postgres_is_refused(tmp_path):
         Client(tmp_path / "v", store="mysql://u:secret@db/x")
     with pytest.raises(TypeError):
         Client(tmp_path / "v", store=42)
+
+
+def cube(n):
+    return n ** 3
+
+
+def test_the_readme_store_example_opens_a_shared_vault(store, tmp_path, monkeypatch):
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[3] / "README.md").read_text()
+    lines = re.findall(r'^client = Client\(store="postgres://[^"]*"\).*$', readme, flags=re.M)
+    assert len(lines) == 1, "the README's Client(store=...) example is gone or doubled"
+    # As written, but on the test server: the README's host does not exist here.
+    source = re.sub(r'"postgres://[^"]*"', repr(store), lines[0])
+    monkeypatch.chdir(tmp_path)
+    ns = {"Client": Client}
+    exec(compile(source, "README.md", "exec"), ns)
+    with ns["client"] as c:
+        assert c.store_url.startswith("postgres://")
+        assert c.submit(cube, 3).load() == 27
+        assert c.submit(cube, 3).load() == 27
+        s = c.stats()
+        assert s["entries"] == 1 and s["hits"] >= 1, s

@@ -223,7 +223,12 @@ pub async fn put_entry(
     })
     .await?;
     s.metrics.saved();
-    s.claims.resolved(&ns2, &key);
+    let state = Arc::clone(&s);
+    blocking(move || {
+        state.claims.resolved(&state.vault, &ns2, &key);
+        Ok(())
+    })
+    .await?;
     Ok(match admitted {
         Admitted::Committed => StatusCode::CREATED,
         Admitted::AlreadyLive => StatusCode::OK,
@@ -802,8 +807,26 @@ pub async fn claim(
         if live {
             return Ok((StatusCode::OK, axum::Json(ClaimResponse::state("ready"))).into_response());
         }
-        let (mut rx, expires, holder) = match s.claims.ask(&ns, &key, caller.name(), ttl) {
-            crate::claims::Asked::Granted { lease } => {
+        let (state, k, n, name) =
+            (Arc::clone(&s), key.clone(), ns.clone(), caller.name().to_owned());
+        let asked = blocking(move || {
+            let asked = state.claims.ask(&state.vault, &n, &k, &name, ttl)?;
+            let crate::claims::Asked::Granted { lease } = &asked else { return Ok(Some(asked)) };
+            // Committed between the check above and the grant: the claim is not needed.
+            if state.vault.live_entry(&k)?.is_some_and(|e| e.namespace == n) {
+                state.claims.end(&state.vault, &n, &k, lease, crate::claims::Outcome::Vacant)?;
+                return Ok(None);
+            }
+            Ok(Some(asked))
+        })
+        .await?;
+        let (mut rx, expires, holder) = match asked {
+            None => {
+                return Ok(
+                    (StatusCode::OK, axum::Json(ClaimResponse::state("ready"))).into_response()
+                );
+            }
+            Some(crate::claims::Asked::Granted { lease }) => {
                 let r = ClaimResponse {
                     lease: Some(lease),
                     ttl_seconds: Some(ttl.as_secs_f64()),
@@ -811,7 +834,7 @@ pub async fn claim(
                 };
                 return Ok((StatusCode::CREATED, axum::Json(r)).into_response());
             }
-            crate::claims::Asked::Held { rx, expires, holder } => (rx, expires, holder),
+            Some(crate::claims::Asked::Held { rx, expires, holder }) => (rx, expires, holder),
         };
         s.metrics.claims_waiting.inc();
         let until = deadline.min(tokio::time::Instant::from_std(expires));
@@ -821,6 +844,8 @@ pub async fn claim(
         };
         s.metrics.claims_waiting.dec();
         let outcome = rx.borrow().clone();
+        drop(rx);
+        s.claims.forget_idle(&ns, &key);
         match outcome {
             crate::claims::Outcome::Ready => {
                 return Ok(
@@ -872,7 +897,9 @@ pub async fn renew_claim(
     check_key(&key)?;
     caller.check(Scope::Write, &ns)?;
     let ttl = seconds(q.ttl, TTL_DEFAULT, TTL_MIN, TTL_MAX)?;
-    if s.claims.renew(&ns, &key, &lease, ttl) {
+    let (state, l) = (Arc::clone(&s), lease.clone());
+    let renewed = blocking(move || state.claims.renew(&state.vault, &ns, &key, &l, ttl)).await?;
+    if renewed {
         Ok(axum::Json(ClaimResponse {
             lease: Some(lease),
             ttl_seconds: Some(ttl.as_secs_f64()),
@@ -926,7 +953,8 @@ pub async fn release_claim(
         Some(m) => crate::claims::Outcome::Failed(m),
         None => crate::claims::Outcome::Vacant,
     };
-    if s.claims.end(&ns, &key, &lease, outcome) {
+    let ended = blocking(move || s.claims.end(&s.vault, &ns, &key, &lease, outcome)).await?;
+    if ended {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::Conflict("the lease is no longer this claim's".into()))

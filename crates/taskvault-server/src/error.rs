@@ -59,6 +59,12 @@ impl From<taskvault::Error> for ApiError {
                 message: format!("blob {d} was removed meanwhile; upload it again"),
                 missing: vec![d],
             },
+            // A database or object store that does not answer now: the client retries later
+            // or treats it as a miss, and the replica keeps serving what it can.
+            taskvault::Error::Meta { .. } | taskvault::Error::Store { .. } => {
+                tracing::warn!("storage: {e}");
+                ApiError::Busy(e.to_string())
+            }
             other => {
                 tracing::error!("engine: {other}");
                 ApiError::Internal(other.to_string())

@@ -175,9 +175,12 @@ pub fn state(vault: Vault, options: ServeOptions) -> Result<Arc<AppState>> {
             options.listen
         );
     }
-    let uploads =
-        uploads::Uploads::new(&dir).with_context(|| format!("cannot prepare {}", dir.display()))?;
+    let shared_uploads = vault.upload_area().context("cannot open the replicas' shared uploads")?;
+    let uploads = uploads::Uploads::new(&dir, shared_uploads)
+        .with_context(|| format!("cannot prepare {}", dir.display()))?;
     let cap_bytes = vault.settings().max_size_bytes.filter(|c| *c > 0);
+    let claims =
+        claims::Claims::new(&vault).context("cannot watch the claims of other replicas")?;
     let vault = Arc::new(vault);
     let group = group::GroupCommit::start(Arc::clone(&vault))
         .context("cannot start the committing thread")?;
@@ -189,7 +192,7 @@ pub fn state(vault: Vault, options: ServeOptions) -> Result<Arc<AppState>> {
         metrics: metrics::Metrics::default(),
         options,
         cap_bytes,
-        claims: claims::Claims::default(),
+        claims,
         hot: hot::HotBlobs::new(16 << 20),
         group,
     }))

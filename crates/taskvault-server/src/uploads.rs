@@ -7,11 +7,17 @@
 //! `server/proofs/<namespace>/<alg>-<hex>`, or a row of the metadata store when replicas share
 //! it (PostgreSQL). Content is stored once underneath, but knowing a
 //! digest never lets another namespace read it or reference it.
+//!
+//! Replicas of a server on a shared metadata store and an object store also put each verified
+//! upload in the object store's `uploads/` area (see `Vault::upload_area`), so that an entry
+//! may be committed, or the blob read, through any replica: a replica that lacks the upload
+//! fetches it from there, verifying it again against its digest.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use taskvault::store::{BlobReader, BlobStore};
 use taskvault::{Digest, Vault};
 
 use crate::error::ApiError;
@@ -28,6 +34,8 @@ pub struct Uploads {
     proofs: PathBuf,
     /// Proofs seen on disk (they are never removed, so a remembered one stays true).
     known: std::sync::RwLock<std::collections::HashMap<String, std::collections::HashSet<Digest>>>,
+    /// Verified uploads every replica sees, beside this server's own (`None`: not a replica).
+    shared: Option<Box<dyn BlobStore>>,
 }
 
 /// Proofs remembered in memory at most; past it the set starts again (the disk still knows).
@@ -53,12 +61,15 @@ pub fn parse_digest(s: &str) -> Result<Digest, ApiError> {
 }
 
 impl Uploads {
-    pub fn new(server_dir: &Path) -> std::io::Result<Uploads> {
+    /// The uploads of a server with its directory at `server_dir`; `shared`: the area that
+    /// replicas share (see `Vault::upload_area`).
+    pub fn new(server_dir: &Path, shared: Option<Box<dyn BlobStore>>) -> std::io::Result<Uploads> {
         let u = Uploads {
             tmp: server_dir.join("tmp"),
             uploads: server_dir.join("uploads"),
             proofs: server_dir.join("proofs"),
             known: Default::default(),
+            shared,
         };
         for d in [&u.tmp, &u.uploads, &u.proofs] {
             std::fs::create_dir_all(d)?;
@@ -74,10 +85,61 @@ impl Uploads {
         self.proofs.join(ns).join(blob_file_name(d))
     }
 
-    /// The verified upload of `d`, if one waits for its commit.
+    /// The verified upload of `d` on this server's disk, if one waits for its commit.
     pub fn upload(&self, d: &Digest) -> Option<PathBuf> {
         let p = self.uploads.join(blob_file_name(d));
         p.is_file().then_some(p)
+    }
+
+    /// The verified upload of `d` on this server's disk, fetched first from the replicas'
+    /// shared area if another replica received it. Bytes there that do not match their digest
+    /// are removed and never used.
+    fn upload_here(&self, d: &Digest) -> Result<Option<PathBuf>, ApiError> {
+        if let Some(p) = self.upload(d) {
+            return Ok(Some(p));
+        }
+        let Some(area) = &self.shared else { return Ok(None) };
+        let mut reader: Box<dyn std::io::Read + Send> = match area.open(d)? {
+            None => return Ok(None),
+            Some(BlobReader::File(f)) => Box::new(f),
+            Some(BlobReader::Stream(s)) => Box::new(s),
+            Some(BlobReader::Unusable(why)) => {
+                tracing::warn!("the shared upload of {d} is unusable ({why}): removed");
+                area.remove(d)?;
+                return Ok(None);
+            }
+        };
+        let mut receiver = self.receiver(d, u64::MAX).map_err(io_error)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(ApiError::Busy(format!("reading the shared upload of {d}: {e}")));
+                }
+            };
+            receiver.write(&buf[..n])?;
+        }
+        let received = match receiver.finish(None) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("the shared upload of {d} does not match its digest ({e}): removed");
+                area.remove(d)?;
+                return Ok(None);
+            }
+        };
+        self.settle(received).map(Some)
+    }
+
+    /// Moves a verified upload in under its digest, durably; its path.
+    fn settle(&self, mut received: Received) -> Result<PathBuf, ApiError> {
+        let tmp = received.path.take().expect("a received upload has its file");
+        let dest = self.uploads.join(blob_file_name(&received.digest));
+        std::fs::rename(&tmp, &dest).map_err(io_error)?;
+        std::fs::File::open(&self.uploads).and_then(|d| d.sync_all()).map_err(io_error)?;
+        Ok(dest)
     }
 
     /// Whether namespace `ns` may use blob `d` and its bytes are here (in the vault or waiting).
@@ -85,7 +147,13 @@ impl Uploads {
         if !self.visible(vault, ns, d) {
             return Ok(false);
         }
-        Ok(self.upload(d).is_some() || vault.has_blob(d)?)
+        if self.upload(d).is_some() || vault.has_blob(d)? {
+            return Ok(true);
+        }
+        match &self.shared {
+            Some(area) => Ok(area.contains(d)?),
+            None => Ok(false),
+        }
     }
 
     /// The bytes of `d` for a reader of namespace `ns`: from the vault, else from an upload
@@ -102,7 +170,7 @@ impl Uploads {
         if let Some(s) = vault.open_blob(d)? {
             return Ok(Some(s));
         }
-        let Some(p) = self.upload(d) else { return Ok(None) };
+        let Some(p) = self.upload_here(d)? else { return Ok(None) };
         match std::fs::File::open(&p) {
             Ok(f) => Ok(Some(taskvault::BlobStream::from_file(f, *d).map_err(io_error)?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -158,11 +226,16 @@ impl Uploads {
         std::fs::File::open(dir)?.sync_all()
     }
 
-    /// A fresh file to receive an upload into.
-    pub fn receiver(&self, d: &Digest, max: u64) -> std::io::Result<Receiver> {
+    /// A fresh name in the temporary directory for bytes of `d`.
+    fn scratch(&self, d: &Digest) -> PathBuf {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = self.tmp.join(format!("{}-{n}", blob_file_name(d)));
+        self.tmp.join(format!("{}-{n}", blob_file_name(d)))
+    }
+
+    /// A fresh file to receive an upload into.
+    pub fn receiver(&self, d: &Digest, max: u64) -> std::io::Result<Receiver> {
+        let path = self.scratch(d);
         let file = std::fs::File::create(&path)?;
         Ok(Receiver {
             hasher: d.algorithm().hasher(),
@@ -176,15 +249,24 @@ impl Uploads {
 
     /// Makes a verified upload durable and visible under its digest. `false` when the vault
     /// holds the blob already (the bytes are dropped; the proof still counts).
-    pub fn keep(&self, vault: &Vault, mut received: Received) -> Result<bool, ApiError> {
-        let tmp = received.path.take().expect("a received upload has its file");
-        if vault.has_blob(&received.digest)? || self.upload(&received.digest).is_some() {
-            let _ = std::fs::remove_file(&tmp);
+    /// With replicas, it is in their shared area before it is acknowledged.
+    pub fn keep(&self, vault: &Vault, received: Received) -> Result<bool, ApiError> {
+        let d = received.digest;
+        if vault.has_blob(&d)? || self.upload(&d).is_some() {
             return Ok(false);
         }
-        let dest = self.uploads.join(blob_file_name(&received.digest));
-        std::fs::rename(&tmp, &dest).map_err(io_error)?;
-        std::fs::File::open(&self.uploads).and_then(|d| d.sync_all()).map_err(io_error)?;
+        if let Some(area) = &self.shared
+            && !area.contains(&d)?
+        {
+            // The store moves in (and removes) what it is given: a link, so the file stays.
+            let tmp = received.path.as_ref().expect("a received upload has its file");
+            let link = self.scratch(&d);
+            std::fs::hard_link(tmp, &link).map_err(io_error)?;
+            let put = area.put(&d, &link);
+            let _ = std::fs::remove_file(&link);
+            put?;
+        }
+        self.settle(received)?;
         Ok(true)
     }
 
@@ -197,7 +279,14 @@ impl Uploads {
     ) -> Result<Vec<(Digest, PathBuf)>, ApiError> {
         let mut out = Vec::new();
         for d in digests {
-            let Some(src) = self.upload(d) else { continue };
+            let src = match self.upload(d) {
+                Some(p) => p,
+                None if self.shared.is_some() && !vault.has_blob(d)? => {
+                    let Some(p) = self.upload_here(d)? else { continue };
+                    p
+                }
+                None => continue,
+            };
             let dest = vault.staging_path("commit-");
             match std::fs::hard_link(&src, &dest) {
                 Ok(()) => out.push((*d, dest)),
@@ -232,6 +321,18 @@ impl Uploads {
             if committed || age > ABANDONED_UPLOAD_AGE {
                 let _ = std::fs::remove_file(e.path());
             }
+        }
+        let Some(area) = &self.shared else { return };
+        let reaped = area.visit(&mut |d, written| {
+            let age = written.and_then(|w| now.duration_since(w).ok()).unwrap_or_default();
+            let committed = age > COMMITTED_UPLOAD_AGE && vault.has_blob(&d).unwrap_or(false);
+            if committed || age > ABANDONED_UPLOAD_AGE {
+                area.remove(&d)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = reaped {
+            tracing::warn!("reaping the replicas' shared uploads: {e}");
         }
     }
 }

@@ -30,6 +30,7 @@ pub use digest::{Algorithm, Digest};
 pub use entry::{Entry, Filter, Ingredients, OutputKind, Status};
 pub use error::{Error, Result};
 pub use key::{Input, InputKind, InputRecord, TaskKey};
+pub use store::{LeaseAsked, LeaseEnded, LeaseEvent};
 pub use vault::GcReport;
 pub use vault::exchange::{Admitted, Arrived, BlobStream, DestinationFile, Exported};
 pub use vault::migrate::{MetadataReport, MigrateReport};

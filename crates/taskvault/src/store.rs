@@ -36,6 +36,36 @@ impl std::fmt::Debug for StoreClaim {
     }
 }
 
+/// What asking for a server claim's shared lease got (see [`MetaStore::lease_ask`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseAsked {
+    /// The lease asked for is now the claim's.
+    Granted,
+    /// Another lease holds the claim, held by `holder`, for `remaining` unless renewed.
+    Held { holder: String, remaining: std::time::Duration },
+}
+
+/// How a shared lease ended, as every replica's waiters are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEnded {
+    /// The key's entry was committed.
+    Ready,
+    /// The claimant failed, with this message.
+    Failed(String),
+    /// Released without a result: the next asker may take it.
+    Vacant,
+}
+
+/// What [`MetaStore::watch_leases`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// The lease of (namespace, key) ended.
+    Ended { ns: String, key: String, how: LeaseEnded },
+    /// Ends may have been missed (the connection that listens was lost): every waiter should
+    /// ask again.
+    Missed,
+}
+
 /// A live entry found by [`MetaStore::lookup_many`], with the rows of its blobs.
 pub type Found = (Entry, Vec<BlobInfo>);
 
@@ -123,6 +153,10 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     fn put(&self, digest: &Digest, staged: &Path) -> Result<()>;
     /// Opens a blob, or `None` if it is missing.
     fn open(&self, digest: &Digest) -> Result<Option<BlobReader>>;
+    /// Whether a blob is stored under `digest` (without reading it).
+    fn contains(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.open(digest)?.is_some())
+    }
     /// [`BlobStore::open`] when the metadata says how many bytes are stored: a store that
     /// would otherwise ask (an object store) saves that request. A blob of another length is
     /// `Unusable`, or fails as it is read.
@@ -134,6 +168,12 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// them) rather than inside it, where every other writer would wait on the upload.
     fn puts_before_commit(&self) -> bool {
         false
+    }
+    /// A store of the same kind beside this one, under `name` (`uploads`), that every machine
+    /// using this one sees, for bytes that are not yet blobs of the vault. `None`: this store is
+    /// on one machine's disk.
+    fn sibling(&self, _name: &str) -> Result<Option<Box<dyn BlobStore>>> {
+        Ok(None)
     }
     /// Deletes a blob; a missing blob is not an error.
     fn remove(&self, digest: &Digest) -> Result<()>;
@@ -207,6 +247,45 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// the store has no claims of its own, and the claims files in the vault directory serve.
     fn claim(&self, _key: &str) -> Result<Option<(StoreClaim, bool)>> {
         Ok(None)
+    }
+    /// Takes the lease of a server's claim of `key` in `ns` (see the server's claims) for
+    /// `ttl`, unless an unexpired lease holds it, where every replica of the server sees it.
+    /// `None`: this store keeps no leases, and the server keeps them in its memory.
+    fn lease_ask(
+        &self,
+        _ns: &str,
+        _key: &str,
+        _lease: &str,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<LeaseAsked>> {
+        Ok(None)
+    }
+    /// Extends `lease` by `ttl` from now; `Some(false)` if it is no longer the claim's.
+    fn lease_renew(
+        &self,
+        _ns: &str,
+        _key: &str,
+        _lease: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<bool>> {
+        Ok(None)
+    }
+    /// Ends the claim's lease (`lease`, or whichever holds it with `None`) and tells every
+    /// replica `how`; `Some(false)` if there was no such lease.
+    fn lease_end(
+        &self,
+        _ns: &str,
+        _key: &str,
+        _lease: Option<&str>,
+        _how: &LeaseEnded,
+    ) -> Result<Option<bool>> {
+        Ok(None)
+    }
+    /// Calls `on` with every lease that ends, on any replica, for as long as the store lives;
+    /// `false`: this store keeps no leases.
+    fn watch_leases(&self, _on: std::sync::Arc<dyn Fn(LeaseEvent) + Send + Sync>) -> Result<bool> {
+        Ok(false)
     }
     /// The live entry of a key, if any (expiry is the caller's business).
     fn lookup(&self, key: &str) -> Result<Option<Entry>>;

@@ -7,6 +7,7 @@ mod inspect;
 mod migration;
 mod readme;
 mod remote;
+mod replicas;
 mod run;
 mod seed;
 mod snapshots;

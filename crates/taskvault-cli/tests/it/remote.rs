@@ -123,7 +123,7 @@ impl Drop for Server {
 }
 
 /// A project whose commands use `server` as their remote (with `token`, if any).
-fn machine(server: &Server, token: Option<&str>) -> Project {
+pub(crate) fn machine(server: &Server, token: Option<&str>) -> Project {
     let p = Project::new();
     let mut config = format!("remote:\n  url: {}\n", server.url);
     if token.is_some() {
@@ -136,7 +136,7 @@ fn machine(server: &Server, token: Option<&str>) -> Project {
     p
 }
 
-fn run(p: &Project, args: &[&str]) -> super::Run {
+pub(crate) fn run(p: &Project, args: &[&str]) -> super::Run {
     let mut c = p.cmd();
     if let Ok(t) = std::fs::read_to_string(p.path(".token")) {
         c.env("TEST_TOKEN", t);
@@ -144,7 +144,7 @@ fn run(p: &Project, args: &[&str]) -> super::Run {
     super::Run(c.args(args).output().unwrap())
 }
 
-fn http() -> ureq::Agent {
+pub(crate) fn http() -> ureq::Agent {
     ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build())
 }
 
@@ -417,11 +417,11 @@ fn acknowledged_uploads_survive_sigterm_during_32_concurrent_uploads() {
 }
 
 /// The runs a command recorded in `counter` (one line per run).
-fn runs(counter: &std::path::Path) -> usize {
+pub(crate) fn runs(counter: &std::path::Path) -> usize {
     std::fs::read_to_string(counter).map(|s| s.lines().count()).unwrap_or(0)
 }
 
-fn spawn_run(p: &Project, args: &[&str]) -> Child {
+pub(crate) fn spawn_run(p: &Project, args: &[&str]) -> Child {
     let mut c = p.cmd();
     c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     c.spawn().unwrap()
@@ -762,67 +762,4 @@ fn a_server_whose_blobs_live_in_s3_shares_results_between_machines() {
     assert_eq!(local, 0, "the server wrote blobs under {}", blobs.display());
     let stats: serde_json::Value = serde_json::from_str(&server.cli(&["stats", "--json"])).unwrap();
     assert_eq!(stats["entries"], 1);
-}
-
-/// Three `taskvault serve` replicas on one PostgreSQL (a schema of the test's own) and one S3
-/// bucket (SeaweedFS): a result saved through one replica is a remote hit through each of the
-/// others (the entry, the namespace's proof and the blob are where every replica reads them),
-/// and a removal through one is seen by all.
-#[test]
-fn replicas_on_postgres_and_s3_serve_what_any_of_them_saved() {
-    let Some(pg) = taskvault_testkit::postgres::server() else { return };
-    let Some(s3) = taskvault_testkit::seaweed::Seaweed::start() else { return };
-    let schema = taskvault_testkit::postgres::Schema::new(&pg, "replicas");
-    let config = format!(
-        "storage:\n  metadata: {}\n  blobs: {}\n",
-        schema.url(),
-        taskvault_testkit::seaweed::url(s3.endpoint(), "replicas", "vault")
-    );
-    let replicas: Vec<Server> = (0..3)
-        .map(|_| {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("server.yaml");
-            std::fs::write(&path, &config).unwrap();
-            let path = path.to_str().unwrap().to_owned();
-            Server::start_in(dir, &["--config", &path])
-        })
-        .collect();
-    let data = noise(2 << 20, 17);
-    let saver = machine(&replicas[0], None);
-    saver.write("in.txt", "inputs");
-    saver.write("out.bin", &data);
-    run(&saver, &["cache", "save", "build", "in.txt", "out.bin"]).ok();
-    for (i, replica) in replicas.iter().enumerate().skip(1) {
-        let m = machine(replica, None);
-        m.write("in.txt", "inputs");
-        let hit = run(&m, &["cache", "get", "build", "in.txt", "got.bin"]).ok();
-        assert!(hit.stderr().contains("from the remote"), "replica {i}: {}", hit.stderr());
-        assert_eq!(std::fs::read(m.path("got.bin")).unwrap(), data, "replica {i}");
-    }
-    // Removed on one replica's machine: a miss through every replica.
-    let admin = |args: &[&str]| {
-        let r = &replicas[2];
-        let config = r.dir.path().join("server.yaml");
-        let out = Command::new(env!("CARGO_BIN_EXE_taskvault"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--dir")
-            .arg(r.dir.path().join("vault"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let log = admin(&["--json", "log", "-n", "1"]);
-    let key = serde_json::from_str::<serde_json::Value>(&log).unwrap()[0]["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    admin(&["rm", &key]);
-    for replica in &replicas {
-        let m = machine(replica, None);
-        m.write("in.txt", "inputs");
-        run(&m, &["cache", "get", "build", "in.txt", "got.bin"]).code_is(1);
-    }
 }

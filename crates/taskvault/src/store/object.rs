@@ -37,6 +37,11 @@ pub fn is_object_url(location: &str) -> bool {
 
 pub struct ObjectBlobs {
     op: Operator,
+    /// The directory of the root the blobs are under: `blobs`, or a sibling's name (see
+    /// [`BlobStore::sibling`]).
+    area: String,
+    /// The URL it was opened with, for siblings.
+    url: String,
     /// Where, for messages: the URL without its query (which may carry settings).
     shown: String,
     rt: Option<tokio::runtime::Runtime>,
@@ -86,12 +91,12 @@ impl ObjectBlobs {
             .enable_all()
             .build()
             .map_err(|e| bad(format!("cannot start its runtime: {e}")))?;
-        Ok(ObjectBlobs { op, shown, rt: Some(rt) })
+        Ok(ObjectBlobs { op, area: "blobs".into(), url: url.to_owned(), shown, rt: Some(rt) })
     }
 
-    fn path(d: &Digest) -> String {
+    fn path(&self, d: &Digest) -> String {
         let hex = d.hex();
-        format!("blobs/{}/{}/{}", d.algorithm().name(), &hex[..2], hex)
+        format!("{}/{}/{}/{}", self.area, d.algorithm().name(), &hex[..2], hex)
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
@@ -111,9 +116,15 @@ impl ObjectBlobs {
 }
 
 impl BlobStore for ObjectBlobs {
+    fn sibling(&self, name: &str) -> Result<Option<Box<dyn BlobStore>>> {
+        let mut s = ObjectBlobs::open(&self.url)?;
+        s.area = name.to_owned();
+        Ok(Some(Box::new(s)))
+    }
+
     fn put(&self, digest: &Digest, staged: &Path) -> Result<()> {
         let mut file = std::fs::File::open(staged).at(staged)?;
-        let (op, path) = (self.op.clone(), Self::path(digest));
+        let (op, path) = (self.op.clone(), self.path(digest));
         let mut writer = self
             .run(async move {
                 op.writer_with(&path).chunk(WRITE_CHUNK).concurrent(WRITE_CONCURRENCY).await
@@ -146,7 +157,7 @@ impl BlobStore for ObjectBlobs {
     }
 
     fn open(&self, digest: &Digest) -> Result<Option<BlobReader>> {
-        let (op, path) = (self.op.clone(), Self::path(digest));
+        let (op, path) = (self.op.clone(), self.path(digest));
         match self.run(async move { op.stat(&path).await }) {
             Ok(meta) => self.open_sized(digest, meta.content_length()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -154,10 +165,19 @@ impl BlobStore for ObjectBlobs {
         }
     }
 
+    fn contains(&self, digest: &Digest) -> Result<bool> {
+        let (op, path) = (self.op.clone(), self.path(digest));
+        match self.run(async move { op.stat(&path).await }) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.err("cannot read", digest, e)),
+        }
+    }
+
     fn open_sized(&self, digest: &Digest, stored_size: u64) -> Result<Option<BlobReader>> {
         let mut reader = ObjectReader {
             op: self.op.clone(),
-            path: Self::path(digest),
+            path: self.path(digest),
             handle: self.handle().clone(),
             shown: self.shown.clone(),
             pos: 0,
@@ -173,7 +193,7 @@ impl BlobStore for ObjectBlobs {
             Err(e) => {
                 // Perhaps not the length the metadata says (truncated, replaced): then it is
                 // no blob of that digest. Otherwise the store failed.
-                let (op, path) = (self.op.clone(), Self::path(digest));
+                let (op, path) = (self.op.clone(), self.path(digest));
                 match self.run(async move { op.stat(&path).await }) {
                     Ok(m) if m.content_length() != stored_size => Ok(Some(BlobReader::Unusable(
                         format!("object is {} bytes, expected {stored_size}", m.content_length()),
@@ -190,7 +210,7 @@ impl BlobStore for ObjectBlobs {
     }
 
     fn remove(&self, digest: &Digest) -> Result<()> {
-        let (op, path) = (self.op.clone(), Self::path(digest));
+        let (op, path) = (self.op.clone(), self.path(digest));
         match self.run(async move { op.delete(&path).await }) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -199,7 +219,7 @@ impl BlobStore for ObjectBlobs {
     }
 
     fn quarantine(&self, digest: &Digest) -> Result<()> {
-        let (op, path) = (self.op.clone(), Self::path(digest));
+        let (op, path) = (self.op.clone(), self.path(digest));
         let to = format!("quarantine/{}-{}", digest.hex(), crate::clock::now_ms());
         // Kept for inspection where the service can copy; gone from under its digest either way.
         let copied = self.run({
@@ -229,9 +249,9 @@ impl BlobStore for ObjectBlobs {
             message: format!("cannot list blobs: {e}"),
         };
         let op = self.op.clone();
-        let mut lister = self
-            .run(async move { op.lister_with("blobs/").recursive(true).await })
-            .map_err(failed)?;
+        let dir = format!("{}/", self.area);
+        let mut lister =
+            self.run(async move { op.lister_with(&dir).recursive(true).await }).map_err(failed)?;
         loop {
             // A page of entries at a time from the runtime; `f` runs here, between pages.
             let (l, page, error) = self
@@ -255,7 +275,7 @@ impl BlobStore for ObjectBlobs {
             lister = l;
             let done = page.len() < LIST_PAGE;
             for e in page {
-                if let Some(d) = blob_digest(e.path()) {
+                if let Some(d) = blob_digest(&self.area, e.path()) {
                     f(d, e.metadata().last_modified().map(std::time::SystemTime::from))?;
                 }
             }
@@ -269,14 +289,17 @@ impl BlobStore for ObjectBlobs {
     }
 }
 
-/// The digest an object path `blobs/<algorithm>/<2 hex>/<hex>` names, if it is one.
-fn blob_digest(path: &str) -> Option<Digest> {
+/// The digest an object path `<area>/<algorithm>/<2 hex>/<hex>` names, if it is one.
+fn blob_digest(area: &str, path: &str) -> Option<Digest> {
     let mut parts = path.split('/');
-    let (Some("blobs"), Some(alg), Some(_fan), Some(hex), None) =
+    let (Some(a), Some(alg), Some(_fan), Some(hex), None) =
         (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return None;
     };
+    if a != area {
+        return None;
+    }
     Digest::from_hex(alg.parse::<Algorithm>().ok()?, hex).ok()
 }
 

@@ -20,10 +20,13 @@ use tokio_postgres::types::{FromSql, ToSql};
 use crate::digest::Digest;
 use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
 use crate::error::{Error, Result};
-use crate::store::{Access, Committed, Damaged, MetaStore, Removed, StagedBlob, Stale};
+use crate::store::{
+    Access, Committed, Damaged, LeaseAsked, LeaseEnded, LeaseEvent, MetaStore, Removed, StagedBlob,
+    Stale,
+};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Version 1. Ids, keys and digests sort byte by byte (`COLLATE "C"`), so a prefix is a range of
 /// an index. A run's document is its whole entry as JSON; the columns beside it are what SQL
@@ -140,6 +143,23 @@ CREATE TABLE proofs(
 /// blob rows are read apart.
 const SCHEMA_V3: &str = "ALTER TABLE entries ADD COLUMN digests TEXT[] NOT NULL DEFAULT '{}';";
 
+/// Version 4: the leases of server claims, so that every replica of a server sees who computes
+/// a key; expiry by the database's clock.
+const SCHEMA_V4: &str = r#"
+CREATE TABLE leases(
+    namespace TEXT NOT NULL,
+    key TEXT COLLATE "C" NOT NULL,
+    lease TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    expires TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY(namespace, key)
+);
+"#;
+
+/// The longest failure message a lease's end carries to other replicas (a notification's
+/// payload is under 8,000 bytes).
+const LEASE_MESSAGE_MAX: usize = 6_000;
+
 /// [`ENTRY_COLS`] of `entries e`, then the columns of a row of `blobs b` (see [`PgMeta::lookup`]).
 const ENTRY_AND_BLOB_COLS: &str = "e.seq, e.id, e.key, e.live, e.status, e.task, e.created_ms, \
     e.last_access_ms, e.access_count, e.expires_ms, e.size, e.ttl_explicit, e.doc, \
@@ -167,6 +187,9 @@ const WAITERS: usize = 8;
 
 /// How often a transaction that lost a deadlock or a serialization conflict is run again.
 const RETRIES: usize = 8;
+
+/// What a listener calls with each notification's payload (`None`: some may have been missed).
+type OnNotification = std::sync::Arc<dyn Fn(Option<&str>) + Send + Sync>;
 
 /// A statement's parameter.
 type Param<'a> = &'a (dyn ToSql + Sync);
@@ -364,6 +387,9 @@ impl PgMeta {
             if found < 3 {
                 tx.batch(SCHEMA_V3)?;
             }
+            if found < 4 {
+                tx.batch(SCHEMA_V4)?;
+            }
             if found < SCHEMA_VERSION {
                 tx.exec("INSERT INTO taskvault_schema(version) VALUES ($1)", &[&SCHEMA_VERSION])?;
             }
@@ -392,6 +418,43 @@ impl PgMeta {
     /// to this store's schema).
     fn channel(&self) -> String {
         format!("taskvault_{:016x}", self.lock_id("changes", "") as u64)
+    }
+
+    /// The channel ends of server claims' leases notify (see [`MetaStore::watch_leases`]).
+    fn lease_channel(&self) -> String {
+        format!("taskvault_{:016x}", self.lock_id("leases", "") as u64)
+    }
+
+    /// Listens on `channel` on the store's runtime for as long as it lives, connecting again
+    /// (a second later) whenever the connection is lost: `on` is called with each
+    /// notification's payload, and with `None` whenever notifications may have been missed
+    /// (once listening starts, and when it stops). `watching` says whether it listens now.
+    fn spawn_listener(
+        &self,
+        channel: String,
+        what: &'static str,
+        watching: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        on: OnNotification,
+    ) {
+        use std::sync::atomic::Ordering;
+        let (config, shown) = (self.config.clone(), self.shown.clone());
+        self.handle().spawn(async move {
+            let mut complained = false;
+            loop {
+                match listen(&config, &channel, &watching, &*on).await {
+                    Ok(()) => complained = false,
+                    Err(e) if !complained => {
+                        tracing::warn!("{shown}: not told of {what} ({e}) until it reconnects");
+                        complained = true;
+                    }
+                    Err(_) => {}
+                }
+                watching.store(false, Ordering::SeqCst);
+                on(None);
+                // Before connecting again (not a poll of the data: nothing is kept meanwhile).
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// Runs the statements of `f` on one connection, each on its own (no transaction).
@@ -940,21 +1003,21 @@ impl Drop for BlobGuard {
 }
 
 /// Listens on `channel` until the connection ends: `watching` is set once notifications are
-/// sure to arrive, and `changed` called then (what happened before may have been missed) and on
-/// every notification.
+/// sure to arrive, and `on` called with `None` then (what happened before may have been missed)
+/// and with the payload of every notification.
 async fn listen(
     config: &tokio_postgres::Config,
     channel: &str,
     watching: &std::sync::atomic::AtomicBool,
-    changed: &(dyn Fn() + Send + Sync),
+    on: &(dyn Fn(Option<&str>) + Send + Sync),
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                    if tx.send(()).is_err() {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
                         return;
                     }
                 }
@@ -966,12 +1029,25 @@ async fn listen(
     // The channel is made of hex digits: nothing to quote.
     client.batch_execute(&format!("LISTEN {channel}")).await?;
     watching.store(true, std::sync::atomic::Ordering::SeqCst);
-    changed();
-    while rx.recv().await.is_some() {
-        changed();
+    on(None);
+    while let Some(payload) = rx.recv().await {
+        on(Some(&payload));
     }
     driver.abort();
     Ok(())
+}
+
+/// The lease end a notification's payload describes (see [`MetaStore::lease_end`]).
+fn lease_event(payload: &str) -> Option<LeaseEvent> {
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    let how = match text("end")?.as_str() {
+        "ready" => LeaseEnded::Ready,
+        "vacant" => LeaseEnded::Vacant,
+        "failed" => LeaseEnded::Failed(text("message").unwrap_or_default()),
+        _ => return None,
+    };
+    Some(LeaseEvent::Ended { ns: text("ns")?, key: text("key")?, how })
 }
 
 /// Waits for `f` on the runtime behind `handle`, from any thread (see [`PgMeta::wait`]).
@@ -1083,32 +1159,129 @@ impl MetaStore for PgMeta {
         &self,
         changed: std::sync::Arc<dyn Fn() + Send + Sync>,
     ) -> Result<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let watching = std::sync::Arc::new(AtomicBool::new(false));
-        let (config, channel, shown) = (self.config.clone(), self.channel(), self.shown.clone());
-        let flag = std::sync::Arc::clone(&watching);
-        let rt = self.handle();
-        rt.spawn(async move {
-            let mut complained = false;
-            loop {
-                match listen(&config, &channel, &flag, &*changed).await {
-                    Ok(()) => complained = false,
-                    Err(e) if !complained => {
-                        tracing::warn!(
-                            "{shown}: not told of other machines' changes ({e}); results are \
-                             not kept in memory until it reconnects"
-                        );
-                        complained = true;
-                    }
-                    Err(_) => {}
-                }
-                flag.store(false, Ordering::SeqCst);
-                changed();
-                // Before connecting again (not a poll of the data: nothing is kept meanwhile).
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        });
+        let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let what = "other machines' changes; results are not kept in memory";
+        self.spawn_listener(
+            self.channel(),
+            what,
+            std::sync::Arc::clone(&watching),
+            std::sync::Arc::new(move |_| changed()),
+        );
         Ok(Some(watching))
+    }
+
+    fn lease_ask(
+        &self,
+        ns: &str,
+        key: &str,
+        lease: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<LeaseAsked>> {
+        let secs = ttl.as_secs_f64();
+        self.with(|t| {
+            loop {
+                // Taken when free or expired; an unexpired lease is left as it is.
+                let took = t.opt(
+                    "INSERT INTO leases(namespace, key, lease, holder, expires) \
+                     VALUES ($1, $2, $3, $4, clock_timestamp() + make_interval(secs => $5)) \
+                     ON CONFLICT (namespace, key) DO UPDATE SET lease = EXCLUDED.lease, \
+                     holder = EXCLUDED.holder, expires = EXCLUDED.expires \
+                     WHERE leases.expires <= clock_timestamp() RETURNING lease",
+                    &[&ns, &key, &lease, &holder, &secs],
+                )?;
+                if took.is_some() {
+                    return Ok(Some(LeaseAsked::Granted));
+                }
+                let held = t.opt(
+                    "SELECT holder, extract(epoch FROM expires - clock_timestamp())::float8 \
+                     FROM leases WHERE namespace = $1 AND key = $2",
+                    &[&ns, &key],
+                )?;
+                // Gone (or run out) since: ask again.
+                if let Some(r) = held {
+                    let left: f64 = t.col(&r, 1)?;
+                    if left > 0.0 {
+                        return Ok(Some(LeaseAsked::Held {
+                            holder: t.col(&r, 0)?,
+                            remaining: std::time::Duration::from_secs_f64(left),
+                        }));
+                    }
+                }
+            }
+        })
+    }
+
+    fn lease_renew(
+        &self,
+        ns: &str,
+        key: &str,
+        lease: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<bool>> {
+        let secs = ttl.as_secs_f64();
+        let n = self.with(|t| {
+            t.exec(
+                "UPDATE leases SET expires = clock_timestamp() + make_interval(secs => $4) \
+                 WHERE namespace = $1 AND key = $2 AND lease = $3",
+                &[&ns, &key, &lease, &secs],
+            )
+        })?;
+        Ok(Some(n == 1))
+    }
+
+    fn lease_end(
+        &self,
+        ns: &str,
+        key: &str,
+        lease: Option<&str>,
+        how: &LeaseEnded,
+    ) -> Result<Option<bool>> {
+        let (end, message) = match how {
+            LeaseEnded::Ready => ("ready", None),
+            LeaseEnded::Vacant => ("vacant", None),
+            LeaseEnded::Failed(m) => {
+                let mut cut = m.len().min(LEASE_MESSAGE_MAX);
+                while !m.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                ("failed", Some(&m[..cut]))
+            }
+        };
+        let payload =
+            serde_json::json!({"ns": ns, "key": key, "end": end, "message": message}).to_string();
+        // The notification goes out at the commit of the delete, and only if there was one.
+        let rows = self.with(|t| {
+            t.query(
+                "WITH ended AS (DELETE FROM leases WHERE namespace = $1 AND key = $2 \
+                 AND ($3::text IS NULL OR lease = $3) RETURNING 1) \
+                 SELECT pg_notify($4, $5) FROM ended",
+                &[&ns, &key, &lease, &self.lease_channel(), &payload],
+            )
+        })?;
+        Ok(Some(!rows.is_empty()))
+    }
+
+    fn watch_leases(&self, on: std::sync::Arc<dyn Fn(LeaseEvent) + Send + Sync>) -> Result<bool> {
+        let shown = self.shown.clone();
+        let on_payload = move |payload: Option<&str>| {
+            let Some(p) = payload else { return on(LeaseEvent::Missed) };
+            match lease_event(p) {
+                Some(e) => on(e),
+                None => {
+                    tracing::warn!("{shown}: a lease notification that is not one: {p:?}");
+                    on(LeaseEvent::Missed);
+                }
+            }
+        };
+        let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.spawn_listener(
+            self.lease_channel(),
+            "claims ended on other replicas; their waiters wait for the lease to run out",
+            watching,
+            std::sync::Arc::new(on_payload),
+        );
+        Ok(true)
     }
 
     fn add_proof(&self, ns: &str, digest: &Digest) -> Result<bool> {
@@ -2112,5 +2285,68 @@ mod tests {
             .map(|t| (t.task, t.hits, t.misses, t.time_saved_ms))
             .collect();
         assert_eq!(tasks, [("".into(), 1, 0, 1), ("t".into(), 2, 0, 15), ("u".into(), 1, 1, 100)]);
+    }
+
+    #[test]
+    fn a_lease_is_one_replicas_and_its_end_reaches_the_others() {
+        use std::time::Duration;
+        let Some((_schema, a, b)) = pair("leases") else { return };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        assert!(
+            b.watch_leases(Arc::new(move |e| {
+                let _ = tx.lock().unwrap().send(e);
+            }))
+            .unwrap()
+        );
+        // Listening starts with a `Missed` (what came before it was not heard).
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), LeaseEvent::Missed);
+        let ttl = Duration::from_secs(30);
+        assert_eq!(a.lease_ask("ns", "k", "l1", "alice", ttl).unwrap(), Some(LeaseAsked::Granted));
+        let Some(LeaseAsked::Held { holder, remaining }) =
+            b.lease_ask("ns", "k", "l2", "bob", ttl).unwrap()
+        else {
+            panic!("a second replica's asker waits")
+        };
+        assert_eq!(holder, "alice");
+        assert!(remaining > Duration::from_secs(20) && remaining <= ttl, "{remaining:?}");
+        // Another namespace's claim of the same key is another claim.
+        assert_eq!(b.lease_ask("other", "k", "l3", "bob", ttl).unwrap(), Some(LeaseAsked::Granted));
+        // Renewed through either replica by its lease; a stranger's lease renews nothing.
+        assert_eq!(b.lease_renew("ns", "k", "l1", ttl).unwrap(), Some(true));
+        assert_eq!(b.lease_renew("ns", "k", "l2", ttl).unwrap(), Some(false));
+        assert_eq!(a.lease_end("ns", "k", Some("l2"), &LeaseEnded::Vacant).unwrap(), Some(false));
+        let failure = LeaseEnded::Failed("boom".into());
+        assert_eq!(a.lease_end("ns", "k", Some("l1"), &failure).unwrap(), Some(true));
+        let told = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(told, LeaseEvent::Ended { ns: "ns".into(), key: "k".into(), how: failure });
+        // Ended: the next asker takes it; a commit ends it whoever holds it.
+        assert_eq!(b.lease_ask("ns", "k", "l4", "bob", ttl).unwrap(), Some(LeaseAsked::Granted));
+        assert_eq!(a.lease_end("ns", "k", None, &LeaseEnded::Ready).unwrap(), Some(true));
+        let told = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            told,
+            LeaseEvent::Ended { ns: "ns".into(), key: "k".into(), how: LeaseEnded::Ready }
+        );
+        // Nothing held: nothing ends, nobody is told.
+        assert_eq!(a.lease_end("ns", "k", None, &LeaseEnded::Ready).unwrap(), Some(false));
+        // A lease that ran out is taken by the next asker.
+        let short = Duration::from_millis(200);
+        assert_eq!(
+            a.lease_ask("ns", "j", "l5", "alice", short).unwrap(),
+            Some(LeaseAsked::Granted)
+        );
+        assert!(matches!(
+            b.lease_ask("ns", "j", "l6", "bob", ttl).unwrap(),
+            Some(LeaseAsked::Held { .. })
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(b.lease_ask("ns", "j", "l6", "bob", ttl).unwrap(), Some(LeaseAsked::Granted));
+        assert_eq!(
+            a.lease_renew("ns", "j", "l5", ttl).unwrap(),
+            Some(false),
+            "the old lease is gone"
+        );
+        assert!(rx.try_recv().is_err(), "told of an end that did not happen");
     }
 }

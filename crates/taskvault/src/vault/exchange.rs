@@ -14,7 +14,9 @@ use crate::digest::{Digest, Hasher};
 use crate::entry::{BlobInfo, Codec, Entry, Status};
 use crate::error::{Error, IoContext, Result};
 use crate::key::TaskKey;
-use crate::store::BlobReader;
+use std::sync::Arc;
+
+use crate::store::{BlobReader, LeaseAsked, LeaseEnded, LeaseEvent};
 
 /// A live entry as a server hands it out, with the verified bytes of its blobs of at most the
 /// size asked for (so that a small result costs one round trip).
@@ -381,6 +383,58 @@ impl Vault {
     /// proofs.
     pub fn has_proof(&self, ns: &str, d: &Digest) -> Result<Option<bool>> {
         self.meta.has_proof(ns, d)
+    }
+
+    /// Where a server keeps verified uploads that are not yet blobs of the vault so that every
+    /// replica sees them: beside the blobs, when the metadata store is shared (replicas) and
+    /// the blob store is too (an object store). `None`: each server keeps its own uploads.
+    pub fn upload_area(&self) -> Result<Option<Box<dyn crate::store::BlobStore>>> {
+        if !self.meta.shared() {
+            return Ok(None);
+        }
+        self.blobs.sibling("uploads")
+    }
+
+    /// Asks the metadata store for the lease of a server claim (see
+    /// `MetaStore::lease_ask`); `None` when it keeps no leases.
+    pub fn lease_ask(
+        &self,
+        ns: &str,
+        key: &str,
+        lease: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<LeaseAsked>> {
+        self.meta.lease_ask(ns, key, lease, holder, ttl)
+    }
+
+    /// Renews a lease of the metadata store (see `MetaStore::lease_renew`).
+    pub fn lease_renew(
+        &self,
+        ns: &str,
+        key: &str,
+        lease: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<bool>> {
+        self.meta.lease_renew(ns, key, lease, ttl)
+    }
+
+    /// Ends a lease of the metadata store and tells every replica (see
+    /// `MetaStore::lease_end`).
+    pub fn lease_end(
+        &self,
+        ns: &str,
+        key: &str,
+        lease: Option<&str>,
+        how: &LeaseEnded,
+    ) -> Result<Option<bool>> {
+        self.meta.lease_end(ns, key, lease, how)
+    }
+
+    /// Calls `on` with every lease of the metadata store that ends, on any replica; `false`
+    /// when it keeps no leases (see `MetaStore::watch_leases`).
+    pub fn watch_leases(&self, on: Arc<dyn Fn(LeaseEvent) + Send + Sync>) -> Result<bool> {
+        self.meta.watch_leases(on)
     }
 
     /// The live, unexpired run of `key_hex`, read without counting anything (a server checks

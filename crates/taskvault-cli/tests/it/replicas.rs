@@ -1,0 +1,159 @@
+//! `taskvault serve` replicas on one PostgreSQL (a schema of the test's own) and one S3 bucket
+//! (SeaweedFS), as a team runs them behind a load balancer: whatever a client does through one
+//! replica, it may continue through any other.
+
+use std::process::{Child, Command};
+
+use super::remote::{Server, http, machine, run, runs, spawn_run};
+use super::{Project, noise};
+
+/// The replicas and the servers they share (dropped last: the replicas stop first).
+struct Replicas {
+    servers: Vec<Server>,
+    _schema: taskvault_testkit::postgres::Schema,
+    _s3: taskvault_testkit::seaweed::Seaweed,
+}
+
+impl Replicas {
+    /// `n` replicas, or `None` (the test skips, saying why) without PostgreSQL or SeaweedFS.
+    fn start(label: &str, n: usize) -> Option<Replicas> {
+        let pg = taskvault_testkit::postgres::server()?;
+        let s3 = taskvault_testkit::seaweed::Seaweed::start()?;
+        let schema = taskvault_testkit::postgres::Schema::new(&pg, label);
+        let config = format!(
+            "storage:\n  metadata: {}\n  blobs: {}\n",
+            schema.url(),
+            s3.url("replicas", label)
+        );
+        let servers = (0..n)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("server.yaml");
+                std::fs::write(&path, &config).unwrap();
+                let path = path.to_str().unwrap().to_owned();
+                Server::start_in(dir, &["--config", &path])
+            })
+            .collect();
+        Some(Replicas { servers, _schema: schema, _s3: s3 })
+    }
+
+    /// A CLI command on replica `i`'s vault (its config); its stdout (it must succeed).
+    fn admin(&self, i: usize, args: &[&str]) -> String {
+        let r = &self.servers[i];
+        let out = Command::new(env!("CARGO_BIN_EXE_taskvault"))
+            .arg("--config")
+            .arg(r.dir.path().join("server.yaml"))
+            .arg("--dir")
+            .arg(r.dir.path().join("vault"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// A result saved through one replica is a remote hit through each of the others (the entry,
+/// the namespace's proof and the blob are where every replica reads them), and a removal
+/// through one is seen by all.
+#[test]
+fn replicas_serve_what_any_of_them_saved() {
+    let Some(replicas) = Replicas::start("served", 3) else { return };
+    let data = noise(2 << 20, 17);
+    let saver = machine(&replicas.servers[0], None);
+    saver.write("in.txt", "inputs");
+    saver.write("out.bin", &data);
+    run(&saver, &["cache", "save", "build", "in.txt", "out.bin"]).ok();
+    for (i, replica) in replicas.servers.iter().enumerate().skip(1) {
+        let m = machine(replica, None);
+        m.write("in.txt", "inputs");
+        let hit = run(&m, &["cache", "get", "build", "in.txt", "got.bin"]).ok();
+        assert!(hit.stderr().contains("from the remote"), "replica {i}: {}", hit.stderr());
+        assert_eq!(std::fs::read(m.path("got.bin")).unwrap(), data, "replica {i}");
+    }
+    // Removed on one replica's machine: a miss through every replica.
+    let log = replicas.admin(2, &["--json", "log", "-n", "1"]);
+    let key = serde_json::from_str::<serde_json::Value>(&log).unwrap()[0]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    replicas.admin(2, &["rm", &key]);
+    for replica in &replicas.servers {
+        let m = machine(replica, None);
+        m.write("in.txt", "inputs");
+        run(&m, &["cache", "get", "build", "in.txt", "got.bin"]).code_is(1);
+    }
+}
+
+/// 16 processes on three machines, each machine behind another replica, start the same
+/// uncached command: the claim's lease is in PostgreSQL, so one runs it and the 15 others wait
+/// (woken through the store when it commits) and replay its result.
+#[test]
+fn sixteen_processes_on_three_replicas_run_an_uncached_task_once() {
+    let Some(replicas) = Replicas::start("once", 3) else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let counter = shared.path().join("counter");
+    let script =
+        format!("echo run >> {}; sleep 1; echo result > out.txt; echo done", counter.display());
+    let args = ["run", "-i", "in.txt", "-o", "out.txt", "--", "sh", "-c", &script];
+    let machines: Vec<Project> = replicas.servers.iter().map(|r| machine(r, None)).collect();
+    for m in &machines {
+        m.write("in.txt", "same inputs");
+    }
+    let children: Vec<(usize, Child)> =
+        (0..16).map(|i| (i, spawn_run(&machines[i % 3], &args))).collect();
+    for (i, c) in children {
+        let out = c.wait_with_output().unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "process {i}: {stderr}");
+        assert_eq!(stdout, "done\n", "process {i} ran or replayed the command: {stderr}");
+    }
+    assert_eq!(runs(&counter), 1, "the task ran exactly once across the three replicas");
+    for m in &machines {
+        assert_eq!(std::fs::read_to_string(m.path("out.txt")).unwrap(), "result\n");
+    }
+}
+
+/// A load balancer without sticky sessions: a blob uploaded through one replica is read back
+/// through a second and committed, in an entry, through a third.
+#[test]
+fn an_upload_through_one_replica_is_committed_through_another() {
+    let Some(replicas) = Replicas::start("uploads", 3) else { return };
+    let [a, b, c] = [0, 1, 2].map(|i| replicas.servers[i].url.clone());
+    // An entry as a client sends it: saved on a machine without a remote, then sent by hand.
+    let bytes = noise(1 << 20, 4);
+    let local = Project::new();
+    local.write("in.txt", "inputs");
+    local.write("out.bin", &bytes);
+    run(&local, &["cache", "save", "build", "in.txt", "out.bin"]).ok();
+    let log = run(&local, &["--json", "log", "-n", "1"]).json();
+    let key = log[0]["key"].as_str().unwrap().to_owned();
+    let entry = run(&local, &["--json", "show", &key]).stdout();
+    let d = taskvault::Algorithm::Blake3.digest(&bytes).to_string();
+    assert!(entry.contains(&d), "the entry names its blob: {entry}");
+    let h = http();
+
+    let put = h.put(format!("{b}/v1/ns/default/blobs/{d}")).send(&bytes[..]).unwrap();
+    assert_eq!(put.status().as_u16(), 201, "the upload through b");
+    // Read back through c, which never received it: fetched from the shared area, verified.
+    let mut got = h.get(format!("{c}/v1/ns/default/blobs/{d}")).call().unwrap();
+    assert_eq!(got.status(), 200);
+    let served = got.body_mut().with_config().limit(4 << 20).read_to_vec().unwrap();
+    assert!(served == bytes, "c served other bytes");
+    // Committed through a, which did not receive it either.
+    let mut commit = h
+        .put(format!("{a}/v1/ns/default/entries/{key}"))
+        .header("Content-Type", "application/json")
+        .send(entry.as_bytes())
+        .unwrap();
+    let status = commit.status().as_u16();
+    assert_eq!(status, 201, "{}", commit.body_mut().read_to_string().unwrap());
+    for url in [&a, &b, &c] {
+        let r = h.get(format!("{url}/v1/ns/default/entries/{key}")).call().unwrap();
+        assert_eq!(r.status(), 200, "the entry through {url}");
+        let mut blob = h.get(format!("{url}/v1/ns/default/blobs/{d}")).call().unwrap();
+        let served = blob.body_mut().with_config().limit(4 << 20).read_to_vec().unwrap();
+        assert!(served == bytes, "{url} served other bytes");
+    }
+}

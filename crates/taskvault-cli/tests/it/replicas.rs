@@ -157,3 +157,178 @@ fn an_upload_through_one_replica_is_committed_through_another() {
         assert!(served == bytes, "{url} served other bytes");
     }
 }
+
+/// Entries a client would send, each with the bytes of its one blob: saved on a machine
+/// without a remote (`n` keys of task `load`, 64 KiB outputs).
+fn entries(n: usize) -> Vec<(String, String, Vec<u8>)> {
+    let local = Project::new();
+    (0..n)
+        .map(|i| {
+            let bytes = noise(64 << 10, 1000 + i as u64);
+            local.write("in.txt", format!("input {i}"));
+            local.write("out.bin", &bytes);
+            run(&local, &["cache", "save", "load", "in.txt", "out.bin"]).ok();
+            let key = run(&local, &["--json", "log", "-n", "1"]).json()[0]["key"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let entry = run(&local, &["--json", "show", &key]).stdout();
+            (key, entry, bytes)
+        })
+        .collect()
+}
+
+/// One replica of three is SIGKILLed while 64 connections upload, read and commit through all
+/// three (a client whose replica fails goes on with the next, as behind a load balancer):
+/// every upload and commit a replica acknowledged is served by the others afterwards, no
+/// read ever returns other bytes, and ccache, which stored its result through the killed
+/// replica, gets it from another.
+#[test]
+fn a_replica_killed_under_64_connections_loses_no_acknowledged_write() {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    let (Some(ccache), Some(_)) =
+        (super::tools::client("venv/bin/ccache"), super::tools::system("gcc"))
+    else {
+        return;
+    };
+    let Some(mut replicas) = Replicas::start("killed", 3) else { return };
+    let urls: Vec<String> = replicas.servers.iter().map(|s| s.url.clone()).collect();
+    let victim = 1;
+
+    // ccache stores a result through the replica that will die.
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    super::tools::ccache::source(dir, 77);
+    let storage = |i: usize| format!("{}/ccache|layout=subdirs", urls[i]);
+    let o = super::tools::ccache::compile(&ccache, dir, &dir.join("local-1"), &storage(victim));
+    super::tools::succeeded(&o);
+    let object = std::fs::read(dir.join("x.o")).unwrap();
+
+    let entries = entries(64);
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build(),
+    );
+    let stop = Instant::now() + Duration::from_secs(4);
+    // (digest, bytes) of acknowledged uploads; keys of acknowledged commits.
+    let blobs = Mutex::new(Vec::<(String, Vec<u8>)>::new());
+    let commits = Mutex::new(Vec::<String>::new());
+    let (wrong, refused) = (Mutex::new(Vec::<String>::new()), Mutex::new(0usize));
+    std::thread::scope(|s| {
+        for (t, (key, entry, bytes)) in entries.iter().enumerate() {
+            let (agent, urls, blobs, commits, wrong, refused) =
+                (&agent, &urls, &blobs, &commits, &wrong, &refused);
+            s.spawn(move || {
+                let mut turn = t;
+                // Sends `req` to the next replica in turn until one answers.
+                let mut call = |send: &dyn Fn(
+                    &str,
+                ) -> Result<
+                    ureq::http::Response<ureq::Body>,
+                    ureq::Error,
+                >| {
+                    for _ in 0..3 {
+                        turn += 1;
+                        match send(&urls[turn % 3]) {
+                            Ok(r) => return Some(r),
+                            Err(_) => *refused.lock().unwrap() += 1,
+                        }
+                    }
+                    None
+                };
+                let digest = taskvault::Algorithm::Blake3.digest(bytes).to_string();
+                let put = |u: &str| {
+                    agent.put(format!("{u}/v1/ns/default/blobs/{digest}")).send(&bytes[..])
+                };
+                let mut committed = false;
+                let mut n = 0u64;
+                while Instant::now() < stop {
+                    if !committed {
+                        // The entry's blob, then the entry, each through whichever replica.
+                        if call(&put).is_some_and(|r| r.status().is_success()) {
+                            let commit = |u: &str| {
+                                agent
+                                    .put(format!("{u}/v1/ns/default/entries/{key}"))
+                                    .header("Content-Type", "application/json")
+                                    .send(entry.as_bytes())
+                            };
+                            if let Some(r) = call(&commit)
+                                && r.status().is_success()
+                            {
+                                commits.lock().unwrap().push(key.clone());
+                                committed = true;
+                            }
+                        }
+                    }
+                    // A fresh blob, then one of the acknowledged ones read back.
+                    n += 1;
+                    let fresh = noise(16 << 10, (t as u64) << 32 | n);
+                    let d = taskvault::Algorithm::Blake3.digest(&fresh).to_string();
+                    let up = |u: &str| {
+                        agent.put(format!("{u}/v1/ns/default/blobs/{d}")).send(&fresh[..])
+                    };
+                    if call(&up).is_some_and(|r| r.status().is_success()) {
+                        blobs.lock().unwrap().push((d, fresh));
+                    }
+                    let pick = {
+                        let b = blobs.lock().unwrap();
+                        b.get((n as usize * 7919 + t) % b.len().max(1)).cloned()
+                    };
+                    if let Some((d, want)) = pick {
+                        let get =
+                            |u: &str| agent.get(format!("{u}/v1/ns/default/blobs/{d}")).call();
+                        if let Some(mut r) = call(&get)
+                            && r.status() == 200
+                        {
+                            let got = r.body_mut().with_config().limit(1 << 20).read_to_vec();
+                            if got.is_ok_and(|g| g != want) {
+                                wrong.lock().unwrap().push(d);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        // The kill, a second into the load.
+        std::thread::sleep(Duration::from_secs(1));
+        replicas.servers[victim].child.kill().unwrap();
+        replicas.servers[victim].child.wait().unwrap();
+    });
+    assert!(wrong.lock().unwrap().is_empty(), "reads returned other bytes: {:?}", wrong.lock());
+    assert!(
+        *refused.lock().unwrap() > 0,
+        "no request met the dead replica: the test killed nothing"
+    );
+    let (blobs, commits) = (blobs.into_inner().unwrap(), commits.into_inner().unwrap());
+    eprintln!(
+        "load: {} uploads and {} commits acknowledged, {} requests met the dead replica",
+        blobs.len(),
+        commits.len(),
+        refused.lock().unwrap()
+    );
+    assert_eq!(commits.len(), 64, "every client committed its entry through some replica");
+    assert!(blobs.len() > 64, "the load acknowledged {} uploads", blobs.len());
+    // Every acknowledged write, through each surviving replica.
+    for u in [&urls[0], &urls[2]] {
+        for key in &commits {
+            let r = agent.get(format!("{u}/v1/ns/default/entries/{key}")).call().unwrap();
+            assert_eq!(r.status(), 200, "acknowledged entry {key} through {u}");
+        }
+        for (d, want) in &blobs {
+            let mut r = agent.get(format!("{u}/v1/ns/default/blobs/{d}")).call().unwrap();
+            assert_eq!(r.status(), 200, "acknowledged upload {d} through {u}");
+            let got = r.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap();
+            assert!(&got == want, "{d} through {u}: other bytes");
+        }
+    }
+    // ccache, in a fresh local cache, through a surviving replica: a remote hit.
+    std::fs::remove_file(dir.join("x.o")).unwrap();
+    let local = dir.join("local-2");
+    super::tools::succeeded(&super::tools::ccache::compile(&ccache, dir, &local, &storage(2)));
+    assert_eq!(super::tools::ccache::stat(&ccache, &local, "remote_storage_hit"), 1);
+    assert!(std::fs::read(dir.join("x.o")).unwrap() == object, "ccache restored another object");
+}

@@ -2,7 +2,7 @@
 //! `scripts/install-tools.sh`; a test whose client is missing says which and skips).
 
 mod bazel;
-mod ccache;
+pub(crate) mod ccache;
 mod gradle;
 mod nx;
 mod protocols;

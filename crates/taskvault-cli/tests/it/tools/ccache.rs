@@ -20,7 +20,7 @@ pub fn source(dir: &Path, seed: u64) -> PathBuf {
     p
 }
 
-fn compile(ccache: &Path, dir: &Path, local: &Path, storage: &str) -> Output {
+pub fn compile(ccache: &Path, dir: &Path, local: &Path, storage: &str) -> Output {
     Command::new(ccache)
         .args(["gcc", "-c", "x.c", "-o", "x.o"])
         .current_dir(dir)
@@ -32,7 +32,7 @@ fn compile(ccache: &Path, dir: &Path, local: &Path, storage: &str) -> Output {
 }
 
 /// ccache's counters for a cache directory.
-fn stat(ccache: &Path, local: &Path, name: &str) -> u64 {
+pub fn stat(ccache: &Path, local: &Path, name: &str) -> u64 {
     let o = Command::new(ccache).arg("--print-stats").env("CCACHE_DIR", local).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let n = super::number_after(&out, name).unwrap_or_else(|| panic!("no {name} in:\n{out}"));

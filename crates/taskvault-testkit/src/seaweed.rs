@@ -28,7 +28,8 @@ fn weed() -> Option<PathBuf> {
 pub struct Seaweed {
     endpoint: String,
     pid: i32,
-    _data: tempfile::TempDir,
+    weed: PathBuf,
+    data: tempfile::TempDir,
 }
 
 impl Seaweed {
@@ -40,20 +41,53 @@ impl Seaweed {
             return None;
         };
         let data = tempfile::tempdir().unwrap();
+        let mut s = Seaweed { endpoint: String::new(), pid: 0, weed, data };
+        s.run();
+        Some(s)
+    }
+
+    /// Runs the server on its data directory (the ports of its first start, if any).
+    fn run(&mut self) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/seaweedfs.sh");
         let out = Command::new("bash")
             .arg(script)
-            .arg(&weed)
-            .arg(data.path().join("weed"))
+            .arg(&self.weed)
+            .arg(self.data.path().join("weed"))
             .args([ACCESS, SECRET])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout).unwrap();
         let mut lines = text.lines();
-        let endpoint = lines.next().unwrap().to_owned();
-        let pid = lines.next().unwrap().parse().unwrap();
-        Some(Seaweed { endpoint, pid, _data: data })
+        self.endpoint = lines.next().unwrap().to_owned();
+        self.pid = lines.next().unwrap().parse().unwrap();
+    }
+
+    /// Kills the server (SIGKILL, as a crash would) and waits until it is gone.
+    pub fn stop(&self) {
+        let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+        // Gone, or a zombie nobody has reaped yet (it holds no port any more).
+        let gone = || match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Err(_) => true,
+            Ok(stat) => {
+                stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            }
+        };
+        let start = std::time::Instant::now();
+        while !gone() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "SeaweedFS outlived SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it again after [`Seaweed::stop`]: the same data, ports and endpoint.
+    pub fn start_again(&mut self) {
+        let endpoint = self.endpoint.clone();
+        self.run();
+        assert_eq!(self.endpoint, endpoint, "restarted on another port");
     }
 
     /// A store URL for `bucket`/`prefix` of this server, credentials included.

@@ -10,22 +10,34 @@ use super::{Project, noise};
 /// The replicas and the servers they share (dropped last: the replicas stop first).
 struct Replicas {
     servers: Vec<Server>,
-    _schema: taskvault_testkit::postgres::Schema,
-    _s3: taskvault_testkit::seaweed::Seaweed,
+    s3: taskvault_testkit::seaweed::Seaweed,
+    /// A PostgreSQL cluster of the test's own, for tests that stop it.
+    pg: Option<taskvault_testkit::postgres::Cluster>,
+    _schema: Option<taskvault_testkit::postgres::Schema>,
 }
 
 impl Replicas {
-    /// `n` replicas, or `None` (the test skips, saying why) without PostgreSQL or SeaweedFS.
+    /// `n` replicas on a schema of the machine's PostgreSQL, or `None` (the test skips, saying
+    /// why) without PostgreSQL or SeaweedFS.
     fn start(label: &str, n: usize) -> Option<Replicas> {
         let pg = taskvault_testkit::postgres::server()?;
         let s3 = taskvault_testkit::seaweed::Seaweed::start()?;
         let schema = taskvault_testkit::postgres::Schema::new(&pg, label);
-        let config = format!(
-            "storage:\n  metadata: {}\n  blobs: {}\n",
-            schema.url(),
-            s3.url("replicas", label)
-        );
-        let servers = (0..n)
+        let servers = Self::launch(&schema.url(), &s3.url("replicas", label), n);
+        Some(Replicas { servers, s3, pg: None, _schema: Some(schema) })
+    }
+
+    /// `n` replicas on a PostgreSQL cluster of their own (which the test may stop).
+    fn start_with_own_postgres(label: &str, n: usize) -> Option<Replicas> {
+        let pg = taskvault_testkit::postgres::Cluster::start()?;
+        let s3 = taskvault_testkit::seaweed::Seaweed::start()?;
+        let servers = Self::launch(&pg.url(), &s3.url("replicas", label), n);
+        Some(Replicas { servers, s3, pg: Some(pg), _schema: None })
+    }
+
+    fn launch(metadata: &str, blobs: &str, n: usize) -> Vec<Server> {
+        let config = format!("storage:\n  metadata: {metadata}\n  blobs: {blobs}\n");
+        (0..n)
             .map(|_| {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("server.yaml");
@@ -33,8 +45,7 @@ impl Replicas {
                 let path = path.to_str().unwrap().to_owned();
                 Server::start_in(dir, &["--config", &path])
             })
-            .collect();
-        Some(Replicas { servers, _schema: schema, _s3: s3 })
+            .collect()
     }
 
     /// A CLI command on replica `i`'s vault (its config); its stdout (it must succeed).
@@ -159,12 +170,12 @@ fn an_upload_through_one_replica_is_committed_through_another() {
 }
 
 /// Entries a client would send, each with the bytes of its one blob: saved on a machine
-/// without a remote (`n` keys of task `load`, 64 KiB outputs).
-fn entries(n: usize) -> Vec<(String, String, Vec<u8>)> {
+/// without a remote (`n` keys of task `load`, outputs of `size` bytes).
+fn entries(n: usize, size: usize) -> Vec<(String, String, Vec<u8>)> {
     let local = Project::new();
     (0..n)
         .map(|i| {
-            let bytes = noise(64 << 10, 1000 + i as u64);
+            let bytes = noise(size, 1000 + i as u64);
             local.write("in.txt", format!("input {i}"));
             local.write("out.bin", &bytes);
             run(&local, &["cache", "save", "load", "in.txt", "out.bin"]).ok();
@@ -206,7 +217,7 @@ fn a_replica_killed_under_64_connections_loses_no_acknowledged_write() {
     super::tools::succeeded(&o);
     let object = std::fs::read(dir.join("x.o")).unwrap();
 
-    let entries = entries(64);
+    let entries = entries(64, 64 << 10);
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -331,4 +342,140 @@ fn a_replica_killed_under_64_connections_loses_no_acknowledged_write() {
     super::tools::succeeded(&super::tools::ccache::compile(&ccache, dir, &local, &storage(2)));
     assert_eq!(super::tools::ccache::stat(&ccache, &local, "remote_storage_hit"), 1);
     assert!(std::fs::read(dir.join("x.o")).unwrap() == object, "ccache restored another object");
+}
+
+/// PostgreSQL stopped as a crash would and started again, then SeaweedFS killed and started
+/// again, while 8 clients read entries and blobs and upload through two replicas: what they
+/// get meanwhile is a miss or an error to retry, never other bytes; afterwards both replicas
+/// serve, save and claim again without being restarted, and every upload they acknowledged is
+/// there.
+#[test]
+fn replicas_ride_out_restarts_of_postgresql_and_seaweedfs() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    let Some(mut replicas) = Replicas::start_with_own_postgres("restarts", 2) else { return };
+    let urls: Vec<String> = replicas.servers.iter().map(|s| s.url.clone()).collect();
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build(),
+    );
+    // Too large to come inline with the entry: every read also reads the object store.
+    let entries = entries(8, 200 << 10);
+    for (i, (key, entry, bytes)) in entries.iter().enumerate() {
+        let u = &urls[i % 2];
+        let d = taskvault::Algorithm::Blake3.digest(bytes);
+        let put = agent.put(format!("{u}/v1/ns/default/blobs/{d}")).send(&bytes[..]).unwrap();
+        assert!(put.status().is_success(), "upload {i}: {}", put.status());
+        let commit = agent
+            .put(format!("{u}/v1/ns/default/entries/{key}"))
+            .header("Content-Type", "application/json")
+            .send(entry.as_bytes())
+            .unwrap();
+        assert!(commit.status().is_success(), "commit {i}: {}", commit.status());
+    }
+
+    // Reads an entry and its blob through replica `u`: Some(true) served right, Some(false)
+    // other bytes, None a miss or an error (to retry).
+    let read = |u: &str, key: &str, want: &[u8]| -> Option<bool> {
+        let mut r = agent.get(format!("{u}/v1/ns/default/entries/{key}")).call().ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        let v: serde_json::Value = r.body_mut().read_json().ok()?;
+        let d = v["entry"]["outputs"].to_string();
+        let want_d = taskvault::Algorithm::Blake3.digest(want).to_string();
+        if !d.contains(&want_d) {
+            return Some(false);
+        }
+        let mut b = agent.get(format!("{u}/v1/ns/default/blobs/{want_d}")).call().ok()?;
+        if b.status() != 200 {
+            return None;
+        }
+        let got = b.body_mut().with_config().limit(1 << 20).read_to_vec().ok()?;
+        Some(got == want)
+    };
+
+    let stop = AtomicBool::new(false);
+    let (served, missed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let wrong = Mutex::new(Vec::<String>::new());
+    let uploads = Mutex::new(Vec::<(String, Vec<u8>)>::new());
+    std::thread::scope(|s| {
+        for (t, (key, _, bytes)) in entries.iter().enumerate() {
+            let (agent, urls, read, stop) = (&agent, &urls, &read, &stop);
+            let (served, missed, wrong, uploads) = (&served, &missed, &wrong, &uploads);
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let u = &urls[(t + n as usize) % 2];
+                    match read(u, key, bytes) {
+                        Some(true) => served.fetch_add(1, Ordering::SeqCst),
+                        Some(false) => {
+                            wrong.lock().unwrap().push(key.clone());
+                            0
+                        }
+                        None => missed.fetch_add(1, Ordering::SeqCst),
+                    };
+                    let fresh = noise(8 << 10, (t as u64) << 32 | n);
+                    let d = taskvault::Algorithm::Blake3.digest(&fresh).to_string();
+                    let put = agent.put(format!("{u}/v1/ns/default/blobs/{d}")).send(&fresh[..]);
+                    if put.is_ok_and(|r| r.status().is_success()) {
+                        uploads.lock().unwrap().push((d, fresh));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        let pg = replicas.pg.as_ref().unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        pg.down();
+        std::thread::sleep(Duration::from_secs(2));
+        pg.up();
+        std::thread::sleep(Duration::from_secs(2));
+        replicas.s3.stop();
+        std::thread::sleep(Duration::from_secs(2));
+        replicas.s3.start_again();
+        // Until every replica serves every entry again (a liveness deadline, not a timing).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let all = urls
+                .iter()
+                .all(|u| entries.iter().all(|(key, _, bytes)| read(u, key, bytes) == Some(true)));
+            if all {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the replicas did not serve again after 2 minutes");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    let wrong = wrong.into_inner().unwrap();
+    assert!(wrong.is_empty(), "other bytes served for {wrong:?}");
+    let (served, missed) = (served.into_inner(), missed.into_inner());
+    eprintln!("restarts: {served} reads served, {missed} misses or errors meanwhile");
+    assert!(missed > 0, "no read met an outage: nothing was restarted");
+    assert!(served > 0);
+    // Every upload acknowledged, before, during or after the restarts, is there.
+    for (d, want) in uploads.into_inner().unwrap() {
+        for u in &urls {
+            let mut r = agent.get(format!("{u}/v1/ns/default/blobs/{d}")).call().unwrap();
+            assert_eq!(r.status(), 200, "acknowledged upload {d} through {u}");
+            let got = r.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap();
+            assert!(got == want, "{d} through {u}: other bytes");
+        }
+    }
+    // Saves, claims and hits work again through both replicas, never restarted.
+    let (a, b) = (machine(&replicas.servers[0], None), machine(&replicas.servers[1], None));
+    for m in [&a, &b] {
+        m.write("in.txt", "after the restarts");
+    }
+    let args = ["run", "-i", "in.txt", "-o", "out.txt", "--", "sh", "-c", "echo new > out.txt"];
+    run(&a, &args).ok();
+    let hit = run(&b, &args).ok();
+    assert!(hit.stderr().contains("hit"), "{}", hit.stderr());
+    assert_eq!(std::fs::read_to_string(b.path("out.txt")).unwrap(), "new\n");
 }

@@ -7,6 +7,9 @@
 #   2. throughput of 1 MiB blob GETs under 64 connections (wrk -t2 -c64 -d10s), three rounds
 #      alternating, spread over 64 distinct blobs (64 MiB: past the server's 16 MiB memory cache
 #      of small blobs, so most GETs read the blob store).
+#   3. aggregate throughput of 3 replicas on PostgreSQL + S3 against 1 (three wrk processes of
+#      21 connections each, on one replica or one per replica), for 1 KiB lookups and 1 MiB GETs,
+#      with the CPU seconds each kind of process used meanwhile (the bottleneck on this machine).
 # Issue 17's targets for PostgreSQL + SeaweedFS: hit latency <= 2x, throughput >= 0.7x of SQLite +
 # local disk. Results: bench-out/backends.md. KEEP=SECONDS leaves the servers up that long after
 # the report (to profile them). PG=URL names another PostgreSQL server.
@@ -92,6 +95,17 @@ for b in s3 pg; do
     [ -z "$(ls "$work/$b/vault/blobs" 2>/dev/null)" ] || { echo "the $b vault wrote local blobs" >&2; exit 1; }
 done
 [ ! -e "$work/pg/vault/cache.db" ] || { echo "the PostgreSQL vault wrote a SQLite database" >&2; exit 1; }
+# Two more replicas of the PostgreSQL + S3 server: the same storage, directories of their own.
+replicas=("${url[pg]}")
+for r in 2 3; do
+    mkdir -p "$work/pg$r"
+    sed "s#^cache_dir: .*#cache_dir: $work/pg$r/vault#" "$work/pg/config.yaml" >"$work/pg$r/config.yaml"
+    TASKVAULT_LOG=warn "$tv" --config "$work/pg$r/config.yaml" serve --listen 127.0.0.1:0 \
+        >"$work/pg$r/serve.out" 2>"$work/pg$r/serve.err" &
+    pids+=("$!")
+    for _ in $(seq 200); do grep -q '^listening on' "$work/pg$r/serve.out" 2>/dev/null && break; sleep 0.05; done
+    replicas+=("$(sed -n 's/^listening on //p' "$work/pg$r/serve.out")")
+done
 
 {
     echo "# taskvault serve: PostgreSQL + S3 and SQLite + S3 (SeaweedFS) against SQLite + local disk ($(date -u +%Y-%m-%d), $(nproc) cores)"
@@ -147,5 +161,50 @@ for round in 1 2 3; do
     s="$(rps "${url[s3]}" "$work/s3/paths.lua")"
     p="$(rps "${url[pg]}" "$work/pg/paths.lua")"
     echo "| $round | $l | $s | $(ratio "$s" "$l") | $p | $(ratio "$p" "$l") |" >>"$report"
+done
+
+# CPU seconds (user + system) used so far by every process, summed by command name.
+cpu() { ps -eo comm=,times= | awk '{c[$1] += $2} END {for (k in c) print k, c[k]}' | sort; }
+# Three wrk processes of 21 connections at once against the given servers (one each, in
+# turn); prints the summed requests/s and the CPU share of each kind of process meanwhile.
+spread() { # wrk script ("" for the lookup) then 3 server URLs
+    local script="$1" i=0 wrks=()
+    shift
+    for u in "$@"; do
+        i=$((i + 1))
+        if [ -n "$script" ]; then
+            wrk -t1 -c21 -d10s -s "$script" "$u" >"$work/spread-$i.txt" &
+        else
+            wrk -t1 -c21 -d10s "$u/v1/ns/default/entries/$key" >"$work/spread-$i.txt" &
+        fi
+        wrks+=("$!")
+    done
+    sleep 1
+    cpu >"$work/cpu-a.txt"
+    sleep 8
+    cpu >"$work/cpu-b.txt"
+    wait "${wrks[@]}"
+    if grep -q "Non-2xx" "$work"/spread-*.txt; then cat "$work"/spread-*.txt >&2; return 1; fi
+    total="$(awk '/Requests\/sec/ {s += $2} END {printf "%.0f", s}' "$work"/spread-*.txt)"
+    share="$(join "$work/cpu-a.txt" "$work/cpu-b.txt" | awk -v n="$(nproc)" '
+        {d = $3 - $2; if (d > 0) printf "%s %.0f%%, ", $1, 100 * d / (8 * n)}' | sed 's/, $//')"
+    echo "$total|$share"
+}
+one=("${replicas[0]}" "${replicas[0]}" "${replicas[0]}")
+{
+    echo
+    echo "## 3. Aggregate throughput: 3 replicas on PostgreSQL + S3 against 1 (3 x wrk -t1 -c21 -d10s), requests/s"
+    echo
+    echo "| workload | 1 replica | 3 replicas | scaling | CPU share with 3 replicas (of $(nproc) cores) |"
+    echo "|---|---|---|---|---|"
+} >>"$report"
+for w in lookup get; do
+    script=""
+    [ "$w" = get ] && script="$work/pg/paths.lua"
+    IFS='|' read -r t1 _ < <(spread "$script" "${one[@]}")
+    IFS='|' read -r t3 share3 < <(spread "$script" "${replicas[@]}")
+    name="1 KiB lookup"
+    [ "$w" = get ] && name="1 MiB blob GET"
+    echo "| $name | $t1 | $t3 | $(ratio "$t3" "$t1") | $share3 |" >>"$report"
 done
 cat "$report"

@@ -2239,7 +2239,7 @@ mod tests {
             .write(|t| {
                 t.batch(
                     "DROP TABLE proofs; ALTER TABLE entries DROP COLUMN digests;
-                     UPDATE taskvault_schema SET version = 1",
+                     DROP TABLE leases; UPDATE taskvault_schema SET version = 1",
                 )
             })
             .unwrap();
@@ -2251,6 +2251,8 @@ mod tests {
         assert_eq!(store.has_proof("ns", &d).unwrap(), Some(true));
         assert_eq!(store.has_proof("other", &d).unwrap(), Some(false), "proofs are per namespace");
         assert_eq!(store.lookup(&key).unwrap().unwrap().id, "r1");
+        let ttl = std::time::Duration::from_secs(5);
+        assert_eq!(store.lease_ask("ns", &key, "l", "me", ttl).unwrap(), Some(LeaseAsked::Granted));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! PostgreSQL server the metadata tests use.
 
 pub mod postgres;
+pub mod redis;
 pub mod seaweed;
 
 /// xorshift64*: small, fast, and good enough to make bytes that zstd cannot shrink.

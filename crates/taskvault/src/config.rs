@@ -296,17 +296,27 @@ impl ConfigFile {
             }
         }
         let metadata = &self.storage.metadata;
-        if metadata != "sqlite" && !crate::store::postgres::is_postgres_url(metadata) {
+        let redis = crate::store::redis::is_redis_url(metadata);
+        if metadata != "sqlite" && !crate::store::postgres::is_postgres_url(metadata) && !redis {
             return bad(
                 &["storage", "metadata"],
                 format!(
-                    "storage.metadata must be sqlite or a PostgreSQL URL (postgres://...), got {:?}",
+                    "storage.metadata must be sqlite, a PostgreSQL URL (postgres://...) or a \
+                     Redis URL (redis://...), got {:?}",
                     crate::store::postgres::shown(metadata)
                 ),
             );
         }
         let blobs = &self.storage.blobs;
-        if blobs != "local" && !crate::store::object::is_object_url(blobs) {
+        if redis && blobs != "local" && blobs != metadata {
+            return bad(
+                &["storage", "blobs"],
+                "with Redis metadata the blobs live in the same Redis: leave storage.blobs out \
+                 (or give the same URL)"
+                    .into(),
+            );
+        }
+        if blobs != "local" && !crate::store::object::is_object_url(blobs) && blobs != metadata {
             return bad(
                 &["storage", "blobs"],
                 format!(

@@ -5,6 +5,7 @@ pub mod local;
 pub mod object;
 pub(crate) mod packed;
 pub mod postgres;
+pub mod redis;
 pub mod sqlite;
 
 use std::fs::File;
@@ -139,6 +140,7 @@ impl<T: Read + Send + std::fmt::Debug> ReadDebug for T {}
 /// under the vault directory.
 pub fn blob_store(vault_dir: &Path, url: Option<&str>) -> Result<Box<dyn BlobStore>> {
     Ok(match url {
+        Some(url) if redis::is_redis_url(url) => Box::new(redis::RedisBlobs::open(url)?),
         Some(url) => Box::new(object::ObjectBlobs::open(url)?),
         None => {
             Box::new(local::LocalBlobs::new(vault_dir.join("blobs"), vault_dir.join("quarantine")))

@@ -208,11 +208,26 @@ impl Vault {
                 std::fs::rename(&tmp, &ignore).at(&ignore)?;
             }
         }
+        let redis =
+            settings.metadata_url.as_deref().filter(|u| crate::store::redis::is_redis_url(u));
         let meta: Arc<dyn crate::store::MetaStore> = match &settings.metadata_url {
+            Some(url) if redis.is_some() => Arc::new(crate::store::redis::RedisMeta::open(url)?),
             Some(url) => Arc::new(crate::store::postgres::PgMeta::open(url)?),
             None => Arc::new(SqliteMeta::open(&dir.join("cache.db"))?),
         };
-        let blobs = crate::store::blob_store(dir, settings.blobs_url.as_deref())?;
+        // With Redis metadata the blob bytes are values of the same Redis, where its scripts
+        // drop them with their rows.
+        let blobs_url = match (redis, settings.blobs_url.as_deref()) {
+            (Some(r), None) => Some(r),
+            (Some(r), Some(b)) if b != r => {
+                return Err(Error::Meta {
+                    store: crate::store::redis::shown(r),
+                    message: "the blobs live in the same Redis: give no other blob store".into(),
+                });
+            }
+            (_, b) => b,
+        };
+        let blobs = crate::store::blob_store(dir, blobs_url)?;
         let audit =
             AuditLog::new(dir.join("audit.log"), settings.audit_format, settings.audit_max_bytes);
         let accesses = AccessJournal::new(dir.join("access.log"));

@@ -3,7 +3,7 @@
 //! cases run in order and name themselves on stderr, and a failing case panics with its name.
 //!
 //! Pairs today: SQLite + the local disk, SQLite + S3 (SeaweedFS), PostgreSQL + the local disk,
-//! PostgreSQL + S3. A new backend adds a test here that builds its [`Backend`] and calls
+//! PostgreSQL + S3, and Redis (metadata and blobs in one Redis). A new backend adds a test here that builds its [`Backend`] and calls
 //! [`suite`].
 
 use std::path::PathBuf;
@@ -21,8 +21,24 @@ use taskvault_testkit::seaweed::Seaweed;
 /// A case's name -> the blob store URL for it; `None`: the local disk.
 type BlobsFor = Box<dyn Fn(&str) -> Option<String>>;
 
-/// A case's name -> its metadata store (a PostgreSQL schema of its own); `None`: SQLite.
-type MetadataFor = Box<dyn Fn(&str) -> Option<Schema>>;
+/// A case's name -> its metadata store (a PostgreSQL schema or a Redis key prefix of its own);
+/// `None`: SQLite.
+type MetadataFor = Box<dyn Fn(&str) -> Option<Metadata>>;
+
+/// A metadata store on a server, removed when dropped.
+enum Metadata {
+    Postgres(Schema),
+    Redis(taskvault_testkit::redis::Prefix),
+}
+
+impl Metadata {
+    fn url(&self) -> String {
+        match self {
+            Metadata::Postgres(s) => s.url(),
+            Metadata::Redis(p) => p.url(),
+        }
+    }
+}
 
 /// One pair of stores under test. Every case gets a vault of its own (a fresh directory and,
 /// for an object store, a prefix of its own).
@@ -38,7 +54,7 @@ struct Backend {
 struct Case {
     dir: tempfile::TempDir,
     blobs: Option<String>,
-    metadata: Option<Schema>,
+    metadata: Option<Metadata>,
 }
 
 impl Case {
@@ -56,16 +72,22 @@ impl Case {
     }
 
     fn metadata_url(&self) -> Option<String> {
-        self.metadata.as_ref().map(Schema::url)
+        self.metadata.as_ref().map(Metadata::url)
     }
 
     fn open(&self) -> Vault {
         self.open_with(|_| {})
     }
 
-    /// The blob store as a second, independent handle (to tamper with it, or list it).
+    /// The blob store as a second, independent handle (to tamper with it, or list it): with
+    /// Redis metadata, the same Redis.
     fn store(&self) -> Box<dyn BlobStore> {
-        taskvault::store::blob_store(&self.vault_dir(), self.blobs.as_deref()).unwrap()
+        let redis = match &self.metadata {
+            Some(m @ Metadata::Redis(_)) => Some(m.url()),
+            _ => None,
+        };
+        let url = self.blobs.clone().or(redis);
+        taskvault::store::blob_store(&self.vault_dir(), url.as_deref()).unwrap()
     }
 
     fn stored(&self) -> usize {
@@ -398,7 +420,9 @@ fn machines(b: &Backend, name: &str) {
 fn claims(b: &Backend, name: &str) {
     let c = b.case(name);
     let dir_of = |w: usize| match (&c.metadata, &c.blobs) {
-        (Some(_), Some(_)) => c.dir.path().join(format!("machine-{w}")),
+        (Some(_), Some(_)) | (Some(Metadata::Redis(_)), None) => {
+            c.dir.path().join(format!("machine-{w}"))
+        }
         _ => c.vault_dir(),
     };
     let meta = c.metadata_url();
@@ -526,7 +550,7 @@ fn postgres_and_local_disk() {
     suite(&Backend {
         test: "conformance::postgres_and_local_disk",
         blobs: Box::new(|_| None),
-        metadata: Box::new(move |case| Some(Schema::new(&cases, case))),
+        metadata: Box::new(move |case| Some(Metadata::Postgres(Schema::new(&cases, case)))),
     });
     eprintln!("conformance::postgres_and_local_disk: metadata migration");
     metadata_migrates_between_sqlite_and_postgres(&server);
@@ -545,10 +569,28 @@ fn postgres_and_s3() {
     let b = Backend {
         test: "conformance::postgres_and_s3",
         blobs: Box::new(url),
-        metadata: Box::new(move |case| Some(Schema::new(&server, case))),
+        metadata: Box::new(move |case| Some(Metadata::Postgres(Schema::new(&server, case)))),
     };
     suite(&b);
     eprintln!("conformance::postgres_and_s3: machines");
+    machines(&b, "machines");
+}
+
+#[test]
+fn redis() {
+    if worker() {
+        return;
+    }
+    let Some(server) = taskvault_testkit::redis::server() else { return };
+    let b = Backend {
+        test: "conformance::redis",
+        blobs: Box::new(|_| None),
+        metadata: Box::new(move |case| {
+            Some(Metadata::Redis(taskvault_testkit::redis::Prefix::new(&server, case)))
+        }),
+    };
+    suite(&b);
+    eprintln!("conformance::redis: machines");
     machines(&b, "machines");
 }
 

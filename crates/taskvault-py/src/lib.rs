@@ -207,9 +207,11 @@ impl Vault {
     ) -> PyResult<Vault> {
         if let Some(url) = &store
             && !taskvault::store::postgres::is_postgres_url(url)
+            && !taskvault::store::redis::is_redis_url(url)
         {
             return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "store must be a PostgreSQL URL (postgres://...) or None, got {:?}",
+                "store must be a PostgreSQL URL (postgres://...), a Redis URL (redis://...) or \
+                 None, got {:?}",
                 taskvault::store::postgres::shown(url)
             )));
         }
@@ -245,7 +247,7 @@ impl Vault {
         self.remote.as_ref().map(|r| r.url().to_owned())
     }
 
-    /// The shared metadata store (PostgreSQL) as messages show it, if the vault uses one.
+    /// The shared metadata store (PostgreSQL, Redis) as messages show it, if the vault uses one.
     #[getter]
     fn store_url(&self) -> Option<String> {
         self.inner.settings().metadata_url.as_deref().map(taskvault::store::postgres::shown)

@@ -170,7 +170,8 @@ pub fn migrate(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
         return migrate_metadata(cli, v, to);
     } else if to.starts_with("redis") {
         anyhow::bail!(
-            "--to {}: Redis metadata is not available yet",
+            "--to {}: copying a vault into Redis is not available yet; a Redis vault starts \
+             empty (storage.metadata: redis://...)",
             taskvault::store::postgres::shown(to)
         );
     } else {

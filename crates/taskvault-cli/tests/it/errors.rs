@@ -84,7 +84,23 @@ fn config_errors_name_the_problem() {
     one_error_line(&p.run(&["stats"]), "max_size_bytes must be 0 or more");
     p.write(".taskvault/config.yaml", "storage:\n  metadata: mysql://u:secret@db/tv\n");
     let r = p.run(&["stats"]);
-    one_error_line(&r, "storage.metadata must be sqlite or a PostgreSQL URL");
+    one_error_line(&r, "storage.metadata must be sqlite, a PostgreSQL URL");
+    assert!(!r.stderr().contains("secret"));
+    p.write(
+        ".taskvault/config.yaml",
+        "storage:\n  metadata: redis://:secret@127.0.0.1:1/0\n  blobs: s3://b/p\n",
+    );
+    let r = p.run(&["stats"]);
+    one_error_line(&r, "with Redis metadata the blobs live in the same Redis");
+    assert!(!r.stderr().contains("secret"));
+    // A Redis server that does not answer: an error naming it, never its password.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    p.write(
+        ".taskvault/config.yaml",
+        format!("storage:\n  metadata: redis://:secret@127.0.0.1:{port}/0\n"),
+    );
+    let r = p.run(&["stats"]);
+    one_error_line(&r, &format!("metadata store redis://127.0.0.1:{port}/0"));
     assert!(!r.stderr().contains("secret"));
     p.write(".taskvault/config.yaml", "storage:\n  blobs: /mnt/blobs\n");
     one_error_line(&p.run(&["stats"]), "storage.blobs must be local or an object store URL");
@@ -201,7 +217,7 @@ fn migrate_names_what_it_cannot_do() {
     one_error_line(&p.run(&["migrate", "--to", "local"]), "blobs are in local already");
     one_error_line(&p.run(&["migrate", "--to", "sqlite"]), "metadata is in sqlite already");
     let r = p.run(&["migrate", "--to", "redis://:password=x@db/0"]);
-    one_error_line(&r, "Redis metadata is not available yet");
+    one_error_line(&r, "copying a vault into Redis is not available yet");
     assert!(!r.stderr().contains("password=x"));
     // A PostgreSQL server that does not answer: an error naming it, never its password.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -56,6 +56,10 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
         "Client(store=...) on a real PostgreSQL: crates/taskvault-py/tests/test_postgres.py",
     ),
     (
+        "client = Client(store=\"redis://",
+        "Client(store=...) on a real Redis: crates/taskvault-py/tests/test_redis.py",
+    ),
+    (
         "taskvault --dir /srv/taskvault serve",
         "serving and tokens: tests/it/remote.rs runs real servers with the same commands",
     ),

@@ -280,9 +280,11 @@ class Client:
     ``cache_dir``); any other path is the vault directory (cashet's ``store_dir``, made if
     missing). Without one: ``TASKVAULT_DIR``, then ``CASHET_DIR``, then ``.taskvault/config.yaml``
     found from here up. ``store`` is where the metadata lives when not in the vault directory: a
-    PostgreSQL URL (``postgres://user@host/db?schema=name``) shared by every machine that uses it
-    (results then count as coming from the network: the default serializer is
-    ``SafePickleSerializer``); it overrides ``storage.metadata`` of the config. ``executor`` is a
+    PostgreSQL URL (``postgres://user@host/db?schema=name``) or a Redis URL
+    (``redis://host:6379/0?prefix=name``: results and their bytes in Redis, as cashet's
+    ``RedisStore`` keeps them), shared by every process on every machine that uses it (results
+    then count as coming from the network: the default serializer is ``SafePickleSerializer``);
+    it overrides ``storage.metadata`` of the config. ``executor`` is a
     ``concurrent.futures.Executor`` for ``submit_many`` and ``map``."""
 
     def __init__(self, store_dir: str | os.PathLike | None = None, store: Any = None, executor: Any = None,
@@ -290,8 +292,8 @@ class Client:
         if not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers!r}")
         if store is not None and not isinstance(store, str):
-            raise TypeError("store must be a URL string (postgres://...), or None for the vault directory's "
-                            "own database")
+            raise TypeError("store must be a URL string (postgres://... or redis://...), or None for the "
+                            "vault directory's own database")
         self._store_url = store
         if executor is not None and not isinstance(executor, cf.Executor):
             raise TypeError("executor must be a concurrent.futures.Executor (a thread or process pool, "

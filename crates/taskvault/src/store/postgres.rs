@@ -244,7 +244,11 @@ pub fn shown(url: &str) -> String {
         (Some(s), Some(at)) if at > s => {
             let userinfo = &base[s + 3..at];
             let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}{}", &base[..s + 3], &base[at..])
+            if user.is_empty() {
+                format!("{}{}", &base[..s + 3], &base[at + 1..])
+            } else {
+                format!("{}{user}{}", &base[..s + 3], &base[at..])
+            }
         }
         _ => base.to_owned(),
     }

@@ -76,7 +76,7 @@ end
 local function unlive(id, key, status, keep)
   local r = k('r', id)
   local f = redis.call('HMGET', r, 'task', 'size', 'digests')
-  redis.call('HDEL', k('live'), key)
+  redis.call('DEL', k('l', key))
   redis.call('ZREM', k('lru'), key)
   redis.call('ZREM', k('exp'), key)
   redis.call('ZREM', k('liveseq'), key)
@@ -118,7 +118,7 @@ end
 
 -- Removes every run of `key`; returns its live run's fields (or false) and the bytes freed.
 local function remove_key(key)
-  local live = redis.call('HGET', k('live'), key)
+  local live = redis.call('GET', k('l', key))
   local out, freed = false, 0
   if live then
     out = redis.call('HGETALL', k('r', live))
@@ -136,7 +136,7 @@ end
 local function retire_users(d)
   local out = {}
   for _, key in ipairs(redis.call('SMEMBERS', k('u', d))) do
-    local live = redis.call('HGET', k('live'), key)
+    local live = redis.call('GET', k('l', key))
     if live then
       out[#out + 1] = redis.call('HGETALL', k('r', live))
       unlive(live, key, 'corrupt', nil)
@@ -167,7 +167,7 @@ local function read_entry(i)
 end
 
 local function lookup(key)
-  local live = redis.call('HGET', k('live'), key)
+  local live = redis.call('GET', k('l', key))
   if not live then return false end
   local run = redis.call('HGETALL', k('r', live))
   if #run == 0 then return false end
@@ -232,12 +232,12 @@ if op == 'save' then
       keep[d] = true
       redis.call('SADD', k('u', d), E.key)
     end
-    local old = redis.call('HGET', k('live'), E.key)
+    local old = redis.call('GET', k('l', E.key))
     if old then unlive(old, E.key, 'superseded', keep) end
     local seq = redis.call('INCR', k('seq'))
     redis.call('HSET', k('r', E.id), unpack(run_fields(E, seq, '1', 'live', old or '')))
     index_run(E.id, seq, E.key, E.task, num(E.created))
-    redis.call('HSET', k('live'), E.key, E.id)
+    redis.call('SET', k('l', E.key), E.id)
     redis.call('ZADD', k('lru'), math.max(num(E.created), num(E.last)), E.key)
     if E.expires ~= '' then redis.call('ZADD', k('exp'), num(E.expires), E.key) end
     redis.call('ZADD', k('liveseq'), seq, E.key)
@@ -386,7 +386,7 @@ elseif op == 'forget_corrupt' then
 elseif op == 'drop_damaged_run' then
   local id = ARGV[3]
   local f = redis.call('HMGET', k('r', id), 'key', 'live')
-  if f[1] and f[2] == '1' and redis.call('HGET', k('live'), f[1]) == id then
+  if f[1] and f[2] == '1' and redis.call('GET', k('l', f[1])) == id then
     unlive(id, f[1], nil, nil)
     bump('corrupt', 1)
   end

@@ -46,7 +46,7 @@ const RETRIES: usize = 4;
 
 /// Whether `url` names a Redis store.
 pub fn is_redis_url(url: &str) -> bool {
-    url.starts_with("redis://") || url.starts_with("rediss://")
+    url.starts_with("redis://")
 }
 
 /// `url` as messages show it: no password, no query.

@@ -129,6 +129,11 @@ local function remove_key(key)
   end
   redis.call('DEL', k('runs', key))
   redis.call('ZREM', k('keys'), key)
+  -- Out of the live indexes even if its pointer was lost (evicted under maxmemory): an
+  -- eviction loop never meets the same key twice.
+  redis.call('ZREM', k('lru'), key)
+  redis.call('ZREM', k('exp'), key)
+  redis.call('ZREM', k('liveseq'), key)
   return out, freed
 end
 

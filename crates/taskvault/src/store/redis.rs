@@ -1302,3 +1302,68 @@ impl BlobStore for RedisBlobs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskvault_testkit::redis::{Prefix, server};
+
+    fn entry(key: &str, id: &str, created: i64) -> Entry {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "key": key, "namespace": "default", "task": "t", "status": "live",
+            "output_kind": "bytes", "outputs": [], "size": 10, "created_ms": created,
+            "expires_ms": null, "duration_ms": null, "parent": null,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_lost_live_pointer_never_stalls_eviction_and_reads_as_a_miss() {
+        let Some(server) = server() else { return };
+        let prefix = Prefix::new(&server, "lost");
+        let store = RedisMeta::open(&prefix.url()).unwrap();
+        for i in 0..3 {
+            let key = format!("{i:064}");
+            store.commit_save(&entry(&key, &format!("r{i}"), i + 1), &[], &mut |_| Ok(())).unwrap();
+        }
+        // As a maxmemory policy would: one key's pointer gone.
+        let lost = format!("{}:l:{:064}", prefix.name(), 1);
+        let _: i64 = store.cmd(redis::cmd("DEL").arg(&lost)).unwrap();
+        assert!(store.lookup(&format!("{:064}", 1)).unwrap().is_none());
+        // Over the cap (counters, too, may disagree with what is left after evictions).
+        let counters = format!("{}:counters", prefix.name());
+        let _: i64 =
+            store.cmd(redis::cmd("HINCRBY").arg(&counters).arg("stored_bytes").arg(1000)).unwrap();
+        let removed = store.evict(0, Some(0), 100).unwrap();
+        assert_eq!(removed.entries.len(), 2, "the two whole entries are evicted, and it returns");
+        assert!(store.lookup(&format!("{:064}", 0)).unwrap().is_none());
+        assert_eq!(store.counters().unwrap().evictions, 3, "each key of the LRU order once");
+    }
+
+    #[test]
+    fn a_claim_waiter_wakes_at_the_release_not_the_lease() {
+        let Some(server) = server() else { return };
+        let prefix = Prefix::new(&server, "claims");
+        let (a, b) =
+            (RedisMeta::open(&prefix.url()).unwrap(), RedisMeta::open(&prefix.url()).unwrap());
+        let (held, waited) = a.claim("k").unwrap().unwrap();
+        assert!(!waited);
+        // Another key is another claim.
+        let (_other, waited) = b.claim("j").unwrap().unwrap();
+        assert!(!waited);
+        let released = std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let (_claim, waited) = b.claim("k").unwrap().unwrap();
+                (waited, Instant::now())
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            let released = Instant::now();
+            drop(held);
+            let (waited, got) = waiter.join().unwrap();
+            assert!(waited, "the second claimant waited");
+            got.duration_since(released)
+        });
+        // Woken by the published release: well before the lease (5 s) could have run out.
+        assert!(released < CLAIM_LEASE / 2, "woke {released:?} after the release");
+    }
+}

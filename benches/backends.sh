@@ -36,6 +36,8 @@ cleanup() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     psql "$pg" -q -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+    # The object store's log, for a run that failed on it.
+    cp "$work/weed/weed.log" "$out/backends-weed.log" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -163,8 +165,14 @@ for round in 1 2 3; do
     echo "| $round | $l | $s | $(ratio "$s" "$l") | $p | $(ratio "$p" "$l") |" >>"$report"
 done
 
-# CPU seconds (user + system) used so far by every process, summed by command name.
-cpu() { ps -eo comm=,times= | awk '{c[$1] += $2} END {for (k in c) print k, c[k]}' | sort; }
+# CPU time (user + system, in clock ticks) used so far by every process, summed by command
+# name, from /proc (threads included).
+cpu() {
+    cat /proc/[0-9]*/stat 2>/dev/null | awk '{
+        match($0, /\(.*\)/); comm = substr($0, RSTART + 1, RLENGTH - 2); gsub(/ /, "_", comm)
+        split(substr($0, RSTART + RLENGTH + 1), f, " "); c[comm] += f[12] + f[13]
+    } END { for (k in c) print k, c[k] }' | sort
+}
 # Three wrk processes of 21 connections at once against the given servers (one each, in
 # turn); prints the summed requests/s and the CPU share of each kind of process meanwhile.
 spread() { # wrk script ("" for the lookup) then 3 server URLs
@@ -186,8 +194,11 @@ spread() { # wrk script ("" for the lookup) then 3 server URLs
     wait "${wrks[@]}"
     if grep -q "Non-2xx" "$work"/spread-*.txt; then cat "$work"/spread-*.txt >&2; return 1; fi
     total="$(awk '/Requests\/sec/ {s += $2} END {printf "%.0f", s}' "$work"/spread-*.txt)"
-    share="$(join "$work/cpu-a.txt" "$work/cpu-b.txt" | awk -v n="$(nproc)" '
-        {d = $3 - $2; if (d > 0) printf "%s %.0f%%, ", $1, 100 * d / (8 * n)}' | sed 's/, $//')"
+    share="$(awk -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" '
+        NR == FNR { a[$1] = $2; next }
+        { d = $2 - a[$1]; if (d > 0) s[$1] = 100 * d / (8 * hz * n) }
+        END { for (k in s) if (s[k] >= 1) printf "%s %.0f%%\n", k, s[k] }' \
+        "$work/cpu-a.txt" "$work/cpu-b.txt" | sort -t' ' -k2 -nr | paste -sd, - | sed 's/,/, /g')"
     echo "$total|$share"
 }
 one=("${replicas[0]}" "${replicas[0]}" "${replicas[0]}")

@@ -72,11 +72,19 @@ pub struct StorageFile {
     /// `azblob://...`; credentials come from the service's usual environment variables.
     #[serde(default = "default_blobs")]
     pub blobs: String,
+    /// MiB of blobs read from (or written to) an object store kept on the local disk, in
+    /// `cache_dir/blob-cache`, so a blob read again is not fetched again; 0: none.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
 }
 
 impl Default for StorageFile {
     fn default() -> Self {
-        StorageFile { metadata: default_metadata(), blobs: default_blobs() }
+        StorageFile {
+            metadata: default_metadata(),
+            blobs: default_blobs(),
+            cache_mb: default_cache_mb(),
+        }
     }
 }
 
@@ -91,6 +99,9 @@ fn default_metadata() -> String {
 }
 fn default_blobs() -> String {
     "local".into()
+}
+fn default_cache_mb() -> u64 {
+    1024
 }
 
 /// The `remote:` block: the server, how to authenticate, and how to behave when it fails. The
@@ -390,6 +401,7 @@ impl ConfigFile {
             blobs_url: (self.storage.blobs != "local").then(|| self.storage.blobs.clone()),
             metadata_url: (self.storage.metadata != "sqlite")
                 .then(|| self.storage.metadata.clone()),
+            blob_cache_bytes: self.storage.cache_mb.saturating_mul(1 << 20),
             host: String::new(),
             user: String::new(),
         }
@@ -424,6 +436,8 @@ pub struct Settings {
     pub blobs_url: Option<String>,
     /// Metadata in this PostgreSQL database instead of SQLite under `vault_dir`.
     pub metadata_url: Option<String>,
+    /// Bytes of object-store blobs kept on the local disk (`vault_dir/blob-cache`); 0: none.
+    pub blob_cache_bytes: u64,
     /// Recorded in provenance; the caller fills them in.
     pub host: String,
     pub user: String,

@@ -1,6 +1,7 @@
 //! The two storage traits the vault is built on, so that metadata and blob backends can be
 //! swapped (SQLite and the local disk here; PostgreSQL, Redis and object stores later).
 
+pub(crate) mod cache;
 pub mod local;
 pub mod object;
 pub(crate) mod packed;
@@ -148,6 +149,22 @@ pub fn blob_store(vault_dir: &Path, url: Option<&str>) -> Result<Box<dyn BlobSto
     })
 }
 
+/// The blob store of a vault, as [`blob_store`], with an object store's blobs also kept on the
+/// local disk up to `cache_bytes` (see `store::cache`).
+pub fn blob_store_cached(
+    vault_dir: &Path,
+    url: Option<&str>,
+    cache_bytes: u64,
+) -> Result<Box<dyn BlobStore>> {
+    match url {
+        Some(url) if object::is_object_url(url) && cache_bytes > 0 => Ok(Box::new(
+            object::ObjectBlobs::open(url)?
+                .with_cache(cache::BlobCache::new(vault_dir.join("blob-cache"), cache_bytes)),
+        )),
+        _ => blob_store(vault_dir, url),
+    }
+}
+
 /// Content-addressed storage of blob bytes (as stored: raw or compressed).
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Moves a staged file in under `digest`, atomically and durably. Called while the metadata
@@ -177,6 +194,9 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     fn sibling(&self, _name: &str) -> Result<Option<Box<dyn BlobStore>>> {
         Ok(None)
     }
+    /// Drops any copy of `digest` kept on this machine, so that the next read asks the store
+    /// itself (a copy failed verification).
+    fn forget_local(&self, _digest: &Digest) {}
     /// Deletes a blob; a missing blob is not an error.
     fn remove(&self, digest: &Digest) -> Result<()>;
     /// Moves a blob that failed verification out of the way (kept for inspection where possible).

@@ -227,7 +227,7 @@ impl Vault {
             }
             (_, b) => b,
         };
-        let blobs = crate::store::blob_store(dir, blobs_url)?;
+        let blobs = crate::store::blob_store_cached(dir, blobs_url, settings.blob_cache_bytes)?;
         let audit =
             AuditLog::new(dir.join("audit.log"), settings.audit_format, settings.audit_max_bytes);
         let accesses = AccessJournal::new(dir.join("access.log"));
@@ -1289,6 +1289,8 @@ impl Vault {
     /// second look holds the shared blob lock, so no removal runs under it.
     pub(crate) fn corrupt(&self, digest: &Digest, message: &str, op: &str) -> Result<bool> {
         self.clear_overlay();
+        // The second look reads the store itself, not a local copy of it.
+        self.blobs.forget_local(digest);
         {
             let _lock = self.blob_lock(false)?;
             let Some(info) = self.meta.blob(digest)? else { return Ok(false) };

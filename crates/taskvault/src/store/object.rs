@@ -42,6 +42,8 @@ pub struct ObjectBlobs {
     area: String,
     /// The URL it was opened with, for siblings.
     url: String,
+    /// Blobs kept on the local disk too (see `store::cache`).
+    cache: Option<crate::store::cache::BlobCache>,
     /// Where, for messages: the URL without its query (which may carry settings).
     shown: String,
     rt: Option<tokio::runtime::Runtime>,
@@ -91,7 +93,20 @@ impl ObjectBlobs {
             .enable_all()
             .build()
             .map_err(|e| bad(format!("cannot start its runtime: {e}")))?;
-        Ok(ObjectBlobs { op, area: "blobs".into(), url: url.to_owned(), shown, rt: Some(rt) })
+        Ok(ObjectBlobs {
+            op,
+            area: "blobs".into(),
+            url: url.to_owned(),
+            cache: None,
+            shown,
+            rt: Some(rt),
+        })
+    }
+
+    /// Keeps blobs written and read on the local disk too, in `cache`.
+    pub(crate) fn with_cache(mut self, cache: crate::store::cache::BlobCache) -> ObjectBlobs {
+        self.cache = Some(cache);
+        self
     }
 
     fn path(&self, d: &Digest) -> String {
@@ -151,8 +166,13 @@ impl BlobStore for ObjectBlobs {
         }
         self.run(async move { writer.close().await })
             .map_err(|e| self.err("cannot finish uploading", digest, e))?;
-        // Moved in: the staging file is done with.
-        let _ = std::fs::remove_file(staged);
+        // Moved in: the staging file is done with, or kept as the local copy.
+        match &self.cache {
+            Some(c) => c.adopt(digest, staged),
+            None => {
+                let _ = std::fs::remove_file(staged);
+            }
+        }
         Ok(())
     }
 
@@ -175,6 +195,10 @@ impl BlobStore for ObjectBlobs {
     }
 
     fn open_sized(&self, digest: &Digest, stored_size: u64) -> Result<Option<BlobReader>> {
+        let cache = self.cache.as_ref().filter(|c| c.takes(stored_size));
+        if let Some(f) = cache.and_then(|c| c.get(digest, stored_size)) {
+            return Ok(Some(BlobReader::File(f)));
+        }
         let mut reader = ObjectReader {
             op: self.op.clone(),
             path: self.path(digest),
@@ -188,7 +212,20 @@ impl BlobStore for ObjectBlobs {
         // The first range is read now: one request says whether the blob is there and brings
         // all of it when it fits one range.
         match reader.fetch() {
-            Ok(()) => Ok(Some(BlobReader::Stream(Box::new(reader)))),
+            Ok(()) => match cache {
+                // Read whole onto the local disk, then served from there.
+                Some(c) => match c.insert(digest, &mut reader, stored_size) {
+                    Ok(Some(f)) => Ok(Some(BlobReader::File(f))),
+                    Ok(None) => Ok(Some(BlobReader::Unusable(format!(
+                        "object is shorter than the {stored_size} bytes expected"
+                    )))),
+                    Err(e) => Err(Error::Store {
+                        store: self.shown.clone(),
+                        message: format!("reading blob {digest} to the local disk: {e}"),
+                    }),
+                },
+                None => Ok(Some(BlobReader::Stream(Box::new(reader)))),
+            },
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => {
                 // Perhaps not the length the metadata says (truncated, replaced): then it is
@@ -209,7 +246,14 @@ impl BlobStore for ObjectBlobs {
         true
     }
 
+    fn forget_local(&self, digest: &Digest) {
+        if let Some(c) = &self.cache {
+            c.forget(digest);
+        }
+    }
+
     fn remove(&self, digest: &Digest) -> Result<()> {
+        self.forget_local(digest);
         let (op, path) = (self.op.clone(), self.path(digest));
         match self.run(async move { op.delete(&path).await }) {
             Ok(()) => Ok(()),
@@ -219,6 +263,7 @@ impl BlobStore for ObjectBlobs {
     }
 
     fn quarantine(&self, digest: &Digest) -> Result<()> {
+        self.forget_local(digest);
         let (op, path) = (self.op.clone(), self.path(digest));
         let to = format!("quarantine/{}-{}", digest.hex(), crate::clock::now_ms());
         // Kept for inspection where the service can copy; gone from under its digest either way.

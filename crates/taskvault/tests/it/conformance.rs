@@ -90,6 +90,18 @@ impl Case {
         taskvault::store::blob_store(&self.vault_dir(), url.as_deref()).unwrap()
     }
 
+    /// The files of the vault's local copies of object-store blobs (`blob-cache`).
+    fn local_copies(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for fan in std::fs::read_dir(self.vault_dir().join("blob-cache")).into_iter().flatten() {
+            let fan = fan.unwrap().path();
+            if fan.is_dir() {
+                out.extend(std::fs::read_dir(fan).unwrap().map(|f| f.unwrap().path()));
+            }
+        }
+        out
+    }
+
     fn stored(&self) -> usize {
         self.store().list().unwrap().len()
     }
@@ -246,6 +258,10 @@ fn corruption(b: &Backend, name: &str) {
     bad[123_456] ^= 0x40;
     let tampered = c.file("tampered", &bad);
     c.store().put(&digest, &tampered).unwrap();
+    // The vault's local copy of an object-store blob, changed the same way.
+    for copy in c.local_copies() {
+        std::fs::write(copy, &bad).unwrap();
+    }
     let dest = c.dir.path().join("restored");
     let got = v.get(&key, &dest);
     assert!(!matches!(got, Ok(Some(_))), "{name}: a corrupt blob was served");
@@ -536,6 +552,8 @@ fn sqlite_and_s3() {
     });
     eprintln!("conformance::sqlite_and_s3: object-store specifics");
     crate::object::blobs_in_s3_are_uploaded_served_verified_and_deleted(&s3);
+    eprintln!("conformance::sqlite_and_s3: local copies");
+    crate::object::local_copies_are_served_checked_and_bounded(&s3);
     eprintln!("conformance::sqlite_and_s3: migration to S3 and back");
     crate::object::blobs_migrate_between_the_local_disk_and_s3(&s3);
 }

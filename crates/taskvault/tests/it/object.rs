@@ -12,10 +12,73 @@ use taskvault_testkit::noise;
 
 use taskvault_testkit::seaweed::Seaweed;
 
+/// A vault on the object store alone: no local copies (their own test is below).
 fn vault(dir: &Path, url: &str) -> Vault {
     let mut s = Settings::for_dir(dir);
     s.blobs_url = Some(url.to_owned());
+    s.blob_cache_bytes = 0;
     Vault::open(s).unwrap()
+}
+
+/// The local copies of object-store blobs (`blob-cache`): a blob saved is read back from the
+/// local disk (a file, not a stream), also when the object store's copy is gone; a local copy
+/// that is changed is detected, dropped and fetched again from the store, whose sound copy is
+/// never quarantined for it; the copies stay under their limit.
+pub(crate) fn local_copies_are_served_checked_and_bounded(s3: &Seaweed) {
+    let url = s3.url("taskvault-it", "cached");
+    let dir = tempfile::tempdir().unwrap();
+    let open = |cache: u64| {
+        let mut s = Settings::for_dir(dir.path());
+        s.blobs_url = Some(url.clone());
+        s.blob_cache_bytes = cache;
+        Vault::open(s).unwrap()
+    };
+    let v = open(8 << 20);
+    let store = ObjectBlobs::open(&url).unwrap();
+    let data = noise(300_000, 9);
+    let key = v.key("cached", &[Input::Bytes(b"c".to_vec())]).unwrap();
+    let e = v.save(&key, Output::Bytes(&data), &SaveOptions::default()).unwrap();
+    let digest = e.outputs[0].digest.unwrap();
+    let copies = || {
+        let mut out = Vec::new();
+        for fan in std::fs::read_dir(dir.path().join("blob-cache")).into_iter().flatten() {
+            let fan = fan.unwrap().path();
+            if fan.is_dir() {
+                out.extend(std::fs::read_dir(fan).unwrap().map(|f| f.unwrap().path()));
+            }
+        }
+        out
+    };
+    assert_eq!(copies().len(), 1, "the saved blob is kept on the local disk");
+    assert_eq!(v.get_bytes(&key).unwrap().map(|(_, b)| b), Some(data.clone()));
+
+    // A changed local copy: never served; the store's sound copy is fetched again and kept.
+    let copy = copies().pop().unwrap();
+    let mut bad = data.clone();
+    bad[4242] ^= 8;
+    std::fs::write(&copy, &bad).unwrap();
+    let got = v.get_bytes(&key).unwrap().map(|(_, b)| b);
+    assert!(got.as_ref().is_none_or(|g| *g == data), "a changed local copy was served");
+    assert!(digests(&store).contains(&digest.to_string()), "the sound object was quarantined");
+    assert_eq!(v.get_bytes(&key).unwrap().map(|(_, b)| b), Some(data.clone()));
+    assert_eq!(std::fs::read(copies().pop().unwrap()).unwrap(), data, "fetched again");
+
+    // Bounded: a limit of 1 MiB keeps at most that much of 8 blobs of 300 KB.
+    drop(v);
+    let v = open(1 << 20);
+    for i in 0..8u64 {
+        let k = v.key("many", &[Input::Bytes(i.to_le_bytes().to_vec())]).unwrap();
+        v.save(&k, Output::Bytes(&noise(300_000, 100 + i)), &SaveOptions::default()).unwrap();
+    }
+    let kept: u64 = copies().iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert!(kept <= 1 << 20, "{kept} bytes of local copies");
+    // Without local copies, nothing more is kept.
+    drop(v);
+    let before = copies().len();
+    let v = open(0);
+    let k = v.key("none", &[Input::Bytes(b"n".to_vec())]).unwrap();
+    v.save(&k, Output::Bytes(&noise(300_000, 7)), &SaveOptions::default()).unwrap();
+    assert_eq!(copies().len(), before);
 }
 
 fn digests(store: &ObjectBlobs) -> Vec<String> {

@@ -39,6 +39,13 @@ for _ in $(seq 600); do
     kill -0 "$pid" 2>/dev/null || { cat "$data/weed.log" >&2; exit 1; }
     sleep 0.1
 done
+# And once the master can hand out a writable volume (a write before that is refused with 503).
+master="$(awk '$1 == "master.port" {print $2}' "$ports")"
+for _ in $(seq 300); do
+    curl -s "http://127.0.0.1:$master/dir/assign" 2>/dev/null | grep -q '"fid"' && break
+    kill -0 "$pid" 2>/dev/null || { cat "$data/weed.log" >&2; exit 1; }
+    sleep 0.1
+done
 echo "$url"
 echo "$pid"
 echo "$data"

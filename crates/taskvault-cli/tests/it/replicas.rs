@@ -10,7 +10,9 @@ use super::{Project, noise};
 /// The replicas and the servers they share (dropped last: the replicas stop first).
 struct Replicas {
     servers: Vec<Server>,
-    s3: taskvault_testkit::seaweed::Seaweed,
+    /// The object store, unless the replicas are on Redis alone.
+    s3: Option<taskvault_testkit::seaweed::Seaweed>,
+    _redis: Option<taskvault_testkit::redis::Prefix>,
     /// A PostgreSQL cluster of the test's own, for tests that stop it.
     pg: Option<taskvault_testkit::postgres::Cluster>,
     _schema: Option<taskvault_testkit::postgres::Schema>,
@@ -23,20 +25,31 @@ impl Replicas {
         let pg = taskvault_testkit::postgres::server()?;
         let s3 = taskvault_testkit::seaweed::Seaweed::start()?;
         let schema = taskvault_testkit::postgres::Schema::new(&pg, label);
-        let servers = Self::launch(&schema.url(), &s3.url("replicas", label), n);
-        Some(Replicas { servers, s3, pg: None, _schema: Some(schema) })
+        let servers = Self::launch(&schema.url(), Some(&s3.url("replicas", label)), n);
+        Some(Replicas { servers, s3: Some(s3), _redis: None, pg: None, _schema: Some(schema) })
+    }
+
+    /// `n` replicas on Redis alone (metadata and blobs), under a key prefix of their own.
+    fn start_on_redis(label: &str, n: usize) -> Option<Replicas> {
+        let server = taskvault_testkit::redis::server()?;
+        let prefix = taskvault_testkit::redis::Prefix::new(&server, label);
+        let servers = Self::launch(&prefix.url(), None, n);
+        Some(Replicas { servers, s3: None, _redis: Some(prefix), pg: None, _schema: None })
     }
 
     /// `n` replicas on a PostgreSQL cluster of their own (which the test may stop).
     fn start_with_own_postgres(label: &str, n: usize) -> Option<Replicas> {
         let pg = taskvault_testkit::postgres::Cluster::start()?;
         let s3 = taskvault_testkit::seaweed::Seaweed::start()?;
-        let servers = Self::launch(&pg.url(), &s3.url("replicas", label), n);
-        Some(Replicas { servers, s3, pg: Some(pg), _schema: None })
+        let servers = Self::launch(&pg.url(), Some(&s3.url("replicas", label)), n);
+        Some(Replicas { servers, s3: Some(s3), _redis: None, pg: Some(pg), _schema: None })
     }
 
-    fn launch(metadata: &str, blobs: &str, n: usize) -> Vec<Server> {
-        let config = format!("storage:\n  metadata: {metadata}\n  blobs: {blobs}\n");
+    fn launch(metadata: &str, blobs: Option<&str>, n: usize) -> Vec<Server> {
+        let mut config = format!("storage:\n  metadata: {metadata}\n");
+        if let Some(b) = blobs {
+            config.push_str(&format!("  blobs: {b}\n"));
+        }
         (0..n)
             .map(|_| {
                 let dir = tempfile::tempdir().unwrap();
@@ -102,6 +115,17 @@ fn replicas_serve_what_any_of_them_saved() {
 #[test]
 fn sixteen_processes_on_three_replicas_run_an_uncached_task_once() {
     let Some(replicas) = Replicas::start("once", 3) else { return };
+    sixteen_processes_run_it_once(&replicas);
+}
+
+/// The same on three replicas whose store is Redis alone (leases, uploads and all).
+#[test]
+fn sixteen_processes_on_three_redis_replicas_run_an_uncached_task_once() {
+    let Some(replicas) = Replicas::start_on_redis("once", 3) else { return };
+    sixteen_processes_run_it_once(&replicas);
+}
+
+fn sixteen_processes_run_it_once(replicas: &Replicas) {
     let shared = tempfile::tempdir().unwrap();
     let counter = shared.path().join("counter");
     let script =
@@ -131,6 +155,16 @@ fn sixteen_processes_on_three_replicas_run_an_uncached_task_once() {
 #[test]
 fn an_upload_through_one_replica_is_committed_through_another() {
     let Some(replicas) = Replicas::start("uploads", 3) else { return };
+    upload_here_commit_there(&replicas);
+}
+
+#[test]
+fn an_upload_through_one_redis_replica_is_committed_through_another() {
+    let Some(replicas) = Replicas::start_on_redis("uploads", 3) else { return };
+    upload_here_commit_there(&replicas);
+}
+
+fn upload_here_commit_there(replicas: &Replicas) {
     let [a, b, c] = [0, 1, 2].map(|i| replicas.servers[i].url.clone());
     // An entry as a client sends it: saved on a machine without a remote, then sent by hand.
     let bytes = noise(1 << 20, 4);
@@ -436,9 +470,10 @@ fn replicas_ride_out_restarts_of_postgresql_and_seaweedfs() {
         std::thread::sleep(Duration::from_secs(2));
         pg.up();
         std::thread::sleep(Duration::from_secs(2));
-        replicas.s3.stop();
+        let s3 = replicas.s3.as_mut().unwrap();
+        s3.stop();
         std::thread::sleep(Duration::from_secs(2));
-        replicas.s3.start_again();
+        s3.start_again();
         // Until every replica serves every entry again (a liveness deadline, not a timing).
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {

@@ -1041,8 +1041,25 @@ async fn listen(
     Ok(())
 }
 
+/// The notification of a lease's end (see [`lease_event`]); a failure's message is cut to
+/// [`LEASE_MESSAGE_MAX`] bytes.
+pub(crate) fn lease_payload(ns: &str, key: &str, how: &LeaseEnded) -> String {
+    let (end, message) = match how {
+        LeaseEnded::Ready => ("ready", None),
+        LeaseEnded::Vacant => ("vacant", None),
+        LeaseEnded::Failed(m) => {
+            let mut cut = m.len().min(LEASE_MESSAGE_MAX);
+            while !m.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            ("failed", Some(&m[..cut]))
+        }
+    };
+    serde_json::json!({"ns": ns, "key": key, "end": end, "message": message}).to_string()
+}
+
 /// The lease end a notification's payload describes (see [`MetaStore::lease_end`]).
-fn lease_event(payload: &str) -> Option<LeaseEvent> {
+pub(crate) fn lease_event(payload: &str) -> Option<LeaseEvent> {
     let v: serde_json::Value = serde_json::from_str(payload).ok()?;
     let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
     let how = match text("end")?.as_str() {
@@ -1241,19 +1258,7 @@ impl MetaStore for PgMeta {
         lease: Option<&str>,
         how: &LeaseEnded,
     ) -> Result<Option<bool>> {
-        let (end, message) = match how {
-            LeaseEnded::Ready => ("ready", None),
-            LeaseEnded::Vacant => ("vacant", None),
-            LeaseEnded::Failed(m) => {
-                let mut cut = m.len().min(LEASE_MESSAGE_MAX);
-                while !m.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                ("failed", Some(&m[..cut]))
-            }
-        };
-        let payload =
-            serde_json::json!({"ns": ns, "key": key, "end": end, "message": message}).to_string();
+        let payload = lease_payload(ns, key, how);
         // The notification goes out at the commit of the delete, and only if there was one.
         let rows = self.with(|t| {
             t.query(

@@ -416,6 +416,35 @@ elseif op == 'reset_counters' then
   end
   return 'ok'
 
+elseif op == 'lease_ask' then
+  -- A server claim's lease (ns, key): taken unless one holds it; else who and for how long.
+  local lk = k('lease', ARGV[3], ARGV[4])
+  if redis.call('SET', lk, ARGV[5] .. '\n' .. ARGV[6], 'NX', 'PX', ARGV[7]) then
+    return {'granted'}
+  end
+  local v = redis.call('GET', lk) or ''
+  local nl = string.find(v, '\n', 1, true)
+  return {'held', nl and string.sub(v, nl + 1) or '', redis.call('PTTL', lk)}
+
+elseif op == 'lease_renew' then
+  local lk = k('lease', ARGV[3], ARGV[4])
+  local v = redis.call('GET', lk)
+  if v and string.sub(v, 1, #ARGV[5] + 1) == ARGV[5] .. '\n' then
+    return redis.call('PEXPIRE', lk, ARGV[6])
+  end
+  return 0
+
+elseif op == 'lease_end' then
+  -- Ends the lease (ARGV[5], or any with ''), telling every replica (ARGV[6]).
+  local lk = k('lease', ARGV[3], ARGV[4])
+  local v = redis.call('GET', lk)
+  if v and (ARGV[5] == '' or string.sub(v, 1, #ARGV[5] + 1) == ARGV[5] .. '\n') then
+    redis.call('DEL', lk)
+    redis.call('PUBLISH', k('leases'), ARGV[6])
+    return 1
+  end
+  return 0
+
 elseif op == 'release' then
   -- A lease (a claim) released by its holder: gone, and its waiters told.
   if redis.call('GET', ARGV[3]) == ARGV[4] then

@@ -31,7 +31,8 @@ use crate::digest::Digest;
 use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
 use crate::error::{Error, IoContext, Result};
 use crate::store::{
-    Access, BlobReader, BlobStore, Committed, Damaged, MetaStore, Removed, StagedBlob, Stale,
+    Access, BlobReader, BlobStore, Committed, Damaged, LeaseAsked, LeaseEnded, LeaseEvent,
+    MetaStore, Removed, StagedBlob, Stale,
 };
 
 /// How long a claim lasts unless its holder renews it (every third of it): a holder that dies
@@ -656,6 +657,102 @@ impl MetaStore for RedisMeta {
         Ok(Some(watching))
     }
 
+    fn lease_ask(
+        &self,
+        ns: &str,
+        key: &str,
+        lease: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<LeaseAsked>> {
+        let ms = ttl.as_millis().max(1).to_string();
+        let reply = self.call("lease_ask", &[ns, key, lease, holder, &ms])?;
+        let Value::Array(parts) = reply else { return Err(self.bad("lease_ask answered no list")) };
+        let text = |v: Option<&Value>| match v {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        Ok(Some(match text(parts.first()).as_str() {
+            "granted" => LeaseAsked::Granted,
+            _ => {
+                let left = match parts.get(2) {
+                    Some(Value::Int(n)) => (*n).max(1) as u64,
+                    _ => 1,
+                };
+                LeaseAsked::Held {
+                    holder: text(parts.get(1)),
+                    remaining: Duration::from_millis(left),
+                }
+            }
+        }))
+    }
+
+    fn lease_renew(&self, ns: &str, key: &str, lease: &str, ttl: Duration) -> Result<Option<bool>> {
+        let ms = ttl.as_millis().max(1).to_string();
+        let v = self.call("lease_renew", &[ns, key, lease, &ms])?;
+        Ok(Some(matches!(v, Value::Int(1))))
+    }
+
+    fn lease_end(
+        &self,
+        ns: &str,
+        key: &str,
+        lease: Option<&str>,
+        how: &LeaseEnded,
+    ) -> Result<Option<bool>> {
+        let payload = super::postgres::lease_payload(ns, key, how);
+        let v = self.call("lease_end", &[ns, key, lease.unwrap_or(""), &payload])?;
+        Ok(Some(matches!(v, Value::Int(1))))
+    }
+
+    fn watch_leases(&self, on: Arc<dyn Fn(LeaseEvent) + Send + Sync>) -> Result<bool> {
+        let (server, stopped) = (Arc::clone(&self.server), Arc::clone(&self.stopped));
+        let channel = self.key(&["leases"]);
+        std::thread::Builder::new()
+            .name("taskvault-redis-leases".into())
+            .spawn(move || {
+                let mut complained = false;
+                while !stopped.load(Ordering::SeqCst) {
+                    let listened = (|| -> redis::RedisResult<()> {
+                        let mut con = server.connect()?;
+                        let mut ps = con.as_pubsub();
+                        ps.subscribe(&channel)?;
+                        ps.set_read_timeout(Some(Duration::from_secs(1)))?;
+                        // What ended before now was not heard: every waiter asks again.
+                        on(LeaseEvent::Missed);
+                        while !stopped.load(Ordering::SeqCst) {
+                            match ps.get_message() {
+                                Ok(m) => {
+                                    let payload: String = m.get_payload().unwrap_or_default();
+                                    on(super::postgres::lease_event(&payload)
+                                        .unwrap_or(LeaseEvent::Missed));
+                                }
+                                Err(e) if e.is_timeout() => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        Ok(())
+                    })();
+                    on(LeaseEvent::Missed);
+                    if let Err(e) = listened {
+                        if !complained {
+                            tracing::warn!(
+                                "{}: not told of claims ended on other replicas ({e}) until it \
+                                 reconnects",
+                                server.shown
+                            );
+                            complained = true;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    } else {
+                        complained = false;
+                    }
+                }
+            })
+            .map_err(|e| self.bad(format!("cannot start its lease listener: {e}")))?;
+        Ok(true)
+    }
+
     fn add_proof(&self, ns: &str, digest: &Digest) -> Result<bool> {
         let _: i64 =
             self.cmd(redis::cmd("SADD").arg(self.key(&["proofs", ns])).arg(digest.to_string()))?;
@@ -1182,7 +1279,14 @@ impl MetaStore for RedisMeta {
 /// `<prefix>:data:<algorithm>:<hex>`, one value per blob (up to Redis's 512 MiB).
 pub struct RedisBlobs {
     server: Server,
+    /// `data` (the vault's blobs), or a sibling's name (see [`BlobStore::sibling`]).
+    area: String,
+    /// The URL it was opened with, for siblings.
+    url: String,
 }
+
+/// How long a server replica's upload waits in a sibling area (`uploads`) for its entry.
+const SIBLING_TTL_SECONDS: u64 = 3600;
 
 impl std::fmt::Debug for RedisBlobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1194,11 +1298,11 @@ impl RedisBlobs {
     pub fn open(url: &str) -> Result<RedisBlobs> {
         let store = shown(url);
         let server = Server::open(url, |message| Error::Store { store: store.clone(), message })?;
-        Ok(RedisBlobs { server })
+        Ok(RedisBlobs { server, area: "data".into(), url: url.to_owned() })
     }
 
     fn data(&self, d: &Digest) -> String {
-        self.server.key(&["data", &d.to_string()])
+        self.server.key(&[&self.area, &d.to_string()])
     }
 
     fn err(&self, what: &str, d: &Digest, e: redis::RedisError) -> Error {
@@ -1207,12 +1311,22 @@ impl RedisBlobs {
 }
 
 impl BlobStore for RedisBlobs {
+    fn sibling(&self, name: &str) -> Result<Option<Box<dyn BlobStore>>> {
+        let mut s = RedisBlobs::open(&self.url)?;
+        s.area = name.to_owned();
+        Ok(Some(Box::new(s)))
+    }
+
     fn put(&self, digest: &Digest, staged: &Path) -> Result<()> {
         let mut bytes = Vec::new();
         std::fs::File::open(staged).and_then(|mut f| f.read_to_end(&mut bytes)).at(staged)?;
-        self.server
-            .with(|c| redis::cmd("SET").arg(self.data(digest)).arg(bytes).query::<()>(c))
-            .map_err(|e| self.err("cannot store", digest, e))
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.data(digest)).arg(bytes);
+        // What waits in a sibling area for a commit goes by itself if none comes.
+        if self.area != "data" {
+            cmd.arg("EX").arg(SIBLING_TTL_SECONDS);
+        }
+        self.server.with(|c| cmd.query::<()>(c)).map_err(|e| self.err("cannot store", digest, e))
     }
 
     fn open(&self, digest: &Digest) -> Result<Option<BlobReader>> {
@@ -1271,7 +1385,7 @@ impl BlobStore for RedisBlobs {
         &self,
         f: &mut dyn FnMut(Digest, Option<std::time::SystemTime>) -> Result<()>,
     ) -> Result<()> {
-        let prefix = self.server.key(&["data", ""]);
+        let prefix = self.server.key(&[&self.area, ""]);
         let pattern = format!("{prefix}*");
         let mut cursor: u64 = 0;
         loop {

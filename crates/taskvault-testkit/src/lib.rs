@@ -1,11 +1,24 @@
 //! Deterministic data for tests and benchmarks: a tiny PRNG and incompressible bytes, so that
 //! test inputs are reproducible and never accidentally compress or deduplicate away. And
-//! `seaweed`, the real S3 server the object-store tests start, and `postgres`, the schemas of the
-//! PostgreSQL server the metadata tests use.
+//! `seaweed`, the real S3 server the object-store tests start, and `postgres` and `redis`, the
+//! schemas and key prefixes of the servers the metadata tests use.
 
 pub mod postgres;
 pub mod redis;
 pub mod seaweed;
+
+/// A name no other test of any process uses: `tv<pid>_<n>_<label>`, the label in lowercase
+/// letters, digits and `_` (at most 32), for a schema or a key prefix of a test's own.
+pub fn unique_name(label: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let label: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .take(32)
+        .collect();
+    format!("tv{}_{}_{label}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
 
 /// xorshift64*: small, fast, and good enough to make bytes that zstd cannot shrink.
 #[derive(Debug, Clone)]

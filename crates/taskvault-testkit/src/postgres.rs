@@ -5,7 +5,6 @@
 //! `TASKVAULT_REQUIRE_TOOLS` makes a missing one a failure).
 
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The server's URL, if it answers.
 pub fn server() -> Option<String> {
@@ -44,14 +43,7 @@ pub struct Schema {
 impl Schema {
     /// A new schema name for `label` (made by the store on first use).
     pub fn new(server: &str, label: &str) -> Schema {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let label: String = label
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-            .take(32)
-            .collect();
-        let name =
-            format!("tv{}_{}_{label}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = crate::unique_name(label);
         let schema = Schema { server: server.to_owned(), name };
         // A schema left by an earlier run of the same process id goes first.
         schema.drop_now();

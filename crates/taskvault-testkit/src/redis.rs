@@ -6,7 +6,6 @@
 //! missing one a failure).
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 fn answers(addr: &str) -> bool {
     std::net::ToSocketAddrs::to_socket_addrs(addr).ok().and_then(|mut a| a.next()).is_some_and(
@@ -47,14 +46,7 @@ pub struct Prefix {
 
 impl Prefix {
     pub fn new(server: &str, label: &str) -> Prefix {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let label: String = label
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-            .take(32)
-            .collect();
-        let name =
-            format!("tv{}_{}_{label}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = crate::unique_name(label);
         let p = Prefix { server: server.to_owned(), name };
         // Keys left by an earlier run of the same process id go first.
         p.delete();

@@ -382,8 +382,19 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn evict(&self, now_ms: i64, target_bytes: Option<u64>, limit: usize) -> Result<Removed>;
     fn counters(&self) -> Result<Counters>;
     fn live_entries(&self) -> Result<i64>;
-    /// Every blob row that can be read (for verification).
-    fn blobs(&self) -> Result<Vec<BlobInfo>>;
+    /// Every blob row that can be read (for verification); by default a walk of
+    /// [`MetaStore::blobs_after`].
+    fn blobs(&self) -> Result<Vec<BlobInfo>> {
+        let mut out: Vec<BlobInfo> = Vec::new();
+        loop {
+            let after = out.last().map(|b| b.digest.to_string());
+            let page = self.blobs_after(after.as_deref(), 1024)?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
+    }
     /// Up to `limit` sound blob rows whose digests sort after `after`, in digest order: a walk
     /// over every blob in bounded memory.
     fn blobs_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<BlobInfo>>;

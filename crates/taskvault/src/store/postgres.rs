@@ -1861,17 +1861,6 @@ impl MetaStore for PgMeta {
         })
     }
 
-    fn blobs(&self) -> Result<Vec<BlobInfo>> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.blobs_after(after.as_deref(), 1024)?;
-            let Some(last) = page.last() else { return Ok(out) };
-            after = Some(last.digest.to_string());
-            out.extend(page);
-        }
-    }
-
     fn blobs_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<BlobInfo>> {
         self.with(|t| {
             Ok(t.query(

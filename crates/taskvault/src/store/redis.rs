@@ -204,6 +204,9 @@ thread_local! {
 
 const RECENT_BLOBS_FOR: Duration = Duration::from_millis(100);
 
+/// A hash's fields by name.
+type Fields = HashMap<String, Vec<u8>>;
+
 /// A reply's fields (a flat array of names and values, as HGETALL answers).
 fn fields(v: &Value) -> HashMap<String, Vec<u8>> {
     let mut out = HashMap::new();
@@ -520,6 +523,33 @@ impl RedisMeta {
                 return Ok(());
             }
             offset += n;
+        }
+    }
+
+    /// Walks the members of the lexicographic index `index` a page at a time, calling `f` with
+    /// each and the fields of its hash `<kind>:<member>`.
+    fn lex_pages(&self, index: &str, kind: &str, f: &mut dyn FnMut(&str, &Fields)) -> Result<()> {
+        let mut after = "-".to_owned();
+        loop {
+            let members: Vec<String> = self.cmd(
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(self.key(&[index]))
+                    .arg(&after)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(PAGE),
+            )?;
+            let Some(last) = members.last() else { return Ok(()) };
+            after = format!("({last}");
+            let mut pipe = redis::pipe();
+            for m in &members {
+                pipe.cmd("HGETALL").arg(self.key(&[kind, m]));
+            }
+            let rows: Vec<Value> = self.with(|c| pipe.query(c))?;
+            for (m, row) in members.iter().zip(&rows) {
+                f(m, &fields(row));
+            }
         }
     }
 
@@ -1055,17 +1085,6 @@ impl MetaStore for RedisMeta {
         Ok(n.unwrap_or(0))
     }
 
-    fn blobs(&self) -> Result<Vec<BlobInfo>> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.blobs_after(after.as_deref(), 1024)?;
-            let Some(last) = page.last() else { return Ok(out) };
-            after = Some(last.digest.to_string());
-            out.extend(page);
-        }
-    }
-
     fn blobs_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<BlobInfo>> {
         let lo = after.map_or("-".to_owned(), |a| format!("({a}"));
         let digests: Vec<String> = self.cmd(
@@ -1143,63 +1162,23 @@ impl MetaStore for RedisMeta {
 
     fn damaged(&self) -> Result<Damaged> {
         let mut out = Damaged::default();
-        let mut after = "-".to_owned();
-        loop {
-            let ids: Vec<String> = self.cmd(
-                redis::cmd("ZRANGEBYLEX")
-                    .arg(self.key(&["ids"]))
-                    .arg(&after)
-                    .arg("+")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(PAGE),
-            )?;
-            let Some(last) = ids.last() else { break };
-            after = format!("({last}");
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                pipe.cmd("HGETALL").arg(self.key(&["r", id]));
+        self.lex_pages("ids", "r", &mut |id, f| {
+            if let Some(Err((_, why))) = entry_from_fields(f) {
+                out.entries.push((
+                    id.to_owned(),
+                    text(f, "key").unwrap_or_default(),
+                    text(f, "live").as_deref() == Some("1"),
+                    why,
+                ));
             }
-            let rows: Vec<Value> = self.with(|c| pipe.query(c))?;
-            for (id, row) in ids.iter().zip(&rows) {
-                let f = fields(row);
-                if let Some(Err((_, why))) = entry_from_fields(&f) {
-                    out.entries.push((
-                        id.clone(),
-                        text(&f, "key").unwrap_or_default(),
-                        text(&f, "live").as_deref() == Some("1"),
-                        why,
-                    ));
-                }
+        })?;
+        self.lex_pages("blobs", "b", &mut |d, f| {
+            if !f.is_empty()
+                && let Err(bad) = blob_from_fields(d, f)
+            {
+                out.blobs.push(bad);
             }
-        }
-        let mut after = "-".to_owned();
-        loop {
-            let digests: Vec<String> = self.cmd(
-                redis::cmd("ZRANGEBYLEX")
-                    .arg(self.key(&["blobs"]))
-                    .arg(&after)
-                    .arg("+")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(PAGE),
-            )?;
-            let Some(last) = digests.last() else { break };
-            after = format!("({last}");
-            let mut pipe = redis::pipe();
-            for d in &digests {
-                pipe.cmd("HGETALL").arg(self.key(&["b", d]));
-            }
-            let rows: Vec<Value> = self.with(|c| pipe.query(c))?;
-            for (d, row) in digests.iter().zip(&rows) {
-                let f = fields(row);
-                if !f.is_empty()
-                    && let Err(bad) = blob_from_fields(d, &f)
-                {
-                    out.blobs.push(bad);
-                }
-            }
-        }
+        })?;
         Ok(out)
     }
 

@@ -156,7 +156,11 @@ impl Claims {
                 self.forget_idle(ns, key);
                 Ok(Asked::Granted { lease })
             }
-            Ok(None) => unreachable!("a store that watches leases keeps them"),
+            Ok(None) => {
+                drop(rx);
+                self.forget_idle(ns, key);
+                Err(ApiError::Internal("the metadata store keeps no leases".into()))
+            }
             Err(e) => {
                 drop(rx);
                 self.forget_idle(ns, key);

@@ -21,6 +21,11 @@ if [ ! -f "$ports" ]; then
     done >"$ports"
 fi
 s3="$(awk '$1 == "s3.port" {print $2}' "$ports")"
+# A SeaweedFS killed on these ports (a restart, or an earlier run's) leaves its gRPC Unix sockets
+# in /tmp, named by port; one in the way keeps the new server's parts from reaching each other.
+while read -r _ port; do
+    rm -f /tmp/seaweedfs-*-grpc-"$port".sock
+done <"$ports"
 args=(server -dir="$data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false
     -s3 -s3.port="$s3" -s3.config="$data/s3.json" -s3.port.iceberg=0 -s3.port.lance=0
     -master.volumeSizeLimitMB=64 -volume.max=100)

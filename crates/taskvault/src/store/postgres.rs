@@ -189,7 +189,7 @@ const WAITERS: usize = 8;
 const RETRIES: usize = 8;
 
 /// What a listener calls with each notification's payload (`None`: some may have been missed).
-type OnNotification = std::sync::Arc<dyn Fn(Option<&str>) + Send + Sync>;
+pub(crate) type OnNotification = std::sync::Arc<dyn Fn(Option<&str>) + Send + Sync>;
 
 /// A statement's parameter.
 type Param<'a> = &'a (dyn ToSql + Sync);

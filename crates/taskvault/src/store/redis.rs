@@ -553,6 +553,60 @@ impl RedisMeta {
         }
     }
 
+    /// Listens on the channel `<prefix>:<name>` on a thread of its own for as long as the store
+    /// lives, subscribing again (a second later) whenever the connection is lost: `on` is
+    /// called with each message's payload, and with `None` whenever messages may have been
+    /// missed (once listening starts, and when it stops). `watching` says whether it listens.
+    fn subscribe(
+        &self,
+        name: &str,
+        what: &'static str,
+        watching: Arc<AtomicBool>,
+        on: super::postgres::OnNotification,
+    ) -> Result<()> {
+        let (server, stopped) = (Arc::clone(&self.server), Arc::clone(&self.stopped));
+        let channel = self.key(&[name]);
+        std::thread::Builder::new()
+            .name(format!("taskvault-redis-{name}"))
+            .spawn(move || {
+                let mut complained = false;
+                while !stopped.load(Ordering::SeqCst) {
+                    let listened = (|| -> redis::RedisResult<()> {
+                        let mut con = server.connect()?;
+                        let mut ps = con.as_pubsub();
+                        ps.subscribe(&channel)?;
+                        ps.set_read_timeout(Some(Duration::from_secs(1)))?;
+                        watching.store(true, Ordering::SeqCst);
+                        on(None);
+                        while !stopped.load(Ordering::SeqCst) {
+                            match ps.get_message() {
+                                Ok(m) => on(Some(&m.get_payload::<String>().unwrap_or_default())),
+                                Err(e) if e.is_timeout() => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        Ok(())
+                    })();
+                    watching.store(false, Ordering::SeqCst);
+                    on(None);
+                    if let Err(e) = listened {
+                        if !complained {
+                            tracing::warn!(
+                                "{}: not told of {what} ({e}) until it reconnects",
+                                server.shown
+                            );
+                            complained = true;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    } else {
+                        complained = false;
+                    }
+                }
+            })
+            .map_err(|e| self.bad(format!("cannot start its listener: {e}")))?;
+        Ok(())
+    }
+
     /// Starts the thread that renews this process's claims (once).
     fn renew_claims(&self) {
         self.renewer.get_or_init(|| {
@@ -642,48 +696,12 @@ impl MetaStore for RedisMeta {
         changed: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<Option<Arc<AtomicBool>>> {
         let watching = Arc::new(AtomicBool::new(false));
-        let (server, stopped, flag) =
-            (Arc::clone(&self.server), Arc::clone(&self.stopped), Arc::clone(&watching));
-        let channel = self.key(&["changes"]);
-        std::thread::Builder::new()
-            .name("taskvault-redis-changes".into())
-            .spawn(move || {
-                let mut complained = false;
-                while !stopped.load(Ordering::SeqCst) {
-                    let listened = (|| -> redis::RedisResult<()> {
-                        let mut con = server.connect()?;
-                        let mut ps = con.as_pubsub();
-                        ps.subscribe(&channel)?;
-                        ps.set_read_timeout(Some(Duration::from_secs(1)))?;
-                        flag.store(true, Ordering::SeqCst);
-                        changed();
-                        while !stopped.load(Ordering::SeqCst) {
-                            match ps.get_message() {
-                                Ok(_) => changed(),
-                                Err(e) if e.is_timeout() => {}
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        Ok(())
-                    })();
-                    flag.store(false, Ordering::SeqCst);
-                    changed();
-                    if let Err(e) = listened {
-                        if !complained {
-                            tracing::warn!(
-                                "{}: not told of other machines' changes ({e}); results are not \
-                                 kept in memory until it reconnects",
-                                server.shown
-                            );
-                            complained = true;
-                        }
-                        std::thread::sleep(Duration::from_secs(1));
-                    } else {
-                        complained = false;
-                    }
-                }
-            })
-            .map_err(|e| self.bad(format!("cannot start its listener: {e}")))?;
+        self.subscribe(
+            "changes",
+            "other machines' changes; results are not kept in memory",
+            Arc::clone(&watching),
+            Arc::new(move |_| changed()),
+        )?;
         Ok(Some(watching))
     }
 
@@ -736,50 +754,16 @@ impl MetaStore for RedisMeta {
     }
 
     fn watch_leases(&self, on: Arc<dyn Fn(LeaseEvent) + Send + Sync>) -> Result<bool> {
-        let (server, stopped) = (Arc::clone(&self.server), Arc::clone(&self.stopped));
-        let channel = self.key(&["leases"]);
-        std::thread::Builder::new()
-            .name("taskvault-redis-leases".into())
-            .spawn(move || {
-                let mut complained = false;
-                while !stopped.load(Ordering::SeqCst) {
-                    let listened = (|| -> redis::RedisResult<()> {
-                        let mut con = server.connect()?;
-                        let mut ps = con.as_pubsub();
-                        ps.subscribe(&channel)?;
-                        ps.set_read_timeout(Some(Duration::from_secs(1)))?;
-                        // What ended before now was not heard: every waiter asks again.
-                        on(LeaseEvent::Missed);
-                        while !stopped.load(Ordering::SeqCst) {
-                            match ps.get_message() {
-                                Ok(m) => {
-                                    let payload: String = m.get_payload().unwrap_or_default();
-                                    on(super::postgres::lease_event(&payload)
-                                        .unwrap_or(LeaseEvent::Missed));
-                                }
-                                Err(e) if e.is_timeout() => {}
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        Ok(())
-                    })();
-                    on(LeaseEvent::Missed);
-                    if let Err(e) = listened {
-                        if !complained {
-                            tracing::warn!(
-                                "{}: not told of claims ended on other replicas ({e}) until it \
-                                 reconnects",
-                                server.shown
-                            );
-                            complained = true;
-                        }
-                        std::thread::sleep(Duration::from_secs(1));
-                    } else {
-                        complained = false;
-                    }
-                }
-            })
-            .map_err(|e| self.bad(format!("cannot start its lease listener: {e}")))?;
+        let on_payload = move |payload: Option<&str>| {
+            // `None`: what ended meanwhile was not heard; every waiter asks again.
+            on(payload.and_then(super::postgres::lease_event).unwrap_or(LeaseEvent::Missed))
+        };
+        self.subscribe(
+            "leases",
+            "claims ended on other replicas",
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(on_payload),
+        )?;
         Ok(true)
     }
 

@@ -15,6 +15,8 @@ import pytest
 
 from taskvault import Client, PickleSerializer, SafePickleSerializer
 
+from shared_store import check_readme_store_example
+
 SERVER = os.environ.get("TASKVAULT_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test")
 
 
@@ -77,26 +79,5 @@ def test_a_store_that_is_not_postgres_is_refused(tmp_path):
         Client(tmp_path / "v", store=42)
 
 
-def cube(n):
-    return n ** 3
-
-
 def test_the_readme_store_example_opens_a_shared_vault(store, tmp_path, monkeypatch):
-    import pathlib
-    import re
-
-    readme = (pathlib.Path(__file__).resolve().parents[3] / "README.md").read_text()
-    lines = re.findall(r'^client = Client\(store="postgres://[^"]*"\).*$', readme, flags=re.M)
-    assert len(lines) == 1, "the README's Client(store=...) example is gone or doubled"
-    # As written, but on the test server: the README's host does not exist here.
-    source = re.sub(r'"postgres://[^"]*"', repr(store), lines[0])
-    monkeypatch.chdir(tmp_path)
-    ns = {"Client": Client}
-    exec(compile(source, "README.md", "exec"), ns)
-    with ns["client"] as c:
-        assert c.submit(cube, 3).load() == 27
-    # Another vault directory on the same store: the example's result is its hit.
-    with Client(tmp_path / "elsewhere", store=store) as other:
-        assert other.submit(cube, 3).load() == 27
-        s = other.stats()
-        assert s["entries"] == 1 and s["hits"] >= 1, s
+    check_readme_store_example("postgres", store, tmp_path, monkeypatch)

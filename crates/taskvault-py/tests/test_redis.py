@@ -17,6 +17,8 @@ import pytest
 
 from taskvault import Client, PickleSerializer, SafePickleSerializer
 
+from shared_store import check_readme_store_example
+
 SERVER = os.environ.get("TASKVAULT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
@@ -145,25 +147,5 @@ def test_eviction_under_maxmemory_never_serves_a_partial_value(tmp_path):
         server.wait()
 
 
-def cube(n):
-    return n ** 3
-
-
 def test_the_readme_redis_example_opens_a_shared_vault(store, tmp_path, monkeypatch):
-    import pathlib
-    import re
-
-    readme = (pathlib.Path(__file__).resolve().parents[3] / "README.md").read_text()
-    lines = re.findall(r'^client = Client\(store="redis://[^"]*"\).*$', readme, flags=re.M)
-    assert len(lines) == 1, "the README's Client(store=\"redis://...\") example is gone or doubled"
-    # As written, but under this test's prefix.
-    source = re.sub(r'"redis://[^"]*"', repr(store), lines[0])
-    monkeypatch.chdir(tmp_path)
-    ns = {"Client": Client}
-    exec(compile(source, "README.md", "exec"), ns)
-    with ns["client"] as c:
-        assert c.submit(cube, 3).load() == 27
-    with Client(tmp_path / "elsewhere", store=store) as other:
-        assert other.submit(cube, 3).load() == 27
-        s = other.stats()
-        assert s["entries"] == 1 and s["hits"] >= 1, s
+    check_readme_store_example("redis", store, tmp_path, monkeypatch)

@@ -430,17 +430,23 @@ pub(crate) fn spawn_run(p: &Project, args: &[&str]) -> Child {
 #[test]
 fn sixteen_processes_on_two_machines_run_an_uncached_task_once() {
     let server = Server::start();
+    let machines = [machine(&server, None), machine(&server, None)];
+    sixteen_processes_run_it_once(&machines);
+}
+
+/// 16 processes, spread over `machines` in turn, start the same uncached command: it runs
+/// exactly once, and every process replays its output.
+pub(crate) fn sixteen_processes_run_it_once(machines: &[Project]) {
     let shared = tempfile::tempdir().unwrap();
     let counter = shared.path().join("counter");
     let script =
         format!("echo run >> {}; sleep 1; echo result > out.txt; echo done", counter.display());
     let args = ["run", "-i", "in.txt", "-o", "out.txt", "--", "sh", "-c", &script];
-    let (a, b) = (machine(&server, None), machine(&server, None));
-    for p in [&a, &b] {
-        p.write("in.txt", "same inputs");
+    for m in machines {
+        m.write("in.txt", "same inputs");
     }
     let children: Vec<(usize, Child)> =
-        (0..16).map(|i| (i, spawn_run(if i % 2 == 0 { &a } else { &b }, &args))).collect();
+        (0..16).map(|i| (i, spawn_run(&machines[i % machines.len()], &args))).collect();
     for (i, c) in children {
         let out = c.wait_with_output().unwrap();
         let (stdout, stderr) =
@@ -448,9 +454,9 @@ fn sixteen_processes_on_two_machines_run_an_uncached_task_once() {
         assert!(out.status.success(), "process {i}: {stderr}");
         assert_eq!(stdout, "done\n", "process {i} ran or replayed the command: {stderr}");
     }
-    assert_eq!(runs(&counter), 1, "the task ran exactly once across both machines");
-    for p in [&a, &b] {
-        assert_eq!(std::fs::read_to_string(p.path("out.txt")).unwrap(), "result\n");
+    assert_eq!(runs(&counter), 1, "the task ran exactly once across the machines");
+    for m in machines {
+        assert_eq!(std::fs::read_to_string(m.path("out.txt")).unwrap(), "result\n");
     }
 }
 

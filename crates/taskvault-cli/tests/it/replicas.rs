@@ -2,9 +2,9 @@
 //! (SeaweedFS), as a team runs them behind a load balancer: whatever a client does through one
 //! replica, it may continue through any other.
 
-use std::process::{Child, Command};
+use std::process::Command;
 
-use super::remote::{Server, http, machine, run, runs, spawn_run};
+use super::remote::{Server, http, machine, run};
 use super::{Project, noise};
 
 /// The replicas and the servers they share (dropped last: the replicas stop first).
@@ -126,28 +126,8 @@ fn sixteen_processes_on_three_redis_replicas_run_an_uncached_task_once() {
 }
 
 fn sixteen_processes_run_it_once(replicas: &Replicas) {
-    let shared = tempfile::tempdir().unwrap();
-    let counter = shared.path().join("counter");
-    let script =
-        format!("echo run >> {}; sleep 1; echo result > out.txt; echo done", counter.display());
-    let args = ["run", "-i", "in.txt", "-o", "out.txt", "--", "sh", "-c", &script];
     let machines: Vec<Project> = replicas.servers.iter().map(|r| machine(r, None)).collect();
-    for m in &machines {
-        m.write("in.txt", "same inputs");
-    }
-    let children: Vec<(usize, Child)> =
-        (0..16).map(|i| (i, spawn_run(&machines[i % 3], &args))).collect();
-    for (i, c) in children {
-        let out = c.wait_with_output().unwrap();
-        let (stdout, stderr) =
-            (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "process {i}: {stderr}");
-        assert_eq!(stdout, "done\n", "process {i} ran or replayed the command: {stderr}");
-    }
-    assert_eq!(runs(&counter), 1, "the task ran exactly once across the three replicas");
-    for m in &machines {
-        assert_eq!(std::fs::read_to_string(m.path("out.txt")).unwrap(), "result\n");
-    }
+    super::remote::sixteen_processes_run_it_once(&machines);
 }
 
 /// A load balancer without sticky sessions: a blob uploaded through one replica is read back

@@ -29,6 +29,9 @@ impl Server {
     }
 
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Server {
+        // Into a file, never a pipe nobody drains: a server that logs more than a pipe holds
+        // would block on its next warning.
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_taskvault"))
             .arg("--dir")
             .arg(dir.path().join("vault"))
@@ -37,21 +40,22 @@ impl Server {
             .env("TASKVAULT_LOG", "warn")
             .env_remove("TASKVAULT_REMOTE")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .spawn()
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| {
-                let mut err = String::new();
-                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-                panic!("serve did not start: {line:?} {err}")
-            })
-            .to_owned();
+        let Some(url) = line.trim().strip_prefix("listening on ").map(str::to_owned) else {
+            let _ = child.wait();
+            let err = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+            panic!("serve did not start: {line:?} {err}")
+        };
         Server { child, url, dir }
+    }
+
+    /// What the server logged so far (warnings and errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 
     /// `taskvault token ...` against the server's directory; returns stdout.

@@ -392,25 +392,28 @@ fn replicas_ride_out_restarts_of_postgresql_and_seaweedfs() {
         assert!(commit.status().is_success(), "commit {i}: {}", commit.status());
     }
 
-    // Reads an entry and its blob through replica `u`: Some(true) served right, Some(false)
-    // other bytes, None a miss or an error (to retry).
-    let read = |u: &str, key: &str, want: &[u8]| -> Option<bool> {
-        let mut r = agent.get(format!("{u}/v1/ns/default/entries/{key}")).call().ok()?;
-        if r.status() != 200 {
-            return None;
-        }
-        let v: serde_json::Value = r.body_mut().read_json().ok()?;
+    // Reads an entry and its blob through replica `u`: Ok(true) served right, Ok(false) other
+    // bytes, Err(what was answered) a miss or an error (to retry).
+    let read = |u: &str, key: &str, want: &[u8]| -> Result<bool, String> {
+        let answer = |what: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| match r
+        {
+            Ok(r) if r.status() == 200 => Ok(r),
+            Ok(mut r) => {
+                let body = r.body_mut().read_to_string().unwrap_or_default();
+                Err(format!("{what}: {} {}", r.status(), body.trim()))
+            }
+            Err(e) => Err(format!("{what}: {e}")),
+        };
+        let mut r = answer("entry", agent.get(format!("{u}/v1/ns/default/entries/{key}")).call())?;
+        let v: serde_json::Value = r.body_mut().read_json().map_err(|e| format!("entry: {e}"))?;
         let d = v["entry"]["outputs"].to_string();
         let want_d = taskvault::Algorithm::Blake3.digest(want).to_string();
         if !d.contains(&want_d) {
-            return Some(false);
+            return Ok(false);
         }
-        let mut b = agent.get(format!("{u}/v1/ns/default/blobs/{want_d}")).call().ok()?;
-        if b.status() != 200 {
-            return None;
-        }
-        let got = b.body_mut().with_config().limit(1 << 20).read_to_vec().ok()?;
-        Some(got == want)
+        let mut b = answer("blob", agent.get(format!("{u}/v1/ns/default/blobs/{want_d}")).call())?;
+        let got = b.body_mut().with_config().limit(1 << 20).read_to_vec();
+        Ok(got.map_err(|e| format!("blob: {e}"))? == want)
     };
 
     let stop = AtomicBool::new(false);
@@ -427,12 +430,12 @@ fn replicas_ride_out_restarts_of_postgresql_and_seaweedfs() {
                     n += 1;
                     let u = &urls[(t + n as usize) % 2];
                     match read(u, key, bytes) {
-                        Some(true) => served.fetch_add(1, Ordering::SeqCst),
-                        Some(false) => {
+                        Ok(true) => served.fetch_add(1, Ordering::SeqCst),
+                        Ok(false) => {
                             wrong.lock().unwrap().push(key.clone());
                             0
                         }
-                        None => missed.fetch_add(1, Ordering::SeqCst),
+                        Err(_) => missed.fetch_add(1, Ordering::SeqCst),
                     };
                     let fresh = noise(8 << 10, (t as u64) << 32 | n);
                     let d = taskvault::Algorithm::Blake3.digest(&fresh).to_string();
@@ -457,16 +460,29 @@ fn replicas_ride_out_restarts_of_postgresql_and_seaweedfs() {
         // Until every replica serves every entry again (a liveness deadline, not a timing).
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let all = urls
+            let failing: Vec<String> = urls
                 .iter()
-                .all(|u| entries.iter().all(|(key, _, bytes)| read(u, key, bytes) == Some(true)));
-            if all {
+                .flat_map(|u| entries.iter().map(move |e| (u, e)))
+                .filter_map(|(u, (key, _, bytes))| match read(u, key, bytes) {
+                    Ok(true) => None,
+                    Ok(false) => Some(format!("{u} {key}: other bytes")),
+                    Err(e) => Some(format!("{u} {key}: {e}")),
+                })
+                .collect();
+            if failing.is_empty() {
                 break;
             }
             if Instant::now() >= deadline {
                 // The clients stop first, so the test fails rather than waits for them.
                 stop.store(true, Ordering::SeqCst);
-                panic!("the replicas did not serve again after 2 minutes");
+                let tail = |l: String| l.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+                let logs: Vec<String> = replicas.servers.iter().map(|r| tail(r.log())).collect();
+                panic!(
+                    "the replicas did not serve again after 2 minutes:\n{}\nlast log lines, \
+                     newest first:\n{}",
+                    failing.join("\n"),
+                    logs.join("\n--\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }

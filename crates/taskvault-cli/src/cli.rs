@@ -71,6 +71,27 @@ pub enum Command {
     },
     /// All runs of an entry's key, oldest first.
     History { hash: String },
+    /// The audit trail, newest first: hits, misses, saves, removals, corruption.
+    ///
+    /// From audit.log and its rotations; on a metadata store several machines share (PostgreSQL,
+    /// Redis), every machine's and server replica's records, each naming its host:pid.
+    #[command(
+        after_help = "Examples:\n  taskvault audit\n  taskvault audit --event corrupt --since 7d\n  taskvault --json audit --task build -n 100"
+    )]
+    Audit {
+        /// Only this event (hit, miss, save, evict, expire, remove, corrupt, error).
+        #[arg(long, value_parser = parse_event)]
+        event: Option<taskvault::audit::Event>,
+        /// Only records of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only records within this long (e.g. 2h, 7d).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<std::time::Duration>,
+        /// At most this many.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+    },
     /// What differs between two runs: inputs, outputs, sizes, durations.
     #[command(after_help = "Examples:\n  taskvault diff 3f2a9c 81b07d")]
     Diff { a: String, b: String },
@@ -383,6 +404,15 @@ pub struct Select {
 /// The longest duration accepted anywhere: 100 years, so that every time computed from one
 /// fits (a TTL past it would wrap into the past).
 pub const MAX_DURATION_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// An audit event by name, any case.
+fn parse_event(s: &str) -> Result<taskvault::audit::Event, String> {
+    taskvault::audit::Event::parse(s).ok_or_else(|| {
+        let names: Vec<String> =
+            taskvault::audit::Event::ALL.iter().map(|e| e.name().to_lowercase()).collect();
+        format!("{s:?} is not an audit event; one of {}", names.join(", "))
+    })
+}
 
 /// Seconds as a bare number, or a humantime duration (`90s`, `15m`, `2h`, `7d`), at most
 /// 100 years.

@@ -52,6 +52,15 @@ pub fn dispatch(cli: &Cli, resolved: Resolved, progress: bool) -> Result<Outcome
         Command::Show { hash, .. } => inspect::show(cli, v, hash),
         Command::Get { hash, output } => inspect::get(cli, v, hash, output.as_deref()),
         Command::History { hash } => inspect::history(cli, v, hash),
+        Command::Audit { event, task, since, limit } => {
+            let q = taskvault::audit::AuditQuery {
+                limit: *limit,
+                event: *event,
+                task: task.clone(),
+                since_ms: since.map(|d| taskvault::clock::now_ms() - d.as_millis() as i64),
+            };
+            inspect::audit(cli, v, &q)
+        }
         Command::Diff { a, b } => inspect::diff(cli, v, a, b),
         Command::Rm { hashes, key } => admin::rm(cli, v, hashes, *key),
         Command::Invalidate { tag } => admin::invalidate(cli, v, tag),

@@ -18,8 +18,8 @@ const FOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Folds a journal into a metadata store every [`FOLD_EVERY`] on a thread of its own, and once
 /// more when dropped: a long-lived process on a store other machines share (a server replica)
-/// thus writes hits in batches, off its requests' path, and the other machines see them within
-/// a second.
+/// thus writes hits (and its audit records) in batches, off its requests' path, and the other
+/// machines see them within a second.
 #[derive(Debug)]
 pub(crate) struct Folder {
     stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
@@ -30,9 +30,13 @@ impl Folder {
     pub(crate) fn start(
         journal: AccessJournal,
         meta: std::sync::Arc<dyn crate::store::MetaStore>,
+        trail: Option<std::sync::Arc<crate::audit::SharedTrail>>,
     ) -> Result<Folder> {
         let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let s = std::sync::Arc::clone(&stop);
+        if let Some(t) = &trail {
+            t.flushed_in_background();
+        }
         let thread = std::thread::Builder::new()
             .name("taskvault-fold".into())
             .spawn(move || {
@@ -45,6 +49,9 @@ impl Folder {
                     drop(stopped);
                     if let Err(e) = journal.fold(|batch| meta.apply_accesses(batch)) {
                         tracing::warn!("writing hits to the metadata store: {e}");
+                    }
+                    if let Some(t) = &trail {
+                        t.flush();
                     }
                     if last {
                         return;

@@ -46,6 +46,10 @@ pub struct ConfigFile {
     /// The audit log is rotated when it passes this size. Default 10 MiB. Three old files are kept.
     #[serde(default = "default_audit_max")]
     pub audit_max_bytes: u64,
+    /// With a metadata store several machines share (PostgreSQL, Redis), the audit trail it
+    /// keeps for all of them holds at most this many records; older ones go. Default 1000000.
+    #[serde(default = "default_audit_max_records")]
+    pub audit_max_records: u64,
     /// Per-task policies; `default` applies to tasks without their own entry.
     #[serde(default = "default_policies")]
     pub policies: BTreeMap<String, PolicyFile>,
@@ -190,6 +194,9 @@ fn default_inline_max() -> u64 {
 }
 fn default_audit_max() -> u64 {
     10 << 20
+}
+fn default_audit_max_records() -> u64 {
+    1_000_000
 }
 fn default_policies() -> BTreeMap<String, PolicyFile> {
     BTreeMap::from([(
@@ -391,6 +398,7 @@ impl ConfigFile {
             inline_max_bytes: self.inline_max_bytes,
             audit_format: self.audit_format,
             audit_max_bytes: self.audit_max_bytes,
+            audit_max_records: self.audit_max_records,
             default_policy: resolve(&default),
             policies: self
                 .policies
@@ -430,6 +438,8 @@ pub struct Settings {
     pub inline_max_bytes: u64,
     pub audit_format: AuditFormat,
     pub audit_max_bytes: u64,
+    /// Records a shared metadata store's audit trail keeps, at most.
+    pub audit_max_records: u64,
     pub default_policy: Policy,
     pub policies: BTreeMap<String, Policy>,
     /// Blobs in this object store (an OpenDAL URL) instead of under `vault_dir`.

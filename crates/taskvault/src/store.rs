@@ -309,6 +309,20 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn watch_leases(&self, _on: std::sync::Arc<dyn Fn(LeaseEvent) + Send + Sync>) -> Result<bool> {
         Ok(false)
     }
+    /// Appends audit records to the trail the store keeps for every machine that shares it,
+    /// keeping at most `keep` (the oldest go). A store only one machine uses keeps none (its
+    /// vault's `audit.log` is the trail).
+    fn audit_append(&self, _rows: &[crate::audit::AuditRow], _keep: u64) -> Result<()> {
+        Ok(())
+    }
+    /// The newest records of the store's audit trail that `q` matches, newest first; `None`:
+    /// the store keeps no trail.
+    fn audit_rows(
+        &self,
+        _q: &crate::audit::AuditQuery,
+    ) -> Result<Option<Vec<crate::audit::AuditRow>>> {
+        Ok(None)
+    }
     /// The live entry of a key, if any (expiry is the caller's business).
     fn lookup(&self, key: &str) -> Result<Option<Entry>>;
     /// The live entries of `keys`, in order, each with the rows of its blobs, read together:

@@ -154,6 +154,7 @@ impl Drop for Vault {
         if let Err(e) = self.flush() {
             tracing::warn!("writing buffered hits: {e}");
         }
+        self.audit.flush();
     }
 }
 
@@ -228,8 +229,12 @@ impl Vault {
             (_, b) => b,
         };
         let blobs = crate::store::blob_store_cached(dir, blobs_url, settings.blob_cache_bytes)?;
-        let audit =
+        let mut audit =
             AuditLog::new(dir.join("audit.log"), settings.audit_format, settings.audit_max_bytes);
+        if meta.shared() {
+            let origin = crate::audit::origin(&settings.host);
+            audit = audit.shared_with(Arc::clone(&meta), &origin, settings.audit_max_records);
+        }
         let accesses = AccessJournal::new(dir.join("access.log"));
         let hot = if meta.shared() {
             crate::hot::HotRecords::off(dir)
@@ -287,7 +292,9 @@ impl Vault {
         self.meta.long_lived()?;
         if self.meta.shared() {
             let journal = AccessJournal::new(self.settings.vault_dir.join("access.log"));
-            self.folder = Some(crate::access::Folder::start(journal, Arc::clone(&self.meta))?);
+            let trail = self.audit.shared_trail();
+            self.folder =
+                Some(crate::access::Folder::start(journal, Arc::clone(&self.meta), trail)?);
         }
         Ok(self)
     }
@@ -320,8 +327,11 @@ impl Vault {
         self.accesses.record_many(accesses)
     }
 
-    fn write_buffered(&self, (accesses, audit): (Vec<crate::store::Access>, String)) -> Result<()> {
-        self.audit.append_lines(&audit);
+    fn write_buffered(
+        &self,
+        (accesses, audit): (Vec<crate::store::Access>, Vec<crate::audit::AuditRow>),
+    ) -> Result<()> {
+        self.audit.append_rows(&audit);
         if self.journal(&accesses)? {
             self.accesses.fold(|batch| self.meta.apply_accesses(batch))?;
         }
@@ -449,7 +459,7 @@ impl Vault {
             saves.iter().map(|s| (&s.entry, s.blobs.as_slice())).collect();
         let superseded = self.commit_many(&refs)?;
         let mut entries = Vec::with_capacity(saves.len());
-        let mut lines = String::new();
+        let mut lines = Vec::new();
         for (s, parent) in saves.iter().zip(superseded) {
             let mut e = s.entry.clone();
             e.parent = parent;
@@ -463,12 +473,12 @@ impl Vault {
             };
             match &self.resident {
                 Some(_) => self.audit_record(&r),
-                None => lines.push_str(&self.audit.line(&r)),
+                None => lines.push(self.audit.line(&r)),
             }
             entries.push(e);
         }
         // One write for the batch's lines.
-        self.audit.append_lines(&lines);
+        self.audit.append_rows(&lines);
         drop(saves);
         self.enforce_cap()?;
         Ok(entries)

@@ -189,6 +189,22 @@ pub fn history(cli: &Cli, v: &Vault, hash: &str) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+pub fn audit(cli: &Cli, v: &Vault, q: &taskvault::audit::AuditQuery) -> Result<Outcome> {
+    let rows = v.audit(q)?;
+    let mut out = std::io::stdout().lock();
+    if cli.json {
+        let all: Vec<serde_json::Value> = rows.iter().map(|r| r.to_json()).collect();
+        human::json(&all)?;
+    } else {
+        for r in &rows {
+            let origin =
+                if r.origin.is_empty() { String::new() } else { format!(" origin={}", r.origin) };
+            writeln!(out, "{}{origin}", r.to_text())?;
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
 #[derive(serde::Serialize)]
 struct Difference {
     field: String,

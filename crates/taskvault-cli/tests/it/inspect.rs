@@ -201,6 +201,20 @@ fn rm_invalidate_gc_clear() {
     for ev in ["SAVE save", "REMOVE rm", "EVICT gc", "REMOVE clear"] {
         assert!(audit.contains(ev), "{ev} missing:\n{audit}");
     }
+    // `audit` reads the same trail back, newest first, filtered.
+    let all = p.run(&["--json", "audit", "-n", "1000"]).ok().json();
+    let events: Vec<String> =
+        all.as_array().unwrap().iter().map(|r| format!("{} {}", r["event"], r["op"])).collect();
+    assert_eq!(events.first().map(String::as_str), Some(r#""REMOVE" "clear""#), "{events:?}");
+    assert_eq!(events.len(), audit.lines().count(), "every line is a record");
+    let evicted = p.run(&["--json", "audit", "--event", "evict"]).ok().json();
+    assert_eq!(evicted.as_array().unwrap().len(), 1);
+    assert_eq!(evicted[0]["op"], "gc");
+    let text = p.run(&["audit", "-n", "2"]).ok().stdout();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].contains("REMOVE clear") && audit.ends_with(&format!("{}\n", lines[0])));
+    p.run(&["audit", "--event", "nope"]).code_is(2);
 }
 
 #[test]

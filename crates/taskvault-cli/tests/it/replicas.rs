@@ -107,6 +107,39 @@ fn replicas_serve_what_any_of_them_saved() {
         m.write("in.txt", "inputs");
         run(&m, &["cache", "get", "build", "in.txt", "got.bin"]).code_is(1);
     }
+    // The audit trail, read with any replica's config, is every replica's: the save through
+    // replica 0, the hits through 1 and 2, the misses through all three, each naming the
+    // process that served it, and the removal. (Replicas write their records within a second.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let read = |i: usize| -> Vec<serde_json::Value> {
+            let out = replicas.admin(i, &["--json", "audit", "-n", "100"]);
+            serde_json::from_str(&out).unwrap()
+        };
+        let trail = read(1);
+        let of = |event: &str| -> Vec<&serde_json::Value> {
+            trail
+                .iter()
+                .filter(|r| r["event"] == event && r["hash"] == key.as_str())
+                .filter(|r| r["op"].as_str().unwrap().starts_with("serve:") || event == "REMOVE")
+                .collect()
+        };
+        let origins = |rows: Vec<&serde_json::Value>| -> std::collections::HashSet<String> {
+            rows.iter().map(|r| r["origin"].as_str().unwrap().to_owned()).collect()
+        };
+        let complete = of("SAVE").len() == 1
+            && origins(of("HIT")).len() == 2
+            && origins(of("MISS")).len() == 3
+            && of("REMOVE").len() == 1;
+        if complete {
+            assert_eq!(read(0), trail, "replicas 0 and 1 read one trail");
+            let saver = origins(of("SAVE"));
+            assert!(origins(of("HIT")).is_disjoint(&saver), "hits came through other replicas");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the audit trail lacks records: {trail:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// 16 processes on three machines, each machine behind another replica, start the same

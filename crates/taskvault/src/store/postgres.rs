@@ -17,6 +17,7 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
 
+use crate::audit::{AuditQuery, AuditRow};
 use crate::digest::Digest;
 use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
 use crate::error::{Error, Result};
@@ -26,7 +27,7 @@ use crate::store::{
 };
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Version 1. Ids, keys and digests sort byte by byte (`COLLATE "C"`), so a prefix is a range of
 /// an index. A run's document is its whole entry as JSON; the columns beside it are what SQL
@@ -154,6 +155,22 @@ CREATE TABLE leases(
     expires TIMESTAMPTZ NOT NULL,
     PRIMARY KEY(namespace, key)
 );
+"#;
+
+/// The audit trail of every machine sharing the store (see [`MetaStore::audit_append`]).
+const SCHEMA_V5: &str = r#"
+CREATE TABLE audit(
+    seq BIGSERIAL PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    event TEXT NOT NULL,
+    op TEXT NOT NULL,
+    task TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    size BIGINT,
+    detail TEXT,
+    origin TEXT NOT NULL
+);
+CREATE INDEX audit_task ON audit(task, seq);
 "#;
 
 /// The longest failure message a lease's end carries to other replicas (a notification's
@@ -393,6 +410,9 @@ impl PgMeta {
             }
             if found < 4 {
                 tx.batch(SCHEMA_V4)?;
+            }
+            if found < 5 {
+                tx.batch(SCHEMA_V5)?;
             }
             if found < SCHEMA_VERSION {
                 tx.exec("INSERT INTO taskvault_schema(version) VALUES ($1)", &[&SCHEMA_VERSION])?;
@@ -1269,6 +1289,66 @@ impl MetaStore for PgMeta {
             )
         })?;
         Ok(Some(!rows.is_empty()))
+    }
+
+    fn audit_append(&self, rows: &[AuditRow], keep: u64) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let col = |f: fn(&AuditRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+        let at: Vec<i64> = rows.iter().map(|r| r.at_ms).collect();
+        let size: Vec<Option<i64>> =
+            rows.iter().map(|r| r.size.map(|s| i64::try_from(s).unwrap_or(i64::MAX))).collect();
+        let detail: Vec<Option<&str>> = rows.iter().map(|r| r.detail.as_deref()).collect();
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.with(|t| {
+            // One statement for the batch, in its order (the sequence numbers it draws).
+            let added = t.query(
+                "INSERT INTO audit(at_ms, event, op, task, hash, size, detail, origin)                  SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],                  $5::text[], $6::bigint[], $7::text[], $8::text[]) RETURNING seq",
+                &[
+                    &at,
+                    &col(|r| r.event.name()),
+                    &col(|r| &r.op),
+                    &col(|r| &r.task),
+                    &col(|r| &r.hash),
+                    &size,
+                    &detail,
+                    &col(|r| &r.origin),
+                ],
+            )?;
+            let newest = added.iter().map(|r| r.get::<_, i64>(0)).max().unwrap_or(0);
+            // Keeps the newest `keep`, whoever wrote them (a range of the primary key).
+            t.exec("DELETE FROM audit WHERE seq <= $1", &[&newest.saturating_sub(keep)])?;
+            Ok(())
+        })
+    }
+
+    fn audit_rows(&self, q: &AuditQuery) -> Result<Option<Vec<AuditRow>>> {
+        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+        let rows = self.with(|t| {
+            t.query(
+                "SELECT at_ms, event, op, task, hash, size, detail, origin FROM audit                  WHERE ($1::text IS NULL OR event = $1) AND ($2::text IS NULL OR task = $2)                  AND ($3::bigint IS NULL OR at_ms >= $3) ORDER BY seq DESC LIMIT $4",
+                &[&q.event.map(|e| e.name()), &q.task, &q.since_ms, &limit],
+            )
+        })?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let event: String = r.get(1);
+                Ok(AuditRow {
+                    at_ms: r.get(0),
+                    event: crate::audit::Event::parse(&event)
+                        .ok_or_else(|| self.bad(format!("audit record of event {event:?}")))?,
+                    op: r.get(2),
+                    task: r.get(3),
+                    hash: r.get(4),
+                    size: r.get::<_, Option<i64>>(5).map(|s| s.max(0) as u64),
+                    detail: r.get(6),
+                    origin: r.get(7),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(rows))
     }
 
     fn watch_leases(&self, on: std::sync::Arc<dyn Fn(LeaseEvent) + Send + Sync>) -> Result<bool> {
@@ -2237,7 +2317,7 @@ mod tests {
             .write(|t| {
                 t.batch(
                     "DROP TABLE proofs; ALTER TABLE entries DROP COLUMN digests;
-                     DROP TABLE leases; UPDATE taskvault_schema SET version = 1",
+                     DROP TABLE leases; DROP TABLE audit; UPDATE taskvault_schema SET version = 1",
                 )
             })
             .unwrap();
@@ -2251,6 +2331,19 @@ mod tests {
         assert_eq!(store.lookup(&key).unwrap().unwrap().id, "r1");
         let ttl = std::time::Duration::from_secs(5);
         assert_eq!(store.lease_ask("ns", &key, "l", "me", ttl).unwrap(), Some(LeaseAsked::Granted));
+        let row = crate::audit::AuditRow {
+            at_ms: 1,
+            event: crate::audit::Event::Save,
+            op: "save".into(),
+            task: "t".into(),
+            hash: key.clone(),
+            size: Some(3),
+            detail: None,
+            origin: "h:1".into(),
+        };
+        store.audit_append(std::slice::from_ref(&row), 10).unwrap();
+        let q = AuditQuery { limit: 5, ..Default::default() };
+        assert_eq!(store.audit_rows(&q).unwrap(), Some(vec![row]));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
+use crate::audit::{AuditQuery, AuditRow};
 use crate::digest::Digest;
 use crate::entry::{BlobInfo, Codec, Counters, Entry, Filter, Status};
 use crate::error::{Error, IoContext, Result};
@@ -218,6 +219,20 @@ fn fields(v: &Value) -> HashMap<String, Vec<u8>> {
         }
     }
     out
+}
+
+/// A record of the audit stream (see [`RedisMeta::audit_append`]).
+fn audit_row(f: &HashMap<String, Vec<u8>>) -> Option<AuditRow> {
+    Some(AuditRow {
+        at_ms: text(f, "t")?.parse().ok()?,
+        event: crate::audit::Event::parse(&text(f, "e")?)?,
+        op: text(f, "o")?,
+        task: text(f, "k")?,
+        hash: text(f, "h")?,
+        size: text(f, "s").and_then(|s| s.parse().ok()),
+        detail: text(f, "d"),
+        origin: text(f, "g").unwrap_or_default(),
+    })
 }
 
 fn text(f: &HashMap<String, Vec<u8>>, name: &str) -> Option<String> {
@@ -753,6 +768,57 @@ impl MetaStore for RedisMeta {
         Ok(Some(matches!(v, Value::Int(1))))
     }
 
+    fn audit_append(&self, rows: &[AuditRow], keep: u64) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let stream = self.key(&["audit"]);
+        let mut pipe = redis::pipe();
+        for r in rows {
+            let c = pipe.cmd("XADD").arg(&stream).arg("MAXLEN").arg(keep).arg("*");
+            c.arg("t").arg(r.at_ms).arg("e").arg(r.event.name()).arg("o").arg(&r.op);
+            c.arg("k").arg(&r.task).arg("h").arg(&r.hash).arg("g").arg(&r.origin);
+            if let Some(size) = r.size {
+                c.arg("s").arg(size);
+            }
+            if let Some(d) = &r.detail {
+                c.arg("d").arg(d);
+            }
+            c.ignore();
+        }
+        // One round trip, in order; a stream entry is added whole or not at all.
+        self.with(|c| pipe.query::<()>(c))
+    }
+
+    fn audit_rows(&self, q: &AuditQuery) -> Result<Option<Vec<AuditRow>>> {
+        let stream = self.key(&["audit"]);
+        let mut out = Vec::new();
+        // Newest first, a page at a time, until `limit` match or the stream (or `since`) ends.
+        let mut end = "+".to_owned();
+        while out.len() < q.limit {
+            let page: Vec<(String, HashMap<String, Vec<u8>>)> = self.cmd(
+                redis::cmd("XREVRANGE").arg(&stream).arg(&end).arg("-").arg("COUNT").arg(512),
+            )?;
+            let Some((last, _)) = page.last() else { break };
+            end = format!("({last}");
+            let mut older = false;
+            for (_, f) in &page {
+                let Some(r) = audit_row(f) else { continue };
+                older = q.since_ms.is_some_and(|s| r.at_ms < s);
+                if older {
+                    break;
+                }
+                if q.matches(&r) && out.len() < q.limit {
+                    out.push(r);
+                }
+            }
+            if older || page.len() < 512 {
+                break;
+            }
+        }
+        Ok(Some(out))
+    }
+
     fn watch_leases(&self, on: Arc<dyn Fn(LeaseEvent) + Send + Sync>) -> Result<bool> {
         let on_payload = move |payload: Option<&str>| {
             // `None`: what ended meanwhile was not heard; every waiter asks again.
@@ -1179,12 +1245,15 @@ impl MetaStore for RedisMeta {
     fn clear(&self) -> Result<u64> {
         let live = self.live_entries()?;
         // Every key of the prefix, a batch at a time; the blob bytes with them.
+        // The audit trail stays: it records the clear.
         let pattern = format!("{}:*", self.server.prefix);
+        let audit = self.key(&["audit"]);
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = self.cmd(
+            let (next, mut keys): (u64, Vec<String>) = self.cmd(
                 redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000),
             )?;
+            keys.retain(|k| *k != audit);
             if !keys.is_empty() {
                 let _: i64 = self.cmd(redis::cmd("UNLINK").arg(&keys))?;
             }

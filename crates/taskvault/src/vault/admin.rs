@@ -198,6 +198,18 @@ impl Vault {
         self.remove(&runs)
     }
 
+    /// The newest audit records `q` matches, newest first: from the metadata store's trail when
+    /// machines share it (this process's pending records written first), otherwise from the
+    /// vault's `audit.log` and its rotations.
+    pub fn audit(&self, q: &crate::audit::AuditQuery) -> Result<Vec<crate::audit::AuditRow>> {
+        self.flush()?;
+        self.audit.flush();
+        if let Some(rows) = self.meta().audit_rows(q)? {
+            return Ok(rows);
+        }
+        crate::audit::read(self.audit.path(), q).at(self.audit.path())
+    }
+
     /// Removes every entry and blob; returns how many entries there were.
     pub fn clear(&self) -> Result<u64> {
         let mut n = 0;

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::audit::AuditRow;
 use crate::claim::DetachedClaim;
 use crate::entry::Entry;
 use crate::generation::Generation;
@@ -95,7 +96,7 @@ pub(crate) struct Buffer {
     /// write them a second time.
     pid: u32,
     pub(crate) accesses: Vec<Access>,
-    pub(crate) audit: String,
+    pub(crate) audit: Vec<AuditRow>,
     oldest: Option<Instant>,
 }
 
@@ -129,7 +130,7 @@ impl Resident {
             buffer: Mutex::new(Buffer {
                 pid: crate::fork::pid(),
                 accesses: Vec::new(),
-                audit: String::new(),
+                audit: Vec::new(),
                 oldest: None,
             }),
             queue: Mutex::new(Queue {
@@ -249,8 +250,8 @@ impl Resident {
     pub(crate) fn buffer(
         &self,
         access: Option<Access>,
-        audit_line: Option<String>,
-    ) -> Option<(Vec<Access>, String)> {
+        audit_line: Option<AuditRow>,
+    ) -> Option<(Vec<Access>, Vec<AuditRow>)> {
         let mut b = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
         if b.pid != crate::fork::pid() {
             // Forked: what the parent buffered is the parent's to write.
@@ -258,7 +259,7 @@ impl Resident {
         }
         b.accesses.extend(access);
         if let Some(l) = audit_line {
-            b.audit.push_str(&l);
+            b.audit.push(l);
         }
         let oldest = *b.oldest.get_or_insert_with(Instant::now);
         let due = b.accesses.len() >= FLUSH_AT || oldest.elapsed() >= FLUSH_AFTER;
@@ -280,7 +281,7 @@ impl Resident {
     }
 
     /// Everything buffered (by this process).
-    pub(crate) fn drain(&self) -> Option<(Vec<Access>, String)> {
+    pub(crate) fn drain(&self) -> Option<(Vec<Access>, Vec<AuditRow>)> {
         take(&mut self.buffer.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -296,7 +297,7 @@ fn take_queue(q: &mut Queue) -> Vec<Deferred> {
     saves
 }
 
-fn take(b: &mut Buffer) -> Option<(Vec<Access>, String)> {
+fn take(b: &mut Buffer) -> Option<(Vec<Access>, Vec<AuditRow>)> {
     b.oldest = None;
     let accesses = std::mem::take(&mut b.accesses);
     let audit = std::mem::take(&mut b.audit);

@@ -144,6 +144,7 @@ fn suite(b: &Backend) {
         ("crash-during-a-commit", crash_during_a_commit),
         ("removal", removal),
         ("claims", claims),
+        ("audit", audit),
     ];
     for (name, case) in cases {
         eprintln!("{}: {name}", b.test);
@@ -355,6 +356,54 @@ fn removal(b: &Backend, name: &str) {
     assert_eq!(v.clear().unwrap(), 2);
     v.gc(None, None).unwrap();
     assert_eq!(c.stored(), 0, "{name}: blobs outlived their entries");
+}
+
+/// The audit trail reads back newest first and filtered; with a metadata store machines share,
+/// a vault in another directory (another machine) reads this one's records, naming where they
+/// came from, and the store keeps at most `audit_max_records`.
+fn audit(b: &Backend, name: &str) {
+    use taskvault::audit::{AuditQuery, Event};
+    let c = b.case(name);
+    let v = c.open_with(|s| s.audit_max_records = 6);
+    let (saved, missing) = (k(&v, "audited"), k(&v, "never saved"));
+    v.save(&saved, Output::Bytes(b"audited result"), &SaveOptions::default()).unwrap();
+    assert!(v.get_bytes(&saved).unwrap().is_some());
+    assert!(v.get_bytes(&missing).unwrap().is_none());
+    let q = AuditQuery { limit: 3, ..Default::default() };
+    let rows = v.audit(&q).unwrap();
+    let seen: Vec<(Event, &str)> = rows.iter().map(|r| (r.event, r.hash.as_str())).collect();
+    let (s, m) = (saved.digest().hex(), missing.digest().hex());
+    assert_eq!(
+        seen,
+        [(Event::Miss, m.as_str()), (Event::Hit, s.as_str()), (Event::Save, s.as_str())],
+        "{name}"
+    );
+    let hits = AuditQuery { limit: 10, event: Some(Event::Hit), ..Default::default() };
+    assert_eq!(v.audit(&hits).unwrap().len(), 1, "{name}");
+    if c.metadata.is_none() {
+        assert!(rows.iter().all(|r| r.origin.is_empty()), "{name}: a local trail names no origin");
+        return;
+    }
+    let origin = format!("conformance:{}", std::process::id());
+    assert!(rows.iter().all(|r| r.origin == origin), "{name}: {rows:?}");
+    let mut s = Settings::for_dir(c.dir.path().join("machine-b"));
+    s.blobs_url = c.blobs.clone();
+    s.metadata_url = c.metadata_url();
+    s.audit_max_records = 6;
+    let other = Vault::open(s).unwrap();
+    assert_eq!(other.audit(&q).unwrap(), rows, "{name}: another machine reads the same trail");
+    // The other machine's records join the same trail, after this one's.
+    assert!(other.get_bytes(&saved).unwrap().is_some());
+    let newest = other.audit(&AuditQuery { limit: 1, ..Default::default() }).unwrap();
+    assert_eq!((newest[0].event, newest[0].origin != origin), (Event::Hit, true), "{name}");
+    // At most `audit_max_records` are kept, the newest.
+    for _ in 0..10 {
+        assert!(v.get_bytes(&missing).unwrap().is_none());
+    }
+    drop(v); // its last batch goes to the store
+    let all = other.audit(&AuditQuery { limit: 100, ..Default::default() }).unwrap();
+    assert!(!all.is_empty() && all.len() <= 6, "{name}: {} records kept", all.len());
+    assert!(all.iter().all(|r| r.event == Event::Miss), "{name}: the oldest were dropped first");
 }
 
 /// For stores every machine shares (a database server and an object store): vaults in

@@ -223,6 +223,8 @@ pub fn resolve(o: &Overrides) -> Result<Resolved> {
         ),
     };
     settings.vault_dir = vault_dir;
+    settings.metadata_password =
+        std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()).map(taskvault::config::Password);
     if o.identity {
         settings.host = hostname();
         settings.user =

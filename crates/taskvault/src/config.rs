@@ -410,6 +410,7 @@ impl ConfigFile {
             metadata_url: (self.storage.metadata != "sqlite")
                 .then(|| self.storage.metadata.clone()),
             blob_cache_bytes: self.storage.cache_mb.saturating_mul(1 << 20),
+            metadata_password: None,
             host: String::new(),
             user: String::new(),
         }
@@ -448,6 +449,9 @@ pub struct Settings {
     pub metadata_url: Option<String>,
     /// Bytes of object-store blobs kept on the local disk (`vault_dir/blob-cache`); 0: none.
     pub blob_cache_bytes: u64,
+    /// The password for a `postgres://` metadata URL that names none (the CLI and SDK take
+    /// `PGPASSWORD`, as `psql` does), so a config file needs no secret.
+    pub metadata_password: Option<Password>,
     /// Recorded in provenance; the caller fills them in.
     pub host: String,
     pub user: String,
@@ -507,4 +511,14 @@ fn locate(text: &str, keys: &[&str]) -> Option<(usize, usize)> {
         min_indent = indent + 1;
     }
     found
+}
+
+/// A secret: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
 }

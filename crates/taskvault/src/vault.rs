@@ -213,7 +213,10 @@ impl Vault {
             settings.metadata_url.as_deref().filter(|u| crate::store::redis::is_redis_url(u));
         let meta: Arc<dyn crate::store::MetaStore> = match &settings.metadata_url {
             Some(url) if redis.is_some() => Arc::new(crate::store::redis::RedisMeta::open(url)?),
-            Some(url) => Arc::new(crate::store::postgres::PgMeta::open(url)?),
+            Some(url) => {
+                let password = settings.metadata_password.as_ref().map(|p| p.0.as_str());
+                Arc::new(crate::store::postgres::PgMeta::open_with_password(url, password)?)
+            }
             None => Arc::new(SqliteMeta::open(&dir.join("cache.db"))?),
         };
         // With Redis metadata the blob bytes are values of the same Redis, where its scripts

@@ -80,6 +80,10 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
         "blobs in an object store: crates/taskvault/tests/it/conformance.rs runs vaults on a real S3 server",
     ),
     (
+        "kubectl create secret",
+        "a deployment example: scripts/test-deploy.sh checks the manifests (no cluster here)",
+    ),
+    (
         "TASKVAULT_TOKENS_FILE=",
         "a token file outside the vault: tests/it/remote.rs (a_token_file_kept_outside_...); no kubectl here",
     ),

@@ -276,6 +276,11 @@ impl PgMeta {
     /// of libpq's parameters, and `schema=NAME` to keep the tables in a schema of their own).
     /// Connects on first use: an unreachable server shows then.
     pub fn open(url: &str) -> Result<PgMeta> {
+        PgMeta::open_with_password(url, None)
+    }
+
+    /// As [`PgMeta::open`], with `password` for a URL that names none.
+    pub fn open_with_password(url: &str, password: Option<&str>) -> Result<PgMeta> {
         let shown = shown(url);
         let bad = |message: String| Error::Meta { store: shown.clone(), message };
         if !is_postgres_url(url) {
@@ -306,6 +311,9 @@ impl PgMeta {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| bad(format!("{e}")))?;
         if let Some(s) = &schema {
             config.options(format!("-c search_path={s}"));
+        }
+        if let Some(p) = password.filter(|_| config.get_password().is_none()) {
+            config.password(p);
         }
         if config.get_application_name().is_none() {
             config.application_name("taskvault");
@@ -2243,6 +2251,18 @@ mod tests {
         );
         let err = PgMeta::open("postgres://u:s3cret@x/y?schema=Bad-Name").unwrap_err().to_string();
         assert!(err.contains("schema") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn a_password_given_apart_serves_a_url_without_one() {
+        let given = |url: &str| {
+            let store = PgMeta::open_with_password(url, Some("from-env")).unwrap();
+            store.config.get_password().map(<[u8]>::to_vec)
+        };
+        assert_eq!(given("postgres://u@db/x"), Some(b"from-env".to_vec()));
+        assert_eq!(given("postgres://u:in-url@db/x"), Some(b"in-url".to_vec()), "the URL wins");
+        let s = crate::config::Password("s3cret".into());
+        assert!(!format!("{s:?}").contains("s3cret"));
     }
 
     #[test]

@@ -140,13 +140,14 @@ pub enum Command {
     /// Copy the vault's blobs or metadata to another store (verified, resumable).
     ///
     /// Every blob is verified as it is read here and read back from the target; a rerun skips
-    /// what the target holds. Then point `storage.blobs` at the target.
+    /// what the target holds. Then point `storage.blobs` (or `storage.metadata`) at the target.
     #[command(
-        after_help = "Examples:\n  taskvault migrate --to 's3://build-cache/taskvault?region=eu-west-1'\n  taskvault migrate --to local      # back to files under cache_dir"
+        after_help = "Examples:\n  taskvault migrate --to 's3://build-cache/taskvault?region=eu-west-1'\n  taskvault migrate --to local      # back to files under cache_dir\n  taskvault migrate --to 'redis://cache.internal:6379/0'   # runs and bytes"
     )]
     Migrate {
         /// The target: for blobs, an object store URL (s3://, gcs://, azblob://) or `local`;
-        /// for metadata, a PostgreSQL URL (postgres://...) or `sqlite`.
+        /// for metadata, a PostgreSQL URL (postgres://...) or `sqlite`; for both, a Redis URL
+        /// (redis://...).
         #[arg(long, value_name = "STORAGE")]
         to: String,
     },

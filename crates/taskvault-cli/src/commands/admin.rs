@@ -168,12 +168,8 @@ pub fn migrate(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
         taskvault::store::blob_store(&settings.vault_dir, url)?
     } else if to == "sqlite" || taskvault::store::postgres::is_postgres_url(to) {
         return migrate_metadata(cli, v, to);
-    } else if to.starts_with("redis") {
-        anyhow::bail!(
-            "--to {}: copying a vault into Redis is not available yet; a Redis vault starts \
-             empty (storage.metadata: redis://...)",
-            taskvault::store::postgres::shown(to)
-        );
+    } else if taskvault::store::redis::is_redis_url(to) {
+        return migrate_to_redis(cli, v, to);
     } else {
         anyhow::bail!(
             "--to {}: not a blob store (local, or {}://...)",
@@ -208,6 +204,50 @@ pub fn migrate(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
             "Now set storage.blobs to {what} in the config, with no saves meanwhile (or run \
              migrate again just before).{left}"
         ));
+    }
+    Ok(if r.corrupt.is_empty() { Outcome::Ok } else { Outcome::Miss })
+}
+
+/// `taskvault migrate --to redis://...`: the vault's metadata and the bytes of its blobs copied
+/// into Redis, which keeps both.
+fn migrate_to_redis(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
+    use taskvault::store::redis::shown;
+    let settings = v.settings();
+    if settings.metadata_url.as_deref() == Some(to) {
+        anyhow::bail!("the vault is in {} already", shown(to));
+    }
+    let meta = taskvault::store::redis::RedisMeta::open(to)?;
+    let bytes = taskvault::store::blob_store(&settings.vault_dir, Some(to))?;
+    let r = v.copy_to_store(&meta, bytes.as_ref())?;
+    if cli.json {
+        human::json(&r)?;
+    } else {
+        human::out(format!(
+            "copied {} runs of {} live entries and {} blobs ({}) to {}, each entry checked \
+             there and each blob verified; {} runs were there already{}",
+            r.runs,
+            r.entries,
+            r.blobs,
+            human::size(r.bytes as i64),
+            shown(to),
+            r.present,
+            if r.skipped > 0 {
+                format!(
+                    "; {} runs left behind (corrupt, or replaced ones whose outputs are gone)",
+                    r.skipped
+                )
+            } else {
+                String::new()
+            }
+        ))?;
+        for (d, why) in &r.corrupt {
+            human::out(format!("corrupt {d}: {why} (quarantined, its entry not copied)"))?;
+        }
+        human::note(
+            "Now set storage.metadata to the URL given to --to (and no storage.blobs) in the \
+             config, with no saves meanwhile (or run migrate again just before). Hit and miss \
+             counters start again from zero there.",
+        );
     }
     Ok(if r.corrupt.is_empty() { Outcome::Ok } else { Outcome::Miss })
 }

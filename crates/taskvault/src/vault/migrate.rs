@@ -1,5 +1,6 @@
-//! Copying a vault's metadata to another metadata store (`Vault::copy_metadata_to`), and its
-//! blobs to another blob store (`taskvault migrate --to s3://...`): every blob
+//! Copying a vault's metadata to another metadata store (`Vault::copy_metadata_to`), both to a
+//! store that keeps them together (`Vault::copy_to_store`, Redis), and its blobs to another
+//! blob store (`taskvault migrate --to s3://...`): every blob
 //! is verified against its digest as it is read from this vault, written to the target in its
 //! stored form (compressed or not, so its row stays true), then read back from the target and
 //! compared. Blobs the target already holds are skipped, so an interrupted run resumes where it
@@ -196,8 +197,17 @@ pub struct MetadataReport {
     pub runs: u64,
     /// Runs the target held already (an earlier, interrupted run).
     pub present: u64,
-    /// Runs left behind: corrupt ones (never served anyway).
+    /// Runs left behind: corrupt ones (never served anyway) and, when the bytes are copied too,
+    /// replaced runs whose outputs were dropped already (a store that keeps the bytes with the
+    /// rows holds no run without them).
     pub skipped: u64,
+    /// Blobs copied with the runs (and verified there), when the target keeps the bytes too.
+    pub blobs: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+    /// Blobs that failed verification here: their entries not copied, quarantined (as `verify`
+    /// would).
+    pub corrupt: Vec<(String, String)>,
 }
 
 /// Live keys read per batch of the walk.
@@ -212,6 +222,27 @@ impl Vault {
     /// holds are skipped, so an interrupted copy resumes; hit and miss counters start again from
     /// zero on the target.
     pub fn copy_metadata_to(&self, target: &dyn MetaStore) -> Result<MetadataReport> {
+        self.copy_runs(target, None)
+    }
+
+    /// Copies this vault's metadata, as [`Vault::copy_metadata_to`] does, and the bytes of
+    /// every blob its runs use, as [`Vault::copy_blobs_to`] does (verified here, read back
+    /// there), to a store that keeps both (`taskvault migrate --to redis://...`). A live run
+    /// whose blob fails verification here is quarantined and not copied; a replaced run whose
+    /// outputs were dropped already is left behind.
+    pub fn copy_to_store(
+        &self,
+        meta: &dyn MetaStore,
+        bytes: &dyn BlobStore,
+    ) -> Result<MetadataReport> {
+        self.copy_runs(meta, Some(bytes))
+    }
+
+    fn copy_runs(
+        &self,
+        target: &dyn MetaStore,
+        bytes: Option<&dyn BlobStore>,
+    ) -> Result<MetadataReport> {
         self.fold_accesses()?;
         let mut report = MetadataReport::default();
         let mut after = 0;
@@ -220,13 +251,19 @@ impl Vault {
             let Some((last, _)) = keys.last() else { return Ok(report) };
             after = *last;
             for (_, key) in &keys {
-                self.copy_key(key, target, &mut report)?;
+                self.copy_key(key, target, bytes, &mut report)?;
                 self.report_items(report.entries, 0);
             }
         }
     }
 
-    fn copy_key(&self, key: &str, target: &dyn MetaStore, r: &mut MetadataReport) -> Result<()> {
+    fn copy_key(
+        &self,
+        key: &str,
+        target: &dyn MetaStore,
+        bytes: Option<&dyn BlobStore>,
+        r: &mut MetadataReport,
+    ) -> Result<()> {
         let there: std::collections::HashSet<String> =
             target.history(key)?.into_iter().map(|e| e.id).collect();
         let runs = self.meta.history(key)?;
@@ -242,8 +279,47 @@ impl Vault {
             match run.status {
                 Status::Live | Status::Superseded => {
                     let blobs = self.blobs_of(&run)?;
-                    // The bytes are in the blob store already: nothing to place.
-                    target.commit_save(&run, &blobs, &mut |_| Ok(()))?;
+                    let Some(to) = bytes else {
+                        // The bytes are in the blob store already: nothing to place.
+                        target.commit_save(&run, &blobs, &mut |_| Ok(()))?;
+                        r.runs += 1;
+                        continue;
+                    };
+                    // The target asks for the bytes it lacks, each copied and verified.
+                    let mut bad: Option<(Digest, String)> = None;
+                    let mut copied = (0, 0);
+                    let mut place = |b: &StagedBlob| match self.copy_blob(&b.info, to)? {
+                        Ok(()) => {
+                            copied = (copied.0 + 1, copied.1 + b.info.stored_size);
+                            Ok(())
+                        }
+                        Err(why) => {
+                            bad = Some((b.info.digest, why));
+                            Err(Error::Other("not copied".into()))
+                        }
+                    };
+                    let committed = target.commit_save(&run, &blobs, &mut place);
+                    r.blobs += copied.0;
+                    r.bytes += copied.1;
+                    self.report_progress(r.bytes);
+                    match (committed, bad) {
+                        (Ok(_), _) => {}
+                        (Err(_), Some((_, _))) if run.status == Status::Superseded => {
+                            // Its outputs were dropped when it was replaced: history only.
+                            r.skipped += 1;
+                            continue;
+                        }
+                        (Err(_), Some((d, why))) => {
+                            // The live run's bytes are damaged here: never copied, and not
+                            // served here either from now on. The runs it replaced, copied
+                            // already, are not served there in its place.
+                            target.remove_keys(&[key.to_owned()], None)?;
+                            self.corrupt(&d, &why, "migrate")?;
+                            r.corrupt.push((d.to_string(), why));
+                            return Ok(());
+                        }
+                        (Err(e), None) => return Err(e),
+                    }
                 }
                 Status::Failed => {
                     let message = run.details.get("error").and_then(|m| m.as_str()).unwrap_or("");

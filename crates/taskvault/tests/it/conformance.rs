@@ -661,6 +661,71 @@ fn redis() {
     machines(&b, "machines");
 }
 
+/// `migrate --to redis://`: a SQLite vault on the local disk copied into Redis, runs and bytes.
+/// Every output kind is a hit there with the same bytes and history; a replaced run whose
+/// outputs were dropped stays behind; a live run whose blob is damaged here is quarantined and
+/// not copied (its key a miss there, not an older run); a rerun copies nothing twice.
+#[test]
+fn a_vault_migrates_into_redis() {
+    let Some(server) = taskvault_testkit::redis::server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let vdir = dir.path().join("vault");
+    let v = Vault::open(Settings::for_dir(&vdir)).unwrap();
+    let outputs = [
+        ("small", b"tiny".to_vec()),
+        ("inline", text(5_000)),
+        ("raw", noise(200_000, 50)),
+        ("zstd", text(300_000)),
+    ];
+    let mut keys = Vec::new();
+    for (name, data) in &outputs {
+        let key = k(&v, name);
+        // Replaced: its own blob (too large to be inline) is dropped with it.
+        v.save(&key, Output::Bytes(&noise(30_000, 7)), &SaveOptions::default()).unwrap();
+        v.save(&key, Output::Bytes(data), &SaveOptions::default()).unwrap();
+        keys.push(key);
+    }
+    let damaged = k(&v, "damaged");
+    v.save(&damaged, Output::Bytes(&noise(20_000, 8)), &SaveOptions::default()).unwrap();
+    let e = v.save(&damaged, Output::Bytes(&noise(90_000, 9)), &SaveOptions::default()).unwrap();
+    let digest = e.outputs[0].digest.unwrap();
+    let file = vdir
+        .join("blobs")
+        .join(digest.algorithm().name())
+        .join(&digest.hex()[..2])
+        .join(digest.hex());
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[4_000] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+
+    let prefix = taskvault_testkit::redis::Prefix::new(&server, "migrate");
+    let meta = taskvault::store::redis::RedisMeta::open(&prefix.url()).unwrap();
+    let to = taskvault::store::blob_store(&vdir, Some(&prefix.url())).unwrap();
+    let r = v.copy_to_store(&meta, to.as_ref()).unwrap();
+    // The four live runs are copied; the five replaced runs (their outputs were blobs, dropped
+    // with them) stay behind, as does the damaged live run.
+    assert_eq!((r.entries, r.runs, r.skipped), (4, 4, 5), "{r:?}");
+    assert_eq!(r.corrupt.len(), 1, "{r:?}");
+    assert_eq!(r.corrupt[0].0, digest.to_string());
+    assert_eq!(r.blobs, 2, "raw and zstd: the others are inline: {r:?}");
+    let again = v.copy_to_store(&meta, to.as_ref()).unwrap();
+    assert_eq!((again.runs, again.blobs, again.present), (0, 0, 4), "{again:?}");
+    assert!(again.corrupt.is_empty(), "{again:?}");
+    drop((meta, to));
+
+    let mut s = Settings::for_dir(dir.path().join("elsewhere"));
+    s.metadata_url = Some(prefix.url());
+    let on_redis = Vault::open(s).unwrap();
+    for (key, (name, data)) in keys.iter().zip(&outputs) {
+        let got = on_redis.get_bytes(key).unwrap().map(|(_, b)| b);
+        assert_eq!(got.as_ref(), Some(data), "{name}");
+    }
+    assert!(on_redis.get_bytes(&damaged).unwrap().is_none(), "the damaged key is a miss there");
+    assert!(v.get_bytes(&damaged).unwrap().is_none(), "and here, quarantined");
+    let report = on_redis.verify().unwrap();
+    assert!(report.corrupt.is_empty() && report.damaged_rows.is_empty(), "{report:?}");
+}
+
 /// A run as the migration test compares it: id, status, parent, tags.
 type RunSummary = (String, String, Option<String>, Vec<(String, String)>);
 

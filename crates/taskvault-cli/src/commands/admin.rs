@@ -159,7 +159,10 @@ pub fn verify(cli: &Cli, v: &Vault) -> Result<Outcome> {
 pub fn migrate(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
     use taskvault::store::object::{SCHEMES, is_object_url, shown};
     let settings = v.settings();
-    let here = settings.blobs_url.as_deref().unwrap_or("local");
+    // A Redis vault keeps its blobs' bytes in the same Redis.
+    let redis_here =
+        settings.metadata_url.as_deref().filter(|u| taskvault::store::redis::is_redis_url(u));
+    let here = settings.blobs_url.as_deref().or(redis_here).unwrap_or("local");
     if to == here {
         anyhow::bail!("the vault's blobs are in {} already", shown(to));
     }
@@ -285,6 +288,12 @@ fn migrate_metadata(cli: &Cli, v: &Vault, to: &str) -> Result<Outcome> {
         ))?;
         let what =
             if to == "sqlite" { "`sqlite`".to_owned() } else { "the URL given to --to".to_owned() };
+        if settings.metadata_url.as_deref().is_some_and(taskvault::store::redis::is_redis_url) {
+            human::note(
+                "The blobs' bytes are still in Redis: copy them too (`taskvault migrate --to \
+                 local`, or an object store URL) and set storage.blobs to match.",
+            );
+        }
         human::note(format!(
             "Now set storage.metadata to {what} in the config, with no saves meanwhile (or run \
              migrate again just before). Hit and miss counters start again from zero there."

@@ -724,6 +724,18 @@ fn a_vault_migrates_into_redis() {
     assert!(v.get_bytes(&damaged).unwrap().is_none(), "and here, quarantined");
     let report = on_redis.verify().unwrap();
     assert!(report.corrupt.is_empty() && report.damaged_rows.is_empty(), "{report:?}");
+
+    // And out again, as `migrate --to local` then `--to sqlite` do: blobs, then runs.
+    let out = dir.path().join("out");
+    let local = taskvault::store::blob_store(&out, None).unwrap();
+    assert_eq!(on_redis.copy_blobs_to(local.as_ref()).unwrap().copied, 2);
+    let sqlite = taskvault::store::sqlite::SqliteMeta::open(&out.join("cache.db")).unwrap();
+    assert_eq!(on_redis.copy_metadata_to(&sqlite).unwrap().entries, 4);
+    drop((local, sqlite));
+    let back = Vault::open(Settings::for_dir(&out)).unwrap();
+    for (key, (name, data)) in keys.iter().zip(&outputs) {
+        assert_eq!(back.get_bytes(key).unwrap().map(|(_, b)| b).as_ref(), Some(data), "{name}");
+    }
 }
 
 /// A run as the migration test compares it: id, status, parent, tags.

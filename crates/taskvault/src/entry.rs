@@ -307,6 +307,23 @@ pub struct Census {
     pub small_bytes: i64,
 }
 
+impl Census {
+    /// Sets the count a store keeps under `name` (its census row or field); other names are
+    /// not counts of the census.
+    pub fn set(&mut self, name: &str, value: i64) {
+        match name {
+            "runs" => self.runs = value,
+            "failed_runs" => self.failed_runs = value,
+            "blobs" => self.blobs = value,
+            "inline_blobs" => self.inline_blobs = value,
+            "inline_bytes" => self.inline_bytes = value,
+            "small_outputs" => self.small_outputs = value,
+            "small_bytes" => self.small_bytes = value,
+            _ => {}
+        }
+    }
+}
+
 /// One task's share of the vault: its live entries and their bytes (uncompressed), and the
 /// lookups counted for it since the counters were last reset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

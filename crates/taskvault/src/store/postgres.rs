@@ -1766,15 +1766,7 @@ impl MetaStore for PgMeta {
         self.with(|t| {
             let mut out = crate::entry::Census::default();
             for r in t.query("SELECT name, value FROM census", &[])? {
-                let v: i64 = t.col(&r, 1)?;
-                match t.col::<String>(&r, 0)?.as_str() {
-                    "runs" => out.runs = v,
-                    "failed_runs" => out.failed_runs = v,
-                    "blobs" => out.blobs = v,
-                    "inline_blobs" => out.inline_blobs = v,
-                    "inline_bytes" => out.inline_bytes = v,
-                    _ => {}
-                }
+                out.set(&t.col::<String>(&r, 0)?, t.col(&r, 1)?);
             }
             Ok(out)
         })

@@ -1043,15 +1043,11 @@ impl MetaStore for RedisMeta {
     fn census(&self) -> Result<crate::entry::Census> {
         let v: Value = self.cmd(redis::cmd("HGETALL").arg(self.key(&["census"])))?;
         let f = fields(&v);
-        let n = |name: &str| int(&f, name).unwrap_or(0);
-        Ok(crate::entry::Census {
-            runs: n("runs"),
-            failed_runs: n("failed_runs"),
-            blobs: n("blobs"),
-            inline_blobs: n("inline_blobs"),
-            inline_bytes: n("inline_bytes"),
-            ..Default::default()
-        })
+        let mut out = crate::entry::Census::default();
+        for name in f.keys() {
+            out.set(name, int(&f, name).unwrap_or(0));
+        }
+        Ok(out)
     }
 
     fn forget_corrupt_blob(&self, digest: &Digest) -> Result<Removed> {

@@ -1784,16 +1784,7 @@ impl MetaStore for SqliteMeta {
         self.with(|c| {
             let mut out = crate::entry::Census::default();
             for (name, v) in named_values(c, "SELECT name, value FROM census")? {
-                match name.as_str() {
-                    "runs" => out.runs = v,
-                    "failed_runs" => out.failed_runs = v,
-                    "blobs" => out.blobs = v,
-                    "inline_blobs" => out.inline_blobs = v,
-                    "inline_bytes" => out.inline_bytes = v,
-                    "small_outputs" => out.small_outputs = v,
-                    "small_bytes" => out.small_bytes = v,
-                    _ => {}
-                }
+                out.set(&name, v);
             }
             Ok(out)
         })

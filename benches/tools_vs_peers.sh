@@ -182,7 +182,10 @@ request = function()
     n = n + 1
     local p = path
     if unique then
-        p = "/v8/artifacts/new" .. tid .. "x" .. n .. "x" .. math.random(1000000000) .. "?slug=web"
+        -- RUN_ID differs between runs: wrk seeds every thread's math.random alike, so without
+        -- it a later round would PUT the hashes of an earlier one again (replacements, not new
+        -- artifacts).
+        p = "/v8/artifacts/new" .. os.getenv("RUN_ID") .. "x" .. tid .. "x" .. n .. "?slug=web"
     end
     return wrk.format("PUT", p, headers, body)
 end
@@ -193,7 +196,7 @@ rps() { # method base path file -> requests/s; fails on any non-2xx
     else
         local unique=1
         [ "$(stat -c %s "$4")" -gt 1048576 ] && unique=0
-        BODY_FILE="$4" TOKEN="$token" URL_PATH="$3" UNIQUE="$unique" \
+        BODY_FILE="$4" TOKEN="$token" URL_PATH="$3" UNIQUE="$unique" RUN_ID="$(date +%s%N)" \
             wrk -t2 -c32 -d10s -s "$work/put.lua" "$2" >"$work/wrk.txt"
     fi
     if grep -q "Non-2xx" "$work/wrk.txt"; then cat "$work/wrk.txt" >&2; return 1; fi

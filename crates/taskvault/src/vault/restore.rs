@@ -155,7 +155,10 @@ impl Vault {
             return Ok(self.fill(&mut *src, info, dest));
         }
         let mut hasher = info.digest.algorithm().hasher();
-        let mut buf = vec![0u8; 1 << 20];
+        // As large as the blob, up to 1 MiB: a server answering many small GETs would otherwise
+        // zero (and fault in) a whole mebibyte for each.
+        let len = usize::try_from(info.size).unwrap_or(usize::MAX).clamp(8 << 10, 1 << 20);
+        let mut buf = vec![0u8; len];
         let mut total = 0u64;
         loop {
             let n = match src.read(&mut buf) {
